@@ -1,0 +1,92 @@
+"""The command line: one subcommand per module, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from . import __version__, log
+from .config import SETTINGS
+from .errors import EXIT_CODES, SidecarError
+
+# name -> (module, one-line help). Each module has add_arguments(parser) and main(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("sidecar.cmd_run", "restore if needed, replicate, migrate, run and supervise the app"),
+    "check": ("sidecar.cmd_check", "run every preflight check and test the bucket; changes nothing"),
+}
+
+EPILOG = "exit codes:\n" + "\n".join(f"  {k:<4} {v}" for k, v in EXIT_CODES.items()) + (
+    "\n\nEvery option can also be set by the environment variable named in its help.")
+
+
+def add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One flag per setting of config.SETTINGS; flags override the environment."""
+    group = parser.add_argument_group("configuration (flag or environment variable)")
+    for s in SETTINGS:
+        if names is not None and s.env not in names:
+            continue
+        default = f" [default: {s.default}]" if s.default else ""
+        group.add_argument(s.flag, dest=f"env_{s.env}", metavar="VALUE",
+                           help=f"{s.help}{default} (${s.env})")
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, str | None]:
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("env_")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="Container entrypoint for a SQLite app on a persistent volume, backed up "
+                    "continuously to S3-compatible storage by Litestream.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def _log_format_guess() -> str | None:
+    fmt = (os.environ.get("SIDECAR_LOG_FORMAT") or "").strip().lower()
+    return fmt if fmt in ("json", "console") else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    app: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, app = argv[:i], argv[i + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    args.app_command = app
+    fmt = getattr(args, "env_SIDECAR_LOG_FORMAT", None) or _log_format_guess()
+    log.setup(fmt if fmt in ("json", "console") else None)
+    try:
+        return int(args._module.main(args))
+    except SidecarError as exc:
+        if args.command == "run":
+            log.get(exc.step).error(exc.message, exit_code=exc.exit_code,
+                                    **({"problems": exc.problems} if exc.problems else {}),
+                                    **({"fix": exc.hint} if exc.hint else {}))
+        else:  # operator commands speak plainly to a person in a shell
+            print(f"sidecar {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: say so, with the traceback, and exit 70
+        log.get("internal").error("internal error", error=repr(exc), exc_info=True)
+        return 70
+

@@ -1,0 +1,74 @@
+"""Run every preflight check, test the bucket and report the latest backup's age, as a table
+with OK/FAIL and how to fix each failure. Changes nothing. Exit 0 when all pass, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from . import config, preflight, replica
+from .cli import add_settings, settings_from_args
+from .errors import ConfigError
+from .preflight import Check
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    add_settings(parser)
+
+
+def bucket_checks(cfg: config.Config, timeout: float) -> list[Check]:
+    out = []
+    for db in cfg.databases:
+        name = f"replica ({db.name})"
+        if db.replica is None:
+            out.append(Check(name, False, "no replica configured", "set SIDECAR_REPLICA_URL"))
+            continue
+        try:
+            store = replica.open_store(db.replica, timeout=timeout)
+            has = store.has_backups()
+        except replica.ReplicaUnreachable as exc:
+            out.append(Check(name, False, exc.message,
+                             "check the endpoint, bucket name and credentials"))
+            continue
+        if not has:
+            out.append(Check(name, True, f"{db.replica.url} reachable, no backup yet"))
+            continue
+        try:
+            latest = replica.latest_position(store)
+        except replica.ReplicaUnreachable as exc:
+            out.append(Check(name, False, exc.message, "check the bucket"))
+            continue
+        age = time.time() - latest.last_modified if latest else float("nan")
+        out.append(Check(name, True, f"{db.replica.url} reachable; latest backup txid "
+                         f"{latest.max_txid:016x} at {replica.utc(latest.last_modified)} "
+                         f"({age:,.0f}s ago)" if latest else f"{db.replica.url} reachable"))
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    env = config.environment_with_flags(settings_from_args(args))
+    try:
+        cfg = config.load(env, need_app=False)
+    except ConfigError as exc:
+        checks = [Check("config", False, p) for p in exc.problems] or [
+            Check("config", False, exc.message)]
+    else:
+        checks = [Check("config", True, f"{len(cfg.databases)} database(s); "
+                        f"replica {', '.join(d.replica.url for d in cfg.databases if d.replica)}")]
+        checks += preflight.inspect(cfg).checks
+        running = preflight.lock_is_held(cfg.state_dir)
+        checks.append(Check("daemon", True, "a sidecar is running on this database" if running
+                            else "no sidecar is running on this database"))
+        checks += bucket_checks(cfg, min(cfg.replica_timeout, 10.0))
+    if args.json:
+        print(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            print(f"{'OK  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}")
+            if not c.ok and c.fix:
+                print(f"{'':<6}{'':<{width}}  fix: {c.fix}")
+    return 0 if all(c.ok for c in checks) else 1

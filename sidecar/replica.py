@@ -1,0 +1,226 @@
+"""What is really in the replica: one seam for S3 (boto3) and local-directory replicas.
+
+Litestream 0.5 lays a replica out as `<prefix>/ltx/<level>/<minTXID>-<maxTXID>.ltx` (16 hex
+digits each), so keys sort by TXID and "what is new since key K" is one listing that starts
+after K. Every call here is bounded in time and in requests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Replica
+
+LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+
+# Error codes that mean "retrying will not help".
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
+           "InvalidToken", "ExpiredToken", "AllAccessDisabled", "AuthorizationHeaderMalformed"}
+_NO_BUCKET = {"NoSuchBucket", "404"}
+
+
+class ReplicaUnreachable(Exception):
+    """The replica cannot be read: `kind` is unreachable, denied or no-bucket."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class LtxObject:
+    key: str
+    level: int
+    min_txid: int
+    max_txid: int
+    size: int
+    last_modified: float  # unix seconds
+
+
+def _parse_key(key: str, size: int, mtime: float) -> LtxObject | None:
+    parts = key.rsplit("/", 2)
+    if len(parts) < 2:
+        return None
+    m = LTX_NAME.match(parts[-1])
+    if not m or not parts[-2].isdigit():
+        return None
+    return LtxObject(key=key, level=int(parts[-2]), min_txid=int(m.group(1), 16),
+                     max_txid=int(m.group(2), 16), size=size, last_modified=mtime)
+
+
+class Store:
+    """A replica to read from. `requests` counts the remote calls made (for bounds and metrics)."""
+
+    requests = 0
+
+    def list_ltx(self, level: int, start_after: str | None = None,
+                 max_keys: int = 1000) -> list[LtxObject]:
+        raise NotImplementedError
+
+    def has_backups(self) -> bool:
+        raise NotImplementedError
+
+
+class DirStore(Store):
+    def __init__(self, root: Path):
+        self.root = root
+
+    def list_ltx(self, level: int, start_after: str | None = None,
+                 max_keys: int = 1000) -> list[LtxObject]:
+        self.requests += 1
+        d = self.root / "ltx" / str(level)
+        try:
+            names = sorted(os.listdir(d))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ReplicaUnreachable("unreachable", f"cannot read {d}: {exc.strerror}") from None
+        out = []
+        for name in names:
+            key = f"ltx/{level}/{name}"
+            if start_after is not None and key <= start_after:
+                continue
+            try:
+                st = (d / name).stat()
+            except FileNotFoundError:  # compacted away while we listed
+                continue
+            obj = _parse_key(key, st.st_size, st.st_mtime)
+            if obj:
+                out.append(obj)
+            if len(out) >= max_keys:
+                break
+        return out
+
+    def has_backups(self) -> bool:
+        ltx = self.root / "ltx"
+        if not ltx.exists():
+            return False
+        if not ltx.is_dir() or not os.access(ltx, os.R_OK | os.X_OK):
+            raise ReplicaUnreachable("denied", f"cannot read {ltx}")
+        return any(self.list_ltx(level, max_keys=1) for level in _levels_in(ltx))
+
+
+def _levels_in(ltx: Path) -> list[int]:
+    return sorted(int(p.name) for p in ltx.iterdir() if p.name.isdigit())
+
+
+class S3Store(Store):
+    def __init__(self, replica: Replica, timeout: float = 5.0, client: Any = None):
+        assert replica.s3 is not None
+        self.s3 = replica.s3
+        self.bucket = replica.s3.bucket
+        self.prefix = replica.s3.prefix.strip("/") + "/"
+        self.label = replica.endpoint_label
+        self._client = client or make_client(replica, timeout)
+
+    def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self.requests += 1
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _NO_BUCKET or (status == 404 and not code):
+                raise ReplicaUnreachable(
+                    "no-bucket", f"bucket {self.bucket!r} does not exist at {self.label}") from None
+            if code in _DENIED or status == 403:
+                raise ReplicaUnreachable(
+                    "denied", f"access to bucket {self.bucket!r} at {self.label} was denied "
+                    f"({code or status}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from None
+            raise ReplicaUnreachable(
+                "unreachable", f"{self.label} answered {code or status}") from None
+        except BotoCoreError as exc:
+            raise ReplicaUnreachable("unreachable",
+                                     f"cannot reach {self.label}: {type(exc).__name__}") from None
+
+    def list_ltx(self, level: int, start_after: str | None = None,
+                 max_keys: int = 1000) -> list[LtxObject]:
+        prefix = f"{self.prefix}ltx/{level}/"
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if start_after:
+            kwargs["StartAfter"] = self.prefix + start_after
+        resp = self._call(self._client.list_objects_v2, **kwargs)
+        out = []
+        for item in resp.get("Contents", []):
+            key = item["Key"][len(self.prefix):]
+            lm = item.get("LastModified")
+            mtime = lm.timestamp() if isinstance(lm, datetime) else time.time()
+            obj = _parse_key(key, int(item.get("Size", 0)), mtime)
+            if obj:
+                out.append(obj)
+        return out
+
+    def has_backups(self) -> bool:
+        resp = self._call(self._client.list_objects_v2, Bucket=self.bucket,
+                          Prefix=f"{self.prefix}ltx/", MaxKeys=20)
+        return any(item["Key"].endswith(".ltx") for item in resp.get("Contents", []))
+
+
+def make_client(replica: Replica, timeout: float = 5.0) -> Any:
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    s3 = replica.s3
+    assert s3 is not None
+    cfg = BotoConfig(
+        connect_timeout=max(0.5, min(timeout, 5.0)), read_timeout=max(1.0, timeout),
+        retries={"max_attempts": 1, "mode": "standard"},
+        s3={"addressing_style": "path" if s3.force_path_style else "virtual"},
+        signature_version="s3v4",
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=s3.access_key_id, aws_secret_access_key=s3.secret_access_key,
+        region_name=s3.region)
+    return session.client("s3", endpoint_url=s3.endpoint, config=cfg)
+
+
+def open_store(replica: Replica, timeout: float = 5.0) -> Store:
+    if replica.s3 is not None:
+        return S3Store(replica, timeout)
+    assert replica.dir is not None
+    return DirStore(replica.dir)
+
+
+def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = time.sleep,
+          clock: Callable[[], float] = time.monotonic) -> bool:
+    """True when the replica holds backups, False when it is reachable and empty.
+
+    Connection failures are retried until `deadline_s`; denied and missing-bucket answers are
+    final at once. Raises ReplicaUnreachable.
+    """
+    end = clock() + deadline_s
+    delay = 0.5
+    store = open_store(replica, timeout=min(5.0, deadline_s))
+    while True:
+        try:
+            return store.has_backups()
+        except ReplicaUnreachable as exc:
+            if exc.kind != "unreachable" or clock() + delay > end:
+                raise
+        sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def latest_position(store: Store) -> LtxObject | None:
+    """The newest LTX object across all levels (highest max TXID, newest time on ties)."""
+    best: LtxObject | None = None
+    for level in (0, 1, 2, 3, 9):
+        objs = store.list_ltx(level)
+        for obj in objs:
+            if best is None or (obj.max_txid, obj.last_modified) > (best.max_txid,
+                                                                      best.last_modified):
+                best = obj
+    return best
+
+
+def utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,212 @@
+"""Restore: the decision at start, and the one safe way to put a restored file in place.
+
+At start there are exactly three outcomes per database (as in Litestream's restoreIfNeeded):
+the DB is there, skip; the replica is reachable and empty, start fresh and say so; otherwise
+restore, and any failure stops the start. A restore always goes into a temporary file beside
+the DB, is checked, and is renamed into place, so a kill at any moment leaves either the old
+state or the complete new DB at the live path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from . import dbfile, log, procs, replica
+from .config import Config, Database
+from .errors import RestoreError
+from .litestream import child_env, restore_argv
+
+TMP_MARK = ".sidecar-restore-"
+
+
+@dataclass
+class RestoreResult:
+    db: str
+    outcome: str  # restored | fresh | skipped | failed
+    detail: str
+    duration: float = 0.0
+    txid: str | None = None
+    trigger: str = "startup"
+    aside: list[str] = field(default_factory=list)
+    finished_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"db": self.db, "outcome": self.outcome, "detail": self.detail,
+                "duration_seconds": round(self.duration, 3), "txid": self.txid,
+                "trigger": self.trigger, "moved_aside": self.aside,
+                "finished_at": replica.utc(self.finished_at)}
+
+
+def temp_path(db: Path) -> Path:
+    return db.with_name(f".{db.name}{TMP_MARK}{os.getpid()}")
+
+
+def clean_leftovers(db: Path) -> list[Path]:
+    """Remove partial restore files a killed restore left beside the DB (never the DB)."""
+    removed = []
+    for p in db.parent.glob(f".{db.name}{TMP_MARK}*"):
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _progress(path: Path, stop: threading.Event, label: str) -> None:
+    logger = log.get("restore")
+    last = -1
+    while not stop.wait(5.0):
+        size = 0
+        for p in (path, path.with_name(path.name + ".tmp")):
+            try:
+                size = max(size, p.stat().st_size)
+            except FileNotFoundError:
+                pass
+        if size != last:
+            logger.info("restore progress", db=label, bytes_written=size)
+            last = size
+
+
+def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
+               txid: str | None = None, timestamp: str | None = None,
+               should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Run `litestream restore` into `output` (which must not exist), then check it.
+    Returns Litestream's JSON summary. Raises RestoreError; leaves no partial file behind."""
+    logger = log.get("restore")
+    argv = restore_argv(binary, config_path, db, output, txid=txid, timestamp=timestamp)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_progress, args=(output, stop, db.name), daemon=True)
+    watcher.start()
+
+    def on_line(line: str) -> None:
+        if line.startswith("{") and '"level"' in line:
+            try:
+                rec = json.loads(line)
+                logger.info("litestream", db=db.name, msg=rec.get("msg"),
+                            **{k: v for k, v in rec.items() if k not in ("msg", "time", "level")})
+                return
+            except ValueError:
+                pass
+        if line.strip() and not line.strip().startswith(("{", "}", '"')):
+            logger.info("litestream", db=db.name, line=line)
+
+    try:
+        code, out = procs.run(argv, child_env(os.environ), on_line=on_line,
+                              should_stop=should_stop)
+    finally:
+        stop.set()
+    summary: dict[str, Any] = {}
+    start = out.find("{\n")
+    if start >= 0:
+        try:
+            summary = json.loads(out[start:])
+        except ValueError:
+            summary = {}
+    if code != 0 or not output.exists():
+        for p in (output, output.with_name(output.name + ".tmp")):
+            p.unlink(missing_ok=True)
+        tail = [ln for ln in out.splitlines() if ln.strip()][-3:]
+        raise RestoreError(f"cannot restore {db.name} from {db.replica.url if db.replica else '?'}:"
+                           f" litestream restore exited {code}",
+                           problems=[_scrub(t) for t in tail])
+    result = dbfile.quick_check(output)
+    if result != "ok":
+        output.unlink(missing_ok=True)
+        raise RestoreError(f"cannot restore {db.name}: the restored file fails quick_check "
+                           f"({result})")
+    return summary
+
+
+def _scrub(line: str) -> str:
+    return line[:300]
+
+
+def aside_dir(cfg: Config, kind: str) -> Path:
+    return cfg.state_dir / kind
+
+
+def swap_in(restored: Path, live: Path, aside: Path) -> list[str]:
+    """Put `restored` at `live`, keeping whatever was there (DB, -wal, -shm) in `aside`.
+
+    The old DB is checkpointed first, then hard-linked (or copied) aside, so the live path
+    holds the complete old DB until the single rename that replaces it.
+    """
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    kept: list[str] = []
+    if live.exists() and live.stat().st_size > 0:
+        try:
+            con = sqlite3.connect(live, timeout=10)
+            try:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                con.close()
+        except sqlite3.DatabaseError:
+            pass  # a damaged file is kept as it is, -wal and all
+    for src in (live, dbfile.wal_path(live), dbfile.shm_path(live)):
+        if not src.exists():
+            continue
+        aside.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dst = aside / f"{src.name}.{stamp}"
+        if src == live:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        else:
+            os.replace(src, dst) if _same_fs(src, aside) else shutil.move(src, dst)
+        kept.append(str(dst))
+    if kept:
+        dbfile.fsync_dir(aside)
+    os.replace(restored, live)
+    dbfile.fsync_dir(live.parent)
+    return kept
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
+             should_stop: Callable[[], bool] | None = None) -> RestoreResult:
+    """Decide and, when needed, restore one database before anything else touches it."""
+    logger = log.get("restore")
+    t0 = time.monotonic()
+    for p in clean_leftovers(db.path):
+        logger.info("removed partial restore", path=str(p))
+    state = dbfile.inspect(db.path)
+    if state.kind == "present":
+        return RestoreResult(db.name, "skipped", f"database present ({state.detail})",
+                             time.monotonic() - t0)
+    if state.kind == "corrupt":
+        raise RestoreError(
+            f"cannot start: {db.path} is damaged ({state.detail}); sidecar will not replace it "
+            "automatically",
+            hint=f"inspect it, restore a copy with `sidecar restore --output /tmp/{db.name}`, "
+                 "and move the damaged file away yourself")
+    if db.replica is None:
+        return RestoreResult(db.name, "fresh", f"{state.detail}; no replica configured",
+                             time.monotonic() - t0)
+    try:
+        has_backups = replica.probe(db.replica, cfg.replica_timeout)
+    except replica.ReplicaUnreachable as exc:
+        raise RestoreError(
+            f"cannot start: {db.path} needs a restore ({state.detail}) and the replica "
+            f"{db.replica.url} cannot be read: {exc.message}",
+            hint="starting with an empty database would replace the real backup; fix the "
+                 "bucket, endpoint or credentials and start again") from None
+    if not has_backups:
+        return RestoreResult(db.name, "fresh", f"{state.detail}; the replica {db.replica.url} "
+                             "is reachable and holds no backup", time.monotonic() - t0)
+    tmp = temp_path(db.path)
+    logger.info("restore started", db=db.name, replica=db.replica.url, reason=state.detail)
+    summary = restore_to(binary, config_path, db, tmp, should_stop=should_stop)
+    kept = swap_in(tmp, db.path, aside_dir(cfg, "pre-restore"))
+    return RestoreResult(db.name, "restored", f"restored from {db.replica.url} ({state.detail})",
+                         time.monotonic() - t0, txid=summary.get("txid"), aside=kept)

@@ -1,0 +1,214 @@
+"""`sidecar run`: config, preflight, restore, replication, migrate, app, supervise.
+
+Each step logs one event when it finishes, with what it decided and how long it took.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, log, metrics, migrate, preflight, procs, restore
+from .config import Config, describe
+from .errors import SidecarError
+from .litestream import Control, free_loopback_port, short_socket_path, write_config
+from .supervisor import Supervisor
+
+
+@dataclass
+class Runtime:
+    """What a running sidecar knows; read by /status and the control socket."""
+
+    cfg: Config
+    env: dict[str, str]
+    started_at: float = field(default_factory=time.time)
+    supervisor: Supervisor | None = None
+    pre: preflight.Preflight | None = None
+    litestream_config: Path | None = None
+    litestream_version: str | None = None
+    litestream_bin: str | None = None
+    metrics_url: str | None = None
+    control: Control | None = None
+    restores: dict[str, restore.RestoreResult] = field(default_factory=dict)
+    migration: migrate.MigrationResult | None = None
+    verification: dict[str, Any] | None = None
+    failure: SidecarError | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _step(logger: Any, event: str, t0: float, **kw: Any) -> None:
+    logger.info(event, duration_seconds=round(time.monotonic() - t0, 3), **kw)
+
+
+def warn_draining(cfg: Config) -> None:
+    needed = cfg.app_stop_timeout + min(cfg.litestream_stop_timeout, 15.0)
+    if cfg.draining_seconds is not None and cfg.draining_seconds < needed:
+        log.get("run").warning(
+            "draining time too short", RAILWAY_DEPLOYMENT_DRAINING_SECONDS=cfg.draining_seconds,
+            needed_seconds=needed,
+            consequence="the platform may SIGKILL before the app stops and the final sync ends",
+            fix=f"set RAILWAY_DEPLOYMENT_DRAINING_SECONDS={int(needed) + 5}")
+
+
+def prepare(cfg: Config, env: dict[str, str]) -> Runtime:
+    """Preflight and the Litestream config; nothing is started yet."""
+    logger = log.get("run")
+    rt = Runtime(cfg=cfg, env=env)
+    t0 = time.monotonic()
+    rt.pre = preflight.run(cfg)
+    rt.litestream_bin = rt.pre.litestream_bin
+    rt.litestream_version = rt.pre.litestream_version
+    _step(logger, "preflight passed", t0, checks={c.name: c.detail for c in rt.pre.checks})
+    if cfg.local_default_replica:
+        logger.warning("no replica configured: backing up to a local directory on the same disk",
+                       replica=cfg.databases[0].replica.url if cfg.databases[0].replica else None,
+                       fix="set SIDECAR_REPLICA_URL=s3://BUCKET/PREFIX for a real backup")
+    warn_draining(cfg)
+    metrics.set_build_info(__version__, rt.litestream_version or "unknown")
+    for db in cfg.databases:
+        metrics.init_db(db.name)
+    port = free_loopback_port()
+    rt.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    rt.litestream_config = write_config(cfg, port)
+    rt.control = Control(short_socket_path(cfg.state_dir, "litestream.sock"))
+    return rt
+
+
+def start(rt: Runtime) -> None:
+    """Restore, replication, migrations, app: the part `hold` can retry."""
+    cfg, logger = rt.cfg, log.get("run")
+    sup = rt.supervisor
+    assert sup is not None and rt.litestream_bin and rt.litestream_config
+    for db in cfg.databases:
+        t0 = time.monotonic()
+        try:
+            res = restore.on_start(cfg, db, rt.litestream_bin, rt.litestream_config,
+                                   should_stop=sup.stop_requested)
+        except SidecarError as exc:
+            metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
+            rt.restores[db.name] = restore.RestoreResult(db.name, "failed", exc.message,
+                                                         time.monotonic() - t0)
+            raise
+        rt.restores[db.name] = res
+        metrics.RESTORES.labels(trigger="startup", outcome=res.outcome).inc()
+        if res.outcome == "restored":
+            metrics.RESTORE_DURATION.set(res.duration)
+        log_fn = logger.warning if res.outcome == "fresh" else logger.info
+        log_fn("restore decided", db=db.name, outcome=res.outcome, detail=res.detail,
+               duration_seconds=round(res.duration, 3), txid=res.txid,
+               **({"moved_aside": res.aside} if res.aside else {}))
+        if sup.stop_requested():
+            return
+
+    t0 = time.monotonic()
+    sup.start_litestream()
+    sup.wait_litestream_ready()
+    if sup.stop_requested():
+        return
+    _step(logger, "replication started", t0, databases=[str(d.path) for d in cfg.databases],
+          pid=sup.litestream.pid)
+
+    t0 = time.monotonic()
+    try:
+        res_m = migrate.run(cfg, rt.env, should_stop=sup.stop_requested)
+    except SidecarError as exc:
+        metrics.MIGRATIONS.labels(outcome="failed").inc()
+        rt.migration = migrate.MigrationResult("failed", exc.message, time.monotonic() - t0)
+        raise
+    rt.migration = res_m
+    metrics.MIGRATIONS.labels(outcome=res_m.outcome).inc()
+    _step(logger, "migrations finished", t0, outcome=res_m.outcome, detail=res_m.detail,
+          copies=res_m.copies)
+    if sup.stop_requested():
+        return
+
+    t0 = time.monotonic()
+    sup.start_app()
+    _step(logger, "app started", t0, pid=sup.app.pid if sup.app else None,
+          command=list(cfg.app_command))
+
+
+def run(cfg: Config, env: dict[str, str]) -> int:
+    """The whole lifecycle; returns the process exit code."""
+    logger = log.get("run")
+    logger.info("config loaded", version=__version__, **describe(cfg))
+    rt = prepare(cfg, env)
+    sup = Supervisor(cfg, env, rt.litestream_bin or "litestream", rt.litestream_config or Path(),
+                     rt.control or Control(Path()), metrics_url=rt.metrics_url)
+    rt.supervisor = sup
+    sup.install_signals()
+    subreaper = procs.is_pid1() or procs.become_subreaper()
+    logger.debug("reaper", pid1=procs.is_pid1(), subreaper=subreaper)
+    services = _start_services(rt)
+    try:
+        try:
+            start(rt)
+        except SidecarError as exc:
+            rt.failure = exc
+            if cfg.on_start_failure != "hold":
+                raise
+            _hold(rt, exc)
+        if sup.stop_requested() and sup.phase == "starting":
+            signum = sup.stop_signal or signal.SIGTERM
+            logger.info("stopped during start-up", signal=signal.Signals(signum).name)
+            sup.kill_all()
+            return 128 + signum
+        code = sup.loop()
+        logger.info("sidecar exiting", code=code)
+        return code
+    except BaseException:
+        sup.kill_all()
+        raise
+    finally:
+        for stop in services:
+            stop()
+
+
+def _start_services(rt: Runtime) -> list[Any]:
+    """The HTTP listener and the control socket, when those modules are present."""
+    stops: list[Any] = []
+    try:
+        from . import http
+    except ImportError:
+        return stops
+    stops.append(http.serve(rt))
+    return stops
+
+
+def _hold(rt: Runtime, exc: SidecarError) -> None:
+    """SIDECAR_ON_START_FAILURE=hold: stay up for an operator until `sidecar resume`."""
+    logger = log.get("run")
+    sup = rt.supervisor
+    assert sup is not None
+    sup.kill_all()
+    sup.phase = "starting"
+    logger.error("start failed: holding for an operator", error=str(exc),
+                 exit_code=exc.exit_code, fix="fix the cause, then run `sidecar resume`")
+    resumed = {"flag": False}
+    sup.on("resume", lambda _e: resumed.update(flag=True))
+    while True:
+        try:
+            ev = sup.events.get(timeout=1.0)
+        except Exception:  # queue.Empty
+            continue
+        if ev.kind == "signal" and int(ev.data["signum"]) in (signal.SIGTERM, signal.SIGINT,
+                                                                signal.SIGQUIT):
+            raise exc
+        if ev.kind in sup.handlers:
+            sup.handlers[ev.kind](ev)
+        if resumed["flag"]:
+            resumed["flag"] = False
+            logger.info("resuming start")
+            try:
+                rt.failure = None
+                start(rt)
+                return
+            except SidecarError as again:
+                rt.failure = again
+                exc = again
+                sup.kill_all()
+                logger.error("start failed again: holding", error=str(again))
+
