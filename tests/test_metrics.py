@@ -206,12 +206,17 @@ def test_init_db_starts_from_nothing_known() -> None:
 
 def test_set_build_info_keeps_one_series() -> None:
     """set_build_info replaces the earlier series rather than adding a second one."""
-    metrics.set_build_info("9.9.9", "0.5.17")
-    metrics.set_build_info("1.2.3", "0.5.17")
-    body = metrics.render(None).decode()
-    assert re.findall(r"^sidecar_build_info\{.*$", body, re.MULTILINE) == [
-        'sidecar_build_info{litestream_version="0.5.17",version="1.2.3"} 1.0'
-    ]
+    (family,) = [m for m in metrics.REGISTRY.collect() if m.name == "sidecar_build_info"]
+    (previous,) = [s.labels for s in family.samples]
+    try:
+        metrics.set_build_info("9.9.9", "0.5.17")
+        metrics.set_build_info("1.2.3", "0.5.17")
+        body = metrics.render(None).decode()
+        assert re.findall(r"^sidecar_build_info\{.*$", body, re.MULTILINE) == [
+            'sidecar_build_info{litestream_version="0.5.17",version="1.2.3"} 1.0'
+        ]
+    finally:
+        metrics.set_build_info(previous["version"], previous["litestream_version"])
 
 
 def test_content_type_is_classic_text_format() -> None:
