@@ -5,8 +5,9 @@ render() returns that registry in the Prometheus text format followed by Litestr
 `litestream_*` series, fetched from its loopback metrics endpoint at scrape time, so one
 scrape target shows both. The combined text passes `promtool check metrics`.
 
-Per-database series carry a `db` label whose value is the database's absolute path, the same
-value Litestream uses for its own `db` label, so the two can be joined in PromQL.
+Per-database series carry a `db` label. Its value should be the database's absolute path: that
+is what Litestream puts in its own `db` label, so one dashboard filter or PromQL join covers
+both, and two databases with the same file name in different directories stay apart.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ set_build_info(__version__, "unknown")
 
 
 def init_db(db: str) -> None:
-    """Create db's per-database series at their "nothing known yet" values."""
+    """Create the per-database series for db (its absolute path) at "nothing known yet"."""
     REPLICATION_LAG.labels(db=db).set(math.nan)
     REPLICA_LAST_UPLOAD.labels(db=db).set(0)
     LOCAL_TXID.labels(db=db).set(0)
