@@ -80,6 +80,23 @@ def inspect(path: Path, check: bool = True) -> FileState:
     return FileState("present", f"{tables} tables, {size} bytes", size)
 
 
+def settle(path: Path) -> None:
+    """Fold any -wal into the file and drop the -wal/-shm that reading it left, so the file
+    alone is the whole database and can be renamed on its own."""
+    con = sqlite3.connect(path, timeout=10)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        con.close()
+    wal = wal_path(path)
+    if wal.exists() and wal.stat().st_size > 0:
+        raise sqlite3.OperationalError(f"{wal} could not be checkpointed")
+    wal.unlink(missing_ok=True)
+    shm_path(path).unlink(missing_ok=True)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -1,8 +1,10 @@
 """What is really in the replica: one seam for S3 (boto3) and local-directory replicas.
 
-Litestream 0.5 lays a replica out as `<prefix>/ltx/<level>/<minTXID>-<maxTXID>.ltx` (16 hex
-digits each), so keys sort by TXID and "what is new since key K" is one listing that starts
-after K. Every call here is bounded in time and in requests.
+Litestream 0.5 lays an S3 replica out as `<prefix>/<level, 4 hex digits>/<minTXID>-<maxTXID>.ltx`
+and a file replica as `<dir>/ltx/<level, decimal>/<minTXID>-<maxTXID>.ltx` (TXIDs 16 hex
+digits), so keys sort by TXID and "what is new since key K" is one listing that starts after K.
+Keys handed out here are relative to the replica root. Every call is bounded in time and in
+requests.
 """
 
 from __future__ import annotations
@@ -44,14 +46,14 @@ class LtxObject:
     last_modified: float  # unix seconds
 
 
-def _parse_key(key: str, size: int, mtime: float) -> LtxObject | None:
-    parts = key.rsplit("/", 2)
-    if len(parts) < 2:
+S3_KEY = re.compile(r"^([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+
+
+def _parse_key(key: str, level: int, size: int, mtime: float) -> LtxObject | None:
+    m = LTX_NAME.match(key.rsplit("/", 1)[-1])
+    if not m:
         return None
-    m = LTX_NAME.match(parts[-1])
-    if not m or not parts[-2].isdigit():
-        return None
-    return LtxObject(key=key, level=int(parts[-2]), min_txid=int(m.group(1), 16),
+    return LtxObject(key=key, level=level, min_txid=int(m.group(1), 16),
                      max_txid=int(m.group(2), 16), size=size, last_modified=mtime)
 
 
@@ -91,7 +93,7 @@ class DirStore(Store):
                 st = (d / name).stat()
             except FileNotFoundError:  # compacted away while we listed
                 continue
-            obj = _parse_key(key, st.st_size, st.st_mtime)
+            obj = _parse_key(key, level, st.st_size, st.st_mtime)
             if obj:
                 out.append(obj)
             if len(out) >= max_keys:
@@ -144,7 +146,7 @@ class S3Store(Store):
 
     def list_ltx(self, level: int, start_after: str | None = None,
                  max_keys: int = 1000) -> list[LtxObject]:
-        prefix = f"{self.prefix}ltx/{level}/"
+        prefix = f"{self.prefix}{level:04x}/"
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if start_after:
             kwargs["StartAfter"] = self.prefix + start_after
@@ -154,15 +156,17 @@ class S3Store(Store):
             key = item["Key"][len(self.prefix):]
             lm = item.get("LastModified")
             mtime = lm.timestamp() if isinstance(lm, datetime) else time.time()
-            obj = _parse_key(key, int(item.get("Size", 0)), mtime)
+            obj = _parse_key(key, level, int(item.get("Size", 0)), mtime)
             if obj:
                 out.append(obj)
         return out
 
     def has_backups(self) -> bool:
+        # Level directories sort first ("0000/", "0001/", ...), so a short listing finds them.
         resp = self._call(self._client.list_objects_v2, Bucket=self.bucket,
-                          Prefix=f"{self.prefix}ltx/", MaxKeys=20)
-        return any(item["Key"].endswith(".ltx") for item in resp.get("Contents", []))
+                          Prefix=self.prefix, MaxKeys=100)
+        return any(S3_KEY.match(item["Key"][len(self.prefix):])
+                   for item in resp.get("Contents", []))
 
 
 def make_client(replica: Replica, timeout: float = 5.0) -> Any:

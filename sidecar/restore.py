@@ -118,9 +118,11 @@ def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
                            problems=[_scrub(t) for t in tail])
     result = dbfile.quick_check(output)
     if result != "ok":
-        output.unlink(missing_ok=True)
+        for p in (output, dbfile.wal_path(output), dbfile.shm_path(output)):
+            p.unlink(missing_ok=True)
         raise RestoreError(f"cannot restore {db.name}: the restored file fails quick_check "
                            f"({result})")
+    dbfile.settle(output)
     return summary
 
 

@@ -66,7 +66,7 @@ class S3Server:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [tool("rclone"), "serve", "s3", "--auth-key", f"{S3_KEY},{S3_SECRET}",
-             "--addr", f"127.0.0.1:{self.port}", "--no-check-certificate", str(self.root)],
+             "--addr", f"127.0.0.1:{self.port}", "--dir-cache-time", "1s", str(self.root)],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
             env={**os.environ, "RCLONE_CONFIG": "/dev/null"})
 
@@ -90,8 +90,9 @@ class S3Server:
         self.proc = None
 
     def make_bucket(self, name: str | None = None) -> str:
+        """Create a bucket through the S3 API (the server caches its directory listings)."""
         name = name or f"b-{uuid.uuid4().hex[:10]}"
-        (self.root / name).mkdir(parents=True, exist_ok=True)
+        self.client().create_bucket(Bucket=name)
         return name
 
     def client(self) -> Any:
