@@ -563,6 +563,11 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
                 local_default = True
             databases.append(Database(path=db_path, replica=replica))
 
+    # S3 settings are checked even when no S3 replica uses them: a typo there is still a typo.
+    if not any(d.replica and d.replica.s3 for d in databases) and any(
+            _get(env, v) for v in ("SIDECAR_S3_ENDPOINT", "SIDECAR_S3_FORCE_PATH_STYLE")):
+        _s3_settings(env, "", "", problems)
+
     # --- state dir
     state_dir: Path | None = None
     raw_state = _get(env, "SIDECAR_STATE_DIR")

@@ -294,6 +294,8 @@ class Supervisor:
         def work() -> None:
             t0 = time.monotonic()
             for db in self.cfg.databases:
+                if not db.path.exists():
+                    continue  # nothing was ever written: nothing to push
                 try:
                     res = self.control.sync(db.path, wait=True, timeout=budget)
                     self.log.info("final sync", db=db.name, txid=res.get("txid"),
