@@ -69,7 +69,7 @@ def prepare(cfg: Config, env: dict[str, str]) -> Runtime:
     warn_draining(cfg)
     metrics.set_build_info(__version__, rt.litestream_version or "unknown")
     for db in cfg.databases:
-        metrics.init_db(db.name)
+        metrics.init_db(str(db.path))  # the same `db` label value Litestream uses
     port = free_loopback_port()
     rt.metrics_url = f"http://127.0.0.1:{port}/metrics"
     rt.litestream_config = write_config(cfg, port)
