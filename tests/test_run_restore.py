@@ -183,3 +183,52 @@ def test_sigkill_during_restore_never_leaves_a_partial_db(tmp_path: Path, s3, bu
     assert res.returncode == 0, res.stderr[-2000:]
     assert sqlite3.connect(db).execute("SELECT count(*) FROM rows").fetchone()[0] == count
     assert not list(db.parent.glob(".app.db.sidecar-restore-*"))
+
+
+def test_two_databases_from_the_project_litestream_yml(tmp_path: Path, s3, bucket) -> None:
+    """A project litestream.yml with two databases: both replicate with secrets taken from the
+    environment (a `$` in the secret intact), and both are restored after being deleted."""
+    env = base_env(tmp_path, **s3_env(s3, bucket))
+    env.pop("SIDECAR_DB_PATH")
+    env.pop("SIDECAR_REPLICA_URL")
+    data = tmp_path / "data"
+    (tmp_path / "litestream.yml").write_text(textwrap.dedent(f"""
+        dbs:
+          - path: {data}/one.db
+            replica:
+              url: s3://{bucket}/one
+              endpoint: ${{SIDECAR_S3_ENDPOINT}}
+              access-key-id: ${{AWS_ACCESS_KEY_ID}}
+              secret-access-key: ${{AWS_SECRET_ACCESS_KEY}}
+          - path: {data}/two.db
+            replica:
+              type: s3
+              bucket: {bucket}
+              path: two
+              endpoint: ${{SIDECAR_S3_ENDPOINT}}
+              force-path-style: true
+              access-key-id: ${{AWS_ACCESS_KEY_ID}}
+              secret-access-key: ${{AWS_SECRET_ACCESS_KEY}}
+    """))
+    app = write_app(tmp_path, textwrap.dedent(f"""
+        import sqlite3
+        for name in ("one", "two"):
+            db = sqlite3.connect("{data}/" + name + ".db", isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS rows(id INTEGER PRIMARY KEY, v TEXT, at REAL)")
+            db.execute("INSERT INTO rows(v, at) VALUES (?, 0)", (name,))
+    """), "both.py")
+    res = run_sidecar(["run", "--", *app], env, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count('"outcome": "fresh"') == 2
+    for name in ("one", "two"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{data}/{name}.db{suffix}").unlink(missing_ok=True)
+    res = run_sidecar(["run", "--", "true"], env, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count('"outcome": "restored"') == 2
+    assert rows(data / "one.db") == ["one"] and rows(data / "two.db") == ["two"]
+    generated = data / ".sidecar" / "litestream.generated.yml"
+    assert oct(generated.stat().st_mode & 0o777) == "0o600"
+    assert S3_SECRET in generated.read_text()  # expanded by sidecar, `$` intact
+    assert S3_SECRET not in res.stderr
