@@ -14,8 +14,9 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -35,7 +36,7 @@ def short_socket_path(state_dir: Path, name: str) -> Path:
 
 
 def _duration(seconds: float) -> str:
-    return f"{int(round(seconds * 1000))}ms"
+    return f"{round(seconds * 1000)}ms"
 
 
 def replica_section(replica: Replica, sync_interval: float | None) -> dict[str, Any]:

@@ -216,7 +216,7 @@ def render(litestream_metrics_url: str | None, timeout: float = 1.0) -> bytes:
             passthrough = _litestream_families(_fetch(litestream_metrics_url, timeout))
         # A broken or half-started Litestream must never take sidecar's own metrics down with
         # it, whatever it answers; the counter below makes the failure visible.
-        except Exception:  # noqa: BLE001
+        except Exception:
             LITESTREAM_METRICS_SCRAPE_ERRORS.inc()
     return prometheus_client.generate_latest(REGISTRY) + passthrough.encode()
 

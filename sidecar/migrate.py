@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import dbfile, log, procs
 from .config import Config
@@ -24,7 +25,7 @@ class MigrationResult:
     def as_dict(self) -> dict[str, Any]:
         return {"outcome": self.outcome, "detail": self.detail,
                 "duration_seconds": round(self.duration, 3), "copies": self.copies,
-                "finished_at": datetime.fromtimestamp(self.finished_at, timezone.utc).isoformat()}
+                "finished_at": datetime.fromtimestamp(self.finished_at, UTC).isoformat()}
 
 
 def safety_copy(cfg: Config) -> list[str]:
@@ -32,7 +33,7 @@ def safety_copy(cfg: Config) -> list[str]:
     out = []
     d = cfg.state_dir / "pre-migrate"
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     for db in cfg.databases:
         if not db.path.exists() or db.path.stat().st_size == 0:
             continue

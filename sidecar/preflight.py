@@ -197,7 +197,7 @@ def check_litestream(cfg: Config) -> tuple[Check, str | None, str | None]:
 def acquire_lock(state_dir: Path) -> IO[bytes]:
     """An exclusive lock on the volume: one sidecar per database."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    f = open(state_dir / "sidecar.lock", "a+b")  # noqa: SIM115 - held for the process' life
+    f = open(state_dir / "sidecar.lock", "a+b")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -11,8 +11,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 _lock = threading.Lock()
 _owned: set[int] = set()  # pids whose status someone else is waiting for

@@ -9,16 +9,18 @@ state or the complete new DB at the live path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import dbfile, log, procs, replica
 from .config import Config, Database
@@ -65,10 +67,8 @@ def _progress(path: Path, stop: threading.Event, label: str) -> None:
     while not stop.wait(5.0):
         size = 0
         for p in (path, path.with_name(path.name + ".tmp")):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 size = max(size, p.stat().st_size)
-            except FileNotFoundError:
-                pass
         if size != last:
             logger.info("restore progress", db=label, bytes_written=size)
             last = size
@@ -140,7 +140,7 @@ def swap_in(restored: Path, live: Path, aside: Path) -> list[str]:
     The old DB is checkpointed first, then hard-linked (or copied) aside, so the live path
     holds the complete old DB until the single rename that replaces it.
     """
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     kept: list[str] = []
     if live.exists() and live.stat().st_size > 0:
         try:

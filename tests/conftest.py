@@ -3,6 +3,7 @@ that runs `sidecar run` as a real process with tiny app scripts written into a t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,8 +16,9 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -204,7 +206,7 @@ class Sidecar:
         self.stdout: list[str] = []
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> "Sidecar":
+    def start(self) -> Sidecar:
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True)
@@ -262,17 +264,16 @@ class Sidecar:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"sidecar did not exit within {timeout}s:\n{self.output()}")
+            raise AssertionError(
+                f"sidecar did not exit within {timeout}s:\n{self.output()}") from None
         for t in self._threads:
             t.join(5)
         return code
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait()
 
     def output(self) -> str:

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, base_env, run_sidecar
 
 pytestmark = pytest.mark.slow

@@ -11,9 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import (BIN, S3_SECRET, base_env, rows, run_sidecar, s3_env, seed_bucket,
-                      side_restore, wait_for, write_app)
+from conftest import (
+    BIN,
+    S3_SECRET,
+    base_env,
+    rows,
+    run_sidecar,
+    s3_env,
+    seed_bucket,
+    side_restore,
+    wait_for,
+    write_app,
+)
 
 pytestmark = pytest.mark.slow
 

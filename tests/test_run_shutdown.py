@@ -10,9 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from conftest import (S3_SECRET, base_env, rows, s3_env, side_restore, tool, wait_for,
-                      write_app)
+from conftest import S3_SECRET, base_env, rows, s3_env, side_restore, tool, wait_for, write_app
 
 pytestmark = pytest.mark.slow
 

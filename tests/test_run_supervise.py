@@ -13,9 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import (BIN, base_env, rows, run_sidecar, s3_env, seed_bucket, side_restore,
-                      wait_for, write_app)
+from conftest import (
+    BIN,
+    base_env,
+    rows,
+    run_sidecar,
+    s3_env,
+    seed_bucket,
+    side_restore,
+    wait_for,
+    write_app,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +74,7 @@ def test_migration_runs_once_per_start_and_old_copies_are_pruned(tmp_path: Path)
     env = base_env(tmp_path, SIDECAR_KEEP_COPIES="2", SIDECAR_MIGRATE_COMMAND=(
         f"sh -c 'echo x >> {counter}; sqlite3 \"$SIDECAR_DB_PATH\" "
         "\"create table if not exists m(x); insert into m values(1)\"'"))
-    for i in range(4):
+    for _ in range(4):
         res = run_sidecar(["run", "--", "true"], env, tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
         assert res.stderr.index('"replication started"') < res.stderr.index(
@@ -128,7 +136,8 @@ def test_sidecar_without_subreaper_would_leave_zombies_baseline(tmp_path: Path) 
     path = tmp_path / "baseline.py"
     path.write_text(script)
     # A PID 1 that waits only for its own child, as a naive entrypoint does.
-    pid1 = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, {str(path)!r}]).returncode)"
+    pid1 = ("import subprocess, sys; "
+            f"sys.exit(subprocess.run([sys.executable, {str(path)!r}]).returncode)")
     res = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
                           pid1], capture_output=True, text=True, timeout=60)
     assert "zombies: 1" in res.stdout, res.stdout + res.stderr

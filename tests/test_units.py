@@ -237,7 +237,7 @@ def test_swap_in_keeps_the_old_db_and_its_wal(tmp_path: Path) -> None:
     con.close()
     _db(new)
     kept = restore.swap_in(new, live, aside)
-    old = [Path(k) for k in kept if not k.endswith(("-wal", "-shm")) and "app.db." in k][0]
+    old = next(Path(k) for k in kept if not k.endswith(("-wal", "-shm")) and "app.db." in k)
     assert sqlite3.connect(old).execute("SELECT count(*) FROM t").fetchone()[0] == 2
     assert sqlite3.connect(live).execute("SELECT count(*) FROM t").fetchone()[0] == 1
     assert not new.exists()
