@@ -16,6 +16,11 @@ from .errors import EXIT_CODES, SidecarError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("sidecar.cmd_run", "restore if needed, replicate, migrate, run and supervise the app"),
     "check": ("sidecar.cmd_check", "run every preflight check and test the bucket; changes nothing"),
+    "status": ("sidecar.cmd_status", "show what the running sidecar is doing (and why it holds)"),
+    "restore": ("sidecar.cmd_restore", "restore a backup into a file, or live through the daemon"),
+    "verify": ("sidecar.cmd_verify", "restore the latest backup aside and integrity-check it"),
+    "snapshot": ("sidecar.cmd_snapshot", "write a consistent copy of the live database to a file"),
+    "resume": ("sidecar.cmd_resume", "continue a start held by SIDECAR_ON_START_FAILURE=hold"),
 }
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {k:<4} {v}" for k, v in EXIT_CODES.items()) + (

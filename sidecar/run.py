@@ -5,7 +5,9 @@ Each step logs one event when it finishes, with what it decided and how long it 
 
 from __future__ import annotations
 
+import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +172,9 @@ def run(cfg: Config, env: dict[str, str]) -> int:
 def _start_services(rt: Runtime) -> list[Any]:
     """The HTTP listener and the control socket, when those modules are present."""
     stops: list[Any] = []
+    from . import control
+
+    stops.append(control.serve(rt))
     try:
         from . import http
     except ImportError:
@@ -179,36 +184,53 @@ def _start_services(rt: Runtime) -> list[Any]:
 
 
 def _hold(rt: Runtime, exc: SidecarError) -> None:
-    """SIDECAR_ON_START_FAILURE=hold: stay up for an operator until `sidecar resume`."""
+    """SIDECAR_ON_START_FAILURE=hold: instead of exiting (and crash-looping on the platform),
+    keep the HTTP listener and the control socket up with the failure in /status, so an operator
+    can get a shell, fix the cause (`sidecar check`, `sidecar restore`) and `sidecar resume`.
+    Returns once a resumed start succeeds; a stop signal raises the last failure."""
     logger = log.get("run")
     sup = rt.supervisor
     assert sup is not None
     sup.kill_all()
     sup.phase = "starting"
-    logger.error("start failed: holding for an operator", error=str(exc),
-                 exit_code=exc.exit_code, fix="fix the cause, then run `sidecar resume`")
-    resumed = {"flag": False}
-    sup.on("resume", lambda _e: resumed.update(flag=True))
+    rt.failure = exc
+    logger.error("start failed: holding for an operator", error=exc.message,
+                 exit_code=exc.exit_code, step=exc.step,
+                 fix="fix the cause, then run `sidecar resume` (or restart the service)")
+    resume = threading.Event()
+    sup.on("resume", lambda _e: resume.set())
     while True:
         try:
             ev = sup.events.get(timeout=1.0)
-        except Exception:  # queue.Empty
+        except queue.Empty:
             continue
-        if ev.kind == "signal" and int(ev.data["signum"]) in (signal.SIGTERM, signal.SIGINT,
-                                                                signal.SIGQUIT):
-            raise exc
-        if ev.kind in sup.handlers:
-            sup.handlers[ev.kind](ev)
-        if resumed["flag"]:
-            resumed["flag"] = False
-            logger.info("resuming start")
+        if ev.kind == "signal":
+            signum = int(ev.data["signum"])
+            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                logger.info("stopped while holding", signal=signal.Signals(signum).name)
+                raise exc
+            if signum == signal.SIGCHLD:
+                procs.reap_orphans()
+            continue
+        handler = sup.handlers.get(ev.kind)
+        if handler is not None:
             try:
-                rt.failure = None
+                handler(ev)
+            except Exception as err:  # a handler's bug must not end the hold
+                logger.exception("event handler failed", kind=ev.kind, error=str(err))
+        if resume.is_set():
+            resume.clear()
+            logger.info("resuming start", after=exc.message)
+            rt.failure = None  # /status shows "starting" while the start is retried
+            try:
                 start(rt)
-                return
             except SidecarError as again:
-                rt.failure = again
                 exc = again
+                rt.failure = again
                 sup.kill_all()
-                logger.error("start failed again: holding", error=str(again))
-
+                sup.phase = "starting"
+                logger.error("start failed again: holding", error=again.message,
+                             exit_code=again.exit_code, step=again.step)
+                continue
+            logger.info("resumed", phase=sup.phase)
+            return

@@ -185,6 +185,39 @@ class Supervisor:
                                 f"{exc.strerror}") from None
         self.phase = "running"
 
+    def pause_app(self, reason: str) -> None:
+        """Stop the app on purpose (a live restore): SIGTERM its group, SIGKILL after the stop
+        timeout. Blocks the loop (the caller is a loop handler); its exit does not end us."""
+        self.paused_app = True
+        if self.app is None:
+            return
+        self.app.restart_at = None
+        pid = self.app.pid
+        if not pid:
+            return
+        self.log.info("app stopping", reason=reason, timeout_seconds=self.cfg.app_stop_timeout)
+        procs.signal_group(pid, signal.SIGTERM)
+        end = time.monotonic() + self.cfg.app_stop_timeout
+        killed = False
+        while True:
+            status = procs.wait_nohang(pid)
+            if status is not None:
+                code = self._mark_exit(self.app, status)
+                self.log.info("app exited", code=code, reason=reason)
+                self.app.last_exit = None  # stopped on purpose: not the sidecar's exit code
+                return
+            if not killed and (time.monotonic() > end or self.stop_requested()):
+                self.log.warning("app did not stop in time: SIGKILL", reason=reason)
+                procs.signal_group(pid, signal.SIGKILL)
+                killed = True
+            time.sleep(0.02)
+
+    def resume_app(self) -> None:
+        """Start the app again after pause_app()."""
+        self.paused_app = False
+        if self.phase == "running" and not self.stop_requested():
+            self.start_app()
+
     def _mark_exit(self, child: Child, status: int) -> int:
         code = procs.exit_code(status)
         if child.proc is not None:

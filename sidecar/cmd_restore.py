@@ -1,0 +1,177 @@
+"""Restore a database from its backup, to the latest state, a point in time (--timestamp) or a
+transaction (--txid).
+
+With --output PATH the backup is restored into that file only; the live database is untouched
+and no daemon is needed.
+
+Without --output it is a fenced live restore done by the running sidecar: it stops the app,
+stops replication of the database, restores into a temporary file, integrity-checks it, moves
+the current database (with its -wal/-shm) aside into the state dir (nothing is deleted), renames
+the restored file into place, resumes replication (so the restored state becomes the newest
+backup) and starts the app again. Any failure before the rename changes nothing and restarts the
+app on the old database.
+
+--dry-run prints the plan (files, TXID, bytes to download). Without --yes the live restore asks
+for confirmation on a terminal and refuses when there is none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import config, restore
+from .cli import add_settings, settings_from_args
+from .control import NoDaemon, call
+from .errors import OperatorError
+from .operations import (
+    Target,
+    parse_target,
+    pick_database,
+    plan,
+    restore_to_output,
+    socket_path,
+    standalone_tools,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--timestamp", metavar="RFC3339",
+                      help="restore the state as of this time, e.g. 2025-01-31T13:45:00Z")
+    when.add_argument("--txid", metavar="HEX", help="restore up to this transaction (hex)")
+    parser.add_argument("--output", "-o", type=Path, metavar="PATH",
+                        help="restore into this file instead of the live database (no daemon "
+                             "needed)")
+    parser.add_argument("--force", action="store_true",
+                        help="with --output: replace PATH if it exists")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    parser.add_argument("--yes", "-y", action="store_true",
+                        help="do not ask for confirmation before a live restore")
+    parser.add_argument("--db", metavar="PATH", help="which database, when there are several")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_settings(parser)
+
+
+def _bytes(n: Any) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def print_plan(p: dict[str, Any], live: bool, aside: Path) -> None:
+    print(f"database:     {p['db']}")
+    print(f"replica:      {p['replica']}")
+    print(f"restore to:   txid {p['txid']}"
+          + (f" (range {p['txid_range'][0]}-{p['txid_range'][1]})" if p.get("txid_range") else ""))
+    print(f"download:     {len(p['files'])} files, {_bytes(p['download_bytes'])}")
+    for f in p["files"]:
+        print(f"  level {f['level']}  {f['file']}  {_bytes(f['size']):>10}  {f['created']}")
+    if live:
+        print("steps:        stop the app; stop replication of the database; restore into a "
+              "temporary file;\n              integrity_check it; move the current database "
+              f"and its -wal/-shm aside into\n              {aside}; rename the restored file "
+              "into place; resume replication; start the app")
+
+
+def _confirm(db: str, target: Target) -> None:
+    if not sys.stdin.isatty():
+        raise OperatorError("refusing to replace the live database without --yes: there is no "
+                            "terminal to ask for confirmation",
+                            hint="add --yes, or --dry-run to see the plan first")
+    answer = input(f"Replace {db} with {target.describe()}? The app will be stopped while it "
+                   "runs. Type 'yes' to continue: ")
+    if answer.strip().lower() not in ("yes", "y"):
+        raise OperatorError("restore cancelled; nothing was changed")
+
+
+def _request(sock: Path, method: str, url: str, body: Any = None, timeout: float = 300
+             ) -> dict[str, Any]:
+    try:
+        code, data = call(sock, method, url, body, timeout=timeout)
+    except NoDaemon as exc:
+        raise OperatorError(f"cannot restore: {exc}") from None
+    if code >= 400 or not isinstance(data, dict):
+        if not isinstance(data, dict):
+            raise OperatorError(f"cannot restore: the daemon answered {code}: {data}")
+        raise OperatorError(str(data.get("error")), problems=data.get("problems"),
+                            hint=data.get("fix"))
+    return data
+
+
+def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json: bool
+                 ) -> int:
+    sock = socket_path(cfg)
+    job = _request(sock, "POST", "/restore", {**target.as_dict(), "db": db_arg})
+    print(f"restore {job['id']} of {job['db']} to {target.describe()} (txid {job['txid']}) "
+          "started", file=sys.stderr)
+    last_state, last_print = None, time.monotonic()
+    while job["state"] not in ("done", "failed"):
+        time.sleep(0.3)
+        job = _request(sock, "GET", f"/restore?id={job['id']}")
+        now = time.monotonic()
+        if job["state"] != last_state:
+            print(f"  {job['state']}", file=sys.stderr)
+            last_state, last_print = job["state"], now
+        elif job["state"] == "restoring" and now - last_print >= 2:
+            total = job.get("download_bytes")
+            print(f"  restoring: {_bytes(job.get('bytes_written'))} written"
+                  + (f" (download {_bytes(total)})" if total else ""), file=sys.stderr)
+            last_print = now
+    if as_json:
+        print(json.dumps(job, indent=2))
+    if job["outcome"] != "restored":
+        raise OperatorError(f"cannot restore: {job.get('error') or 'the restore failed'}",
+                            hint="the old database is still in place and the app was restarted "
+                                 "on it")
+    if not as_json:
+        print(f"restored {job['db']} to txid {job['txid']}; the previous database is kept at:")
+        for p in job.get("moved_aside") or []:
+            print(f"  {p}")
+        for note in job.get("notes") or []:
+            print(f"warning: {note}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    target = parse_target(args.txid, args.timestamp)
+    cfg = config.load(config.environment_with_flags(settings_from_args(args)), need_app=False)
+    db = pick_database(cfg, args.db)
+    if args.force and not args.output:
+        raise OperatorError("cannot restore: --force only applies with --output "
+                            "(a live restore never deletes the current database)")
+    if args.dry_run:
+        with standalone_tools(cfg) as tools:
+            p = plan(tools, db, target)
+        if args.json:
+            print(json.dumps(p, indent=2))
+        else:
+            if args.output:
+                print(f"output:       {args.output} (the live database is not touched)")
+            print_plan(p, not args.output, restore.aside_dir(cfg, "pre-restore"))
+            print("dry run: nothing was changed")
+        return 0
+    if args.output:
+        res = restore_to_output(cfg, db, target, args.output, force=args.force)
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            print(f"restored {res['db']} ({target.describe()}, txid {res['txid']}) into "
+                  f"{res['output']} ({res['size']:,} bytes, integrity_check ok)")
+        return 0
+    if not socket_path(cfg).exists():
+        raise OperatorError(f"cannot restore the live database: no sidecar is running here (no "
+                            f"control socket at {socket_path(cfg)})",
+                            hint="start the sidecar, or restore into a file with --output PATH")
+    if not args.yes:
+        with standalone_tools(cfg) as tools:
+            print_plan(plan(tools, db, target), True, restore.aside_dir(cfg, "pre-restore"))
+        _confirm(str(db.path), target)
+    return live_restore(cfg, target, args.db, args.json)

