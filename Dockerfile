@@ -53,11 +53,13 @@ COPY --from=sidecar /opt/sidecar /opt/sidecar
 COPY --from=app /app /app
 WORKDIR /app
 # The database lives on the volume mounted at /data (Railway volume, PVC,
-# Compose volume). CHECKPOINT_DISABLE stops the Prisma CLI's update check,
+# Compose volume). The app listens on APP_PORT, which wins over PORT: Railway
+# calls its healthcheck on $PORT, and deploy/railway points that at sidecar's
+# /readyz on 9090. CHECKPOINT_DISABLE stops the Prisma CLI's update check,
 # which only delays every migration run.
 ENV PATH=/opt/sidecar/bin:$PATH \
     NODE_ENV=production \
-    PORT=3000 \
+    APP_PORT=3000 \
     DATABASE_URL=file:/data/app.db \
     CHECKPOINT_DISABLE=1
 # 3000: the app. 9090: sidecar's /metrics, /healthz, /readyz, /status.

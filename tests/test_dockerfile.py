@@ -211,7 +211,7 @@ def test_final_stage_runs_the_app_with_its_database_on_the_volume() -> None:
     """The image works in the app folder, keeps DATABASE_URL on /data and exposes 3000 and 9090."""
     env = image_env()
     assert env["DATABASE_URL"] == "file:/data/app.db"
-    assert env["PORT"] == "3000"
+    assert env["APP_PORT"] == "3000" and "PORT" not in env
     assert image_workdir() == "/app"
     assert image_exposed_ports() >= {3000, 9090}
     assert env["PATH"].startswith("/opt/sidecar/bin:")

@@ -12,7 +12,9 @@ const { PrismaClient, Prisma } = require("@prisma/client");
 const { PrismaBetterSQLite3 } = require("@prisma/adapter-better-sqlite3");
 const { databasePath } = require("./db.js");
 
-const PORT = Number(process.env.PORT || 3000);
+// APP_PORT first: on Railway, PORT names the port the platform's healthcheck
+// calls, which is sidecar's (9090, /readyz), not the app's.
+const PORT = Number(process.env.APP_PORT || process.env.PORT || 3000);
 const MAX_BODY_BYTES = 64 * 1024;
 
 function log(event, fields = {}) {
