@@ -10,19 +10,31 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
-from conftest import (S3_KEY, S3_SECRET, S3Server, base_env, free_port, rows, side_restore,
-                      tool, wait_for, write_app)
-from sidecar.config import SETTINGS, database_path_from_url, load, parse_duration
+from conftest import (
+    S3_KEY,
+    S3_SECRET,
+    S3Server,
+    base_env,
+    free_port,
+    rows,
+    side_restore,
+    tool,
+    wait_for,
+    write_app,
+)
 from test_dockerfile import image_cmd, image_entrypoint, image_env, image_exposed_ports
+
+from sidecar.config import SETTINGS, database_path_from_url, load, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -96,7 +108,7 @@ def load_file(path: Path) -> list[Any]:
 def config_files() -> list[Path]:
     found = [p for p in DEPLOY.rglob("*") if p.is_file()
              and p.suffix in (".yaml", ".yml", ".json", ".toml")]
-    return sorted(found) + [LITESTREAM_YML]
+    return [*sorted(found), LITESTREAM_YML]
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -246,7 +258,7 @@ def walk_keys(doc: dict[str, Any]) -> list[str]:
         bad += [f"dbs[{i}].{k}" for k in db if k not in LS_DB]
         bad += [f"dbs[{i}].snapshot.{k}" for k in (db.get("snapshot") or {})
                 if k not in LS_SECTIONS["snapshot"]]
-        for j, rep in enumerate([db.get("replica")] + list(db.get("replicas") or [])):
+        for j, rep in enumerate([db.get("replica"), *(db.get("replicas") or [])]):
             bad += [f"dbs[{i}].replica[{j}].{k}" for k in (rep or {}) if k not in LS_REPLICA]
     return bad
 
@@ -412,7 +424,7 @@ def test_railway_variables() -> None:
     a spelled-out replica prefix, and draining time equal to railway.json's and long enough."""
     v = railway_vars()
     for name in ("BUCKET", "ENDPOINT", "REGION", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY"):
-        assert v[name] == "${{Bucket.%s}}" % name
+        assert v[name] == "${{Bucket." + name + "}}"
     assert v["DATABASE_URL"] == DB_URL
     assert v["SIDECAR_S3_FORCE_PATH_STYLE"] == "false"
     assert re.fullmatch(r"s3://\$\{\{Bucket\.BUCKET\}\}/[\w.-]+", v["SIDECAR_REPLICA_URL"])
@@ -590,8 +602,6 @@ def compose_s3(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     proc = subprocess.Popen([tool("rclone"), *cmd], env={**os.environ, "RCLONE_CONFIG": "/dev/null"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        import socket
-
         def up() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
