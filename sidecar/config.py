@@ -482,6 +482,8 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
     if need_app and not app:
         problems.note("APP_COMMAND: nothing to run; give it after `--` "
                       "(sidecar run -- node server.js) or set SIDECAR_APP_COMMAND")
+    elif need_app and not _runnable(app[0], env, cwd):
+        problems.note(f"APP_COMMAND: {app[0]!r} is not an executable on PATH or a path to one")
 
     # --- the Litestream config, when the project has one
     user_cfg_path: Path | None = None
@@ -594,6 +596,10 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         except ValueError as exc:
             problems.add("SIDECAR_MIGRATE_COMMAND", raw_mig,
                          f"must be a command line with balanced quotes ({exc})")
+        else:
+            if need_app and not _runnable(migrate[0], env, cwd):
+                problems.add("SIDECAR_MIGRATE_COMMAND", raw_mig,
+                             f"must start with an executable ({migrate[0]!r} was not found)")
 
     volume_var = "SIDECAR_VOLUME_PATH" if _get(env, "SIDECAR_VOLUME_PATH") else (
         "RAILWAY_VOLUME_MOUNT_PATH" if _get(env, "RAILWAY_VOLUME_MOUNT_PATH") else None)
@@ -624,6 +630,14 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         local_default_replica=local_default, prisma_schema=prisma_schema,
         draining_seconds=draining, cwd=cwd,
     )
+
+
+def _runnable(program: str, env: Mapping[str, str], cwd: Path) -> bool:
+    """Whether `program` would start: a path to an executable file, or a name on PATH."""
+    if "/" in program:
+        p = Path(program) if Path(program).is_absolute() else cwd / program
+        return p.is_file() and os.access(p, os.X_OK)
+    return shutil.which(program, path=env.get("PATH", os.defpath)) is not None
 
 
 def _nonneg_int(text: str) -> int:

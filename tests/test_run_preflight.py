@@ -170,3 +170,19 @@ def test_litestream_missing_exits_3(tmp_path: Path) -> None:
     assert "litestream" in res.stderr
     assert not (tmp_path / "data" / ".sidecar").exists()
 
+
+
+@pytest.mark.parametrize("var", ["APP_COMMAND", "SIDECAR_MIGRATE_COMMAND"])
+def test_command_that_does_not_exist_exits_2_before_anything_runs(tmp_path: Path, var: str
+                                                                  ) -> None:
+    """An app or migration command that is not installed is a config error (exit 2), found
+    before any restore or write, not after."""
+    env = base_env(tmp_path)
+    args = ["run", "--", "no-such-program-xyz"]
+    if var != "APP_COMMAND":
+        env[var] = "no-such-migrator-xyz deploy"
+        args = ["run", "--", "true"]
+    res = run_sidecar(args, env, tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert var in res.stderr and "not" in res.stderr
+    assert not (tmp_path / "data" / ".sidecar").exists()

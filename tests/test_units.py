@@ -54,7 +54,7 @@ def test_relative_database_url_resolves_against_the_prisma_schema(tmp_path: Path
     """A relative DATABASE_URL is resolved like Prisma does: against the schema's directory."""
     (tmp_path / "prisma").mkdir()
     (tmp_path / "prisma" / "schema.prisma").write_text("// schema")
-    cfg = config.load({"DATABASE_URL": "file:./dev.db", "PATH": "/usr/bin"}, app_command=["x"],
+    cfg = config.load({"DATABASE_URL": "file:./dev.db", "PATH": "/usr/bin"}, app_command=["true"],
                       cwd=tmp_path)
     assert cfg.databases[0].path == tmp_path / "prisma" / "dev.db"
 
@@ -100,7 +100,7 @@ def test_litestream_config_is_read_and_expanded(tmp_path: Path) -> None:
         "dbs:\n  - path: /data/a.db\n    replica:\n      type: s3\n      bucket: b\n"
         "      path: a\n      secret-access-key: ${SECRET}\n      access-key-id: id\n"
         "  - path: /data/b.db\n    replica:\n      url: file:///backups/b\n")
-    cfg = config.load({"SECRET": "x$y$$z", "PATH": "/usr/bin"}, app_command=["x"], cwd=tmp_path)
+    cfg = config.load({"SECRET": "x$y$$z", "PATH": "/usr/bin"}, app_command=["true"], cwd=tmp_path)
     assert [d.path for d in cfg.databases] == [Path("/data/a.db"), Path("/data/b.db")]
     assert cfg.databases[0].replica.s3.secret_access_key == "x$y$$z"
     assert cfg.databases[1].replica.dir == Path("/backups/b")
@@ -112,7 +112,7 @@ def test_database_url_not_in_litestream_config_is_an_error(tmp_path: Path) -> No
         "dbs:\n  - path: /data/a.db\n    replica:\n      url: file:///b\n")
     with pytest.raises(ConfigError) as err:
         config.load({"DATABASE_URL": "file:/data/other.db", "PATH": "/usr/bin"},
-                    app_command=["x"], cwd=tmp_path)
+                    app_command=["true"], cwd=tmp_path)
     assert "would not be backed up" in str(err.value)
 
 
