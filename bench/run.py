@@ -53,6 +53,21 @@ class Row:
     target: str = ""
     ratio_kind: str = "ratio"  # ratio (sidecar/plain) | diff (sidecar-plain) | none
     note: str = ""
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, ep: h.Entrypoint, value: float) -> None:
+        (self.sidecar if ep.name == "sidecar" else self.plain).append(value)
+
+
+def trial(row: Row, ep_name: str, fn: Any, *args: Any) -> Any:
+    """One run; a failure is recorded in the table (a finding), not hidden, and the run goes on."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        msg = f"{ep_name}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        row.failures.append(msg)
+        log(f"FAILED {row.measure}: {msg}")
+        return None
 
 
 def log(msg: str) -> None:
@@ -229,11 +244,12 @@ def run(plan: Plan, out_path: Path, command: str) -> list[Row]:
         # --- start-up: empty bucket
         r = Row("start-up", "start to the app's first line, empty bucket",
                 target="sidecar - plain < 0.5 s", ratio_kind="diff")
-        for i in range(plan.reps):
+        for _i in range(plan.reps):
             for ep in eps:
-                took, _ = first_line(ep, s3, work, None)
-                (r.sidecar if ep.name == "sidecar" else r.plain).append(took)
-                log(f"empty bucket, {ep.name}: {took:.3f}s")
+                res = trial(r, ep.name, first_line, ep, s3, work, None)
+                if res:
+                    r.add(ep, res[0])
+                    log(f"empty bucket, {ep.name}: {res[0]:.3f}s")
         rows.append(r)
 
         # --- start-up and restore throughput for each size
@@ -247,27 +263,33 @@ def run(plan: Plan, out_path: Path, command: str) -> list[Row]:
             log(f"replicating it into {seed_bucket}")
             h.seed(s3, src, seed_bucket)
             shutil.rmtree(src.parent)
-            label = f"{size} MB" if size < 1024 else f"{size / 1024:g} GB"
+            label = (f"{size} MB" if size < 1024 else f"{size / 1024:g} GB") + \
+                f" ({real_mb:.0f} MB file)"
             r = Row("start-up", f"start to the app's first line, restore of {label}",
                     ratio_kind="ratio")
             thr = Row("restore", f"restore throughput, {label} (sidecar: its restore step, "
                       "incl. probe + quick_check + rename)", unit="MB/s",
                       target="sidecar >= 0.9 x raw")
-            for i in range(plan.reps):
+            for _i in range(plan.reps):
                 for ep in eps:
-                    took, restore_s = first_line(ep, s3, work, seed_bucket)
-                    (r.sidecar if ep.name == "sidecar" else r.plain).append(took)
+                    res = trial(r, ep.name, first_line, ep, s3, work, seed_bucket)
+                    if not res:
+                        continue
+                    took, restore_s = res
+                    r.add(ep, took)
                     if restore_s:
                         thr.sidecar.append(real_mb / restore_s)
                     log(f"{label} restore, {ep.name}: first line at {took:.3f}s"
                         + (f" (restore step {restore_s:.3f}s)" if restore_s else ""))
                 out = work / "raw" / "app.db"
                 out.parent.mkdir(exist_ok=True)
-                raw_s = h.restore(s3, seed_bucket, out)
+                raw_s = trial(thr, "raw litestream restore", h.restore, s3, seed_bucket, out)
+                shutil.rmtree(out.parent)
+                if not raw_s:
+                    continue
                 thr.plain.append(real_mb / raw_s)
                 log(f"{label} raw litestream restore: {raw_s:.3f}s "
                     f"({real_mb / raw_s:.1f} MB/s)")
-                shutil.rmtree(out.parent)
             rows += [r, thr]
             s3.drop(seed_bucket)
 
@@ -275,27 +297,37 @@ def run(plan: Plan, out_path: Path, command: str) -> list[Row]:
         for code in (0, 3):
             r = Row("data loss", f"rows lost on SIGTERM, app exits {code} after a final write",
                     unit="rows", target="0", ratio_kind="none")
-            for i in range(plan.reps):
+            for _i in range(plan.reps):
                 for ep in eps:
-                    res = shutdown_loss(ep, s3, work, plan.write_seconds, code, crash=False)
-                    (r.sidecar if ep.name == "sidecar" else r.plain).append(res["lost"])
+                    res = trial(r, ep.name, shutdown_loss, ep, s3, work, plan.write_seconds,
+                                code, False)
+                    if not res:
+                        continue
+                    r.add(ep, res["lost"])
                     log(f"SIGTERM exit {code}, {ep.name}: {res}")
             rows.append(r)
         r = Row("data loss", "window lost on SIGKILL of the whole tree (seconds of writes)",
                 target="<= sync interval + 1 s = 2 s", ratio_kind="none")
         n = Row("data loss", "rows lost on SIGKILL of the whole tree (100 rows/s)",
                 unit="rows", ratio_kind="none")
-        for i in range(plan.reps):
+        for _i in range(plan.reps):
             for ep in eps:
-                res = shutdown_loss(ep, s3, work, plan.write_seconds, 0, crash=True)
-                (r.sidecar if ep.name == "sidecar" else r.plain).append(res["window"])
-                (n.sidecar if ep.name == "sidecar" else n.plain).append(res["lost"])
+                res = trial(r, ep.name, shutdown_loss, ep, s3, work, plan.write_seconds, 0, True)
+                if not res:
+                    continue
+                r.add(ep, res["window"])
+                n.add(ep, res["lost"])
                 log(f"SIGKILL, {ep.name}: {res}")
         rows += [r, n]
 
         # --- resources
         for label, interval in (("idle", "0"), ("steady writes, 100 rows/s", "0.01")):
-            res = resources(s3, work, plan.resource_seconds, interval)
+            cpu = Row("resources", f"CPU, % of one core, {label} "
+                      f"({plan.resource_seconds:g} s)", unit="%", ratio_kind="none")
+            res = trial(cpu, "sidecar", resources, s3, work, plan.resource_seconds, interval)
+            if not res:
+                rows.append(cpu)
+                continue
             log(f"resources {label}: {res}")
             rows.append(Row("resources", f"CPU, % of one core, {label} "
                             f"({plan.resource_seconds:g} s)", [res["sidecar_cpu"]],
@@ -392,6 +424,9 @@ def write_results(rows: list[Row], plan: Plan, out_path: Path, command: str,
         "## Every run",
         "",
     ]
+    failed = [f"- {r.measure}: {f}" for r in rows for f in r.failures]
+    if failed:
+        lines += ["## Runs that failed (findings)", "", *failed, ""]
     for r in rows:
         lines.append(f"- {r.measure}: sidecar {[round(x, 3) for x in r.sidecar]}, "
                      f"plain {[round(x, 3) for x in r.plain]}")
