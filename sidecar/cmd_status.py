@@ -67,9 +67,9 @@ def show(doc: dict[str, Any]) -> None:
               + (f": {job['error']}" if job.get("error") else ""))
         for path in job.get("moved_aside") or []:
             _line("  kept", path)
-    ver = doc.get("verification")
+    ver = doc.get("last_verification")
     if isinstance(ver, dict):
-        for res in (ver.values() if "databases" not in ver else ver["databases"]):
+        for res in ver.get("databases") or []:
             if isinstance(res, dict) and "ok" in res:
                 _line("verification", f"{'OK' if res['ok'] else 'FAIL'} at {res.get('checked_at')}"
                       f" txid {res.get('backup_txid')}"

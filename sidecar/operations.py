@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -244,15 +245,23 @@ def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
     if output.exists() and not force:
         raise OperatorError(f"cannot restore: --output: {output} already exists",
                             hint="choose another path, or add --force to replace it")
-    for side in (dbfile.wal_path(output), dbfile.shm_path(output)):
-        if side.exists():
-            raise OperatorError(f"cannot restore: --output: {side} exists and SQLite would apply "
-                                "it to the restored file", hint="move it away first")
+    wal = dbfile.wal_path(output)
+    if wal.exists() and (wal.stat().st_size > 0 or not force):
+        raise OperatorError(f"cannot restore: --output: {wal} exists and SQLite would apply "
+                            "it to the restored file", hint="move it away first")
     tmp = output.with_name(f".{output.name}{restore.TMP_MARK}{os.getpid()}")
     tmp.unlink(missing_ok=True)
     t0 = time.monotonic()
     with standalone_tools(cfg) as tools:
         summary = restore_file(tools, db, target, tmp)
+    # One self-contained file (no -wal beside it) that can be copied or downloaded as it is.
+    con = sqlite3.connect(tmp)
+    try:
+        con.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        con.close()
+    for side in (dbfile.wal_path(output), dbfile.shm_path(output)):
+        side.unlink(missing_ok=True)  # empty leftovers of the file being replaced (--force)
     os.replace(tmp, output)
     dbfile.fsync_dir(output.parent)
     return {"db": str(db.path), "output": str(output), "txid": summary.get("txid"),
@@ -434,7 +443,7 @@ class Operations:
             doc["databases"] = dbs
         doc.setdefault("restores", {k: v.as_dict() for k, v in rt.restores.items()})
         doc["manual_restore"] = self.last_job.as_dict() if self.last_job else None
-        doc.setdefault("verification", self.verifications or rt.verification)
+        doc.setdefault("last_verification", rt.verification)
         return doc
 
     # ---------------------------------------------------------------- restore

@@ -176,10 +176,20 @@ def _start_services(rt: Runtime) -> list[Any]:
 
     stops.append(control.serve(rt))
     try:
-        from . import http
+        from . import admin, http
     except ImportError:
         return stops
+    admin.register(rt)
     stops.append(http.serve(rt))
+    from . import jobs, lag
+
+    # Lag checks run in the scheduler's thread from now on, through restore and start-up:
+    # until Litestream answers they report the bucket's reachability and an unknown position.
+    assert rt.supervisor is not None
+    monitor = lag.start(rt.cfg, rt.control, rt.supervisor.litestream_running, jobs.add_interval)
+    rt.extras["lag"] = monitor
+    stops.append(monitor.stop)
+    stops.append(jobs.start())
     return stops
 
 
