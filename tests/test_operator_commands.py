@@ -239,3 +239,15 @@ def test_every_operator_command_has_help() -> None:
                        ("resume", "SIDECAR_ON_START_FAILURE"), ("check", "bucket")):
         res = run_sidecar([cmd, "--help"], dict(os.environ), Path.cwd())
         assert res.returncode == 0 and words in res.stdout, (cmd, res.stdout[:300])
+
+
+def test_scheduled_verification_updates_the_metric(tmp_path: Path, s3, bucket, sidecars) -> None:
+    """SIDECAR_VERIFY_SCHEDULE runs verify on its cron (every minute here) inside the daemon,
+    which sets the last-success metric without any operator command."""
+    port = free_port()
+    env, sc, _txid, _t = start_with_rows(tmp_path, s3, bucket, sidecars,
+                                         SIDECAR_HTTP_ADDR=f"127.0.0.1:{port}",
+                                         SIDECAR_VERIFY_SCHEDULE="* * * * *")
+    assert sc.event("backup verification scheduled")["schedule"] == "* * * * *"
+    sc.wait_event("backup verified", timeout=75)
+    assert verify_metric(port, db_path(env)) > 0
