@@ -204,7 +204,9 @@ def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = 
     """
     end = clock() + deadline_s
     delay = 0.5
-    store = open_store(replica, timeout=min(5.0, deadline_s))
+    # Connecting is bounded at 5 s (make_client) so a down server is retried; an answer may
+    # take the whole budget: a slow listing is not an unreachable bucket.
+    store = open_store(replica, timeout=deadline_s)
     while True:
         try:
             return store.has_backups()
