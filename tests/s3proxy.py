@@ -1,0 +1,132 @@
+"""A tiny fault-injecting TCP proxy in front of a real S3 server, on 127.0.0.1 only.
+
+Modes: `pass` (bytes go through untouched, so request signatures stay valid), `error` (every
+request is answered `500 InternalError` the way S3 does), `reset` (connections are accepted and
+reset at once). Switching mode drops every open connection, so keep-alive sockets cannot carry
+requests across an outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+
+ERROR_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+              b"<Message>We encountered an internal error. Please try again.</Message></Error>")
+ERROR_RESPONSE = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n"
+                  b"Connection: close\r\nContent-Length: " + str(len(ERROR_BODY)).encode()
+                  + b"\r\n\r\n" + ERROR_BODY)
+
+
+class S3Proxy:
+    def __init__(self, upstream_port: int):
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.mode = "pass"
+        self.requests = {"pass": 0, "error": 0, "reset": 0}
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name="s3proxy").start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set(self, mode: str) -> None:
+        assert mode in ("pass", "error", "reset"), mode
+        with self._lock:
+            self.mode = mode
+            conns, self._open = self._open, set()
+        for c in conns:
+            _reset(c)
+
+    def close(self) -> None:
+        self._closed = True
+        self.set("reset")
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            mode = self.mode
+            self.requests[mode] += 1
+            if mode == "reset":
+                _reset(conn)
+            elif mode == "error":
+                threading.Thread(target=self._answer_500, args=(conn,), daemon=True).start()
+            else:
+                threading.Thread(target=self._splice, args=(conn,), daemon=True).start()
+
+    def _answer_500(self, conn: socket.socket) -> None:
+        """Read the request (head and whatever body follows), answer 500, close."""
+        conn.settimeout(0.3)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            while True:  # drain a body, if any, until the client pauses
+                if not conn.recv(65536):
+                    break
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            conn.sendall(ERROR_RESPONSE)
+        conn.close()
+
+    def _splice(self, conn: socket.socket) -> None:
+        try:
+            up = socket.create_connection(self.upstream, timeout=5)
+        except OSError:
+            _reset(conn)  # the real server is down: the client sees a reset connection
+            return
+        up.settimeout(None)
+        with self._lock:
+            if self.mode != "pass":
+                _reset(conn)
+                _reset(up)
+                return
+            self._open |= {conn, up}
+
+        def pipe(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while True:
+                    data = a.recv(65536)
+                    if not data:
+                        break
+                    b.sendall(data)
+            except OSError:
+                pass
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+        t = threading.Thread(target=pipe, args=(up, conn), daemon=True)
+        t.start()
+        pipe(conn, up)
+        t.join()
+        with self._lock:
+            self._open -= {conn, up}
+        conn.close()
+        up.close()
+
+
+def _reset(s: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv() on it
+    with contextlib.suppress(OSError):
+        s.close()
