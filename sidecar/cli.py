@@ -56,8 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
+        p.usage = _short_usage(p, name)
         p.set_defaults(_module=mod)
     return parser
+
+
+def _short_usage(parser: argparse.ArgumentParser, name: str) -> str:
+    """The command's own options in the usage line; the config flags are summed up, as they
+    are listed under their own heading anyway."""
+    if parser.usage:
+        return parser.usage
+    mini = argparse.ArgumentParser(prog=f"sidecar {name}", add_help=False)
+    for action in parser._actions:
+        if not action.dest.startswith("env_") and action.dest != "help":
+            mini._add_action(action)
+    mini._mutually_exclusive_groups = parser._mutually_exclusive_groups
+    own = mini.format_usage().removeprefix("usage: ").strip()
+    return f"{own} [CONFIG OPTIONS]"
 
 
 def _log_format_guess() -> str | None:
