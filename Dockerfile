@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The example Prisma app (examples/prisma-app) with sidecar as its entrypoint:
 # sidecar restores the SQLite database from the bucket when the volume is empty,
-# runs Litestream, applies `prisma migrate deploy`, then starts the app.
+# applies `prisma migrate deploy`, replicates with Litestream, then starts the app.
 #
 #   docker build -t prisma-app .
 #   docker run -v app-data:/data -p 3000:3000 -p 9090:9090 \
