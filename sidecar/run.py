@@ -1,4 +1,4 @@
-"""`sidecar run`: config, preflight, restore, replication, migrate, app, supervise.
+"""`sidecar run`: config, preflight, restore, migrate, replication, app, supervise.
 
 Each step logs one event when it finishes, with what it decided and how long it took.
 """
@@ -80,7 +80,7 @@ def prepare(cfg: Config, env: dict[str, str]) -> Runtime:
 
 
 def start(rt: Runtime) -> None:
-    """Restore, replication, migrations, app: the part `hold` can retry."""
+    """Restore, migrations, replication, app: the part `hold` can retry."""
     cfg, logger = rt.cfg, log.get("run")
     sup = rt.supervisor
     assert sup is not None and rt.litestream_bin and rt.litestream_config
@@ -105,14 +105,10 @@ def start(rt: Runtime) -> None:
         if sup.stop_requested():
             return
 
-    t0 = time.monotonic()
-    sup.start_litestream()
-    sup.wait_litestream_ready()
-    if sup.stop_requested():
-        return
-    _step(logger, "replication started", t0, databases=[str(d.path) for d in cfg.databases],
-          pid=sup.litestream.pid)
-
+    # Migrations run before Litestream starts: Prisma's schema engine takes an exclusive
+    # lock (locking_mode=EXCLUSIVE) that it cannot get while Litestream holds its read
+    # transaction, so `prisma migrate deploy` fails on any existing database otherwise.
+    # Litestream then picks the migrated database up as a whole when it starts.
     t0 = time.monotonic()
     try:
         res_m = migrate.run(cfg, rt.env, should_stop=sup.stop_requested)
@@ -126,6 +122,14 @@ def start(rt: Runtime) -> None:
           copies=res_m.copies)
     if sup.stop_requested():
         return
+
+    t0 = time.monotonic()
+    sup.start_litestream()
+    sup.wait_litestream_ready()
+    if sup.stop_requested():
+        return
+    _step(logger, "replication started", t0, databases=[str(d.path) for d in cfg.databases],
+          pid=sup.litestream.pid)
 
     t0 = time.monotonic()
     sup.start_app()

@@ -68,8 +68,9 @@ def test_failing_migration_exits_5_and_keeps_the_copy(tmp_path: Path, s3, bucket
 
 
 def test_migration_runs_once_per_start_and_old_copies_are_pruned(tmp_path: Path) -> None:
-    """A succeeding migration runs once per start, after replication and before the app; only
-    the newest SIDECAR_KEEP_COPIES copies are kept."""
+    """A succeeding migration runs once per start, before Litestream opens the DB (Prisma needs
+    an exclusive lock) and before the app; only the newest SIDECAR_KEEP_COPIES copies are
+    kept."""
     counter = tmp_path / "count"
     env = base_env(tmp_path, SIDECAR_KEEP_COPIES="2", SIDECAR_MIGRATE_COMMAND=(
         f"sh -c 'echo x >> {counter}; sqlite3 \"$SIDECAR_DB_PATH\" "
@@ -77,8 +78,8 @@ def test_migration_runs_once_per_start_and_old_copies_are_pruned(tmp_path: Path)
     for _ in range(4):
         res = run_sidecar(["run", "--", "true"], env, tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
-        assert res.stderr.index('"replication started"') < res.stderr.index(
-            '"migrations finished"') < res.stderr.index('"app started"')
+        assert res.stderr.index('"migrations finished"') < res.stderr.index(
+            '"replication started"') < res.stderr.index('"app started"')
     assert counter.read_text().count("x") == 4
     copies = sorted((tmp_path / "data" / ".sidecar" / "pre-migrate").glob("app.db.*"))
     assert len(copies) == 2  # the first start had no DB to copy; later ones were pruned to 2
