@@ -144,7 +144,7 @@ def readiness(rt: Any) -> tuple[list[str], dict[str, Any]]:
     dbs: dict[str, Any] = {}
     for db in cfg.databases:
         res = monitor.results().get(str(db.path)) if monitor else None
-        if res is None or res.checks == 0 or res.lag_seconds is None:
+        if res is None or not res.measured or res.lag_seconds is None:
             reasons.append(f"replication lag of {db.path} not measured yet")
             dbs[str(db.path)] = {"lag_seconds": None, "replica_reachable": None}
             continue

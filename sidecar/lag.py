@@ -96,11 +96,12 @@ class ChangeLog:
                     ev.popleft()
             return True
 
-    def oldest_pending(self, replica_txid: int | None, now: float) -> float | None:
+    def oldest_pending(self, replica_txid: int | None, now: float,
+                       litestream_answered: bool = True) -> float | None:
         """Time of the oldest change the bucket does not hold, or None when there is none.
 
-        Writes Litestream has not turned into a TXID for longer than GRACE count as pending
-        too: that is what happens while Litestream is down.
+        While Litestream does not answer, writes it has not turned into a TXID for longer
+        than GRACE count as pending too (when it answers, observe() has sorted them out).
         """
         with self._lock:
             segs = self._segments
@@ -108,7 +109,7 @@ class ChangeLog:
                 while segs and segs[0][0] <= replica_txid:
                     segs.popleft()
             times = [segs[0][1]] if segs else []
-            if self._events and self._events[0] <= now - GRACE:
+            if not litestream_answered and self._events and self._events[0] <= now - GRACE:
                 times.append(self._events[0])
             return min(times) if times else None
 
@@ -261,6 +262,11 @@ class LagResult:
     requests: int = 0
     checks: int = 0
 
+    @property
+    def measured(self) -> bool:
+        """A check has run with Litestream's local position known, so the lag means something."""
+        return self.checks > 0 and self.local_txid is not None and self.lag_seconds is not None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "local_txid": _txid_hex(self.local_txid),
@@ -351,7 +357,7 @@ class DbLag:
         now = self.clock()
         # Unknown bucket position (never reached): every change since start counts as pending.
         replica = res.replica_txid if res.replica_txid is not None else -1
-        oldest = self.changes.oldest_pending(replica, now)
+        oldest = self.changes.oldest_pending(replica, now, litestream_answered=local is not None)
         res.lag_seconds = 0.0 if oldest is None else max(0.0, now - oldest)
         res.checked_at = self.wall()
         res.check_seconds = now - t0
@@ -427,8 +433,8 @@ class LagMonitor:
 
     def healthy(self) -> bool:
         """Every bucket reachable and every lag under SIDECAR_MAX_LAG_SECONDS."""
-        return all(r.checks and r.reachable and r.lag_seconds is not None
-                   and r.lag_seconds < self.cfg.max_lag for r in self.results().values())
+        return all(r.measured and r.reachable and (r.lag_seconds or 0) < self.cfg.max_lag
+                   for r in self.results().values())
 
     # -- the scheduled job
     def check_all(self) -> None:
