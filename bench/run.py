@@ -254,6 +254,7 @@ def run(plan: Plan, out_path: Path, command: str) -> list[Row]:
 
         # --- start-up and restore throughput for each size
         for size in plan.sizes_mb:
+            s3.restart()
             src = work / f"seed-{size}" / "app.db"
             src.parent.mkdir(parents=True)
             log(f"making a {size} MB database")
@@ -293,6 +294,7 @@ def run(plan: Plan, out_path: Path, command: str) -> list[Row]:
             rows += [r, thr]
             s3.drop(seed_bucket)
 
+        s3.restart()
         # --- data lost on SIGTERM (exit 0 / exit 3 after a final write) and on SIGKILL
         for code in (0, 3):
             r = Row("data loss", f"rows lost on SIGTERM, app exits {code} after a final write",
@@ -320,6 +322,7 @@ def run(plan: Plan, out_path: Path, command: str) -> list[Row]:
                 log(f"SIGKILL, {ep.name}: {res}")
         rows += [r, n]
 
+        s3.restart()
         # --- resources
         for label, interval in (("idle", "0"), ("steady writes, 100 rows/s", "0.01")):
             cpu = Row("resources", f"CPU, % of one core, {label} "
