@@ -256,7 +256,20 @@ class Sidecar:
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
+        if self._is_writer_app() and self.proc.poll() is None:
+            # Signal only once the writer has installed its SIGTERM handler, or a fast test
+            # races Python's start-up and sees 143 instead of the app's own exit code.
+            with contextlib.suppress(AssertionError):
+                self.wait_stdout("app up", timeout=30)
         os.kill(self.proc.pid, sig)
+
+    def _is_writer_app(self) -> bool:
+        script = Path(self.app[-1]) if self.app else None
+        try:
+            return bool(script and script.suffix == ".py" and
+                        'print("app up"' in script.read_text())
+        except OSError:
+            return False
 
     def wait(self, timeout: float = 60.0) -> int:
         assert self.proc is not None

@@ -47,6 +47,8 @@ def start(tmp_path: Path, s3: S3Server, bucket: str, sidecars: Any, addr: str | 
                    SIDECAR_LAG_CHECK_INTERVAL="1s", **extra)
     sc = sidecars(env, app or write_app(tmp_path), tmp_path)
     sc.wait_event("app started", 60)
+    if app is None:  # the writer has installed its SIGTERM handler once it says so
+        sc.wait_stdout("app up")
     base = f"http://127.0.0.1:{port}"
     return sc, base
 
