@@ -230,21 +230,29 @@ def restore_file(tools: Tools, db: Database, target: Target, output: Path,
     return summary
 
 
+def check_output(cfg: Config, output: Path, force: bool, verb: str, live_hint: str = "") -> Path:
+    """An --output path that is not a live database (or its -wal/-shm), in an existing
+    directory, and not an existing file unless `force`. Returns it absolute."""
+    output = output.absolute()
+    for d in cfg.databases:
+        for p in (d.path, dbfile.wal_path(d.path), dbfile.shm_path(d.path)):
+            if output == p or output.resolve() == p.resolve():
+                raise OperatorError(f"cannot {verb}: --output: {output} is the live database"
+                                    f"{live_hint}")
+    if not output.parent.is_dir():
+        raise OperatorError(f"cannot {verb}: --output: the directory {output.parent} "
+                            "does not exist")
+    if output.exists() and not force:
+        raise OperatorError(f"cannot {verb}: --output: {output} already exists",
+                            hint="choose another path, or add --force to replace it")
+    return output
+
+
 def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
                       force: bool = False) -> dict[str, Any]:
     """`sidecar restore --output`: into that file only; the live DB is never touched."""
-    output = output.absolute()
-    live = {db.path, dbfile.wal_path(db.path), dbfile.shm_path(db.path)}
-    if any(output.resolve() == p.resolve() for d in cfg.databases for p in
-           (d.path, dbfile.wal_path(d.path), dbfile.shm_path(d.path))) or output in live:
-        raise OperatorError(f"cannot restore: --output: {output} is the live database; "
-                            "leave out --output for a live restore through the daemon")
-    if not output.parent.is_dir():
-        raise OperatorError(f"cannot restore: --output: the directory {output.parent} "
-                            "does not exist")
-    if output.exists() and not force:
-        raise OperatorError(f"cannot restore: --output: {output} already exists",
-                            hint="choose another path, or add --force to replace it")
+    output = check_output(cfg, output, force, "restore",
+                          "; leave out --output for a live restore through the daemon")
     wal = dbfile.wal_path(output)
     if wal.exists() and (wal.stat().st_size > 0 or not force):
         raise OperatorError(f"cannot restore: --output: {wal} exists and SQLite would apply "
@@ -309,19 +317,9 @@ def verify(cfg: Config, db: Database, tools: Tools, control: Any = None) -> dict
 
 def snapshot(cfg: Config, db: Database, output: Path, force: bool = False) -> dict[str, Any]:
     """A consistent copy of the live DB (SQLite backup API), checked with integrity_check."""
-    output = output.absolute()
-    for d in cfg.databases:
-        for p in (d.path, dbfile.wal_path(d.path), dbfile.shm_path(d.path)):
-            if output == p or (output.exists() and p.exists() and output.samefile(p)):
-                raise OperatorError(f"cannot snapshot: --output: {output} is the live database")
+    output = check_output(cfg, output, force, "snapshot")
     if not db.path.exists():
         raise OperatorError(f"cannot snapshot: the database {db.path} does not exist")
-    if not output.parent.is_dir():
-        raise OperatorError(f"cannot snapshot: --output: the directory {output.parent} "
-                            "does not exist")
-    if output.exists() and not force:
-        raise OperatorError(f"cannot snapshot: --output: {output} already exists",
-                            hint="choose another path, or add --force to replace it")
     t0 = time.monotonic()
     size = dbfile.backup(db.path, output)
     result = dbfile.quick_check(output, full=True)
