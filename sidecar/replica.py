@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,7 +171,14 @@ class S3Store(Store):
                    for item in resp.get("Contents", []))
 
 
+_session: Any = None
+_session_lock = threading.Lock()
+
+
 def make_client(replica: Replica, timeout: float = 5.0) -> Any:
+    """An S3 client. Every client comes from one shared session, so botocore parses the S3
+    service model once per process (about 15 MB each time otherwise)."""
+    global _session
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -182,10 +190,12 @@ def make_client(replica: Replica, timeout: float = 5.0) -> Any:
         s3={"addressing_style": "path" if s3.force_path_style else "virtual"},
         signature_version="s3v4",
     )
-    session = boto3.session.Session(
-        aws_access_key_id=s3.access_key_id, aws_secret_access_key=s3.secret_access_key,
-        region_name=s3.region)
-    return session.client("s3", endpoint_url=s3.endpoint, config=cfg)
+    with _session_lock:  # creating clients from one session is not thread-safe
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client(
+            "s3", endpoint_url=s3.endpoint, config=cfg, region_name=s3.region,
+            aws_access_key_id=s3.access_key_id, aws_secret_access_key=s3.secret_access_key)
 
 
 def open_store(replica: Replica, timeout: float = 5.0) -> Store:
