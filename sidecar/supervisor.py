@@ -166,7 +166,7 @@ class Supervisor:
                     return
             except ControlError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.02)  # start-up latency: Litestream opens its socket in ~20 ms
         raise InternalError(
             f"cannot start: litestream did not open every database within "
             f"{self.cfg.ready_timeout:g}s (open: {sorted(seen) or 'none'}; "
