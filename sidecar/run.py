@@ -154,9 +154,12 @@ def run(cfg: Config, env: dict[str, str]) -> int:
             start(rt)
         except SidecarError as exc:
             rt.failure = exc
-            if cfg.on_start_failure != "hold":
+            if sup.stop_requested():
+                pass  # the step failed because we were told to stop: report the stop below
+            elif cfg.on_start_failure != "hold":
                 raise
-            _hold(rt, exc)
+            else:
+                _hold(rt, exc)
         if sup.stop_requested() and sup.phase == "starting":
             signum = sup.stop_signal or signal.SIGTERM
             logger.info("stopped during start-up", signal=signal.Signals(signum).name)
@@ -174,18 +177,13 @@ def run(cfg: Config, env: dict[str, str]) -> int:
 
 
 def _start_services(rt: Runtime) -> list[Any]:
-    """The HTTP listener and the control socket, when those modules are present."""
-    stops: list[Any] = []
-    from . import control
+    """The control socket, the HTTP listener (with the admin routes), the lag checks and the
+    scheduler; returns their stop functions."""
+    from . import admin, control, http, jobs, lag
 
-    stops.append(control.serve(rt))
-    try:
-        from . import admin, http
-    except ImportError:
-        return stops
+    stops: list[Any] = [control.serve(rt)]
     admin.register(rt)
     stops.append(http.serve(rt))
-    from . import jobs, lag
 
     # Lag checks run in the scheduler's thread from now on, through restore and start-up:
     # until Litestream answers they report the bucket's reachability and an unknown position.

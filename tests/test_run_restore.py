@@ -241,3 +241,26 @@ def test_two_databases_from_the_project_litestream_yml(tmp_path: Path, s3, bucke
     assert oct(generated.stat().st_mode & 0o777) == "0o600"
     assert S3_SECRET in generated.read_text()  # expanded by sidecar, `$` intact
     assert S3_SECRET not in res.stderr
+
+
+def test_sigterm_during_a_long_restore_stops_cleanly(tmp_path: Path, s3, bucket) -> None:
+    """SIGTERM while a restore downloads: the restore is abandoned, nothing reaches the live
+    path, the app never starts, and the exit is 143 (a stop, not a failed restore)."""
+    env = base_env(tmp_path, **s3_env(s3, bucket))
+    db = Path(env["SIDECAR_DB_PATH"])
+    _big_db(db, 150)
+    res = run_sidecar(["run", "--", "true"], env, tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    marker = tmp_path / "app-ran"
+    proc = subprocess.Popen([str(BIN / "sidecar"), "run", "--", "touch", str(marker)], env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for(lambda: [p for p in db.parent.glob(".app.db.sidecar-restore-*")
+                      if p.stat().st_size > 1_000_000], 60, interval=0.02,
+             what="a restore under way")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert not db.exists() and not marker.exists()
