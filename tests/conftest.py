@@ -194,6 +194,26 @@ def write_app(directory: Path, source: str = WRITER_APP, name: str = "app.py") -
     return [sys.executable, str(path)]
 
 
+def descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 class Sidecar:
     """`sidecar run` as a real process; its JSON log lines are collected as dicts."""
 
@@ -284,9 +304,15 @@ class Sidecar:
         return code
 
     def kill(self) -> None:
+        """SIGKILL the sidecar and everything under it: the app and Litestream run in process
+        groups of their own, so killing the sidecar's group alone would orphan them."""
         if self.proc and self.proc.poll() is None:
+            family = descendants(self.proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.wait()
 
     def output(self) -> str:
