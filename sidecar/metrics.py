@@ -246,7 +246,7 @@ class _Family:
         self.samples: list[str] = []
 
     def owns(self, sample_name: str) -> bool:
-        suffixes = ("",) + _SUFFIXES.get(self.type, ())
+        suffixes = ("", *_SUFFIXES.get(self.type, ()))
         return any(sample_name == self.name + suffix for suffix in suffixes)
 
     def render(self) -> str:
