@@ -73,6 +73,8 @@ def prepare(cfg: Config, env: dict[str, str]) -> Runtime:
     for db in cfg.databases:
         metrics.init_db(str(db.path))  # the same `db` label value Litestream uses
     port = free_loopback_port()
+    while port == cfg.http_port:  # never hand Litestream the port our own listener will take
+        port = free_loopback_port()
     rt.metrics_url = f"http://127.0.0.1:{port}/metrics"
     rt.litestream_config = write_config(cfg, port)
     rt.control = Control(short_socket_path(cfg.state_dir, "litestream.sock"))
