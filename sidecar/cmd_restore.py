@@ -23,14 +23,14 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from . import config, restore
+from .api import RestoreRequest, RestoreStatusRequest, Target, parse_target
 from .cli import add_settings, settings_from_args
 from .control import NoDaemon, call
 from .errors import OperatorError
 from .operations import (
-    Target,
-    parse_target,
     pick_database,
     plan,
     restore_to_output,
@@ -92,8 +92,8 @@ def _confirm(db: str, target: Target) -> None:
         raise OperatorError("restore cancelled; nothing was changed")
 
 
-def _request(sock: Path, method: str, url: str, body: Any = None, timeout: float = 300
-             ) -> dict[str, Any]:
+def _request(sock: Path, method: str, url: str, body: RestoreRequest | None = None,
+             timeout: float = 300) -> dict[str, Any]:
     try:
         code, data = call(sock, method, url, body, timeout=timeout)
     except NoDaemon as exc:
@@ -109,13 +109,14 @@ def _request(sock: Path, method: str, url: str, body: Any = None, timeout: float
 def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json: bool
                  ) -> int:
     sock = socket_path(cfg)
-    job = _request(sock, "POST", "/restore", {**target.as_dict(), "db": db_arg})
+    job = _request(sock, "POST", "/restore",
+                   RestoreRequest(txid=target.txid, timestamp=target.timestamp, db=db_arg))
     print(f"restore {job['id']} of {job['db']} to {target.describe()} (txid {job['txid']}) "
           "started", file=sys.stderr)
     last_state, last_print = None, time.monotonic()
     while job["state"] not in ("done", "failed"):
         time.sleep(0.3)
-        job = _request(sock, "GET", f"/restore?id={job['id']}")
+        job = _request(sock, "GET", "/restore?" + urlencode(RestoreStatusRequest(id=job["id"]).as_json()))
         now = time.monotonic()
         if job["state"] != last_state:
             print(f"  {job['state']}", file=sys.stderr)

@@ -10,6 +10,7 @@ import sys
 import time
 
 from . import config
+from .api import ResumeRequest
 from .cli import add_settings, settings_from_args
 from .cmd_status import fetch
 from .control import NoDaemon, call
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = config.load(config.environment_with_flags(settings_from_args(args)), need_app=False)
     try:
-        code, data = call(socket_path(cfg), "POST", "/resume")
+        code, data = call(socket_path(cfg), "POST", "/resume", ResumeRequest())
     except NoDaemon as exc:
         raise OperatorError(f"cannot resume: {exc}") from None
     if code >= 300:

@@ -57,7 +57,7 @@ def show(doc: dict[str, Any]) -> None:
         if not isinstance(db, dict):
             continue
         _line("database", db.get("path"))
-        for key in ("replica", "size", "local_txid", "replica_txid", "lag_seconds",
+        for key in ("replica", "size_bytes", "local_txid", "replica_txid", "lag_seconds",
                     "last_upload"):
             if db.get(key) is not None:
                 _line(f"  {key}", db[key])

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from . import config
+from .api import VerifyRequest
 from .cli import add_settings, settings_from_args
 from .control import NoDaemon, call
 from .errors import OperatorError
@@ -30,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     where = "the running sidecar"
     try:
         code, data = call(socket_path(cfg), "POST", "/verify",
-                          {"db": args.db} if args.db else {}, timeout=3600)
+                          VerifyRequest(db=args.db), timeout=3600)
         if code not in (200, 500) or not isinstance(data, dict) or "databases" not in data:
             err = data.get("error") if isinstance(data, dict) else data
             raise OperatorError(f"cannot verify: {err}")

@@ -45,6 +45,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SIDECAR_STATE_DIR", "--state-dir",
             "copies, control socket, generated config (default DB_DIR/.sidecar)"),
     Setting("SIDECAR_HTTP_ADDR", "--http-addr", "metrics/health/admin listener, or 'off'", "[::]:9090"),
+    Setting("SIDECAR_HTTP_MAX_CONNECTIONS", "--http-max-connections",
+            "concurrent connections the HTTP listener accepts", "32"),
     Setting("SIDECAR_ADMIN_TOKEN", "--admin-token", "bearer token enabling /admin/* endpoints"),
     Setting("SIDECAR_MIGRATE_COMMAND", "--migrate-command",
             "migration command; empty disables (default: npx prisma migrate deploy if a schema exists)"),
@@ -120,6 +122,7 @@ class Config:
     user_litestream_doc: dict[str, Any] | None = field(repr=False)
     http_host: str | None
     http_port: int
+    http_max_connections: int
     admin_token: str | None = field(repr=False)
     migrate_command: tuple[str, ...] | None  # None: disabled
     migrate_is_default: bool
@@ -451,6 +454,8 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         http_host, http_port = parse_addr(raw_addr)
     except ValueError:
         problems.add("SIDECAR_HTTP_ADDR", raw_addr, "must be HOST:PORT like [::]:9090, or `off`")
+    max_conns = _typed(env, "SIDECAR_HTTP_MAX_CONNECTIONS", _connection_cap,
+                       "must be a whole number from 1 to 1024", problems)
     heartbeat = _get(env, "SIDECAR_HEARTBEAT_URL")
     if heartbeat is not None and urlparse(heartbeat).scheme not in ("http", "https"):
         problems.add("SIDECAR_HEARTBEAT_URL", heartbeat, "must be an http:// or https:// URL")
@@ -619,7 +624,8 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
     return Config(
         databases=tuple(databases), state_dir=state_dir,
         user_litestream_config=user_cfg_path, user_litestream_doc=user_doc,
-        http_host=http_host, http_port=http_port, admin_token=admin_token,
+        http_host=http_host, http_port=http_port, http_max_connections=max_conns,
+        admin_token=admin_token,
         migrate_command=migrate, migrate_is_default=migrate_default, app_command=app,
         max_lag=max_lag, lag_check_interval=lag_interval, sync_interval=sync_interval,
         verify_schedule=verify_schedule, app_stop_timeout=stop_timeout, app_restart=app_restart,
@@ -638,6 +644,13 @@ def _runnable(program: str, env: Mapping[str, str], cwd: Path) -> bool:
         p = Path(program) if Path(program).is_absolute() else cwd / program
         return p.is_file() and os.access(p, os.X_OK)
     return shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+
+
+def _connection_cap(text: str) -> int:
+    t = text.strip()
+    if not (t.isascii() and t.isdigit()) or not 1 <= int(t) <= 1024:
+        raise ValueError
+    return int(t)
 
 
 def _nonneg_int(text: str) -> int:

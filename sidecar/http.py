@@ -1,264 +1,372 @@
-"""The one HTTP listener (SIDECAR_HTTP_ADDR): /metrics, /healthz, /readyz, /status.
+"""The listeners: the HTTP listener (SIDECAR_HTTP_ADDR) and the control socket, served by one
+bounded server over the one route table (router.py).
 
-Routes live in one table. Another module adds its own with
+Bounded by construction, so slow or hostile clients cannot grow memory or threads:
+- one thread runs a selector loop over every socket; a slow client holds a socket, not a thread;
+- at most `max_connections` connections per listener; past the cap the oldest connection that
+  is still sending its request is dropped (so a crowd of slow clients cannot lock /healthz out);
+- a request must arrive whole (headers and body) within REQUEST_DEADLINE seconds;
+- headers are limited to MAX_HEAD bytes; the route, its bearer token and its body limit are
+  decided from them before one byte of body is read (so a 1 MiB declared body without a token
+  is answered 401 at once, and over the route's limit 413);
+- complete requests go to a few fixed worker threads (slow operator routes to their own two);
+- every connection is closed after its answer (`Connection: close`).
+A client that hangs up or sends garbage is closed quietly: it is not an error of ours.
 
-    from sidecar import http
-    http.add_route("POST", "/admin/verify", handler)   # handler(req, rt) -> http.Response
-
-A handler runs in the listener's worker thread: it reads the Runtime and answers, and when
-something must happen to a process it posts an event to the supervisor (`rt.supervisor.post`).
-
-`[::]` (the default) is one dual-stack socket, so IPv4 clients (127.0.0.1) and IPv6 clients
-(Railway's private network) reach the same port; where the host has no IPv6 it falls back to
-0.0.0.0.
+`[::]` (the default address) is one dual-stack socket, so IPv4 clients (127.0.0.1) and IPv6
+clients (Railway's private network) reach the same port; where the host has no IPv6 it falls
+back to 0.0.0.0.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import errno
 import ipaddress
-import json
+import os
+import queue
+import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from pathlib import Path
 
-from . import log, metrics, status
-from .errors import PreflightError
+from . import api, log
+from .errors import PreflightError, SidecarError
+from .router import CONTROL, HTTP, Call, Response, Router, error_response, json_body
 
-MAX_BODY = 1 << 20  # requests here carry small JSON at most
-LOOP_STALL_LIMIT = 300.0  # /healthz fails once the supervisor loop has not answered this long
-PING_WAIT = 1.0
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: Message
-    body: bytes = b""
-    client: str = ""
-
-    def json(self) -> Any:
-        """The body as JSON (ValueError when it is not)."""
-        return json.loads(self.body.decode() or "null")
+MAX_HEAD = 16 * 1024  # request line and headers
+REQUEST_DEADLINE = 10.0  # seconds for a whole request, headers and body
+WRITE_DEADLINE = 30.0  # seconds for a client to take its answer
+QUICK_WORKERS = 4  # /metrics, /healthz, /readyz, /status
+SLOW_WORKERS = 2  # restore, verify, snapshot: minutes at most, one at a time anyway
+DEFAULT_MAX_CONNECTIONS = 32
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+           404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+           409: "Conflict", 411: "Length Required", 413: "Content Too Large",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable"}
 
 
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
+class _Reject(Exception):
+    """The request is refused before it reaches a handler (bad framing)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
-def json_response(status_code: int, doc: Any, **headers: str) -> Response:
-    body = (json.dumps(doc, indent=2, default=str) + "\n").encode()
-    return Response(status_code, body, "application/json", {"Cache-Control": "no-store",
-                                                            **headers})
+@dataclass(eq=False)
+class _Listener:
+    sock: socket.socket
+    face: str  # router.HTTP or router.CONTROL
+    max_connections: int
+    name: str
+    open: int = 0
 
 
-Handler = Callable[[Request, Any], Response]
-ROUTES: dict[tuple[str, str], Handler] = {}
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    listener: _Listener
+    client: str
+    deadline: float
+    opened: float
+    buf: bytearray = field(default_factory=bytearray)
+    state: str = "head"  # head -> body -> work -> write
+    call: Call | None = None
+    need: int = 0
+    out: bytes = b""
+    head_only: bool = False
 
 
-def add_route(method: str, path: str, handler: Handler) -> None:
-    """Register `handler(request, runtime) -> Response` for METHOD and an exact path."""
-    ROUTES[(method.upper(), path)] = handler
+def _render(resp: Response, head_only: bool) -> bytes:
+    lines = [f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Unknown')}",
+             f"Content-Type: {resp.content_type}", f"Content-Length: {len(resp.body)}",
+             "Connection: close", "Server: sidecar"]
+    lines += [f"{k}: {v}" for k, v in resp.headers.items()]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + resp.body
 
 
-# ------------------------------------------------------------------ the built-in routes
+def _plain_error(status: int, message: str) -> Response:
+    return Response(status, json_body({"error": message}), headers={"Cache-Control": "no-store"})
 
 
-def metrics_page(_req: Request, rt: Any) -> Response:
-    from .lag import refresh_sizes
-
-    refresh_sizes(rt.cfg.databases)
-    sup = rt.supervisor
-    # Litestream's endpoint is only asked while it runs; a known-down Litestream is already
-    # visible as sidecar_litestream_up 0 and would only add scrape errors.
-    url = rt.metrics_url if sup is not None and sup.litestream_running() else None
-    return Response(200, metrics.render(url), metrics.CONTENT_TYPE)
-
-
-class _Loop:
-    """When the supervisor loop last answered a ping (see healthz)."""
-
-    lock = threading.Lock()
-    last_answer = time.monotonic()
-
-
-def _ping_loop(sup: Any) -> bool:
-    done = threading.Event()
-    sup.post("http-ping", reply=done)
-    if done.wait(PING_WAIT):
-        with _Loop.lock:
-            _Loop.last_answer = time.monotonic()
-        return True
-    return False
-
-
-def healthz(_req: Request, rt: Any) -> Response:
-    """200 while the supervisor loop is alive (the app's state does not matter here)."""
-    sup = rt.supervisor
-    if sup is None or not threading.main_thread().is_alive():
-        return json_response(503, {"status": "down", "reason": "supervisor not running"})
-    if sup.phase == "starting":
-        # Start-up steps (restore, migrations) run on the main thread before the loop starts;
-        # a long restore must not get the container killed by a liveness probe.
-        return json_response(200, {"status": "ok", "phase": "starting"})
-    if _ping_loop(sup):
-        return json_response(200, {"status": "ok", "phase": sup.phase})
-    with _Loop.lock:
-        silent = time.monotonic() - _Loop.last_answer
-    if silent < LOOP_STALL_LIMIT:
-        # Busy in a long handler (stopping the app for a restore, say): still alive.
-        return json_response(200, {"status": "ok", "phase": sup.phase, "busy": True})
-    return json_response(503, {"status": "down", "phase": sup.phase,
-                               "reason": f"supervisor loop has not answered for {silent:.0f}s"})
-
-
-def readiness(rt: Any) -> tuple[list[str], dict[str, Any]]:
-    """Why the sidecar is not ready (empty when it is), and the per-database lag."""
-    cfg, sup = rt.cfg, rt.supervisor
-    reasons: list[str] = []
-    if rt.failure is not None:
-        reasons.append(f"start failed, held for an operator: {rt.failure.message}")
-    elif sup is None or sup.phase == "starting":
-        reasons.append("starting")
-    elif sup.phase != "running":
-        reasons.append(f"shutting down ({sup.phase})")
-    if sup is not None and sup.phase != "starting":
-        if cfg.app_command and not sup.app_running():
-            reasons.append("app is not running")
-        if not sup.litestream_running():
-            reasons.append("litestream is not running")
-    monitor = status.lag_monitor(rt)
-    dbs: dict[str, Any] = {}
-    for db in cfg.databases:
-        res = monitor.results().get(str(db.path)) if monitor else None
-        if res is None or not res.measured or res.lag_seconds is None:
-            reasons.append(f"replication lag of {db.path} not measured yet")
-            dbs[str(db.path)] = {"lag_seconds": None, "replica_reachable": None}
+def _parse_head(raw: bytes) -> tuple[str, str, dict[str, str]]:
+    try:
+        text = raw.decode("latin-1")
+    except UnicodeDecodeError:  # latin-1 decodes anything; kept for clarity
+        raise _Reject(400, "malformed request") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
+        raise _Reject(400, "malformed request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
             continue
-        dbs[str(db.path)] = {"lag_seconds": round(res.lag_seconds, 3),
-                             "replica_reachable": res.reachable,
-                             **({"last_check_error": res.error} if res.error else {})}
-        if res.lag_seconds >= cfg.max_lag:
-            why = f": {res.error}" if res.error else ""
-            reasons.append(f"replication lag of {db.path} is {res.lag_seconds:.0f}s, over "
-                           f"SIDECAR_MAX_LAG_SECONDS={cfg.max_lag:g}{why}")
-    return reasons, dbs
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise _Reject(400, "malformed header line")
+        key = name.lower()
+        if key in headers and key in ("content-length", "authorization", "transfer-encoding"):
+            raise _Reject(400, f"header {name} is given twice")
+        headers[key] = value.strip()
+    return parts[0].upper(), parts[1], headers
 
 
-def readyz(_req: Request, rt: Any) -> Response:
-    """200 only when the app runs, Litestream runs and every lag is under the maximum."""
-    reasons, dbs = readiness(rt)
-    doc = {"ready": not reasons, "reasons": reasons, "databases": dbs}
-    return json_response(503 if reasons else 200, doc)
+def _content_length(headers: dict[str, str]) -> int:
+    if "transfer-encoding" in headers:
+        raise _Reject(411, "chunked bodies are not accepted; send Content-Length")
+    raw = headers.get("content-length")
+    if raw is None or raw == "":
+        return 0
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
+        raise _Reject(400, "malformed Content-Length")
+    return int(raw)
 
 
-def status_page(_req: Request, rt: Any) -> Response:
-    return json_response(200, status.build(rt))
+class Server:
+    """One selector loop serving every listener added to it; see the module's docstring."""
 
+    def __init__(self, router: Router, request_deadline: float = REQUEST_DEADLINE):
+        self.router = router
+        self.request_deadline = request_deadline
+        self.log = log.get("http")
+        self.sel = selectors.DefaultSelector()
+        self.listeners: list[_Listener] = []
+        self.conns: dict[socket.socket, _Conn] = {}
+        self.done: queue.SimpleQueue[tuple[_Conn, bytes]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self.quick = concurrent.futures.ThreadPoolExecutor(QUICK_WORKERS, "http-worker")
+        self.slow = concurrent.futures.ThreadPoolExecutor(SLOW_WORKERS, "http-operation")
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.dropped = 0  # connections dropped at the cap or the deadline (for tests)
 
-def default_routes() -> None:
-    """Every built-in route, in one place."""
-    add_route("GET", "/metrics", metrics_page)
-    add_route("GET", "/healthz", healthz)
-    add_route("GET", "/readyz", readyz)
-    add_route("GET", "/status", status_page)
+    # ------------------------------------------------------------ listeners
 
+    def add(self, sock: socket.socket, face: str, max_connections: int, name: str) -> None:
+        sock.setblocking(False)
+        lst = _Listener(sock, face, max_connections, name)
+        self.listeners.append(lst)
+        self.sel.register(sock, selectors.EVENT_READ, lst)
 
-# ------------------------------------------------------------------ the server
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._loop, name="http", daemon=True)
+        self.thread.start()
 
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self.thread is not None:
+            self.thread.join(5)
+        for lst in self.listeners:
+            with contextlib.suppress(OSError):
+                lst.sock.close()
+        self.quick.shutdown(wait=False, cancel_futures=True)
+        self.slow.shutdown(wait=False, cancel_futures=True)
 
-class _RequestHandler(BaseHTTPRequestHandler):
-    server_version = "sidecar"
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # an idle or slow client cannot hold a worker thread forever
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
 
-    def _dispatch(self) -> None:
-        method = "GET" if self.command == "HEAD" else self.command
-        parts = urlsplit(self.path)
-        handler = ROUTES.get((method, parts.path))
-        if handler is None:
-            allowed = sorted(m for (m, p) in ROUTES if p == parts.path)
-            if allowed:
-                resp = json_response(405, {"error": f"method {self.command} not allowed"},
-                                     Allow=", ".join(allowed))
-            else:
-                resp = json_response(404, {"error": f"no such endpoint: {parts.path}"})
-            self._send(resp)
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._send(json_response(413, {"error": "request body too large"}))
-            return
-        body = self.rfile.read(length) if length > 0 else b""
-        req = Request(method, parts.path, parse_qs(parts.query), self.headers, body,
-                      self.client_address[0])
+    # ------------------------------------------------------------ the loop
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready = self.sel.select(timeout=0.25)
+            except OSError:  # a socket closed under us; the next round is clean
+                continue
+            for key, events in ready:
+                try:
+                    self._event(key, events)
+                except Exception as exc:  # a bug must not end the listener
+                    self.log.error("listener error", error=str(exc), exc_info=True)
+                    if isinstance(key.data, _Conn):
+                        self._close(key.data)
+            self._finished()
+            self._expire()
+        for conn in list(self.conns.values()):
+            self._close(conn)
+        self.sel.close()
+
+    def _event(self, key: selectors.SelectorKey, events: int) -> None:
+        if key.data is None:
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+        elif isinstance(key.data, _Listener):
+            self._accept(key.data)
+        elif events & selectors.EVENT_READ:
+            self._read(key.data)
+        elif events & selectors.EVENT_WRITE:
+            self._write(key.data)
+
+    def _accept(self, lst: _Listener) -> None:
+        for _ in range(64):  # a burst is taken in slices so the loop stays responsive
+            try:
+                sock, addr = lst.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: drop the burst, keep serving
+                self.log.warning("cannot accept", listener=lst.name, error=str(exc))
+                return
+            sock.setblocking(False)
+            if lst.open >= lst.max_connections and not self._evict(lst):
+                # Every slot is busy in a handler: say so at once rather than queue.
+                with contextlib.suppress(OSError):
+                    sock.send(_render(_plain_error(503, "too many connections"), False))
+                sock.close()
+                self.dropped += 1
+                continue
+            now = time.monotonic()
+            client = addr[0] if isinstance(addr, tuple) else "local"
+            conn = _Conn(sock, lst, client, now + self.request_deadline, now)
+            lst.open += 1
+            self.conns[sock] = conn
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _evict(self, lst: _Listener) -> bool:
+        """Drop the oldest connection of `lst` still sending its request; False if none."""
+        waiting = [c for c in self.conns.values()
+                   if c.listener is lst and c.state in ("head", "body")]
+        if not waiting:
+            return False
+        self._close(min(waiting, key=lambda c: c.opened))
+        self.dropped += 1
+        return True
+
+    def _read(self, conn: _Conn) -> None:
         try:
-            resp = handler(req, self.server.runtime)  # type: ignore[attr-defined]
-        # One failing handler answers 500 and is logged; the listener keeps serving.
-        except Exception as exc:
-            log.get("http").error("request failed", path=parts.path, error=str(exc),
-                                  exc_info=True)
-            resp = json_response(500, {"error": "internal error; see the sidecar log"})
-        self._send(resp)
-
-    def _send(self, resp: Response) -> None:
-        self.send_response(resp.status)
-        self.send_header("Content-Type", resp.content_type)
-        self.send_header("Content-Length", str(len(resp.body)))
-        for name, value in resp.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(resp.body)
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # scrapes every few seconds would drown the log; errors are logged above
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, host: str, port: int, family: int, runtime: Any):
-        self.address_family = family
-        self.runtime = runtime
-        addr: tuple[Any, ...] = (host, port, 0, 0) if family == socket.AF_INET6 else (host, port)
-        super().__init__(addr, _RequestHandler, bind_and_activate=False)
+            chunk = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not chunk:  # the client hung up
+            self._close(conn)
+            return
+        conn.buf += chunk
         try:
-            if family == socket.AF_INET6:
-                # Dual stack for the any-address; an explicit IPv6 address stays IPv6 only.
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
-                                       0 if host == "::" else 1)
-            self.server_bind()
-            self.server_activate()
-        except BaseException:
-            self.server_close()
-            raise
+            if conn.state == "head":
+                self._head(conn)
+            elif conn.state == "body" and len(conn.buf) >= conn.need:
+                self._dispatch(conn, bytes(conn.buf[:conn.need]))
+        except _Reject as rej:
+            self._answer(conn, _plain_error(rej.status, rej.message))
+        except SidecarError as exc:
+            self._answer(conn, error_response(exc))
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would look the host name up (getfqdn): slow or hanging
-        # where DNS is unreachable. The name is not needed.
-        TCPServer.server_bind(self)
-        self.server_name, self.server_port = "sidecar", int(self.server_address[1])
+    def _head(self, conn: _Conn) -> None:
+        end = conn.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(conn.buf) > MAX_HEAD:
+                raise _Reject(431, "request headers too large")
+            return
+        if end > MAX_HEAD:
+            raise _Reject(431, "request headers too large")
+        method, target, headers = _parse_head(bytes(conn.buf[:end]))
+        conn.head_only = method == "HEAD"
+        rest = conn.buf[end + 4:]
+        call = self.router.begin(conn.listener.face, method, target, headers, conn.client)
+        length = _content_length(headers)
+        if length > call.route.body_limit:
+            raise api.TooLarge(f"request body too large: {call.route.method} {call.route.path} "
+                               f"takes at most {call.route.body_limit} bytes")
+        conn.call, conn.need, conn.buf = call, length, bytearray(rest)
+        if len(conn.buf) >= length:
+            self._dispatch(conn, bytes(conn.buf[:length]))
+        else:
+            conn.state = "body"
 
-    @property
-    def port(self) -> int:
-        return int(self.socket.getsockname()[1])
+    def _dispatch(self, conn: _Conn, body: bytes) -> None:
+        assert conn.call is not None
+        conn.state = "work"
+        conn.buf = bytearray()
+        self.sel.unregister(conn.sock)
+        call = conn.call
+        pool = self.slow if call.route.slow else self.quick
+
+        def work() -> None:
+            try:
+                resp = self.router.finish(call, body)
+            except Exception as exc:  # finish() answers errors itself; this is a last guard
+                self.log.error("request failed", path=call.route.path, error=str(exc),
+                               exc_info=True)
+                resp = _plain_error(500, "internal error; see the sidecar log")
+            self.done.put((conn, _render(resp, conn.head_only)))
+            self._wake()
+
+        try:
+            pool.submit(work)
+        except RuntimeError:  # shutting down
+            self._close(conn)
+
+    def _answer(self, conn: _Conn, resp: Response) -> None:
+        """Answer from the loop itself (refusals): no worker, no body read."""
+        if conn.state == "work":
+            return
+        self.sel.unregister(conn.sock)
+        conn.state = "work"
+        self.done.put((conn, _render(resp, conn.head_only)))
+
+    def _finished(self) -> None:
+        while True:
+            try:
+                conn, out = self.done.get_nowait()
+            except queue.Empty:
+                return
+            if conn.sock not in self.conns:
+                continue
+            conn.out, conn.state = out, "write"
+            conn.deadline = time.monotonic() + WRITE_DEADLINE
+            self.sel.register(conn.sock, selectors.EVENT_WRITE, conn)
+            self._write(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            self._close(conn)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self.conns.values()
+                     if c.state != "work" and now > c.deadline]:
+            if conn.state in ("head", "body"):
+                with contextlib.suppress(OSError):
+                    conn.sock.send(_render(_plain_error(408, "request not received in time"),
+                                           False))
+            self.dropped += 1
+            self._close(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        if self.conns.pop(conn.sock, None) is None:
+            return
+        conn.listener.open -= 1
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.sel.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+
+
+# ------------------------------------------------------------------ sockets
 
 
 def _family(host: str) -> int:
@@ -271,44 +379,86 @@ def _family(host: str) -> int:
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
-def listen(host: str, port: int, runtime: Any) -> Server:
-    """Bind the listener; raise PreflightError naming SIDECAR_HTTP_ADDR when it cannot."""
+def _tcp_socket(host: str, port: int, family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # Dual stack for the any-address; an explicit IPv6 address stays IPv6 only.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+            sock.bind((host, port, 0, 0))
+        else:
+            sock.bind((host, port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_tcp(host: str, port: int) -> socket.socket:
+    """Bind the HTTP listener; raise PreflightError naming SIDECAR_HTTP_ADDR when it cannot."""
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         family = _family(host)
         try:
-            return Server(host, port, family, runtime)
+            return _tcp_socket(host, port, family)
         except OSError as exc:
             if host != "::" or exc.errno not in _NO_IPV6:
                 raise
             log.get("http").warning("no IPv6 on this host: listening on IPv4 only",
                                     addr=f"0.0.0.0:{port}")
-            return Server("0.0.0.0", port, socket.AF_INET, runtime)
+            return _tcp_socket("0.0.0.0", port, socket.AF_INET)
     except OSError as exc:
         raise PreflightError(
             f"cannot listen on SIDECAR_HTTP_ADDR {shown}: {exc.strerror or exc}",
             hint="choose a free port (SIDECAR_HTTP_ADDR=[::]:9091) or `off`") from None
 
 
-def serve(rt: Any) -> Callable[[], None]:
-    """Start the listener in a daemon thread; return the callable that stops it."""
-    cfg = rt.cfg
-    if cfg.http_host is None:
-        return lambda: None
-    default_routes()
-    if rt.supervisor is not None:
-        rt.supervisor.on("http-ping", lambda event: event.data["reply"].set())
-    server = listen(cfg.http_host, cfg.http_port, rt)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                              name="http", daemon=True)
-    thread.start()
-    host = server.server_address[0]
-    log.get("http").info("http listening", addr=f"[{host}]:{server.port}" if ":" in host
-                         else f"{host}:{server.port}",
-                         endpoints=sorted({p for (_m, p) in ROUTES}))
+def listen_unix(path: Path) -> socket.socket:
+    """The control socket, mode 0600 from its creation (umask), in a 0700 directory."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.unlink(missing_ok=True)  # a stale socket from a killed run; the volume lock is ours
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return sock
+
+
+def serve(router: Router, control_path: Path, http_addr: tuple[str, int] | None,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Callable[[], None]:
+    """Start the control socket and (unless off) the HTTP listener on one server thread;
+    return the callable that stops both."""
+    server = Server(router)
+    server.add(listen_unix(control_path), CONTROL, 16, "control")
+    log.get("control").info("control socket listening", path=str(control_path))
+    if http_addr is not None:
+        try:
+            sock = listen_tcp(*http_addr)
+        except BaseException:
+            server.stop()
+            control_path.unlink(missing_ok=True)
+            raise
+        server.add(sock, HTTP, max_connections, "http")
+        host, port = sock.getsockname()[:2]
+        log.get("http").info("http listening",
+                             addr=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                             max_connections=max_connections,
+                             endpoints=sorted({r.path for r in router.table if r.public}
+                                              | {"/admin" + r.path for r in router.table
+                                                 if r.admin}))
+    server.start()
 
     def stop() -> None:
-        server.shutdown()
-        server.server_close()
+        server.stop()
+        control_path.unlink(missing_ok=True)
 
     return stop

@@ -25,9 +25,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import dbfile, log, metrics, preflight, procs, replica, restore
+from . import dbfile, log, metrics, preflight, procs, replica, restore, status
+from .api import (
+    Accepted,
+    Failed,
+    NotFound,
+    NotNow,
+    RestoreRequest,
+    RestoreStatusRequest,
+    Target,
+    VerifyRequest,
+    parse_target,
+)
 from .config import Config, Database
 from .errors import OperatorError, RestoreError
 from .litestream import (
@@ -38,17 +49,12 @@ from .litestream import (
     short_socket_path,
     write_config,
 )
+from .runtime import Runtime
 
-if TYPE_CHECKING:
-    from .run import Runtime
+__all__ = ["NotNow", "Operations", "Target", "parse_target", "schedule_verify"]
 
 SOCKET_NAME = "sidecar.sock"
-_HEX = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,16})$")
 _NO_MATCH = ("no matching backup files", "transaction not available", "tx not available")
-
-
-class NotNow(OperatorError):
-    """The request is fine but the sidecar cannot do it in its current state (HTTP 409)."""
 
 
 def socket_path(cfg: Config) -> Path:
@@ -61,49 +67,7 @@ def metric_label(db: Database) -> str:
 
 
 # ------------------------------------------------------------------ arguments
-
-
-@dataclass(frozen=True)
-class Target:
-    """What to restore: the latest state, a TXID (16 hex digits) or an RFC3339 time (UTC)."""
-
-    txid: str | None = None
-    timestamp: str | None = None
-
-    def describe(self) -> str:
-        if self.txid:
-            return f"txid {self.txid}"
-        if self.timestamp:
-            return f"time {self.timestamp}"
-        return "the latest backup"
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {"txid": self.txid, "timestamp": self.timestamp}
-
-
-def parse_target(txid: str | None, timestamp: str | None, *, flags: bool = True) -> Target:
-    """Validate --txid / --timestamp (or the JSON fields); one clear error per bad value."""
-    t_name, ts_name = ("--txid", "--timestamp") if flags else ("txid", "timestamp")
-    if txid and timestamp:
-        raise OperatorError(f"cannot restore: give {t_name} or {ts_name}, not both")
-    if txid is not None:
-        m = _HEX.match(str(txid).strip())
-        if not m or int(m.group(1), 16) == 0:
-            raise OperatorError(f"cannot restore: {t_name}: must be a transaction id of up to 16 "
-                                f"hex digits, like 00000000000001a4 (got {str(txid)!r})")
-        return Target(txid=f"{int(m.group(1), 16):016x}")
-    if timestamp is not None:
-        text = str(timestamp).strip()
-        try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            when = None
-        if when is None or when.tzinfo is None or "T" not in text.upper():
-            raise OperatorError(f"cannot restore: {ts_name}: must be an RFC3339 time with a zone, "
-                                f"like 2025-01-31T13:45:00Z (got {text!r})")
-        utc = when.astimezone(UTC)
-        return Target(timestamp=utc.isoformat(timespec="microseconds").replace("+00:00", "Z"))
-    return Target()
+# The restore target (Target, parse_target) lives in api.py with the request types.
 
 
 def pick_database(cfg: Config, name: str | None) -> Database:
@@ -393,70 +357,32 @@ class Operations:
 
     # ---------------------------------------------------------------- status
 
-    def state(self) -> str:
-        sup = self.rt.supervisor
-        assert sup is not None
-        if self.rt.failure is not None and sup.phase == "starting":
-            return "held"
-        if sup.phase == "starting":
-            return "starting"
-        if sup.phase == "running":
-            return "restoring" if self.busy() else "running"
-        return "stopping"
-
     def busy(self) -> bool:
         job = self.last_job
         return job is not None and not job.done.is_set()
 
-    def status(self) -> dict[str, Any]:
-        """The daemon's state; the richer /status document when status.py provides one."""
-        rt, sup = self.rt, self.rt.supervisor
-        assert sup is not None
-        doc: dict[str, Any] = {}
-        try:
-            from . import status as status_mod  # the HTTP /status document, when present
+    def state(self) -> str:
+        return status.state(self.rt, self.busy())
 
-            doc = dict(status_mod.build(rt))  # type: ignore[attr-defined]
-        except Exception:
-            doc = {}
-        doc.setdefault("pid", os.getpid())
-        doc.setdefault("started_at", replica.utc(rt.started_at))
-        doc["state"] = self.state()
-        doc["failure"] = ({"error": rt.failure.message, "exit_code": rt.failure.exit_code,
-                           "step": rt.failure.step, "fix": rt.failure.hint,
-                           "problems": rt.failure.problems}
-                          if rt.failure is not None else None)
-        doc.setdefault("children", sup.children_status())
-        if "databases" not in doc:
-            dbs = []
-            for db in self.cfg.databases:
-                entry: dict[str, Any] = {"path": str(db.path),
-                                         "replica": db.replica.url if db.replica else None}
-                with contextlib.suppress(OSError):
-                    entry["size"] = db.path.stat().st_size
-                if sup.litestream_running() and rt.control is not None:
-                    with contextlib.suppress(ControlError, ValueError):
-                        entry["local_txid"] = f"{rt.control.txid(db.path):016x}"
-                dbs.append(entry)
-            doc["databases"] = dbs
-        doc.setdefault("restores", {k: v.as_dict() for k, v in rt.restores.items()})
-        doc["manual_restore"] = self.last_job.as_dict() if self.last_job else None
-        doc.setdefault("last_verification", rt.verification)
-        return doc
+    def status(self) -> dict[str, Any]:
+        """The status document (the same one for GET /status and `sidecar status`)."""
+        return status.build(self.rt, self.busy(),
+                            self.last_job.as_dict() if self.last_job else None)
 
     # ---------------------------------------------------------------- restore
 
-    def request_restore(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Validate, plan (read-only: a bad target never stops the app), queue for the loop."""
-        target = parse_target(body.get("txid"), body.get("timestamp"), flags=False)
-        db = pick_database(self.cfg, body.get("db"))
+    def request_restore(self, req: RestoreRequest) -> dict[str, Any] | Accepted:
+        """Validate, plan (read-only: a bad target never stops the app), queue for the loop.
+        `req` was validated whole when it was parsed (api.RestoreRequest)."""
+        target = req.target()
+        db = pick_database(self.cfg, req.db)
         state = self.state()
         if state not in ("running", "held"):
             raise NotNow(f"cannot restore now: the sidecar is {state}",
                                 hint="wait for the current start, restore or shutdown to finish")
         p = plan(self._tools(), db, target)
-        if body.get("dry_run"):
-            return 200, {"dry_run": True, "plan": p, "moves_aside_to": str(
+        if req.dry_run:
+            return {"dry_run": True, "plan": p, "moves_aside_to": str(
                 restore.aside_dir(self.cfg, "pre-restore"))}
         with self._lock:
             if self.busy():
@@ -469,17 +395,19 @@ class Operations:
                       txid=p.get("txid"), download_bytes=p.get("download_bytes"), id=job.id)
         assert self.rt.supervisor is not None
         self.rt.supervisor.post("restore", job=job)
-        if body.get("wait"):
-            job.done.wait(float(body.get("timeout") or 3600))
-            code = 200 if job.outcome == "restored" else (500 if job.done.is_set() else 202)
-            return code, job.as_dict()
-        return 202, job.as_dict()
+        if req.wait:
+            job.done.wait(req.timeout or 3600)
+            if job.outcome == "restored":
+                return job.as_dict()
+            if job.done.is_set():
+                raise Failed(job.error or "the restore failed", job.as_dict())
+        return Accepted(job.as_dict())
 
-    def restore_status(self, job_id: str | None) -> tuple[int, dict[str, Any]]:
-        job = self.jobs.get(job_id or "") if job_id else self.last_job
+    def restore_status(self, req: RestoreStatusRequest) -> dict[str, Any]:
+        job = self.jobs.get(req.id or "") if req.id else self.last_job
         if job is None:
-            return 404, {"error": f"no restore {job_id!r}" if job_id else "no restore has run"}
-        return 200, job.as_dict()
+            raise NotFound(f"no restore {req.id!r}" if req.id else "no restore has run")
+        return job.as_dict()
 
     def _run_restore(self, event: Any) -> None:
         """The fenced live restore; runs in the supervisor loop's thread only."""
@@ -574,10 +502,15 @@ class Operations:
 
     # ---------------------------------------------------------------- verify, snapshot, resume
 
-    def verify(self, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    def verify_request(self, req: VerifyRequest) -> dict[str, Any]:
+        doc = self.verify(req.db)
+        if not doc["ok"]:
+            raise Failed("backup verification failed", doc)
+        return doc
+
+    def verify(self, db_name: str | None = None) -> dict[str, Any]:
         """Verify every database (or the one named); updates the metric on success."""
-        body = body or {}
-        dbs = [pick_database(self.cfg, body["db"])] if body.get("db") else list(self.cfg.databases)
+        dbs = [pick_database(self.cfg, db_name)] if db_name else list(self.cfg.databases)
         if not self._verify_lock.acquire(blocking=False):
             raise NotNow("cannot verify now: a verification is already running")
         try:
@@ -597,38 +530,27 @@ class Operations:
             self.rt.verification = {"databases": results, "ok": all(r["ok"] for r in results)}
         finally:
             self._verify_lock.release()
-        return (200 if all(r["ok"] for r in results) else 500), {"ok": all(r["ok"] for r in results),
-                                                                 "databases": results}
+        return {"ok": all(r["ok"] for r in results), "databases": results}
 
-    def snapshot(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def snapshot(self, db_name: str | None = None) -> dict[str, Any]:
         """Over HTTP the output goes into the state dir (a caller cannot pick server paths)."""
-        db = pick_database(self.cfg, body.get("db"))
+        db = pick_database(self.cfg, db_name)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         out_dir = self.cfg.state_dir / "snapshots"
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return 200, snapshot(self.cfg, db, out_dir / f"{db.name}.{stamp}")
+        return snapshot(self.cfg, db, out_dir / f"{db.name}.{stamp}")
 
-    def resume(self) -> tuple[int, dict[str, Any]]:
+    def resume(self) -> Accepted:
         if self.state() != "held":
             raise NotNow(f"cannot resume: the sidecar is {self.state()}, not held")
         assert self.rt.supervisor is not None
         self.rt.supervisor.post("resume")
         self.log.info("resume requested")
-        return 202, {"state": "resuming"}
+        return Accepted({"state": "resuming"})
 
 
-def attach(rt: Runtime) -> Operations:
-    """The one Operations object of this sidecar (kept on the runtime for every server); the
-    first call also schedules SIDECAR_VERIFY_SCHEDULE."""
-    ops = rt.extras.get("operations")
-    if ops is None:
-        ops = Operations(rt)
-        rt.extras["operations"] = ops
-        _schedule_verify(ops)
-    return ops
-
-
-def _schedule_verify(ops: Operations) -> None:
+def schedule_verify(ops: Operations) -> None:
+    """SIDECAR_VERIFY_SCHEDULE: the same verification as `sidecar verify`, on a cron."""
     schedule = ops.cfg.verify_schedule
     if not schedule:
         return

@@ -9,36 +9,21 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, log, metrics, migrate, preflight, procs, restore
+from . import __version__, http, jobs, lag, log, metrics, migrate, preflight, procs, restore
 from .config import Config, describe
 from .errors import SidecarError
+from .health import Probes
 from .litestream import Control, free_loopback_port, short_socket_path, write_config
+from .operations import Operations, schedule_verify, socket_path
+from .router import Router, routes
+from .runtime import Runtime
 from .supervisor import Supervisor
 
-
-@dataclass
-class Runtime:
-    """What a running sidecar knows; read by /status and the control socket."""
-
-    cfg: Config
-    env: dict[str, str]
-    started_at: float = field(default_factory=time.time)
-    supervisor: Supervisor | None = None
-    pre: preflight.Preflight | None = None
-    litestream_config: Path | None = None
-    litestream_version: str | None = None
-    litestream_bin: str | None = None
-    metrics_url: str | None = None
-    control: Control | None = None
-    restores: dict[str, restore.RestoreResult] = field(default_factory=dict)
-    migration: migrate.MigrationResult | None = None
-    verification: dict[str, Any] | None = None
-    failure: SidecarError | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Runtime", "run"]
 
 
 def _step(logger: Any, event: str, t0: float, **kw: Any) -> None:
@@ -178,21 +163,21 @@ def run(cfg: Config, env: dict[str, str]) -> int:
             stop()
 
 
-def _start_services(rt: Runtime) -> list[Any]:
-    """The control socket, the HTTP listener (with the admin routes), the lag checks and the
-    scheduler; returns their stop functions."""
-    from . import admin, control, http, jobs, lag
-
-    stops: list[Any] = [control.serve(rt)]
-    admin.register(rt)
-    stops.append(http.serve(rt))
+def _start_services(rt: Runtime) -> list[Callable[[], None]]:
+    """The operations, the one route table on the control socket and the HTTP listener, the
+    lag checks and the scheduler; returns their stop functions."""
+    cfg, sup = rt.cfg, rt.supervisor
+    assert sup is not None
+    ops = Operations(rt)
+    router = Router(routes(ops, Probes(rt)), cfg.admin_token)
+    addr = (cfg.http_host, cfg.http_port) if cfg.http_host is not None else None
+    stops = [http.serve(router, socket_path(cfg), addr, cfg.http_max_connections)]
 
     # Lag checks run in the scheduler's thread from now on, through restore and start-up:
     # until Litestream answers they report the bucket's reachability and an unknown position.
-    assert rt.supervisor is not None
-    monitor = lag.start(rt.cfg, rt.control, rt.supervisor.litestream_running, jobs.add_interval)
-    rt.extras["lag"] = monitor
-    stops.append(monitor.stop)
+    rt.lag = lag.start(cfg, rt.control, sup.litestream_running, jobs.add_interval)
+    stops.append(rt.lag.stop)
+    schedule_verify(ops)
     stops.append(jobs.start())
     return stops
 

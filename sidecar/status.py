@@ -1,7 +1,9 @@
 """The status document: what `GET /status` and `sidecar status` show.
 
 Built from the running sidecar's Runtime only (no request to the bucket or to Litestream), so
-it is cheap and answers even while the bucket is down. It never carries a secret: replica
+it is cheap and answers even while the bucket is down. `build()` is the one place it is
+made: the control socket and the HTTP listener serve the same route, so `sidecar status` and
+`GET /status` show the same document. It never carries a secret: replica
 URLs are the display form, the heartbeat URL is left out, and as a last line of defence
 every secret the config holds is masked in the finished document.
 """
@@ -9,25 +11,21 @@ every secret the config holds is masked in the finished document.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
 from . import __version__
 from .config import secrets_of
-from .lag import LagMonitor, LagResult, file_sizes
+from .lag import LagResult, file_sizes
 from .replica import utc
+from .runtime import Runtime
 
 MASK = "***"
 
 
-def lag_monitor(rt: Any) -> LagMonitor | None:
-    monitor = rt.extras.get("lag") if getattr(rt, "extras", None) is not None else None
-    return monitor if isinstance(monitor, LagMonitor) else None
-
-
-def databases(rt: Any) -> list[dict[str, Any]]:
-    monitor = lag_monitor(rt)
-    results = monitor.results() if monitor else {}
+def databases(rt: Runtime) -> list[dict[str, Any]]:
+    results = rt.lag.results() if rt.lag else {}
     out = []
     for db in rt.cfg.databases:
         size, wal = file_sizes(db)
@@ -42,12 +40,15 @@ def databases(rt: Any) -> list[dict[str, Any]]:
     return out
 
 
-def children(rt: Any) -> dict[str, Any]:
+def state(rt: Runtime, restoring: bool) -> str:
+    """held | starting | running | restoring | stopping-app | final-sync |
+    stopping-litestream | done: the supervisor's phase, with the operator's view on top."""
     sup = rt.supervisor
-    if sup is None:
-        return {}
-    out: dict[str, Any] = sup.children_status()
-    return out
+    if sup is None or sup.phase == "starting":
+        return "held" if rt.failure is not None else "starting"
+    if sup.phase == "running":
+        return "restoring" if restoring else "running"
+    return sup.phase
 
 
 def _as_dict(value: Any) -> Any:
@@ -58,22 +59,25 @@ def _as_dict(value: Any) -> Any:
     return value
 
 
-def build(rt: Any) -> dict[str, Any]:
+def build(rt: Runtime, restoring: bool = False,
+          manual_restore: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole document, JSON-ready."""
     sup = rt.supervisor
     failure = rt.failure
     doc = {
         "version": __version__,
         "litestream_version": rt.litestream_version,
-        "state": "held" if failure is not None else (sup.phase if sup else "starting"),
+        "pid": os.getpid(),
+        "state": state(rt, restoring),
         "failure": ({"error": failure.message, "exit_code": failure.exit_code,
-                     "step": failure.step, "fix": failure.hint}
+                     "step": failure.step, "fix": failure.hint, "problems": failure.problems}
                     if failure is not None else None),
         "started_at": utc(rt.started_at),
         "uptime_seconds": round(time.time() - rt.started_at, 1),
         "databases": databases(rt),
-        "children": children(rt),
+        "children": sup.children_status() if sup is not None else {},
         "last_restore": {name: _as_dict(r) for name, r in rt.restores.items()} or None,
+        "manual_restore": manual_restore,
         "last_migration": _as_dict(rt.migration),
         "last_verification": _as_dict(rt.verification),
     }

@@ -134,6 +134,9 @@ INVALID: dict[str, st.SearchStrategy[str]] = {
     "SIDECAR_KEEP_COPIES": nonblank.filter(lambda t: not (t.strip().isascii()
                                                            and t.strip().isdigit()
                                                            and int(t) >= 1)),
+    "SIDECAR_HTTP_MAX_CONNECTIONS": nonblank.filter(lambda t: not (t.strip().isascii()
+                                                                    and t.strip().isdigit()
+                                                                    and 1 <= int(t) <= 1024)),
     "SIDECAR_APP_RESTART": bad_choice("no", "on-failure"),
     "SIDECAR_LOG_FORMAT": bad_choice("json", "console"),
     "SIDECAR_ON_START_FAILURE": bad_choice("exit", "hold"),

@@ -1,0 +1,113 @@
+"""The probes on the HTTP listener: /metrics, /healthz and /readyz.
+
+They read the Runtime and answer; /healthz also pings the supervisor loop (an event it answers),
+so a wedged loop shows as unhealthy while the process still serves HTTP.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from . import api, metrics
+from .lag import refresh_sizes
+from .runtime import Runtime
+from .supervisor import Event
+
+LOOP_STALL_LIMIT = 300.0  # /healthz fails once the supervisor loop has not answered this long
+PING_WAIT = 1.0
+
+
+class Probes:
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self._lock = threading.Lock()
+        self._last_answer = time.monotonic()
+        if rt.supervisor is not None:
+            rt.supervisor.on("http-ping", self._answer_ping)
+
+    @staticmethod
+    def _answer_ping(event: Event) -> None:
+        event.data["reply"].set()
+
+    def metrics(self) -> api.Text:
+        rt = self.rt
+        refresh_sizes(rt.cfg.databases)
+        sup = rt.supervisor
+        # Litestream's endpoint is only asked while it runs; a known-down Litestream is already
+        # visible as sidecar_litestream_up 0 and would only add scrape errors.
+        url = rt.metrics_url if sup is not None and sup.litestream_running() else None
+        return api.Text(metrics.render(url), metrics.CONTENT_TYPE)
+
+    def _ping_loop(self) -> bool:
+        sup = self.rt.supervisor
+        assert sup is not None
+        done = threading.Event()
+        sup.post("http-ping", reply=done)
+        if done.wait(PING_WAIT):
+            with self._lock:
+                self._last_answer = time.monotonic()
+            return True
+        return False
+
+    def healthz(self) -> dict[str, Any]:
+        """200 while the supervisor loop is alive (the app's state does not matter here)."""
+        sup = self.rt.supervisor
+        if sup is None or not threading.main_thread().is_alive():
+            doc = {"status": "down", "reason": "supervisor not running"}
+            raise api.Unavailable("supervisor not running", doc)
+        if sup.phase == "starting":
+            # Start-up steps (restore, migrations) run on the main thread before the loop
+            # starts; a long restore must not get the container killed by a liveness probe.
+            return {"status": "ok", "phase": "starting"}
+        if self._ping_loop():
+            return {"status": "ok", "phase": sup.phase}
+        with self._lock:
+            silent = time.monotonic() - self._last_answer
+        if silent < LOOP_STALL_LIMIT:
+            # Busy in a long handler (stopping the app for a restore, say): still alive.
+            return {"status": "ok", "phase": sup.phase, "busy": True}
+        reason = f"supervisor loop has not answered for {silent:.0f}s"
+        raise api.Unavailable(reason, {"status": "down", "phase": sup.phase, "reason": reason})
+
+    def readiness(self) -> tuple[list[str], dict[str, Any]]:
+        """Why the sidecar is not ready (empty when it is), and the per-database lag."""
+        rt = self.rt
+        cfg, sup = rt.cfg, rt.supervisor
+        reasons: list[str] = []
+        if rt.failure is not None:
+            reasons.append(f"start failed, held for an operator: {rt.failure.message}")
+        elif sup is None or sup.phase == "starting":
+            reasons.append("starting")
+        elif sup.phase != "running":
+            reasons.append(f"shutting down ({sup.phase})")
+        if sup is not None and sup.phase != "starting":
+            if cfg.app_command and not sup.app_running():
+                reasons.append("app is not running")
+            if not sup.litestream_running():
+                reasons.append("litestream is not running")
+        results = rt.lag.results() if rt.lag else {}
+        dbs: dict[str, Any] = {}
+        for db in cfg.databases:
+            res = results.get(str(db.path))
+            if res is None or not res.measured or res.lag_seconds is None:
+                reasons.append(f"replication lag of {db.path} not measured yet")
+                dbs[str(db.path)] = {"lag_seconds": None, "replica_reachable": None}
+                continue
+            dbs[str(db.path)] = {"lag_seconds": round(res.lag_seconds, 3),
+                                 "replica_reachable": res.reachable,
+                                 **({"last_check_error": res.error} if res.error else {})}
+            if res.lag_seconds >= cfg.max_lag:
+                why = f": {res.error}" if res.error else ""
+                reasons.append(f"replication lag of {db.path} is {res.lag_seconds:.0f}s, over "
+                               f"SIDECAR_MAX_LAG_SECONDS={cfg.max_lag:g}{why}")
+        return reasons, dbs
+
+    def readyz(self) -> dict[str, Any]:
+        """200 only when the app runs, Litestream runs and every lag is under the maximum."""
+        reasons, dbs = self.readiness()
+        doc = {"ready": not reasons, "reasons": reasons, "databases": dbs}
+        if reasons:
+            raise api.Unavailable("not ready", doc)
+        return doc

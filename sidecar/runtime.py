@@ -1,0 +1,40 @@
+"""What a running sidecar knows, as one typed object built once by `run`.
+
+Read by the status document, the probes and the operations; written only by the start-up steps
+(run.py) and the supervisor loop's handlers. It imports no server and no operation, so every
+module that reads it can import it without a circle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+from .errors import SidecarError
+from .lag import LagMonitor
+from .litestream import Control
+from .migrate import MigrationResult
+from .preflight import Preflight
+from .restore import RestoreResult
+from .supervisor import Supervisor
+
+
+@dataclass
+class Runtime:
+    cfg: Config
+    env: dict[str, str]
+    started_at: float = field(default_factory=time.time)
+    supervisor: Supervisor | None = None
+    pre: Preflight | None = None
+    litestream_config: Path | None = None
+    litestream_version: str | None = None
+    litestream_bin: str | None = None
+    metrics_url: str | None = None
+    control: Control | None = None
+    lag: LagMonitor | None = None
+    restores: dict[str, RestoreResult] = field(default_factory=dict)
+    migration: MigrationResult | None = None
+    verification: dict[str, object] | None = None
+    failure: SidecarError | None = None
