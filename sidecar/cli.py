@@ -27,11 +27,22 @@ EPILOG = "exit codes:\n" + "\n".join(f"  {k:<4} {v}" for k, v in EXIT_CODES.item
     "\n\nEvery option can also be set by the environment variable named in its help.")
 
 
+class _Removed(argparse.Action):
+    """A flag that would put a secret on the command line: refused, without echoing it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        parser.error(f"{option_string} was removed: a flag's value shows in every process "
+                     "listing; set SIDECAR_ADMIN_TOKEN, or SIDECAR_ADMIN_TOKEN_FILE / "
+                     "--admin-token-file with a file holding the token")
+
+
 def add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
     """One flag per setting of config.SETTINGS; flags override the environment."""
+    parser.add_argument("--admin-token", action=_Removed, help=argparse.SUPPRESS)
     group = parser.add_argument_group("configuration (flag or environment variable)")
     for s in SETTINGS:
-        if names is not None and s.env not in names:
+        if (names is not None and s.env not in names) or s.flag is None:
             continue
         default = f" [default: {s.default}]" if s.default else ""
         group.add_argument(s.flag, dest=f"env_{s.env}", metavar="VALUE",
@@ -53,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(module)
+        # No abbreviations: `--admin-token` must never be taken for `--admin-token-file`.
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
-                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
         mod.add_arguments(p)
         p.usage = _short_usage(p, name)
         p.set_defaults(_module=mod)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,7 @@ def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json
 
 
 def main(args: argparse.Namespace) -> int:
+    os.umask(0o077)  # what this command writes (--output, its temp files) is the owner's only
     target = parse_target(args.txid, args.timestamp)
     cfg = config.load(config.environment_with_flags(settings_from_args(args)), need_app=False)
     db = pick_database(cfg, args.db)

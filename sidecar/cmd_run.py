@@ -8,6 +8,7 @@ The app command comes after `--`, or from SIDECAR_APP_COMMAND.
 from __future__ import annotations
 
 import argparse
+import os
 
 from . import config, run
 from .cli import add_settings, settings_from_args
@@ -21,4 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     env = config.environment_with_flags(settings_from_args(args))
     cfg = config.load(env, app_command=args.app_command)
-    return run.run(cfg, env)
+    # The admin token is sidecar's own: no child (app, Litestream, migration command, helper
+    # `litestream restore`) inherits it, from `env` or from this process's environment.
+    for name in config.HIDDEN_FROM_CHILDREN:
+        os.environ.pop(name, None)
+    return run.run(cfg, config.for_children(env))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from . import config
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    os.umask(0o077)  # the copy holds the whole database: readable by its owner only
     cfg = config.load(config.environment_with_flags(settings_from_args(args)), need_app=False)
     res = snapshot(cfg, pick_database(cfg, args.db), args.output, force=args.force)
     if args.json:

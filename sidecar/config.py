@@ -27,7 +27,7 @@ from .errors import ConfigError
 @dataclass(frozen=True)
 class Setting:
     env: str
-    flag: str
+    flag: str | None  # None: no flag, because a flag's value shows in every `ps` (a secret)
     help: str
     default: str | None = None
 
@@ -47,7 +47,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SIDECAR_HTTP_ADDR", "--http-addr", "metrics/health/admin listener, or 'off'", "[::]:9090"),
     Setting("SIDECAR_HTTP_MAX_CONNECTIONS", "--http-max-connections",
             "concurrent connections the HTTP listener accepts", "32"),
-    Setting("SIDECAR_ADMIN_TOKEN", "--admin-token", "bearer token enabling /admin/* endpoints"),
+    Setting("SIDECAR_ADMIN_TOKEN", None, "bearer token enabling /admin/* endpoints"),
+    Setting("SIDECAR_ADMIN_TOKEN_FILE", "--admin-token-file",
+            "file holding the bearer token (instead of SIDECAR_ADMIN_TOKEN)"),
     Setting("SIDECAR_MIGRATE_COMMAND", "--migrate-command",
             "migration command; empty disables (default: npx prisma migrate deploy if a schema exists)"),
     Setting("SIDECAR_APP_COMMAND", "--app-command", "app command when none follows `--`"),
@@ -76,6 +78,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "SECRET_ACCESS_KEY", "SIDECAR_ADMIN_TOKEN")
+# Never passed to a child (app, Litestream, migration command): the token is sidecar's own.
+HIDDEN_FROM_CHILDREN = ("SIDECAR_ADMIN_TOKEN", "SIDECAR_ADMIN_TOKEN_FILE")
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,25 @@ class Config:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
+MAX_DURATION = 366 * 86400.0  # beyond this a timer overflows somewhere (timedelta, Go, waits)
+PATH_MAX = 4095  # bytes, Linux
+NAME_MAX = 255  # bytes per file name
+DB_NAME_MAX = 200  # a DB's file name leaves room for sidecar's names beside it (.NAME.sidecar-...)
+
+
+class OutOfRange(ValueError):
+    """A well-formed value outside what can work; its message says the range."""
+
+
 def parse_duration(text: str) -> float:
     """`2`, `0.5`, `500ms`, `2s`, `1m`, `1h` -> seconds. Raises ValueError."""
     m = _DURATION.match(text)
     if not m:
         raise ValueError
-    value = float(m.group(1))
-    return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    value = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if not value <= MAX_DURATION:  # also catches inf from a thousand digits
+        raise OutOfRange(f"must be at most {MAX_DURATION / 86400:g} days")
+    return value
 
 
 def parse_bool(text: str) -> bool:
@@ -173,6 +189,8 @@ def parse_bool(text: str) -> bool:
 
 
 def _show(value: str) -> str:
+    if len(value) > 80:  # a thousand digits say nothing more than the first eighty
+        return json.dumps(value[:77]) + f"... ({len(value)} characters)"
     return json.dumps(value)
 
 
@@ -232,6 +250,7 @@ def _prisma_base_dir(schema: Path) -> Path:
 class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
+        self.dropped: set[str] = set()  # variables already reported as unusable
 
     def add(self, var: str, value: str | None, expected: str) -> None:
         shown = "(secret)" if var in SECRET_ENV else _show(value or "")
@@ -262,9 +281,73 @@ def _typed(env: Mapping[str, str], name: str, parse: Callable[[str], Any], expec
             return None
     try:
         return parse(raw)
+    except OutOfRange as exc:
+        problems.add(name, raw, str(exc))
+        return None
     except (ValueError, TypeError):
         problems.add(name, raw, expected)
         return None
+
+
+def _litestream_duration(text: str) -> float:
+    """A duration handed to Litestream, which sidecar writes in whole milliseconds."""
+    v = _positive_duration(text)
+    if v < 0.001:
+        raise OutOfRange("must be at least 1ms (Litestream's durations are written in "
+                         "milliseconds; a shorter one would be 0)")
+    return v
+
+
+def path_problem(value: str, what: str = "path") -> str | None:
+    """Why `value` cannot be a path here (not UTF-8, too long), or None."""
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"the {what} must be valid UTF-8 (it holds bytes that are not)"
+    if b"\0" in raw:
+        return f"the {what} must not contain a NUL byte"
+    if len(raw) > PATH_MAX:
+        return f"the {what} is {len(raw)} bytes long; at most {PATH_MAX}"
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if longest > NAME_MAX:
+        return f"a file name in the {what} is {longest} bytes long; at most {NAME_MAX}"
+    return None
+
+
+# Variables holding a path (or a URL holding one): checked before anything touches the disk.
+PATH_VARS = ("SIDECAR_DB_PATH", "DATABASE_URL", "SIDECAR_STATE_DIR", "LITESTREAM_CONFIG",
+             "SIDECAR_VOLUME_PATH", "RAILWAY_VOLUME_MOUNT_PATH", "SIDECAR_LITESTREAM_BIN",
+             "SIDECAR_ADMIN_TOKEN_FILE", "SIDECAR_REPLICA_URL", "SIDECAR_APP_COMMAND",
+             "SIDECAR_MIGRATE_COMMAND")
+
+
+def _checked_env(env: Mapping[str, str], problems: _Problems) -> dict[str, str]:
+    """`env` without the values that cannot be used at all (not UTF-8, over-long paths), each
+    reported by name, so nothing later stumbles on them."""
+    out = dict(env)
+    names = {s.env for s in SETTINGS} | set(PATH_VARS) | {
+        "BUCKET", "ENDPOINT", "REGION", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAILWAY_ENVIRONMENT",
+        "RAILWAY_DEPLOYMENT_DRAINING_SECONDS"}
+    for name in sorted(names):
+        value = env.get(name)
+        if value is None:
+            continue
+        why = path_problem(value, "value") if name in PATH_VARS else (
+            None if _utf8(value) else "the value must be valid UTF-8 (it holds bytes that are not)")
+        if why is not None:
+            problems.note(f"{name}: {why}")
+            problems.dropped.add(name)
+            out.pop(name)
+    return out
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _positive_duration(text: str) -> float:
@@ -407,13 +490,14 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
     """Build and validate the configuration; raise ConfigError listing every problem."""
     cwd = (cwd or Path.cwd()).resolve()
     problems = _Problems()
+    env = _checked_env(env, problems)
 
     # --- timing and simple values
     max_lag = _typed(env, "SIDECAR_MAX_LAG_SECONDS", _positive_number,
                      "must be a positive number of seconds", problems)
     lag_interval = _typed(env, "SIDECAR_LAG_CHECK_INTERVAL", _positive_duration,
                           "must be a positive duration like 10s, 500ms or 1m", problems)
-    sync_interval = _typed(env, "SIDECAR_SYNC_INTERVAL", _positive_duration,
+    sync_interval = _typed(env, "SIDECAR_SYNC_INTERVAL", _litestream_duration,
                            "must be a positive duration like 1s or 500ms", problems)
     stop_timeout = _typed(env, "SIDECAR_APP_STOP_TIMEOUT", parse_duration,
                           "must be a duration like 10s (0 allowed)", problems)
@@ -421,7 +505,7 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
                              "must be a positive duration like 30s", problems)
     ready_timeout = _typed(env, "SIDECAR_READY_TIMEOUT", _positive_duration,
                            "must be a positive duration like 30s", problems)
-    ls_stop_timeout = _typed(env, "SIDECAR_LITESTREAM_STOP_TIMEOUT", _positive_duration,
+    ls_stop_timeout = _typed(env, "SIDECAR_LITESTREAM_STOP_TIMEOUT", _litestream_duration,
                              "must be a positive duration like 30s", problems)
     verify_schedule = None
     raw_sched = env.get("SIDECAR_VERIFY_SCHEDULE")
@@ -459,9 +543,7 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
     heartbeat = _get(env, "SIDECAR_HEARTBEAT_URL")
     if heartbeat is not None and urlparse(heartbeat).scheme not in ("http", "https"):
         problems.add("SIDECAR_HEARTBEAT_URL", heartbeat, "must be an http:// or https:// URL")
-    admin_token = _get(env, "SIDECAR_ADMIN_TOKEN")
-    if admin_token is not None and len(admin_token) < 16:
-        problems.note("SIDECAR_ADMIN_TOKEN: must be at least 16 characters (got a shorter one)")
+    admin_token = _admin_token(env, problems)
     allow_no_backup = False
     try:
         allow_no_backup = parse_bool(env.get("SIDECAR_ALLOW_NO_BACKUP", "0"))
@@ -551,8 +633,9 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
                               f"in {user_cfg_path} ({listed}); it would not be backed up")
     else:
         if db_path is None:
-            problems.note("SIDECAR_DB_PATH: no database given; set SIDECAR_DB_PATH=/data/app.db "
-                          "or DATABASE_URL=file:/data/app.db")
+            if not problems.dropped & {"SIDECAR_DB_PATH", "DATABASE_URL"}:
+                problems.note("SIDECAR_DB_PATH: no database given; set "
+                              "SIDECAR_DB_PATH=/data/app.db or DATABASE_URL=file:/data/app.db")
             if _get(env, "SIDECAR_REPLICA_URL") is not None:
                 parse_replica_url(env["SIDECAR_REPLICA_URL"], env, problems)
         else:
@@ -583,6 +666,19 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         state_dir = (cwd / raw_state).resolve()
     elif databases:
         state_dir = databases[0].path.parent / ".sidecar"
+    db_var = ("LITESTREAM_CONFIG" if user_doc is not None else
+              "SIDECAR_DB_PATH" if raw_db is not None else "DATABASE_URL")
+    for d in databases:
+        why = path_problem(str(d.path), "database path")
+        if why is None and len(d.name.encode()) > DB_NAME_MAX:
+            why = (f"the database file name is {len(d.name.encode())} bytes long; at most "
+                   f"{DB_NAME_MAX} (sidecar writes temporary files named after it beside it)")
+        if why is not None:
+            problems.note(f"{db_var}: {why}")
+    if state_dir is not None:
+        why = path_problem(str(state_dir / "pre-restore" / "x" / ("n" * 64)), "state dir path")
+        if why is not None:
+            problems.note(f"{'SIDECAR_STATE_DIR' if raw_state else db_var}: {why}")
     if local_default and state_dir is not None and databases:
         d = databases[0]
         databases[0] = Database(path=d.path, replica=Replica(
@@ -644,6 +740,42 @@ def _runnable(program: str, env: Mapping[str, str], cwd: Path) -> bool:
         p = Path(program) if Path(program).is_absolute() else cwd / program
         return p.is_file() and os.access(p, os.X_OK)
     return shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+
+
+def _admin_token(env: Mapping[str, str], problems: _Problems) -> str | None:
+    """SIDECAR_ADMIN_TOKEN, or the contents of SIDECAR_ADMIN_TOKEN_FILE (one trailing newline
+    dropped); never echoed."""
+    token, var = _get(env, "SIDECAR_ADMIN_TOKEN"), "SIDECAR_ADMIN_TOKEN"
+    path = _get(env, "SIDECAR_ADMIN_TOKEN_FILE")
+    if path is not None:
+        if token is not None:
+            problems.note("SIDECAR_ADMIN_TOKEN_FILE: give it or SIDECAR_ADMIN_TOKEN, not both")
+            return None
+        var = "SIDECAR_ADMIN_TOKEN_FILE"
+        try:
+            raw = Path(path).read_bytes()
+            if len(raw) > 4096:
+                raise ValueError("longer than 4096 bytes")
+            token = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.note(f"SIDECAR_ADMIN_TOKEN_FILE: cannot read the token from {_show(path)} "
+                          f"({why})")
+            return None
+    if token is None:
+        return None
+    if len(token) < 16:
+        problems.note(f"{var}: the token must be at least 16 characters (got a shorter one)")
+        return None
+    if token != token.strip() or any(not c.isprintable() for c in token):
+        problems.note(f"{var}: the token must be printable, without surrounding spaces")
+        return None
+    return token
+
+
+def for_children(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment every child gets: the admin token taken out."""
+    return {k: v for k, v in env.items() if k not in HIDDEN_FROM_CHILDREN}
 
 
 def _connection_cap(text: str) -> int:

@@ -110,6 +110,8 @@ def backup(src: Path, dst: Path) -> int:
     temporary name first so a crash never leaves a partial copy under `dst`. Returns its size."""
     tmp = dst.with_name(f".{dst.name}.partial")
     tmp.unlink(missing_ok=True)
+    # Created 0600 before SQLite opens it: a copy of the data is readable by its owner only.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
     try:
         target = sqlite3.connect(tmp)

@@ -5,6 +5,15 @@ Messages read "cannot <do X>: <cause>" and never carry a secret.
 
 from __future__ import annotations
 
+import re
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user:password part of every URL masked (s3://key:secret@host/...)."""
+    return _USERINFO.sub(r"\1***@", text)
+
 
 class SidecarError(Exception):
     """Base class: a failure that stops the command with `exit_code`."""
@@ -13,10 +22,11 @@ class SidecarError(Exception):
     step = "internal"
 
     def __init__(self, message: str, *, hint: str | None = None, problems: list[str] | None = None):
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
-        self.problems = problems or []
+        self.hint = redact(hint) if hint else hint
+        self.problems = [redact(p) for p in problems or []]
 
     def __str__(self) -> str:
         lines = [self.message]

@@ -1,17 +1,22 @@
 """Everything about talking to Litestream: its config, its environment, its command lines and
 its control socket (HTTP over a Unix socket).
 
-Both a generated config and the project's own litestream.yml are rendered by us into the state
-dir (mode 0600) with variables already expanded, and Litestream runs with -no-expand-env, so a
-`$` inside a secret is never mangled.
+Both a generated config and the project's own litestream.yml are rendered by us with variables
+already expanded, and Litestream runs with -no-expand-env, so a `$` inside a secret is never
+mangled. No secret is ever written to the volume: the generated config holds no credentials
+(Litestream reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment child_env()
+gives it), and a project's own config that holds a secret or needed expansion is rendered on a
+tmpfs (/dev/shm, /run, ...), mode 0600, created with O_EXCL|O_NOFOLLOW and removed at exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import http.client
 import json
 import os
+import secrets
 import socket
 import tempfile
 from collections.abc import Mapping
@@ -20,10 +25,14 @@ from typing import Any
 
 import yaml
 
-from .config import Config, Database, Replica
+from .config import HIDDEN_FROM_CHILDREN, Config, Database, Replica, secrets_of
+from .errors import PreflightError
 
-# Variables Litestream must not see: 0.5 refuses to start with AWS_CA_BUNDLE set.
-_DROP_ENV = ("AWS_CA_BUNDLE",)
+# Variables Litestream must not see: 0.5 refuses to start with AWS_CA_BUNDLE set; the admin
+# token is for sidecar's own listener only.
+_DROP_ENV = ("AWS_CA_BUNDLE", *HIDDEN_FROM_CHILDREN)
+# Where a config that holds a secret may be rendered: memory-backed, never the volume.
+TMPFS_CANDIDATES = ("/dev/shm", "/run", "/tmp")
 
 
 def short_socket_path(state_dir: Path, name: str) -> Path:
@@ -46,9 +55,7 @@ def replica_section(replica: Replica, sync_interval: float | None) -> dict[str, 
                                "region": s3.region, "force-path-style": s3.force_path_style}
         if s3.endpoint:
             out["endpoint"] = s3.endpoint
-        if s3.access_key_id:
-            out["access-key-id"] = s3.access_key_id
-            out["secret-access-key"] = s3.secret_access_key
+        # No credentials here: Litestream takes them from its environment (child_env).
     else:
         out = {"type": "file", "path": str(replica.dir)}
     if sync_interval is not None:
@@ -75,22 +82,96 @@ def render_config(cfg: Config, metrics_port: int, dbs: tuple[Database, ...] | No
     return doc
 
 
+_HEADER = "# Written by sidecar at start; edit your litestream.yml or the variables.\n"
+
+
+def needs_private_file(cfg: Config, text: str) -> bool:
+    """Whether the rendered config must not touch the volume: it holds a secret, or it is the
+    project's own config and needed `$VAR` expansion (whatever a variable holds, it stays off
+    the disk)."""
+    if any(s and s in text for s in secrets_of(cfg)):
+        return True
+    if cfg.user_litestream_config is not None:
+        try:
+            return "$" in cfg.user_litestream_config.read_text()
+        except OSError:
+            return True
+    return False
+
+
+def _is_tmpfs(path: str) -> bool:
+    """Whether `path` lies on a tmpfs, from the longest matching mount point in mountinfo."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    best, fstype = "", ""
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if not sep or len(fields) < 5 or not rest:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # later lines are mounted over earlier ones
+            best, fstype = point, rest[0]
+    return fstype in ("tmpfs", "ramfs")
+
+
+def private_file(name: str) -> Path:
+    """Create an empty 0600 file on a tmpfs (O_EXCL|O_NOFOLLOW, a random name), removed when
+    the process exits. Raises PreflightError when no tmpfs is writable."""
+    for d in ((os.environ.get("XDG_RUNTIME_DIR") or ""), *TMPFS_CANDIDATES):
+        if not d or not os.path.isdir(d) or not os.access(d, os.W_OK | os.X_OK):
+            continue
+        if not _is_tmpfs(os.path.realpath(d)):
+            continue
+        path = Path(d) / f"sidecar-{os.getpid()}-{secrets.token_hex(6)}-{name}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            continue
+        os.close(fd)
+        atexit.register(path.unlink, missing_ok=True)
+        return path
+    raise PreflightError(
+        "cannot render the Litestream config: it holds a secret (or needs variables expanded) "
+        "and no tmpfs is writable to keep it off the disk",
+        hint="mount a tmpfs at /run or /dev/shm, or let sidecar generate the config from "
+             "SIDECAR_REPLICA_URL (its credentials go through the environment only)")
+
+
 def write_config(cfg: Config, metrics_port: int, path: Path | None = None) -> Path:
-    """Write the rendered config (default: into the state dir), mode 0600, atomically."""
+    """Write the rendered config, mode 0600: into `path` (default: the state dir) when it holds
+    no secret, else into a private file on a tmpfs (see private_file). Returns where."""
     doc = render_config(cfg, metrics_port)
+    text = _HEADER + yaml.safe_dump(doc, sort_keys=False)
+    if needs_private_file(cfg, text):
+        target = private_file("litestream.yml")
+        fd = os.open(target, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return target
     path = path or cfg.state_dir / "litestream.generated.yml"
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("# Written by sidecar at start; edit your litestream.yml or the variables.\n")
-        yaml.safe_dump(doc, f, sort_keys=False)
-    os.chmod(tmp, 0o600)
+        f.write(text)
     os.replace(tmp, path)
     return path
 
 
 def child_env(base: Mapping[str, str]) -> dict[str, str]:
+    """Litestream's environment: no AWS_CA_BUNDLE, no admin token, and the S3 credentials under
+    the names it reads (a Railway Bucket's ACCESS_KEY_ID / SECRET_ACCESS_KEY as fallbacks, as
+    in config)."""
     env = {k: v for k, v in base.items() if k not in _DROP_ENV}
+    for aws, railway in (("AWS_ACCESS_KEY_ID", "ACCESS_KEY_ID"),
+                         ("AWS_SECRET_ACCESS_KEY", "SECRET_ACCESS_KEY")):
+        if not env.get(aws) and env.get(railway):
+            env[aws] = env[railway]
     env["AWS_EC2_METADATA_DISABLED"] = "true"
     return env
 

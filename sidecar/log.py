@@ -12,7 +12,17 @@ from typing import Any
 
 import structlog
 
+from .errors import redact
+
 _configured = False
+
+
+def _redact_urls(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Mask the userinfo of every URL in every string value (a last line of defence)."""
+    for key, value in event.items():
+        if isinstance(value, str) and "@" in value:
+            event[key] = redact(value)
+    return event
 
 
 def setup(fmt: str | None = None, level: str = "info") -> None:
@@ -31,6 +41,7 @@ def setup(fmt: str | None = None, level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redact_urls,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

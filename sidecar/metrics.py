@@ -224,9 +224,14 @@ def render(litestream_metrics_url: str | None, timeout: float = 1.0) -> bytes:
 _MAX_BODY = 4 << 20  # Litestream's whole exposition is a few kB; anything bigger is wrong.
 
 
+# Litestream's endpoint is on the loopback: never through HTTP_PROXY / HTTPS_PROXY, which a
+# platform may set for the app's outbound traffic (and which may not reach 127.0.0.1 at all).
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _fetch(url: str, timeout: float) -> str:
     request = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with _NO_PROXY.open(request, timeout=timeout) as response:
         body = response.read(_MAX_BODY + 1)
     if len(body) > _MAX_BODY:
         raise http.client.HTTPException(f"metrics body larger than {_MAX_BODY} bytes")

@@ -138,7 +138,12 @@ def standalone_tools(cfg: Config) -> Iterator[Tools]:
                                  "SIDECAR_LITESTREAM_BIN")
     with tempfile.TemporaryDirectory(prefix="sidecar-") as d:
         os.chmod(d, 0o700)
-        yield Tools(binary, write_config(cfg, free_loopback_port(), Path(d) / "litestream.yml"))
+        # A config holding a secret goes to a tmpfs instead (write_config); removed here.
+        path = write_config(cfg, free_loopback_port(), Path(d) / "litestream.yml")
+        try:
+            yield Tools(binary, path)
+        finally:
+            path.unlink(missing_ok=True)
 
 
 def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
@@ -234,6 +239,7 @@ def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
         con.close()
     for side in (dbfile.wal_path(output), dbfile.shm_path(output)):
         side.unlink(missing_ok=True)  # empty leftovers of the file being replaced (--force)
+    os.chmod(tmp, 0o600)  # the whole database: its owner's only, whatever the umask
     os.replace(tmp, output)
     dbfile.fsync_dir(output.parent)
     return {"db": str(db.path), "output": str(output), "txid": summary.get("txid"),

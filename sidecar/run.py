@@ -62,6 +62,8 @@ def prepare(cfg: Config, env: dict[str, str]) -> Runtime:
         port = free_loopback_port()
     rt.metrics_url = f"http://127.0.0.1:{port}/metrics"
     rt.litestream_config = write_config(cfg, port)
+    logger.info("litestream config written", path=str(rt.litestream_config),
+                private=not rt.litestream_config.is_relative_to(cfg.state_dir))
     rt.control = Control(short_socket_path(cfg.state_dir, "litestream.sock"))
     return rt
 

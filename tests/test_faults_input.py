@@ -6,6 +6,7 @@ variable, prints no traceback and writes nothing."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -146,6 +147,7 @@ INVALID: dict[str, st.SearchStrategy[str]] = {
     "SIDECAR_HEARTBEAT_URL": nonblank.filter(lambda t: not t.startswith(("http:", "https:"))),
     "SIDECAR_ADMIN_TOKEN": st.text(st.characters(min_codepoint=33, max_codepoint=126),
                                    min_size=1, max_size=15),
+    "SIDECAR_ADMIN_TOKEN_FILE": st.from_regex(r"\A/nonexistent-[a-z0-9]{1,12}\Z"),
     "SIDECAR_ALLOW_NO_BACKUP": bad_bool,
     "SIDECAR_REPLICA_URL": nonblank.filter(lambda t: not t.startswith(("s3:", "file:"))),
     "SIDECAR_S3_ENDPOINT": nonblank.filter(lambda t: not t.startswith(("http:", "https:"))),
@@ -200,3 +202,58 @@ def test_every_variable_is_covered() -> None:
                 "SIDECAR_LITESTREAM_BIN"}
     missing = {s.env for s in config.SETTINGS} - set(INVALID) - any_text
     assert not missing, f"no invalid-value strategy for {sorted(missing)}"
+
+
+# ---------------------------------------------------------------- values that overflow or break
+
+LONG_NAME = "n" * 300
+EXTREME = [
+    ("SIDECAR_LAG_CHECK_INTERVAL", "9" * 400 + "h", "at most"),  # float('9'*400) is inf
+    ("SIDECAR_APP_STOP_TIMEOUT", "99999999h", "at most"),
+    ("SIDECAR_READY_TIMEOUT", "1e400", "duration"),
+    ("SIDECAR_MAX_LAG_SECONDS", "1e400", "positive number"),
+    ("SIDECAR_SYNC_INTERVAL", "0.1ms", "1ms"),  # below Litestream's (written) resolution
+    ("SIDECAR_LITESTREAM_STOP_TIMEOUT", "0.0004s", "1ms"),
+    ("SIDECAR_DB_PATH", os.fsdecode(b"/tmp/\xff\xfe-app.db"), "UTF-8"),
+    ("SIDECAR_STATE_DIR", os.fsdecode(b"/tmp/st\xe9"), "UTF-8"),
+    ("SIDECAR_DB_PATH", f"/tmp/{LONG_NAME}/app.db", "255"),
+    ("SIDECAR_DB_PATH", "/tmp/" + "d" * 230 + ".db", "200"),
+    ("SIDECAR_STATE_DIR", "/tmp/" + "s/" * 2100, "4095"),
+    ("LITESTREAM_CONFIG", f"/tmp/{LONG_NAME}.yml", "255"),
+    ("SIDECAR_VOLUME_PATH", f"/{LONG_NAME}", "255"),
+    ("SIDECAR_ADMIN_TOKEN_FILE", f"/tmp/{LONG_NAME}", "255"),
+    ("SIDECAR_REGION_UNUSED", "x", ""),  # a control: unknown variables are ignored
+]
+
+
+@pytest.mark.parametrize("var,value,expected", EXTREME, ids=[f"{v}-{i}" for i, (v, _x, _e)
+                                                               in enumerate(EXTREME)])
+def test_overflowing_undecodable_and_overlong_values_exit_2_and_check_fails_them(
+        tmp_path: Path, var: str, value: str, expected: str) -> None:
+    """`sidecar run` exits 2 naming the variable and what is expected, with no traceback and
+    no file written; `sidecar check` shows the same problem as a FAIL row and exits 1."""
+    root = tmp_path / "root"
+    root.mkdir()
+    env = base_env(root)
+    env.update(valid_env(root))
+    env[var] = value
+    before = _tree(root)
+    res = subprocess.run([str(BIN / "sidecar"), "run", "--", "true"], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=60, check=False,
+                         errors="replace")
+    out = record(f"sidecar run with extreme {var}", res.stdout + res.stderr)
+    assert "Traceback" not in out
+    if not expected:  # the control case
+        assert res.returncode != 2 or var not in out, out[-2000:]
+        return
+    assert res.returncode == 2, (var, out[-2000:])
+    problems = [p for line in res.stderr.splitlines() if line.startswith("{")
+                for p in json.loads(line).get("problems", [])]
+    assert any(p.startswith(var) and expected in p for p in problems), problems
+    assert _tree(root) == before
+    chk = subprocess.run([str(BIN / "sidecar"), "check"], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=60, check=False, errors="replace")
+    record(f"sidecar check with extreme {var}", chk.stdout + chk.stderr)
+    assert chk.returncode == 1 and "Traceback" not in chk.stdout + chk.stderr
+    assert any(line.startswith("FAIL") and var in line and expected in line
+               for line in chk.stdout.splitlines()), chk.stdout
