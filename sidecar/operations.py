@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import dbfile, log, metrics, preflight, procs, replica, restore, status
+from . import dbfile, jobs, log, metrics, preflight, procs, replica, restore, status
 from .api import (
     Accepted,
     Failed,
@@ -42,6 +42,7 @@ from .api import (
 from .config import Config, Database
 from .errors import OperatorError, RestoreError
 from .litestream import (
+    Control,
     ControlError,
     child_env,
     free_loopback_port,
@@ -50,6 +51,7 @@ from .litestream import (
     write_config,
 )
 from .runtime import Runtime
+from .supervisor import Event
 
 __all__ = ["NotNow", "Operations", "Target", "parse_target", "schedule_verify"]
 
@@ -250,7 +252,8 @@ def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
 # ------------------------------------------------------------------ verify and snapshot
 
 
-def verify(cfg: Config, db: Database, tools: Tools, control: Any = None) -> dict[str, Any]:
+def verify(cfg: Config, db: Database, tools: Tools, control: Control | None = None
+           ) -> dict[str, Any]:
     """Restore the latest backup into a temporary directory, integrity_check it, and compare its
     TXID with what Litestream says it has uploaded (asked for with a sync first, when running)."""
     t0 = time.monotonic()
@@ -415,7 +418,7 @@ class Operations:
             raise NotFound(f"no restore {req.id!r}" if req.id else "no restore has run")
         return job.as_dict()
 
-    def _run_restore(self, event: Any) -> None:
+    def _run_restore(self, event: Event) -> None:
         """The fenced live restore; runs in the supervisor loop's thread only."""
         job: RestoreJob = event.data["job"]
         try:
@@ -560,7 +563,6 @@ def schedule_verify(ops: Operations) -> None:
     schedule = ops.cfg.verify_schedule
     if not schedule:
         return
-    from . import jobs
 
     def scheduled() -> None:
         try:

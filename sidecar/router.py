@@ -35,6 +35,8 @@ ADMIN = "/admin"
 HTTP = "http"  # the TCP listener: public routes, and admin routes behind the token
 CONTROL = "control"  # the Unix socket: admin routes at their own path, no token (0600 is the lock)
 
+# Each handler takes its own route's request type (a subclass of api.Request); the table holds
+# them side by side, so the argument is typed at the handler, not here.
 Handler = Callable[[Any], api.Result]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
+import json
 import selectors
 import socket
 import threading
@@ -188,3 +189,5 @@ def test_hundreds_of_slow_clients_leave_memory_threads_and_healthz_alone(
     time.sleep(0.5)
     log = "\n".join(sc.lines)
     assert "Traceback" not in log and '"exception"' not in log, log[-3000:]
+    for line in sc.lines:  # every line sidecar wrote to stderr is one JSON object
+        assert isinstance(json.loads(line), dict), line
