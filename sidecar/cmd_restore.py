@@ -113,7 +113,7 @@ def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json
     print(f"restore {job['id']} of {job['db']} to {target.describe()} (txid {job['txid']}) "
           "started", file=sys.stderr)
     last_state, last_print = None, time.monotonic()
-    while job["state"] not in ("done", "failed"):
+    while job["state"] not in ("done", "failed", "held"):
         time.sleep(0.3)
         job = _request(sock, "GET", f"/restore?id={job['id']}")
         now = time.monotonic()
@@ -127,6 +127,12 @@ def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json
             last_print = now
     if as_json:
         print(json.dumps(job, indent=2))
+    if job["outcome"] == "migration-failed":
+        status = _request(sock, "GET", "/status")
+        failure = status.get("failure") or {}
+        raise OperatorError(f"restored, but {job.get('error') or 'the migration failed'}",
+                            problems=failure.get("problems"),
+                            hint=failure.get("fix") or "fix the migration, then `sidecar resume`")
     if job["outcome"] != "restored":
         raise OperatorError(f"cannot restore: {job.get('error') or 'the restore failed'}",
                             hint="the old database is still in place and the app was restarted "

@@ -20,7 +20,6 @@ import ipaddress
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
@@ -33,8 +32,10 @@ from . import log, metrics, status
 from .errors import PreflightError
 
 MAX_BODY = 1 << 20  # requests here carry small JSON at most
-LOOP_STALL_LIMIT = 300.0  # /healthz fails once the supervisor loop has not answered this long
-PING_WAIT = 1.0
+# /healthz fails once the supervisor loop's thread has shown no progress for this long. The
+# loop beats on every turn and inside its long work (a live restore, a migration, stopping the
+# app), so only a loop that is really stuck gets there, however long a restore takes.
+LOOP_STALL_LIMIT = 60.0
 
 
 @dataclass
@@ -88,23 +89,6 @@ def metrics_page(_req: Request, rt: Any) -> Response:
     return Response(200, metrics.render(url), metrics.CONTENT_TYPE)
 
 
-class _Loop:
-    """When the supervisor loop last answered a ping (see healthz)."""
-
-    lock = threading.Lock()
-    last_answer = time.monotonic()
-
-
-def _ping_loop(sup: Any) -> bool:
-    done = threading.Event()
-    sup.post("http-ping", reply=done)
-    if done.wait(PING_WAIT):
-        with _Loop.lock:
-            _Loop.last_answer = time.monotonic()
-        return True
-    return False
-
-
 def healthz(_req: Request, rt: Any) -> Response:
     """200 while the supervisor loop is alive (the app's state does not matter here)."""
     sup = rt.supervisor
@@ -114,13 +98,10 @@ def healthz(_req: Request, rt: Any) -> Response:
         # Start-up steps (restore, migrations) run on the main thread before the loop starts;
         # a long restore must not get the container killed by a liveness probe.
         return json_response(200, {"status": "ok", "phase": "starting"})
-    if _ping_loop(sup):
-        return json_response(200, {"status": "ok", "phase": sup.phase})
-    with _Loop.lock:
-        silent = time.monotonic() - _Loop.last_answer
+    silent = sup.silent_for()
     if silent < LOOP_STALL_LIMIT:
-        # Busy in a long handler (stopping the app for a restore, say): still alive.
-        return json_response(200, {"status": "ok", "phase": sup.phase, "busy": True})
+        return json_response(200, {"status": "ok", "phase": sup.phase,
+                                   **({"busy": True} if silent > 1.0 else {})})
     return json_response(503, {"status": "down", "phase": sup.phase,
                                "reason": f"supervisor loop has not answered for {silent:.0f}s"})
 
@@ -129,8 +110,12 @@ def readiness(rt: Any) -> tuple[list[str], dict[str, Any]]:
     """Why the sidecar is not ready (empty when it is), and the per-database lag."""
     cfg, sup = rt.cfg, rt.supervisor
     reasons: list[str] = []
+    ops = rt.extras.get("operations") if getattr(rt, "extras", None) is not None else None
     if rt.failure is not None:
-        reasons.append(f"start failed, held for an operator: {rt.failure.message}")
+        what = "start failed, " if sup is None or sup.phase == "starting" else ""
+        reasons.append(f"{what}held for an operator: {rt.failure.message}")
+    elif ops is not None and ops.busy():
+        reasons.append("a live restore is running")
     elif sup is None or sup.phase == "starting":
         reasons.append("starting")
     elif sup.phase != "running":
@@ -296,8 +281,6 @@ def serve(rt: Any) -> Callable[[], None]:
     if cfg.http_host is None:
         return lambda: None
     default_routes()
-    if rt.supervisor is not None:
-        rt.supervisor.on("http-ping", lambda event: event.data["reply"].set())
     server = listen(cfg.http_host, cfg.http_port, rt)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                               name="http", daemon=True)

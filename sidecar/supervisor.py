@@ -81,6 +81,8 @@ class Supervisor:
         self.handlers: dict[str, Callable[[Event], None]] = {}
         self.last_litestream_error: str | None = None
         self.paused_app = False  # the app is stopped on purpose (e.g. a live restore)
+        self.held_exit_code: int | None = None  # held after a failed migration: exit with it
+        self.beat_at = time.monotonic()  # the loop thread's last sign of life (/healthz)
 
     # ------------------------------------------------------------ from any thread
 
@@ -94,6 +96,20 @@ class Supervisor:
 
     def stop_requested(self) -> bool:
         return self.stop_signal is not None
+
+    def beat(self) -> None:
+        """The loop's thread is alive and making progress (called by it, never by others)."""
+        self.beat_at = time.monotonic()
+
+    def working(self) -> bool:
+        """The `should_stop` of long work the loop runs itself (a live restore, a migration):
+        it is polled while the work goes on, so each call is a beat; says whether to stop."""
+        self.beat()
+        return self.stop_requested()
+
+    def silent_for(self) -> float:
+        """Seconds since the loop's thread last showed progress."""
+        return time.monotonic() - self.beat_at
 
     # ------------------------------------------------------------ signals
 
@@ -200,6 +216,7 @@ class Supervisor:
         end = time.monotonic() + self.cfg.app_stop_timeout
         killed = False
         while True:
+            self.beat()
             status = procs.wait_nohang(pid)
             if status is not None:
                 code = self._mark_exit(self.app, status)
@@ -244,6 +261,7 @@ class Supervisor:
         if self.phase == "starting":
             self.phase = "running"
         while self.phase != "done":
+            self.beat()
             try:
                 event = self.events.get(timeout=self._timeout())
             except queue.Empty:
@@ -301,6 +319,8 @@ class Supervisor:
             self.log.info("app stopping", signal=signal.Signals(signum or signal.SIGTERM).name,
                           timeout_seconds=self.cfg.app_stop_timeout)
         else:
+            if self.exit_code is None and self.held_exit_code is not None:
+                self.exit_code = self.held_exit_code
             if self.exit_code is None:
                 self.exit_code = (self.app.last_exit if self.app and self.app.last_exit is not None
                                   else 128 + (signum or signal.SIGTERM))
