@@ -63,6 +63,9 @@ def prepare(cfg: Config, env: dict[str, str]) -> Runtime:
     rt.pre = preflight.run(cfg)
     rt.litestream_bin = rt.pre.litestream_bin
     rt.litestream_version = rt.pre.litestream_version
+    # Everything we start holds the database locks too: if sidecar dies alone, whatever
+    # escaped the death signal keeps a second sidecar off the database until it ends.
+    procs.hold_in_children([f.fileno() for f in rt.pre.db_locks])
     _step(logger, "preflight passed", t0, checks={c.name: c.detail for c in rt.pre.checks})
     if cfg.local_default_replica:
         logger.warning("no replica configured: backing up to a local directory on the same disk",
