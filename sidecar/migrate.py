@@ -11,7 +11,7 @@ from typing import Any
 
 from . import dbfile, log, procs
 from .config import Config, Database
-from .errors import MigrationError
+from .errors import MigrationError, exec_reason
 
 
 @dataclass
@@ -76,11 +76,11 @@ def run(cfg: Config, env: dict[str, str],
     try:
         code, _ = procs.run(cmd, menv, on_line=on_line, should_stop=should_stop,
                             cwd=str(cfg.cwd))
-    except FileNotFoundError:
-        raise MigrationError(f"cannot run the migration command: {cmd[0]} not found",
-                             hint="fix SIDECAR_MIGRATE_COMMAND, or set it empty to disable") from None
     except OSError as exc:
-        raise MigrationError(f"cannot run the migration command {cmd[0]}: {exc.strerror}") from None
+        raise MigrationError(f"cannot run the migration command: {cmd[0]}: "
+                             f"{exec_reason(exc, cmd[0])}; the app was not started",
+                             hint="fix SIDECAR_MIGRATE_COMMAND, or set it empty to disable"
+                             ) from None
     duration = time.monotonic() - t0
     if code != 0:
         where = ", ".join(copies) if copies else "none (no database existed yet)"

