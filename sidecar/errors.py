@@ -108,8 +108,8 @@ EXIT_CODES = {
        "missing or cannot be executed)",
     4: "restore needed and impossible (replica unreachable, denied, missing bucket, corrupt DB)",
     5: "the migration command failed or cannot be executed; the app was not started",
-    126: "the app command cannot be executed (permission denied, not a program)",
-    127: "the app command was not found",
     70: "internal error",
+    126: "the app command cannot be executed (permission denied, not a program)",
+    127: "the app command was not found (or its #! interpreter is missing)",
     128: "128+N: the app died of signal N (e.g. 143 for SIGTERM, 137 for SIGKILL)",
 }
