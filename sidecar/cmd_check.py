@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         checks = [Check("config", True, f"{len(cfg.databases)} database(s); "
                         f"replica {', '.join(d.replica.url for d in cfg.databases if d.replica)}")]
         checks += preflight.inspect(cfg).checks
-        running = preflight.lock_is_held(cfg.state_dir)
+        running = preflight.lock_is_held(cfg)
         checks.append(Check("daemon", True, "a sidecar is running on this database" if running
                             else "no sidecar is running on this database"))
         checks += bucket_checks(cfg, min(cfg.replica_timeout, 10.0))

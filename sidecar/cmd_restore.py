@@ -7,9 +7,11 @@ and no daemon is needed.
 Without --output it is a fenced live restore done by the running sidecar: it stops the app,
 stops replication of the database, restores into a temporary file, integrity-checks it, moves
 the current database (with its -wal/-shm) aside into the state dir (nothing is deleted), renames
-the restored file into place, resumes replication (so the restored state becomes the newest
-backup) and starts the app again. Any failure before the rename changes nothing and restarts the
-app on the old database.
+the restored file into place, runs the migration command on it (after a safety copy: an older
+point in time may predate the app's migrations), resumes replication (so the restored state
+becomes the newest backup) and starts the app again. Any failure before the rename changes
+nothing and restarts the app on the old database. A failing migration holds (exit 1): the app
+and the database's replication stay stopped until `sidecar resume` or another restore.
 
 --dry-run prints the plan (files, TXID, bytes to download). Without --yes the live restore asks
 for confirmation on a terminal and refuses when there is none.
@@ -79,7 +81,8 @@ def print_plan(p: dict[str, Any], live: bool, aside: Path) -> None:
         print("steps:        stop the app; stop replication of the database; restore into a "
               "temporary file;\n              integrity_check it; move the current database "
               f"and its -wal/-shm aside into\n              {aside}; rename the restored file "
-              "into place; resume replication; start the app")
+              "into place; run the migration\n              command on it (after a safety "
+              "copy); resume replication; start the app")
 
 
 def _confirm(db: str, target: Target) -> None:
@@ -115,7 +118,7 @@ def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json
     print(f"restore {job['id']} of {job['db']} to {target.describe()} (txid {job['txid']}) "
           "started", file=sys.stderr)
     last_state, last_print = None, time.monotonic()
-    while job["state"] not in ("done", "failed"):
+    while job["state"] not in ("done", "failed", "held"):
         time.sleep(0.3)
         job = _request(sock, "GET", "/restore?" + urlencode(RestoreStatusRequest(id=job["id"]).as_json()))
         now = time.monotonic()
@@ -129,6 +132,12 @@ def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json
             last_print = now
     if as_json:
         print(json.dumps(job, indent=2))
+    if job["outcome"] == "migration-failed":
+        status = _request(sock, "GET", "/status")
+        failure = status.get("failure") or {}
+        raise OperatorError(f"restored, but {job.get('error') or 'the migration failed'}",
+                            problems=failure.get("problems"),
+                            hint=failure.get("fix") or "fix the migration, then `sidecar resume`")
     if job["outcome"] != "restored":
         raise OperatorError(f"cannot restore: {job.get('error') or 'the restore failed'}",
                             hint="the old database is still in place and the app was restarted "

@@ -1,6 +1,7 @@
-"""Continue a start held by SIDECAR_ON_START_FAILURE=hold, after you fixed its cause (see
-`sidecar status`). Waits for the start to finish and exits 0 when the app runs, 1 when the start
-failed again (the sidecar keeps holding) or no held sidecar answers.
+"""Continue a start held by SIDECAR_ON_START_FAILURE=hold, or a live restore held because the
+migration command failed on the restored database, after you fixed the cause (see `sidecar
+status`). Waits until it has gone through and exits 0 when the app runs, 1 when it failed again
+(the sidecar keeps holding) or no held sidecar answers.
 """
 
 from __future__ import annotations

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sqlite3
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 MAGIC = b"SQLite format 3\x00"
 
@@ -29,10 +35,14 @@ def connect_ro(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
 
 
-def quick_check(path: Path, full: bool = False) -> str:
-    """'ok', or SQLite's first complaint."""
+def quick_check(path: Path, full: bool = False,
+                on_tick: Callable[[], object] | None = None) -> str:
+    """'ok', or SQLite's first complaint. `on_tick` is called now and then while it runs (a
+    liveness beat: a full check of a large file takes minutes)."""
     try:
         con = connect_ro(path)
+        if on_tick is not None:
+            con.set_progress_handler(ticker(on_tick), 100_000)
         try:
             pragma = "integrity_check" if full else "quick_check"
             rows = con.execute(f"PRAGMA {pragma}").fetchall()
@@ -83,11 +93,7 @@ def inspect(path: Path, check: bool = True) -> FileState:
 def settle(path: Path) -> None:
     """Fold any -wal into the file and drop the -wal/-shm that reading it left, so the file
     alone is the whole database and can be renamed on its own."""
-    con = sqlite3.connect(path, timeout=10)
-    try:
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        con.close()
+    checkpoint(path)
     wal = wal_path(path)
     if wal.exists() and wal.stat().st_size > 0:
         raise sqlite3.OperationalError(f"{wal} could not be checkpointed")
@@ -105,9 +111,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def backup(src: Path, dst: Path) -> int:
+def backup(src: Path, dst: Path, on_tick: Callable[[], object] | None = None) -> int:
     """A consistent copy of a live database (SQLite online backup API), fsynced, written to a
-    temporary name first so a crash never leaves a partial copy under `dst`. Returns its size."""
+    temporary name first so a crash never leaves a partial copy under `dst`. Returns its size.
+    `on_tick` is called after each step of the copy (a liveness beat)."""
     tmp = dst.with_name(f".{dst.name}.partial")
     tmp.unlink(missing_ok=True)
     # Created 0600 before SQLite opens it: a copy of the data is readable by its owner only.
@@ -116,7 +123,8 @@ def backup(src: Path, dst: Path) -> int:
     try:
         target = sqlite3.connect(tmp)
         try:
-            source.backup(target, pages=1024)
+            source.backup(target, pages=1024,
+                          progress=(lambda *_: on_tick()) if on_tick is not None else None)
             target.execute("PRAGMA journal_mode=DELETE")
         finally:
             target.close()
@@ -127,3 +135,75 @@ def backup(src: Path, dst: Path) -> int:
     os.replace(tmp, dst)
     fsync_dir(dst.parent)
     return dst.stat().st_size
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+class CheckpointBusy(sqlite3.OperationalError):
+    """Another connection kept the checkpoint from finishing: the database is in use."""
+
+
+def checkpoint(path: Path, attempts: int = 3, timeout: float = 2.0) -> tuple[int, int]:
+    """PRAGMA wal_checkpoint(TRUNCATE), acting on its answer (busy, log, checkpointed).
+
+    busy=1 means another connection holds a read or write lock, so part of the WAL is still
+    not in the file: moving the file (or its -wal) now would split the database. It is retried
+    a few times (each waits up to `timeout` for the other connection), then CheckpointBusy
+    is raised. Returns (log, checkpointed) frames; (-1, -1) when not in WAL mode."""
+    busy, frames, done = 1, -1, -1
+    for _ in range(attempts):
+        con = sqlite3.connect(path, timeout=timeout)
+        try:
+            row = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            con.close()
+        busy, frames, done = (int(x) for x in row) if row else (0, -1, -1)
+        if not busy:
+            return frames, done
+    raise CheckpointBusy(f"cannot checkpoint {path}: another process is using the database "
+                         f"(the checkpoint stayed busy, {done} of {frames} WAL frames copied)")
+
+
+# ------------------------------------------------------------------ names of copies
+
+_STAMP = r"\d{8}T\d{12}Z"
+
+
+def stamp(now: float | None = None) -> str:
+    """The UTC time stamp in the names of copies; sorts like the time."""
+    when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return when.strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def copy_base(db: Any, databases: Sequence[Any]) -> str:
+    """The name copies of `db` start with: its file name, plus a tag of its directory when
+    another database of the same config has the same file name (/a/app.db and /b/app.db), so
+    their copies (made with the same stamp) never overwrite or rotate away each other."""
+    if sum(1 for d in databases if d.path.name == db.path.name) <= 1:
+        return str(db.path.name)
+    tag = hashlib.sha256(str(db.path.parent).encode()).hexdigest()[:8]
+    return f"{db.path.name}.{tag}"
+
+
+def stamped_copies(directory: Path, base: str) -> list[Path]:
+    """The copies `<base>.<stamp>` in `directory`, oldest first (not their -wal/-shm)."""
+    pattern = re.compile(re.escape(base) + r"\." + _STAMP)
+    if not directory.is_dir():
+        return []
+    return sorted((p for p in directory.iterdir() if pattern.fullmatch(p.name)),
+                  key=lambda p: p.name)
+
+
+def paired(db_copy: Path) -> tuple[Path, Path, Path]:
+    """A moved-aside database and where its -wal and -shm go: SQLite finds a WAL at
+    `<file>-wal`, so `app.db.STAMP` pairs with `app.db.STAMP-wal`, never `app.db-wal.STAMP`."""
+    return db_copy, wal_path(db_copy), shm_path(db_copy)
+
+
+def ticker(on_tick: Callable[[], object]) -> Callable[[], int]:
+    """A SQLite progress handler that calls `on_tick` (a liveness beat) and never aborts."""
+    def handler() -> int:
+        on_tick()
+        return 0
+    return handler

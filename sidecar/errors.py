@@ -5,6 +5,7 @@ Messages read "cannot <do X>: <cause>" and never carry a secret.
 
 from __future__ import annotations
 
+import os
 import re
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
@@ -71,6 +72,37 @@ class OperatorError(SidecarError):
     step = "operator"
 
 
+class ExecError(SidecarError):
+    """A child process could not be executed: its binary is missing (ENOENT), not executable
+    (EACCES) or not a program (ENOEXEC). The exit code says which child: the app 127 (not
+    found) or 126 (cannot execute), like a shell; Litestream 3 (as a missing Litestream at
+    preflight); the migration command raises MigrationError (5) instead."""
+
+    step = "start"
+
+    def __init__(self, what: str, argv0: str, exc: OSError, exit_code: int, *,
+                 hint: str | None = None):
+        super().__init__(f"cannot start {what}: {argv0}: {exec_reason(exc, argv0)}", hint=hint)
+        self.exit_code = exit_code
+
+
+def exec_reason(exc: OSError, argv0: str) -> str:
+    """Why execve failed, in words: ENOENT for a file that exists means its #! interpreter
+    is missing."""
+    if isinstance(exc, FileNotFoundError):
+        if "/" in argv0 and os.path.isfile(argv0):
+            return "not found: the interpreter on its #! line does not exist"
+        if exc.filename and str(exc.filename) != argv0:
+            return f"not found ({exc.filename})"
+        return "not found"
+    return exc.strerror or str(exc)
+
+
+def exec_code(exc: OSError) -> int:
+    """The shell's code for a command that cannot run: 127 not found, 126 not executable."""
+    return 127 if isinstance(exc, FileNotFoundError) else 126
+
+
 class InternalError(SidecarError):
     """A bug or an unexpected environment failure (exit 70)."""
 
@@ -81,9 +113,12 @@ EXIT_CODES = {
     0: "the app exited 0 (or an operator command succeeded)",
     1: "an operator command failed (check found a problem, verify failed, ...)",
     2: "configuration error (a variable, flag or the Litestream config is invalid)",
-    3: "preflight failed (volume not mounted, DB outside the volume, lock held, no Litestream)",
+    3: "preflight failed (volume not mounted, DB outside the volume, lock held, Litestream "
+       "missing or cannot be executed)",
     4: "restore needed and impossible (replica unreachable, denied, missing bucket, corrupt DB)",
-    5: "the migration command failed; the app was not started",
+    5: "the migration command failed or cannot be executed; the app was not started",
     70: "internal error",
+    126: "the app command cannot be executed (permission denied, not a program)",
+    127: "the app command was not found (or its #! interpreter is missing)",
     128: "128+N: the app died of signal N (e.g. 143 for SIGTERM, 137 for SIGKILL)",
 }

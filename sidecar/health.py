@@ -1,35 +1,30 @@
 """The probes on the HTTP listener: /metrics, /healthz and /readyz.
 
-They read the Runtime and answer; /healthz also pings the supervisor loop (an event it answers),
-so a wedged loop shows as unhealthy while the process still serves HTTP.
+They read the Runtime and answer; /healthz reads the supervisor loop's beat (it beats on every
+turn and inside long work), so a wedged loop shows as unhealthy while the process still serves
+HTTP, and a long restore does not.
 """
 
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 from . import api, metrics
 from .lag import refresh_sizes
 from .runtime import Runtime
-from .supervisor import Event
 
-LOOP_STALL_LIMIT = 300.0  # /healthz fails once the supervisor loop has not answered this long
-PING_WAIT = 1.0
+# /healthz fails once the supervisor loop's thread has shown no progress for this long. The
+# loop beats on every turn and inside its long work (a live restore, a migration, stopping the
+# app), so only a loop that is really stuck gets there, however long a restore takes.
+LOOP_STALL_LIMIT = 60.0
 
 
 class Probes:
-    def __init__(self, rt: Runtime):
+    def __init__(self, rt: Runtime, restoring: Callable[[], bool] = lambda: False):
         self.rt = rt
-        self._lock = threading.Lock()
-        self._last_answer = time.monotonic()
-        if rt.supervisor is not None:
-            rt.supervisor.on("http-ping", self._answer_ping)
-
-    @staticmethod
-    def _answer_ping(event: Event) -> None:
-        event.data["reply"].set()
+        self.restoring = restoring
 
     def metrics(self) -> api.Text:
         rt = self.rt
@@ -39,17 +34,6 @@ class Probes:
         # visible as sidecar_litestream_up 0 and would only add scrape errors.
         url = rt.metrics_url if sup is not None and sup.litestream_running() else None
         return api.Text(metrics.render(url), metrics.CONTENT_TYPE)
-
-    def _ping_loop(self) -> bool:
-        sup = self.rt.supervisor
-        assert sup is not None
-        done = threading.Event()
-        sup.post("http-ping", reply=done)
-        if done.wait(PING_WAIT):
-            with self._lock:
-                self._last_answer = time.monotonic()
-            return True
-        return False
 
     def healthz(self) -> dict[str, Any]:
         """200 while the supervisor loop is alive (the app's state does not matter here)."""
@@ -61,13 +45,9 @@ class Probes:
             # Start-up steps (restore, migrations) run on the main thread before the loop
             # starts; a long restore must not get the container killed by a liveness probe.
             return {"status": "ok", "phase": "starting"}
-        if self._ping_loop():
-            return {"status": "ok", "phase": sup.phase}
-        with self._lock:
-            silent = time.monotonic() - self._last_answer
+        silent = sup.silent_for()
         if silent < LOOP_STALL_LIMIT:
-            # Busy in a long handler (stopping the app for a restore, say): still alive.
-            return {"status": "ok", "phase": sup.phase, "busy": True}
+            return {"status": "ok", "phase": sup.phase, **({"busy": True} if silent > 1.0 else {})}
         reason = f"supervisor loop has not answered for {silent:.0f}s"
         raise api.Unavailable(reason, {"status": "down", "phase": sup.phase, "reason": reason})
 
@@ -77,7 +57,10 @@ class Probes:
         cfg, sup = rt.cfg, rt.supervisor
         reasons: list[str] = []
         if rt.failure is not None:
-            reasons.append(f"start failed, held for an operator: {rt.failure.message}")
+            what = "start failed, " if sup is None or sup.phase == "starting" else ""
+            reasons.append(f"{what}held for an operator: {rt.failure.message}")
+        elif self.restoring():
+            reasons.append("a live restore is running")
         elif sup is None or sup.phase == "starting":
             reasons.append("starting")
         elif sup.phase != "running":

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import dbfile, log, procs
-from .config import Config
-from .errors import MigrationError
+from .config import Config, Database
+from .errors import MigrationError, exec_reason
 
 
 @dataclass
@@ -28,20 +28,22 @@ class MigrationResult:
                 "finished_at": datetime.fromtimestamp(self.finished_at, UTC).isoformat()}
 
 
-def safety_copy(cfg: Config) -> list[str]:
-    """Back up each existing database into state_dir/pre-migrate, keeping the newest few."""
+def safety_copy(cfg: Config, databases: Sequence[Database] | None = None,
+                on_tick: Callable[[], object] | None = None) -> list[str]:
+    """Back up each existing database (all of them unless `databases` is given) into
+    state_dir/pre-migrate, keeping the newest few of each."""
     out = []
     d = cfg.state_dir / "pre-migrate"
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    for db in cfg.databases:
+    stamp = dbfile.stamp()
+    for db in cfg.databases if databases is None else databases:
         if not db.path.exists() or db.path.stat().st_size == 0:
             continue
-        dst = d / f"{db.name}.{stamp}"
-        dbfile.backup(db.path, dst)
+        base = dbfile.copy_base(db, cfg.databases)
+        dst = d / f"{base}.{stamp}"
+        dbfile.backup(db.path, dst, on_tick)
         out.append(str(dst))
-        copies = sorted(d.glob(f"{db.name}.*[0-9]Z"), key=lambda p: p.name)
-        for old in copies[:-cfg.keep_copies]:
+        for old in dbfile.stamped_copies(d, base)[:-cfg.keep_copies]:
             old.unlink(missing_ok=True)
     return out
 
@@ -51,12 +53,15 @@ def database_url(path: Path) -> str:
 
 
 def run(cfg: Config, env: dict[str, str],
-        should_stop: Callable[[], bool] | None = None) -> MigrationResult:
+        should_stop: Callable[[], bool] | None = None,
+        databases: Sequence[Database] | None = None) -> MigrationResult:
+    """Safety copies (of `databases`, default all), then the command, with DATABASE_URL
+    pointing at the first database. Raises MigrationError (exit 5) when it fails."""
     logger = log.get("migrate")
     t0 = time.monotonic()
     if not cfg.migrate_command:
         return MigrationResult("skipped", "no migration command", 0.0)
-    copies = safety_copy(cfg)
+    copies = safety_copy(cfg, databases, should_stop)
     for c in copies:
         logger.info("pre-migration copy", path=c)
     menv = dict(env)
@@ -71,11 +76,11 @@ def run(cfg: Config, env: dict[str, str],
     try:
         code, _ = procs.run(cmd, menv, on_line=on_line, should_stop=should_stop,
                             cwd=str(cfg.cwd))
-    except FileNotFoundError:
-        raise MigrationError(f"cannot run the migration command: {cmd[0]} not found",
-                             hint="fix SIDECAR_MIGRATE_COMMAND, or set it empty to disable") from None
     except OSError as exc:
-        raise MigrationError(f"cannot run the migration command {cmd[0]}: {exc.strerror}") from None
+        raise MigrationError(f"cannot run the migration command: {cmd[0]}: "
+                             f"{exec_reason(exc, cmd[0])}; the app was not started",
+                             hint="fix SIDECAR_MIGRATE_COMMAND, or set it empty to disable"
+                             ) from None
     duration = time.monotonic() - t0
     if code != 0:
         where = ", ".join(copies) if copies else "none (no database existed yet)"

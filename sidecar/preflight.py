@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -37,6 +37,7 @@ class Preflight:
     litestream_bin: str | None
     litestream_version: str | None
     lock: IO[bytes] | None = None
+    db_locks: list[IO[bytes]] = field(default_factory=list)
 
     @property
     def failures(self) -> list[Check]:
@@ -194,20 +195,53 @@ def check_litestream(cfg: Config) -> tuple[Check, str | None, str | None]:
 # ------------------------------------------------------------------ the lock
 
 
-def acquire_lock(state_dir: Path) -> IO[bytes]:
-    """An exclusive lock on the volume: one sidecar per database."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    f = open(state_dir / "sidecar.lock", "a+b")
+def db_lock_path(db: Path) -> Path:
+    """The lock beside the database, on its volume, whatever SIDECAR_STATE_DIR says: two
+    sidecars with different state dirs still meet here."""
+    return db.with_name(f".{db.name}.sidecar.lock")
+
+
+def holders(path: Path) -> list[str]:
+    """`pid (command)` of every process we can see with `path` open (from /proc)."""
+    out = []
+    target = os.path.realpath(path)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry.name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry.name}/fd/{fd}") != target:
+                    continue
+            except OSError:
+                continue
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                cmd = "?"
+            out.append(f"pid {entry.name} ({os.path.basename(cmd)})")
+            break
+    return out
+
+
+def _lock(path: Path, what: str) -> IO[bytes]:
+    f = open(path, "a+b")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         f.close()
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            who = holders(path)
             raise PreflightError(
-                f"cannot lock {state_dir / 'sidecar.lock'}: another sidecar is running on this "
-                "database", hint="stop the other instance; two writers would corrupt the backup"
-            ) from None
-        raise PreflightError(f"cannot lock {state_dir / 'sidecar.lock'}: {exc.strerror}") from None
+                f"cannot lock {path}: another sidecar is running on {what} (or processes a "
+                "killed sidecar started still run)", problems=[f"held by {h}" for h in who],
+                hint="stop the other instance (or those processes); two writers would corrupt "
+                     "the backup") from None
+        raise PreflightError(f"cannot lock {path}: {exc.strerror}") from None
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n".encode())
@@ -215,9 +249,29 @@ def acquire_lock(state_dir: Path) -> IO[bytes]:
     return f
 
 
-def lock_is_held(state_dir: Path) -> bool:
+def acquire_lock(state_dir: Path) -> IO[bytes]:
+    """An exclusive lock on the state dir: its sockets and copies belong to one sidecar."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return _lock(state_dir / "sidecar.lock", f"the state directory {state_dir}")
+
+
+def acquire_db_locks(cfg: Config) -> list[IO[bytes]]:
+    """An exclusive lock beside each database: one sidecar per database. Children inherit
+    them (procs.hold_in_children), so they stay held while anything we started runs."""
+    locks: list[IO[bytes]] = []
     try:
-        with open(state_dir / "sidecar.lock", "rb") as f:
+        for db in cfg.databases:
+            locks.append(_lock(db_lock_path(db.path), f"the database {db.path}"))
+    except PreflightError:
+        for f in locks:
+            f.close()
+        raise
+    return locks
+
+
+def _held(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -226,6 +280,12 @@ def lock_is_held(state_dir: Path) -> bool:
             return False
     except FileNotFoundError:
         return False
+
+
+def lock_is_held(cfg: Config) -> bool:
+    """A sidecar (or what it started) is running on one of these databases."""
+    return _held(cfg.state_dir / "sidecar.lock") or any(
+        _held(db_lock_path(db.path)) for db in cfg.databases)
 
 
 # ------------------------------------------------------------------ all together
@@ -250,7 +310,13 @@ def run(cfg: Config) -> Preflight:
             f"cannot start: {first.detail}",
             problems=[f"{c.name}: {c.detail}" for c in result.failures[1:]],
             hint=first.fix or None)
-    result.lock = acquire_lock(cfg.state_dir)
     for db in cfg.databases:
         db.path.parent.mkdir(parents=True, exist_ok=True)
+    result.db_locks = acquire_db_locks(cfg)
+    try:
+        result.lock = acquire_lock(cfg.state_dir)
+    except PreflightError:
+        for f in result.db_locks:
+            f.close()
+        raise
     return result

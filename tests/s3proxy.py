@@ -3,7 +3,8 @@
 Modes: `pass` (bytes go through untouched, so request signatures stay valid), `error` (every
 request is answered `500 InternalError` the way S3 does), `reset` (connections are accepted and
 reset at once). Switching mode drops every open connection, so keep-alive sockets cannot carry
-requests across an outage.
+requests across an outage. `throttle(rate)` caps the bytes per second sent back to the clients
+(all connections together), to make downloads slow without changing a byte.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 
 ERROR_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
               b"<Message>We encountered an internal error. Please try again.</Message></Error>")
@@ -24,6 +26,9 @@ class S3Proxy:
     def __init__(self, upstream_port: int):
         self.upstream = ("127.0.0.1", upstream_port)
         self.mode = "pass"
+        self.rate: float | None = None  # bytes/s from the server to the clients, None: no cap
+        self._sent = 0
+        self._since = 0.0
         self.requests = {"pass": 0, "error": 0, "reset": 0}
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -46,6 +51,23 @@ class S3Proxy:
             conns, self._open = self._open, set()
         for c in conns:
             _reset(c)
+
+    def throttle(self, rate: float | None) -> None:
+        """Cap the download rate (bytes/s over all connections); None lifts the cap."""
+        with self._lock:
+            self.rate, self._sent, self._since = rate, 0, time.monotonic()
+
+    def _pace(self, n: int) -> None:
+        """Sleep until sending `n` more bytes keeps the total under the rate."""
+        with self._lock:
+            rate = self.rate
+            if not rate:
+                return
+            self._sent += n
+            due = self._since + self._sent / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def close(self) -> None:
         self._closed = True
@@ -100,12 +122,14 @@ class S3Proxy:
                 return
             self._open |= {conn, up}
 
-        def pipe(a: socket.socket, b: socket.socket) -> None:
+        def pipe(a: socket.socket, b: socket.socket, paced: bool = False) -> None:
             try:
                 while True:
-                    data = a.recv(65536)
+                    data = a.recv(8192 if paced and self.rate else 65536)
                     if not data:
                         break
+                    if paced:
+                        self._pace(len(data))
                     b.sendall(data)
             except OSError:
                 pass
@@ -113,7 +137,7 @@ class S3Proxy:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 
-        t = threading.Thread(target=pipe, args=(up, conn), daemon=True)
+        t = threading.Thread(target=pipe, args=(up, conn, True), daemon=True)
         t.start()
         pipe(conn, up)
         t.join()

@@ -93,7 +93,7 @@ def _try_sync(env: dict[str, str]) -> bool:
 
 def aside_files(env: dict[str, str]) -> list[Path]:
     d = state_dir(env) / "pre-restore"
-    return sorted(p for p in d.glob("app.db.*") if "-" not in p.name.split(".")[1]) \
+    return sorted(p for p in d.glob("app.db.*") if not p.name.endswith(("-wal", "-shm"))) \
         if d.exists() else []
 
 
