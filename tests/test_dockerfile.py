@@ -274,7 +274,7 @@ def test_dockerignore_sends_what_copy_needs_and_nothing_else() -> None:
     for dropped in (".git/HEAD", ".venv/bin/python", "tests/conftest.py",
                     "examples/prisma-app/node_modules/prisma/package.json",
                     "examples/prisma-app/prisma/dev.db", "examples/prisma-app/.env",
-                    "sidecar/__pycache__/config.cpython-311.pyc", "deploy/railway/railway.json",
+                    "sidecar/__pycache__/config.cpython-311.pyc", ".railway/railway.ts",
                     "litestream.yml", "sidecar.egg-info/PKG-INFO"):
         assert dockerignore_excludes(dropped), f"{dropped} would be sent to the build"
 
