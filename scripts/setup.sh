@@ -22,6 +22,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+# The distribution was called `sidecar` before (a name PyPI gives to another project).
+if .venv/bin/pip show -q sidecar >/dev/null 2>&1; then
+  .venv/bin/pip uninstall -q -y sidecar 2>&1 | grep -v '^WARNING' || true
+fi
 .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/sidecar --version >/dev/null
 
