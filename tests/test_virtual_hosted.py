@@ -259,3 +259,27 @@ def test_path_style_override_is_obeyed_and_fails_on_a_virtual_only_bucket(
     assert "bkt" in res.stderr and "Traceback" not in res.stderr
     assert not (data / "app.db").exists()
     assert S3_SECRET not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("endpoint,set_in_file,expected", [
+    ("https://storage.railway.app", None, False), ("http://127.0.0.1:9000", None, True),
+    ("https://storage.railway.app", True, True), ("http://127.0.0.1:9000", False, False)])
+def test_project_litestream_yml_gets_the_same_addressing(
+        tmp_path: Path, endpoint: str, set_in_file: bool | None, expected: bool) -> None:
+    """A project's own litestream.yml that leaves force-path-style unset runs with sidecar's
+    choice written in (Litestream alone would use path style for any endpoint); a value set in
+    the file is kept, and sidecar's client follows it too."""
+    from sidecar.litestream import render_config
+
+    replica: dict[str, object] = {"type": "s3", "bucket": BUCKET, "path": "app.db",
+                                  "endpoint": endpoint, "region": "auto"}
+    if set_in_file is not None:
+        replica["force-path-style"] = set_in_file
+    path = tmp_path / "litestream.yml"
+    path.write_text(yaml.safe_dump({"dbs": [{"path": str(tmp_path / "app.db"), "replica": replica}]}))
+    cfg = load(tmp_path, LITESTREAM_CONFIG=str(path), ACCESS_KEY_ID="id", SECRET_ACCESS_KEY="s")
+    assert cfg.databases[0].replica.s3.force_path_style is expected
+    rendered = render_config(cfg, metrics_port=9)["dbs"][0]["replica"]
+    assert rendered["force-path-style"] is expected
+    assert "force-path-style" not in cfg.user_litestream_doc["dbs"][0]["replica"] or \
+        set_in_file is not None, "the loaded config must not be changed in place"
