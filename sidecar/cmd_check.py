@@ -19,13 +19,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings(parser)
 
 
-def bucket_checks(cfg: config.Config, timeout: float) -> list[Check]:
+def addressing_check(db: config.Database, overridden: bool) -> Check:
+    """Which S3 addressing the backups use, and why: a wrong one reads as a missing bucket."""
+    assert db.replica is not None and db.replica.s3 is not None
+    s3 = db.replica.s3
+    where = f"{s3.bucket}.HOST" if not s3.force_path_style else f"HOST/{s3.bucket}"
+    why = ("set by SIDECAR_S3_FORCE_PATH_STYLE" if overridden
+           else f"default for {s3.endpoint or 'AWS S3'}; SIDECAR_S3_FORCE_PATH_STYLE overrides")
+    return Check(f"addressing ({db.name})", True, f"{s3.addressing} ({where}), {why}")
+
+
+def bucket_checks(cfg: config.Config, timeout: float, path_style_set: bool = False) -> list[Check]:
     out = []
     for db in cfg.databases:
         name = f"replica ({db.name})"
         if db.replica is None:
             out.append(Check(name, False, "no replica configured", "set SIDECAR_REPLICA_URL"))
             continue
+        if db.replica.s3 is not None:
+            out.append(addressing_check(db, path_style_set))
         try:
             store = replica.open_store(db.replica, timeout=timeout)
             has = store.has_backups()
@@ -62,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
         running = preflight.lock_is_held(cfg)
         checks.append(Check("daemon", True, "a sidecar is running on this database" if running
                             else "no sidecar is running on this database"))
-        checks += bucket_checks(cfg, min(cfg.replica_timeout, 10.0))
+        checks += bucket_checks(cfg, min(cfg.replica_timeout, 10.0),
+                                path_style_set=bool(env.get("SIDECAR_S3_FORCE_PATH_STYLE")))
     if args.json:
         print(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

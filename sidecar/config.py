@@ -39,7 +39,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SIDECAR_S3_ENDPOINT", "--s3-endpoint", "S3-compatible endpoint URL (else ENDPOINT)"),
     Setting("SIDECAR_S3_REGION", "--s3-region", "S3 region (else REGION; default us-east-1)"),
     Setting("SIDECAR_S3_FORCE_PATH_STYLE", "--s3-force-path-style",
-            "true/false; default true with a custom endpoint"),
+            "true/false; default true with a custom endpoint, false for storage.railway.app"),
     Setting("LITESTREAM_CONFIG", "--litestream-config",
             "use this Litestream config (default ./litestream.yml when present)"),
     Setting("SIDECAR_STATE_DIR", "--state-dir",
@@ -91,6 +91,25 @@ class S3:
     force_path_style: bool
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
+
+    @property
+    def addressing(self) -> str:
+        """How requests name the bucket, as `sidecar check` shows it."""
+        return "path-style" if self.force_path_style else "virtual-hosted"
+
+
+# Railway Buckets answer only virtual-hosted requests (https://BUCKET.storage.railway.app);
+# a path-style request gets NoSuchBucket, which reads as "bucket does not exist".
+VIRTUAL_HOSTED_ENDPOINTS = ("storage.railway.app",)
+
+
+def default_path_style(endpoint: str | None) -> bool:
+    """Path style for a custom endpoint (MinIO and most self-hosted servers need it), except
+    the hosts known to answer only virtual-hosted requests; AWS itself (no endpoint) is
+    virtual-hosted."""
+    if endpoint is None:
+        return False
+    return (urlparse(endpoint).hostname or "") not in VIRTUAL_HOSTED_ENDPOINTS
 
 
 @dataclass(frozen=True)
@@ -385,7 +404,7 @@ def _s3_settings(env: Mapping[str, str], bucket: str, prefix: str,
             problems.note(f"{var}: must not carry credentials in the URL (use AWS_ACCESS_KEY_ID)")
     region = _get(env, "SIDECAR_S3_REGION") or _get(env, "REGION") or "us-east-1"
     fps_raw = _get(env, "SIDECAR_S3_FORCE_PATH_STYLE")
-    force_path_style = endpoint is not None
+    force_path_style = default_path_style(endpoint)
     if fps_raw is not None:
         try:
             force_path_style = parse_bool(fps_raw)

@@ -12,6 +12,7 @@ tmpfs (/dev/shm, /run, ...), mode 0600, created with O_EXCL|O_NOFOLLOW and remov
 from __future__ import annotations
 
 import atexit
+import copy
 import hashlib
 import http.client
 import json
@@ -63,13 +64,28 @@ def replica_section(replica: Replica, sync_interval: float | None) -> dict[str, 
     return out
 
 
+def _align_addressing(doc: dict[str, Any], cfg: Config) -> None:
+    """Where the project's litestream.yml leaves `force-path-style` unset, write sidecar's
+    choice in, so Litestream and sidecar's own S3 client address the bucket the same way
+    (Litestream alone would pick path style for any endpoint, which Railway Buckets reject).
+    cfg.databases were built from doc's `dbs`, in order."""
+    for entry, db in zip(doc.get("dbs") or [], cfg.databases, strict=False):
+        s3 = db.replica.s3 if db.replica else None
+        if s3 is None or not isinstance(entry, dict):
+            continue
+        for rep in [entry.get("replica"), *(entry.get("replicas") or [])]:
+            if isinstance(rep, dict) and not rep.get("url") and "force-path-style" not in rep:
+                rep["force-path-style"] = s3.force_path_style
+
+
 def render_config(cfg: Config, metrics_port: int, dbs: tuple[Database, ...] | None = None
                   ) -> dict[str, Any]:
     """The config Litestream runs with: the project's (expanded) or one generated from cfg."""
     sock = short_socket_path(cfg.state_dir, "litestream.sock")
     if cfg.user_litestream_doc is not None:
-        doc = dict(cfg.user_litestream_doc)
+        doc = copy.deepcopy(cfg.user_litestream_doc)
         doc.pop("exec", None)  # sidecar supervises the app itself
+        _align_addressing(doc, cfg)
     else:
         doc = {"dbs": [{"path": str(db.path),
                         "replica": replica_section(db.replica, cfg.sync_interval)}

@@ -81,14 +81,6 @@ LS_SECTIONS = {"socket": {"enabled", "path", "permissions"},
                "snapshot": {"interval", "retention"}, "retention": {"enabled"},
                "validation": {"interval"}}
 
-RAILWAY_KEYS = {
-    "build": {"builder", "buildCommand", "watchPatterns", "dockerfilePath", "nixpacksConfigPath",
-              "nixpacksPlan", "nixpacksVersion", "buildEnvironment"},
-    "deploy": {"startCommand", "preDeployCommand", "healthcheckPath", "healthcheckTimeout",
-               "restartPolicyType", "restartPolicyMaxRetries", "cronSchedule", "numReplicas",
-               "multiRegionConfig", "overlapSeconds", "drainingSeconds", "requiredMountPath",
-               "sleepApplication", "region", "runtime", "limitOverride"}}
-
 
 # ------------------------------------------------------------------ reading the files
 
@@ -122,10 +114,6 @@ def env_file(path: Path) -> dict[str, str]:
         assert key not in out, f"{key} set twice in {path.name}"
         out[key] = value
     return out
-
-
-def railway_json() -> dict[str, Any]:
-    return load_file(RAILWAY / "railway.json")[0]
 
 
 def railway_vars() -> dict[str, str]:
@@ -203,8 +191,9 @@ def test_every_config_file_parses(path: Path) -> None:
 
 
 def test_my_deploy_dirs_hold_the_expected_files() -> None:
-    """Railway, Kubernetes and Compose each ship their files and a README."""
-    for path in (RAILWAY / "railway.json", RAILWAY / "variables.env.example",
+    """Railway (.railway/railway.ts at the root, the dashboard variables and a README),
+    Kubernetes and Compose each ship their files."""
+    for path in (ROOT / ".railway" / "railway.ts", RAILWAY / "variables.env.example",
                  RAILWAY / "README.md", K8S / "statefulset.yaml", K8S / "service.yaml",
                  K8S / "servicemonitor.yaml", K8S / "kustomization.yaml", K8S / "README.md",
                  COMPOSE, COMPOSE.parent / "README.md"):
@@ -388,25 +377,6 @@ def test_sidecar_runs_with_the_reference_config(tmp_path: Path, s3: S3Server, bu
 # ------------------------------------------------------------------------------- Railway
 
 
-def test_railway_json_settings() -> None:
-    """railway.json: Dockerfile build, healthcheck on sidecar's /readyz, restart on failure,
-    the /data volume required, no overlap, and no start command that replaces the ENTRYPOINT."""
-    cfg = railway_json()
-    for section, keys in RAILWAY_KEYS.items():
-        assert set(cfg.get(section, {})) <= keys, f"unknown {section} keys"
-    assert cfg["build"]["builder"] == "DOCKERFILE"
-    assert (ROOT / cfg["build"]["dockerfilePath"]).is_file()
-    deploy = cfg["deploy"]
-    assert "startCommand" not in deploy, "a start command bypasses `sidecar run`"
-    assert "migrate" not in str(deploy.get("preDeployCommand", "")), \
-        "pre-deploy commands run without the volume mounted"
-    assert deploy["healthcheckPath"] in ("/readyz", "/healthz")
-    assert deploy["restartPolicyType"] in ("ON_FAILURE", "ALWAYS")
-    assert deploy["requiredMountPath"] == VOLUME
-    assert deploy["overlapSeconds"] == 0
-    assert isinstance(deploy["drainingSeconds"], int), "Railway rejects a string here"
-
-
 def test_railway_healthcheck_reaches_sidecar_and_the_app_keeps_its_port() -> None:
     """Railway calls the healthcheck on $PORT: PORT is sidecar's listener (9090), the app
     listens on APP_PORT (3000), which the image exposes."""
@@ -420,16 +390,16 @@ def test_railway_healthcheck_reaches_sidecar_and_the_app_keeps_its_port() -> Non
 
 
 def test_railway_variables() -> None:
-    """The variables: Bucket references as they are, DB on the volume, virtual-hosted style,
-    a spelled-out replica prefix, and draining time equal to railway.json's and long enough."""
+    """The dashboard variables: Bucket references as they are, DB on the volume, no path-style
+    override (the default for Railway's host is virtual-hosted), a spelled-out replica prefix,
+    and a draining time long enough (tests/test_railway_iac.py: equal to railway.ts's)."""
     v = railway_vars()
     for name in ("BUCKET", "ENDPOINT", "REGION", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY"):
         assert v[name] == "${{Bucket." + name + "}}"
     assert v["DATABASE_URL"] == DB_URL
-    assert v["SIDECAR_S3_FORCE_PATH_STYLE"] == "false"
+    assert "SIDECAR_S3_FORCE_PATH_STYLE" not in v
     assert re.fullmatch(r"s3://\$\{\{Bucket\.BUCKET\}\}/[\w.-]+", v["SIDECAR_REPLICA_URL"])
     draining = float(v["RAILWAY_DEPLOYMENT_DRAINING_SECONDS"])
-    assert draining == railway_json()["deploy"]["drainingSeconds"]
     assert draining >= stop_budget(v) + 5
 
 
