@@ -13,6 +13,12 @@ Bounded by construction, so slow or hostile clients cannot grow memory or thread
 - every connection is closed after its answer (`Connection: close`).
 A client that hangs up or sends garbage is closed quietly: it is not an error of ours.
 
+Why not waitress (a well-kept pure-Python server with connection_limit and channel_timeout):
+it reads and buffers a whole request body before the application sees the headers, so the
+token and the per-route limit could not be decided first; its timeout is for inactivity (a
+client trickling a byte every few seconds stays forever), and its body limit is one for all
+routes. The loop below is small and does exactly those three things.
+
 `[::]` (the default address) is one dual-stack socket, so IPv4 clients (127.0.0.1) and IPv6
 clients (Railway's private network) reach the same port; where the host has no IPv6 it falls
 back to 0.0.0.0.

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -138,10 +140,26 @@ def authorized(authorization: str | None, token: str) -> bool:
 
 
 class Router:
+    REFUSAL_LOG_EVERY = 10.0  # seconds: a crowd of wrong tokens is one line, not thousands
+
     def __init__(self, table: list[Route], admin_token: str | None):
         self.table = table
         self.admin_token = admin_token
         self.log = log.get("router")
+        self._refusals = 0
+        self._refusal_logged = 0.0
+        self._lock = threading.Lock()
+
+    def _refused(self, path: str, client: str) -> None:
+        """Log refused admin requests, at most one line per REFUSAL_LOG_EVERY seconds."""
+        with self._lock:
+            self._refusals += 1
+            now = time.monotonic()
+            if now - self._refusal_logged < self.REFUSAL_LOG_EVERY:
+                return
+            count, self._refusals, self._refusal_logged = self._refusals, 0, now
+        self.log.warning("admin request refused", path=path, client=client,
+                         refused_since_last_line=count)
 
     def _lookup(self, face: str, method: str, path: str) -> Route:
         if face == CONTROL:
@@ -169,7 +187,7 @@ class Router:
             if not self.admin_token:
                 raise api.NotFound(f"no such endpoint: {path}")
             if not authorized(headers.get("authorization"), self.admin_token):
-                self.log.warning("admin request refused", path=path, client=client)
+                self._refused(path, client)
                 raise api.Unauthorized("missing or wrong bearer token")
         route = self._lookup(face, method, path)
         query: dict[str, str] = {}
