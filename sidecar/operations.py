@@ -366,6 +366,7 @@ class Operations:
         assert rt.supervisor is not None
         rt.supervisor.on("restore", self._run_restore)
         rt.supervisor.on("restore-resume", self._resume_after_restore)
+        rt.supervisor.on("litestream-restarted", self._keep_held_db_stopped)
 
     @property
     def cfg(self) -> Config:
@@ -457,8 +458,7 @@ class Operations:
         # stopped by a restore whose migration failed (this may be the way out of that hold).
         app_wanted = not held
         app_was_running = sup.app_running()
-        was_held_on = self.held_restore.db if self.held_restore is not None else None
-        replication_stopped = was_held_on == db  # still stopped by the held restore
+        replication_stopped = False
         swapped = False
         migrated = True
         tmp = restore.temp_path(db.path)
@@ -469,7 +469,8 @@ class Operations:
                 sup.pause_app("live restore")
                 self.log.info("app stopped for the restore", id=job.id,
                               was_running=app_was_running)
-            if not replication_stopped and sup.litestream_running() and rt.control is not None:
+            if sup.litestream_running() and rt.control is not None:
+                # (already stopped when held on this DB: Litestream answers already_stopped)
                 job.state = "stopping-replication"
                 rt.control.stop(db.path, timeout=max(5.0, cfg.litestream_stop_timeout))
                 replication_stopped = True
@@ -605,6 +606,27 @@ class Operations:
             self.log.error("replication did not resume after the restore",
                            db=str(db.path), error=str(exc))
 
+    def _keep_held_db_stopped(self, _event: Any) -> None:
+        """Litestream restarted while a restore is held: it opened every DB again, so stop the
+        held one again (its migration needs the exclusive lock, and its un-migrated state is
+        not to become the newest backup). Bounded; runs in the loop."""
+        sup, job, control = self.rt.supervisor, self.held_restore, self.rt.control
+        assert sup is not None
+        if job is None or control is None:
+            return
+        end = time.monotonic() + 15
+        while time.monotonic() < end and sup.litestream_running() and not sup.stop_requested():
+            sup.beat()
+            try:
+                control.stop(job.db.path, timeout=5)
+                self.log.info("replication of the held database stopped again",
+                              db=str(job.db.path), reason="litestream restarted")
+                return
+            except ControlError:
+                time.sleep(0.05)  # its control socket is not up yet
+        self.log.error("replication of the held database could not be stopped again",
+                       db=str(job.db.path))
+
     def _resume_after_restore(self, _event: Any) -> None:
         """`sidecar resume` after a failed post-restore migration; runs in the loop."""
         sup, job = self.rt.supervisor, self.held_restore
@@ -613,6 +635,11 @@ class Operations:
             if job is None or sup.stop_requested():
                 return
             self.log.info("resuming after the restore", db=str(job.db.path))
+            if sup.litestream_running() and self.rt.control is not None:
+                try:  # stopped since the hold; again in case Litestream restarted meanwhile
+                    self.rt.control.stop(job.db.path, timeout=5)
+                except ControlError as exc:
+                    self.log.warning("cannot make sure replication is stopped", error=str(exc))
             if not self._migrate_restored_again(job):
                 return
             if sup.litestream_running():

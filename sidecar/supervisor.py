@@ -425,6 +425,8 @@ class Supervisor:
                 except OSError as exc:
                     self.log.error(f"{child.name} restart failed", error=str(exc))
                     self._schedule_restart(child)
+                    continue
+                self.post(f"{child.name}-restarted")
         if self.deadline is not None and now >= self.deadline:
             self.deadline = None
             if self.phase == "stopping-app" and self.app and self.app.pid:

@@ -9,6 +9,7 @@ migrations/*.sql in order, recording them in _migrations, like Prisma's migrate 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import textwrap
@@ -21,6 +22,8 @@ import pytest
 from conftest import S3_SECRET, rows, run_sidecar, s3_env, side_restore, wait_for, write_app
 from faultkit import fault_env, request
 from test_operator_restore import db_path, state_dir, synced, write_rows
+
+from sidecar.litestream import Control
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +151,6 @@ def test_pitr_to_before_a_migration_migrates_again_before_the_app(
 
     res = run_sidecar(["restore", "--timestamp", t, "--yes"], proj.env, tmp_path, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "migrating" in res.stderr
     db = db_path(proj.env)
     assert rows(db) == ["a1", "a2"]
     assert columns(db) == ["id", "v", "at", "note"]
@@ -220,11 +222,19 @@ def _hold_after_restore(proj: Project, sc: Any, t: str) -> tuple[Any, Path]:
 def test_failing_migration_after_restore_holds_and_resume_continues(
         tmp_path: Path, s3, bucket, sidecars) -> None:
     """A migration failing after a live restore: the app stays stopped, the pre-restore DB is
-    kept, status says why; once the migration is fixed, `sidecar resume` migrates, resumes
-    replication and starts the app on the new schema."""
+    kept, status says why, and a Litestream restart meanwhile does not resume the held DB;
+    once the migration is fixed, `sidecar resume` migrates, resumes replication and starts the
+    app on the new schema."""
     proj = Project(tmp_path, s3, bucket, sidecars)
     sc, t = proj.history()
     _hold_after_restore(proj, sc, t)
+
+    # Litestream crashing while held opens every DB again: the held one is stopped again.
+    ls_pid = sc.event("replication started")["pid"]
+    os.kill(ls_pid, signal.SIGKILL)
+    sc.wait_event("replication of the held database stopped again", timeout=30)
+    listed = Control(state_dir(proj.env) / "litestream.sock").list()
+    assert [d["status"] for d in listed if d["path"] == str(db_path(proj.env))] == ["stopped"]
 
     (proj.migrations / "003_broken.sql").write_text("CREATE TABLE fixed(x TEXT);\n")
     res = run_sidecar(["resume"], proj.env, tmp_path, timeout=120)
