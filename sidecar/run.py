@@ -103,6 +103,7 @@ def start(rt: Runtime) -> None:
         log_fn = logger.warning if res.outcome == "fresh" else logger.info
         log_fn("restore decided", db=db.name, outcome=res.outcome, detail=res.detail,
                duration_seconds=round(res.duration, 3), txid=res.txid,
+               **({"layout": res.layout} if res.layout else {}),
                **({"moved_aside": res.aside} if res.aside else {}))
         if sup.stop_requested():
             return
