@@ -6,6 +6,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 MAGIC = b"SQLite format 3\x00"
 
@@ -25,8 +26,15 @@ def shm_path(db: Path) -> Path:
     return db.with_name(db.name + "-shm")
 
 
+def uri(path: Path, **params: str) -> str:
+    """A SQLite `file:` URI for `path`, percent-encoded: in a URI SQLite reads `?` and `#` as
+    delimiters and `%XX` as an escape, so an unencoded name with them opens another file."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{quote(str(path.absolute()), safe='/')}" + (f"?{query}" if query else "")
+
+
 def connect_ro(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    return sqlite3.connect(uri(path, mode="ro"), uri=True, timeout=timeout)
 
 
 def quick_check(path: Path, full: bool = False) -> str:
@@ -110,7 +118,7 @@ def backup(src: Path, dst: Path) -> int:
     temporary name first so a crash never leaves a partial copy under `dst`. Returns its size."""
     tmp = dst.with_name(f".{dst.name}.partial")
     tmp.unlink(missing_ok=True)
-    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
+    source = sqlite3.connect(uri(src, mode="ro"), uri=True, timeout=30)
     try:
         target = sqlite3.connect(tmp)
         try:

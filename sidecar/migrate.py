@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,13 +41,15 @@ def safety_copy(cfg: Config) -> list[str]:
         dst = d / f"{db.name}.{stamp}"
         dbfile.backup(db.path, dst)
         out.append(str(dst))
-        copies = sorted(d.glob(f"{db.name}.*[0-9]Z"), key=lambda p: p.name)
+        copies = sorted(d.glob(f"{glob.escape(db.name)}.*[0-9]Z"), key=lambda p: p.name)
         for old in copies[:-cfg.keep_copies]:
             old.unlink(missing_ok=True)
     return out
 
 
 def database_url(path: Path) -> str:
+    # Not percent-encoded: Prisma reads a `file:` URL's path literally up to the first `?`.
+    # Config refuses the characters that would make this ambiguous (`?`, `#`, `%XX`).
     return f"file:{path}"
 
 

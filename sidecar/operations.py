@@ -257,7 +257,9 @@ def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
     if wal.exists() and (wal.stat().st_size > 0 or not force):
         raise OperatorError(f"cannot restore: --output: {wal} exists and SQLite would apply "
                             "it to the restored file", hint="move it away first")
-    tmp = output.with_name(f".{output.name}{restore.TMP_MARK}{os.getpid()}")
+    # The temporary name is given to Litestream, which cannot take `?`, `#` or `%` in it.
+    safe = re.sub(r"[?#%]", "_", output.name)
+    tmp = output.with_name(f".{safe}{restore.TMP_MARK}{os.getpid()}")
     tmp.unlink(missing_ok=True)
     t0 = time.monotonic()
     with standalone_tools(cfg) as tools:

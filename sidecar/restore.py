@@ -10,6 +10,7 @@ state or the complete new DB at the live path.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -56,7 +57,7 @@ def temp_path(db: Path) -> Path:
 def clean_leftovers(db: Path) -> list[Path]:
     """Remove partial restore files a killed restore left beside the DB (never the DB)."""
     removed = []
-    for p in db.parent.glob(f".{db.name}{TMP_MARK}*"):
+    for p in db.parent.glob(f".{glob.escape(db.name)}{TMP_MARK}*"):
         p.unlink(missing_ok=True)
         removed.append(p)
     return removed
@@ -81,7 +82,11 @@ def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
     """Run `litestream restore` into `output` (which must not exist), then check it.
     Returns Litestream's JSON summary. Raises RestoreError; leaves no partial file behind."""
     logger = log.get("restore")
-    argv = restore_argv(binary, config_path, db, output, txid=txid, timestamp=timestamp)
+    # Litestream opens its output through a SQLite URI it builds without escaping, so a `?`,
+    # `#` or `%XX` anywhere in the absolute path would send the restore to another file: it
+    # runs in the output's directory and is given the bare (sidecar-chosen) name only.
+    argv = restore_argv(binary, config_path, db, Path(output.name), txid=txid,
+                        timestamp=timestamp)
     stop = threading.Event()
     watcher = threading.Thread(target=_progress, args=(output, stop, db.name), daemon=True)
     watcher.start()
@@ -100,7 +105,7 @@ def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
 
     try:
         code, out = procs.run(argv, child_env(os.environ), on_line=on_line,
-                              should_stop=should_stop)
+                              should_stop=should_stop, cwd=output.parent)
     finally:
         stop.set()
     summary: dict[str, Any] = {}
