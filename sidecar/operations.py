@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import dbfile, log, metrics, preflight, procs, replica, restore
+from . import dbfile, log, metrics, preflight, procs, replica, restore, scratch
 from .config import Config, Database
 from .errors import OperatorError, RestoreError
 from .litestream import (
@@ -295,8 +295,15 @@ def verify(cfg: Config, db: Database, tools: Tools, control: Any = None) -> dict
             out["replicated_txid"] = f"{int(res.get('replicated_txid') or 0):016x}"
         except (ControlError, ValueError) as exc:
             out["sync_error"] = str(exc)
-    base = cfg.state_dir if cfg.state_dir.is_dir() else None
-    tmpdir = Path(tempfile.mkdtemp(prefix="verify-", dir=base))
+    # The copy goes off the database's volume when it can, and only where it fits.
+    scratch.clean_verify_leftovers(cfg)
+    try:
+        tmpdir = scratch.verify_dir(cfg, db, scratch.copy_estimate(db))
+    except OperatorError as exc:
+        out["error"] = str(exc)
+        out["duration_seconds"] = round(time.monotonic() - t0, 3)
+        return out
+    out["scratch_dir"] = str(tmpdir.parent)
     try:
         summary = restore_file(tools, db, Target(), tmpdir / db.name)
         out["backup_txid"] = str(summary.get("txid") or "")
@@ -608,7 +615,13 @@ class Operations:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         out_dir = self.cfg.state_dir / "snapshots"
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return 200, snapshot(self.cfg, db, out_dir / f"{db.name}.{stamp}")
+        # These land on the volume: check the copy fits, and keep only the newest few.
+        size = sum(p.stat().st_size for p in (db.path, dbfile.wal_path(db.path)) if p.exists())
+        scratch.check_room(out_dir, int(size * 1.1) + 1024 * 1024, f"snapshot {db.name}")
+        result = snapshot(self.cfg, db, out_dir / f"{db.name}.{stamp}")
+        result["removed_old"] = [str(p) for p in scratch.rotate(
+            out_dir, db.name, max(1, self.cfg.keep_copies))]
+        return 200, result
 
     def resume(self) -> tuple[int, dict[str, Any]]:
         if self.state() != "held":
@@ -626,6 +639,7 @@ def attach(rt: Runtime) -> Operations:
     if ops is None:
         ops = Operations(rt)
         rt.extras["operations"] = ops
+        scratch.clean_verify_leftovers(rt.cfg)  # a verification killed with the last run
         _schedule_verify(ops)
     return ops
 
