@@ -108,6 +108,8 @@ def test_litestream_03_backup_in_s3_is_restored_on_start(tmp_path: Path, s3, buc
     env = base_env(tmp_path, **s3_env(s3, bucket), SIDECAR_HTTP_ADDR=f"127.0.0.1:{port}")
     db = Path(env["SIDECAR_DB_PATH"])
     assert not db.exists()
+    check = run_sidecar(["check"], env, tmp_path, timeout=60)
+    assert "holds a Litestream 0.3 backup" in check.stdout, check.stdout + check.stderr
     sc = sidecars(env, ["sleep", "60"], tmp_path)
     decided = sc.wait_event("restore decided", timeout=90)
     assert decided["outcome"] == "restored", sc.output()
@@ -154,6 +156,10 @@ def test_junk_under_an_otherwise_empty_prefix_stops_the_start(tmp_path: Path, s3
     assert res.returncode == 4, res.stderr[-3000:]
     assert "not a Litestream backup" in res.stderr
     assert "app.db/dump.sql" in res.stderr and "app.db/notes/readme.txt" in res.stderr
+    assert volume_files(db) == []
+    check = run_sidecar(["check"], env, tmp_path, timeout=60)
+    assert check.returncode == 1
+    assert "not a Litestream backup: dump.sql, notes/readme.txt" in check.stdout + check.stderr
     assert volume_files(db) == []
 
 
