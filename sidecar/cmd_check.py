@@ -40,13 +40,22 @@ def bucket_checks(cfg: config.Config, timeout: float, path_style_set: bool = Fal
             out.append(addressing_check(db, path_style_set))
         try:
             store = replica.open_store(db.replica, timeout=timeout)
-            has = store.has_backups()
+            contents = store.contents()
         except replica.ReplicaUnreachable as exc:
             out.append(Check(name, False, exc.message,
                              "check the endpoint, bucket name and credentials"))
             continue
-        if not has:
+        if contents.layout == "empty":
             out.append(Check(name, True, f"{db.replica.url} reachable, no backup yet"))
+            continue
+        if contents.layout == "unknown":
+            out.append(Check(name, False, f"{db.replica.url} holds objects that are not a "
+                             f"Litestream backup: {', '.join(contents.keys)}",
+                             "point SIDECAR_REPLICA_URL at this database's backup prefix"))
+            continue
+        if contents.layout == "0.3":
+            out.append(Check(name, True, f"{db.replica.url} reachable; holds a Litestream 0.3 "
+                             "backup (generations/), which is restored when the DB is missing"))
             continue
         try:
             latest = replica.latest_position(store)

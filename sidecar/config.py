@@ -237,7 +237,33 @@ def database_path_from_url(url: str) -> str:
         path = path[2:]
     if not path:
         raise ValueError
-    return unquote(path)
+    # Taken literally, as Prisma does (it does not percent-decode), so both open one file.
+    return path
+
+
+# Litestream 0.5 opens each database through a SQLite URI it builds from the path without
+# escaping: `?` starts the URI's query, `#` its fragment, and `%XX` is decoded, so a path with
+# them makes Litestream open (and back up) another file while the app writes this one.
+_URI_SPECIAL = re.compile(r"[?#]|%[0-9A-Fa-f]{2}")
+_URI_ROLE = {"?": "starts a URI's query", "#": "starts a URI's fragment"}
+
+
+def db_path_problem(path: Path) -> str | None:
+    """Why this database path cannot be backed up exactly, or None."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return ("must be valid UTF-8: Litestream's config and DATABASE_URL are text, so a "
+                "path with other bytes cannot be named exactly")
+    m = _URI_SPECIAL.search(text)
+    if m is None:
+        return None
+    char = m.group(0)
+    role = _URI_ROLE.get(char, "is decoded as a URI escape")
+    return (f"must not contain {char!r}: Litestream opens the database through a SQLite URI, "
+            f"where {char!r} {role}, so it would back up another file; rename the file or "
+            "its directory")
 
 
 def find_prisma_schema(cwd: Path) -> Path | None:
@@ -644,6 +670,8 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
                     problems.note(f"{where}.path: Litestream needs a plain path, not {_show(p)}")
                     continue
                 path = Path(p) if Path(p).is_absolute() else (user_cfg_path.parent / p).resolve()
+                if (why := db_path_problem(path)) is not None:
+                    problems.add(f"{where}.path", str(path), why)
                 databases.append(Database(path=path, replica=_replica_from_litestream(
                     entry, env, where, problems)))
             if db_path is not None and databases and db_path not in {d.path for d in databases}:
@@ -669,6 +697,11 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
                 problems.note("SIDECAR_REPLICA_URL: no replica configured on Railway; add a Bucket "
                               "and set SIDECAR_REPLICA_URL=s3://${{Bucket.BUCKET}}/app.db (or "
                               "BUCKET=${{Bucket.BUCKET}}), or SIDECAR_ALLOW_NO_BACKUP=1")
+            if (why := db_path_problem(db_path)) is not None:
+                if raw_db is not None:
+                    problems.add("SIDECAR_DB_PATH", raw_db, why)
+                else:
+                    problems.add("DATABASE_URL", _redact_url(env["DATABASE_URL"]), why)
             if replica is None and raw_url is None and not problems.items:
                 local_default = True
             databases.append(Database(path=db_path, replica=replica))

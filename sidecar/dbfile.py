@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 MAGIC = b"SQLite format 3\x00"
 
@@ -31,8 +32,15 @@ def shm_path(db: Path) -> Path:
     return db.with_name(db.name + "-shm")
 
 
+def uri(path: Path, **params: str) -> str:
+    """A SQLite `file:` URI for `path`, percent-encoded: in a URI SQLite reads `?` and `#` as
+    delimiters and `%XX` as an escape, so an unencoded name with them opens another file."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{quote(str(path.absolute()), safe='/')}" + (f"?{query}" if query else "")
+
+
 def connect_ro(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    return sqlite3.connect(uri(path, mode="ro"), uri=True, timeout=timeout)
 
 
 def quick_check(path: Path, full: bool = False,
@@ -119,7 +127,7 @@ def backup(src: Path, dst: Path, on_tick: Callable[[], object] | None = None) ->
     tmp.unlink(missing_ok=True)
     # Created 0600 before SQLite opens it: a copy of the data is readable by its owner only.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
+    source = sqlite3.connect(uri(src, mode="ro"), uri=True, timeout=30)
     try:
         target = sqlite3.connect(tmp)
         try:

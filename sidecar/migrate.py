@@ -49,6 +49,8 @@ def safety_copy(cfg: Config, databases: Sequence[Database] | None = None,
 
 
 def database_url(path: Path) -> str:
+    # Not percent-encoded: Prisma reads a `file:` URL's path literally up to the first `?`.
+    # Config refuses the characters that would make this ambiguous (`?`, `#`, `%XX`).
     return f"file:{path}"
 
 

