@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 from conftest import base_env, run_sidecar, s3_env
 
-from sidecar import config, dbfile
+from sidecar import config, dbfile, preflight
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,10 @@ def rows_of(path: Path) -> list[str]:
 
 def expected_files(name: str) -> set[str]:
     """What may sit beside the DB: the file, its -wal/-shm, Litestream's own metadata
-    directory, and sidecar's state dir. Anything else is a file opened by mistake."""
-    return {name, f"{name}-wal", f"{name}-shm", f".{name}-litestream", ".sidecar"}
+    directory, sidecar's state dir and the DB's lock. Anything else is a file opened by
+    mistake."""
+    return {name, f"{name}-wal", f"{name}-shm", f".{name}-litestream", ".sidecar",
+            preflight.db_lock_path(Path(name)).name}
 
 
 @pytest.mark.parametrize("name", ["données é 日本.db", "q'uote;semi&amp=[1] $x.db"])

@@ -28,7 +28,7 @@ from conftest import (
     write_app,
 )
 
-from sidecar import config, replica
+from sidecar import config, preflight, replica
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +80,10 @@ def s3_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
 
 
 def volume_files(db: Path) -> list[str]:
-    """Files beside the DB, leaving out sidecar's own state dir (lock, rendered config)."""
-    return sorted(p.name for p in db.parent.iterdir() if p.name != ".sidecar")
+    """Files beside the DB, leaving out sidecar's own state dir (rendered config, copies) and
+    the DB's single-instance lock (an empty file that stays beside it on purpose)."""
+    own = {".sidecar", preflight.db_lock_path(db).name}
+    return sorted(p.name for p in db.parent.iterdir() if p.name not in own)
 
 
 def get_json(url: str) -> Any:
