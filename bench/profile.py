@@ -212,9 +212,19 @@ def restore_profile(size: int, reps: int) -> None:
         for k, v in variants.items():
             log(f"  {k}: {' '.join(Path(a).name if a.startswith('/') else a for a in v)}")
         env = h.base_env()
+        results: dict[str, list[float]] = defaultdict(list)
+        penv = {**env_s, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        for _ in range(reps):
+            res = subprocess.run([sys.executable, "-c", PROBE], env=penv, cwd=d,
+                                 capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                log(f"probe failed: {res.stderr[-800:]}")
+                break
+            for k, v in json.loads(res.stdout).items():
+                if k != "has_backups":
+                    results[f"probe: {k}"].append(v)
         log(f"warm-up restore (not counted): {timed(variants['raw, config form'], env):.3f} s")
         tmp.unlink()
-        results: dict[str, list[float]] = defaultdict(list)
         names = list(variants)
         for i in range(reps):
             order = names[i % len(names):] + names[:i % len(names)]
@@ -246,14 +256,8 @@ def restore_profile(size: int, reps: int) -> None:
                 results["rename + directory fsync"].append(time.monotonic() - t0)
                 h.verify(db, expect)
                 db.unlink()
-            log(f"run {i + 1} ({', '.join(order)}) done")
-        penv = {**env_s, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        for _ in range(reps):
-            out = subprocess.run([sys.executable, "-c", PROBE], env=penv, capture_output=True,
-                                 text=True, check=True).stdout
-            for k, v in json.loads(out).items():
-                if k != "has_backups":
-                    results[f"probe: {k}"].append(v)
+            log(f"run {i + 1} ({', '.join(order)}): "
+                + ", ".join(f"{k} {v[-1]:.3f}" for k, v in results.items()))
         log(f"\nmedians over {reps} runs (s; MB/s for the restores), {mb:.0f} MB file:")
         for name, vals in results.items():
             med = statistics.median(vals)
