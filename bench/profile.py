@@ -53,13 +53,24 @@ def importtime(lines: list[str]) -> list[tuple[int, int, int, str]]:
     return out
 
 
-def start_profile(reps: int) -> None:
+def start_profile(reps: int, size: int | None) -> None:
+    """With `size`, every run restores a fresh copy of a bucket seeded with `size` MB."""
     work = Path(tempfile.mkdtemp(prefix="sidecar-profile-"))
     s3 = h.S3(work / "s3")
     s3.start()
     ep = h.Sidecar(s3, work)
+    seed = None
     try:
         py = sys.executable
+        if size:
+            src = work / "seed" / "app.db"
+            src.parent.mkdir()
+            h.make_db(src, size)
+            seed = s3.bucket()
+            h.seed(s3, src, seed)
+            shutil.rmtree(src.parent)
+            s3.restart()
+            h.restore(s3, seed, work / "warm.db")  # warm-up, not counted
         for label, argv in (("python -c pass", [py, "-c", "pass"]),
                             ("python -c 'import sidecar.cli'", [py, "-c", "import sidecar.cli"]),
                             ("sidecar --version", [str(h.BIN / "sidecar"), "--version"]),
@@ -71,14 +82,14 @@ def start_profile(reps: int) -> None:
                 times.append(time.monotonic() - t0)
             log(f"{label}: median {statistics.median(times):.3f} s {[round(t, 3) for t in times]}")
 
-        for with_importtime in (False, True):
+        for with_importtime in (False,) if size else (False, True):
             firsts, timelines, imports = [], [], []
             for _ in range(reps):
                 d = work / "run"
                 h.clean_dir(d)
                 app = d / "first.py"
                 app.write_text(h.FIRST_LINE)
-                bucket = s3.bucket()
+                bucket = s3.bucket(copy_of=seed)
                 argv, env = ep.command(bucket, d / "app.db", [py, str(app)])
                 argv = [py, *(["-X", "importtime"] if with_importtime else []), "-m", "sidecar",
                         *argv[1:]]
@@ -101,7 +112,8 @@ def start_profile(reps: int) -> None:
                 timelines.append(events)
                 imports.append(importtime([line for _, line in p.err]))
             tag = "with -X importtime" if with_importtime else "plain"
-            log(f"\nsidecar run, empty bucket, launch to the app's first line ({tag}): "
+            what = f"restore of {size} MB" if size else "empty bucket"
+            log(f"\nsidecar run, {what}, launch to the app's first line ({tag}): "
                 f"median {statistics.median(firsts):.3f} s {[round(t, 3) for t in firsts]}")
             log("timeline of the last run (arrival of each JSON log line, s from launch; "
                 "duration_seconds as logged):")
@@ -272,11 +284,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["start", "restore"])
-    ap.add_argument("--size", type=int, default=300, help="restore: database size in MB")
+    ap.add_argument("--size", type=int, help="restore: database size in MB (default 300); "
+                    "start: restore a bucket of this size on every start (default: empty)")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
+    args.size_given = args.size is not None
+    args.size = args.size or 300
     if args.what == "start":
-        start_profile(args.reps)
+        start_profile(args.reps, args.size if args.size_given else None)
     else:
         restore_profile(args.size, args.reps)
     return 0

@@ -537,7 +537,9 @@ def render(rows: list[Row], plan: Plan, command: str, elapsed: float,
          "in the same run; the table shows medians, and the ratios are computed from them."),
         "",
         f"- machine: {v['machine']}; load average {load0[0]:.1f} at the start, "
-        f"{load1[0]:.1f} at the end (other work was running on it: single runs vary)",
+        f"{load1[0]:.1f} at the end"
+        + (" (**a loaded machine**: other work was running on it, single runs vary)"
+           if max(load0[0], load1[0]) > 0.75 * (os.cpu_count() or 1) else ""),
         f"- {v['sidecar']} (commit {v['commit']}), Python {v['python']}",
         f"- Litestream {v['litestream']}; S3: {v['rclone']} (`rclone serve s3` on loopback), "
         "restarted at the start of every section",
