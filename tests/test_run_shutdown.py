@@ -27,8 +27,12 @@ def test_fresh_start_rows_reach_bucket_and_final_row_survives_nonzero_exit(
     assert "holds no backup" in decided["detail"]
     sc.wait_event("app started")
     sc.wait_stdout("wrote a-10")
-    wait_for(lambda: len(rows(side_restore(env, tmp_path / "mid.db"))) >= 5, 20,
-             what="rows in the bucket")
+    def bucket_rows() -> int:
+        mid = tmp_path / "mid.db"
+        mid.unlink(missing_ok=True)  # each poll restores afresh (litestream will not overwrite)
+        return len(rows(side_restore(env, mid)))
+
+    wait_for(lambda: bucket_rows() >= 5, 20, what="rows in the bucket")
     sc.signal(signal.SIGTERM)
     assert sc.wait() == 3
     assert any("final row written" in line for line in sc.stdout)
