@@ -195,8 +195,15 @@ def shutdown_loss(ep: h.Entrypoint, s3: h.S3, work: Path, seconds: float, exit_c
             logged[parts[1]] = float(parts[2])
     out = d / "restored.db"
     try:
-        h.restore(s3, bucket, out)  # raises when it fails quick_check
-        restored = dict(h.table_rows(out))
+        try:
+            h.restore(s3, bucket, out)  # raises when it fails quick_check
+            restored = dict(h.table_rows(out))
+        except RuntimeError as exc:
+            # A bucket that holds nothing at all for the DB (the tree died before its first
+            # upload) is a finding: every logged row is lost. Any other failure stays one.
+            if "no matching backup files" not in str(exc):
+                raise
+            restored = {}
     finally:
         s3.drop(bucket)
     lost = [v for v in logged if v not in restored]
