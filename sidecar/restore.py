@@ -215,7 +215,8 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
                  "bucket, endpoint or credentials and start again") from None
     if contents.layout == "empty":
         return RestoreResult(db.name, "fresh", f"{state.detail}; the replica {db.replica.url} "
-                             "is reachable and holds no object at all", time.monotonic() - t0)
+                             "is reachable and holds no backup (no object at all under it)",
+                             time.monotonic() - t0)
     if not contents.has_backups:
         # Someone else's data, a backup of another tool, or a prefix one level too high:
         # starting empty here would bury it under a new "latest" backup.

@@ -189,7 +189,7 @@ def test_only_the_exact_prefix_counts(tmp_path: Path, s3, bucket) -> None:
     assert store.contents().layout == "empty"
     res = run_sidecar(["run", "--", "true"], env, tmp_path, timeout=60)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "holds no object at all" in res.stderr
+    assert "holds no backup (no object at all under it)" in res.stderr
 
 
 def test_layouts_are_told_apart(tmp_path: Path, s3, bucket) -> None:
