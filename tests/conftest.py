@@ -65,9 +65,13 @@ class S3Server:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    # Extra `rclone serve s3` flags of a variant server (e.g. virtual-hosted only).
+    extra_args: tuple[str, ...] = ()
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [tool("rclone"), "serve", "s3", "--auth-key", f"{S3_KEY},{S3_SECRET}",
+            [tool("rclone"), "serve", "s3", *self.extra_args,
+             "--auth-key", f"{S3_KEY},{S3_SECRET}",
              "--addr", f"127.0.0.1:{self.port}", "--dir-cache-time", "1s", str(self.root)],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
             env={**os.environ, "RCLONE_CONFIG": "/dev/null"})

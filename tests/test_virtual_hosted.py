@@ -27,8 +27,6 @@ from conftest import (
     base_env,
     free_port,
     rows,
-    tool,
-    wait_for,
     write_app,
 )
 
@@ -133,24 +131,11 @@ class VirtualHostedS3(S3Server):
     """`rclone serve s3 --force-path-style=false`: answers only BUCKET.HOST requests; a
     path-style request gets NoSuchBucket, as on a Railway Bucket made after its change."""
 
+    extra_args = ("--force-path-style=false",)
+
     def start(self) -> None:
         (self.root / BUCKET).mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [tool("rclone"), "serve", "s3", "--force-path-style=false",
-             "--auth-key", f"{S3_KEY},{S3_SECRET}", "--addr", f"127.0.0.1:{self.port}",
-             "--dir-cache-time", "1s", str(self.root)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-            env={**os.environ, "RCLONE_CONFIG": "/dev/null"})
-        import socket
-
-        def up() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(up, 15, what="rclone serve s3")
+        super().start()
 
 
 @pytest.fixture
