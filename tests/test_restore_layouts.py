@@ -74,6 +74,19 @@ def replicate_with_03(binary: str, db: Path, replica_doc: dict[str, Any], work: 
             proc.wait(30)
 
 
+def seed_03_in_s3(litestream03: str, s3: Any, bucket: str, values: list[str],
+                  work: Path) -> None:
+    """A real Litestream 0.3 backup of a DB holding `values`, under `app.db/` in the bucket."""
+    seed = work / "old" / "app.db"
+    seed.parent.mkdir()
+    make_db(seed, values)
+    replicate_with_03(litestream03, seed, {
+        "type": "s3", "bucket": bucket, "path": "app.db", "endpoint": s3.endpoint,
+        "region": "us-east-1", "force-path-style": True, "access-key-id": S3_KEY,
+        "secret-access-key": S3_SECRET, "sync-interval": "500ms"}, work,
+        lambda: any("/wal/" in k for k in s3_keys(s3, bucket, "app.db")))
+
+
 def s3_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     resp = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
     return [o["Key"] for o in resp.get("Contents", [])]
@@ -96,14 +109,7 @@ def test_litestream_03_backup_in_s3_is_restored_on_start(tmp_path: Path, s3, buc
     """A prefix written by the real Litestream 0.3 and an empty volume: `sidecar run` restores
     every row (through Litestream 0.5), and the log and /status say the 0.3 layout was used."""
     values = [f"old-{i}" for i in range(200)]
-    seed = tmp_path / "old" / "app.db"
-    seed.parent.mkdir()
-    make_db(seed, values)
-    replicate_with_03(litestream03, seed, {
-        "type": "s3", "bucket": bucket, "path": "app.db", "endpoint": s3.endpoint,
-        "region": "us-east-1", "force-path-style": True, "access-key-id": S3_KEY,
-        "secret-access-key": S3_SECRET, "sync-interval": "500ms"}, tmp_path,
-        lambda: any("/wal/" in k for k in s3_keys(s3, bucket, "app.db")))
+    seed_03_in_s3(litestream03, s3, bucket, values, tmp_path)
     assert all(k.startswith("app.db/generations/") for k in s3_keys(s3, bucket, "app.db"))
 
     port = free_port()
@@ -231,14 +237,7 @@ def test_replication_after_a_03_restore_keeps_the_rows(tmp_path: Path, s3, bucke
     """After restoring a 0.3 backup, sidecar replicates in 0.5's layout beside it: a second
     empty volume restores the same rows, now from the 0.5 layout."""
     values = [f"r-{i}" for i in range(30)]
-    seed = tmp_path / "old" / "app.db"
-    seed.parent.mkdir()
-    make_db(seed, values)
-    replicate_with_03(litestream03, seed, {
-        "type": "s3", "bucket": bucket, "path": "app.db", "endpoint": s3.endpoint,
-        "region": "us-east-1", "force-path-style": True, "access-key-id": S3_KEY,
-        "secret-access-key": S3_SECRET, "sync-interval": "500ms"}, tmp_path,
-        lambda: any("/wal/" in k for k in s3_keys(s3, bucket, "app.db")))
+    seed_03_in_s3(litestream03, s3, bucket, values, tmp_path)
     env = base_env(tmp_path, **s3_env(s3, bucket))
     app = write_app(tmp_path, APP_COUNTS, "count.py")
     first = run_sidecar(["run", "--", *app], env, tmp_path, timeout=120)
