@@ -101,8 +101,8 @@ def start(rt: Runtime) -> None:
     finally:
         # The lag checks start once the restore step is over, failed (a held start shows
         # the bucket's reachability) or not; see lag.start.
-        if rt.lag is not None:
-            rt.lag.begin_checks()
+        if rt.begin_jobs is not None:
+            rt.begin_jobs()
 
     # Migrations run before Litestream starts: Prisma's schema engine takes an exclusive
     # lock (locking_mode=EXCLUSIVE) that it cannot get while Litestream holds its read
@@ -192,8 +192,23 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
     rt.lag = lag.start(cfg, rt.control, sup.litestream_running, jobs.add_interval,
                        defer_checks=True)
     stops.append(rt.lag.stop)
-    schedule_verify(ops)
-    stops.append(jobs.start())
+    stops.append(jobs.stop)
+    monitor = rt.lag
+
+    def begin_jobs() -> None:
+        schedule_verify(ops)
+        monitor.begin_checks()
+        jobs.start()
+
+    # In a thread of its own: importing apscheduler and starting its thread overlaps with
+    # what the main thread waits for next (migrations, Litestream's start, the app's).
+    once = threading.Lock()
+
+    def begin_jobs_once() -> None:
+        if once.acquire(blocking=False):
+            threading.Thread(target=begin_jobs, name="begin-jobs", daemon=True).start()
+
+    rt.begin_jobs = begin_jobs_once
     return stops
 
 
