@@ -284,3 +284,32 @@ def test_backup_probe_looks_past_a_stray_first_key() -> None:
     assert store.contents().layout == "0.5"
     store, _ = _store(["app.db/0000/.keep"])
     assert store.contents().layout == "unknown"
+
+
+def test_lag_monitor_opens_its_client_in_its_first_check_and_checks_when_told(
+        tmp_path: Path, monkeypatch) -> None:
+    """Nothing on the way to the app builds the lag monitor's boto3 client, and with
+    defer_checks nothing is scheduled (so nothing lists the bucket) until begin_checks()."""
+    from sidecar import lag
+
+    opened: list[object] = []
+    monkeypatch.setattr(lag, "open_store", lambda *a, **kw: opened.append(a) or
+                        replica.DirStore(tmp_path / "none"))
+    cfg = load(tmp_path, SIDECAR_REPLICA_URL="s3://bkt/app.db",
+               SIDECAR_S3_ENDPOINT="http://127.0.0.1:9")
+    scheduled: list[tuple] = []
+    monitor = lag.start(cfg, None, lambda: True, lambda *a: scheduled.append(a),
+                        defer_checks=True)
+    try:
+        assert opened == [] and scheduled == []
+        assert not monitor.healthy()  # unmeasured lag is not ready
+        monitor.begin_checks()
+        monitor.begin_checks()
+        assert len(scheduled) == 1 and scheduled[0][2] == "lag check"
+        assert opened == []
+        monitor.check_all()
+        assert len(opened) == 1
+        monitor.check_all()
+        assert len(opened) == 1
+    finally:
+        monitor.stop()
