@@ -53,7 +53,20 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, str | None]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("env_")}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line: the first word that is not an option (the
+    top-level options take no value)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(only: str | None = None, all_commands: bool = True) -> argparse.ArgumentParser:
+    """The parser. With `all_commands` False only the module of the command `only` is
+    imported (and gets its options): the others are listed by name and help text, which
+    is all the top-level --help shows. Importing every module cost half a second of
+    every start."""
     parser = argparse.ArgumentParser(
         prog="sidecar",
         description="Container entrypoint for a SQLite app on a persistent volume, backed up "
@@ -63,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         version=f"sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
+        if not all_commands and name != only:
+            sub.add_parser(name, help=help_text)
+            continue
         mod = importlib.import_module(module)
         # No abbreviations: `--admin-token` must never be taken for `--admin-token-file`.
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
@@ -99,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, app = argv[:i], argv[i + 1:]
-    parser = build_parser()
+    parser = build_parser(_command_in(argv), all_commands=False)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

@@ -17,12 +17,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
-
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
+from typing import TYPE_CHECKING, Any
 
 from . import log
+
+if TYPE_CHECKING:  # apscheduler is imported on first use: it is not needed to start the app
+    from apscheduler.schedulers.background import BackgroundScheduler
 
 _lock = threading.Lock()
 _scheduler: BackgroundScheduler | None = None
@@ -31,6 +31,8 @@ _scheduler: BackgroundScheduler | None = None
 def scheduler() -> BackgroundScheduler:
     """The process's scheduler, created (not started) on first use."""
     global _scheduler
+    from apscheduler.schedulers.background import BackgroundScheduler
+
     with _lock:
         if _scheduler is None:
             _scheduler = BackgroundScheduler(
@@ -67,6 +69,8 @@ def add_interval(func: Callable[[], Any], seconds: float, name: str,
 
 def add_cron(func: Callable[[], Any], crontab: str, name: str) -> Any:
     """Run `func` on a 5-field cron schedule (UTC), e.g. SIDECAR_VERIFY_SCHEDULE."""
+    from apscheduler.triggers.cron import CronTrigger
+
     trigger = CronTrigger.from_crontab(crontab, timezone=UTC)
     return scheduler().add_job(_guarded(func, name), trigger, id=name, name=name,
                                replace_existing=True)

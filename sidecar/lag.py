@@ -19,6 +19,7 @@ unreachable from that first failure on. An idle database with nothing to upload 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import urllib.parse
@@ -289,12 +290,16 @@ class DbLag:
 
     def __init__(self, db: Database, store: Store | None, control: Control | None,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time,
+                 opener: Callable[[], Store] | None = None):
         self.db = db
         self._check_lock = threading.Lock()
         self.label = str(db.path)
         self.store = store
         self.tracker = ReplicaTracker(store) if store is not None else None
+        # The store (for S3: boto3's import and a client, about a second) is opened by the
+        # first check, in the scheduler's thread, so nothing on the way to the app waits on it.
+        self._opener = opener if store is None else None
         self.control = control
         self.clock, self.wall = clock, wall
         self.changes = ChangeLog()
@@ -338,6 +343,10 @@ class DbLag:
         res = LagResult(db=self.label, checks=self.result.checks + 1)
         local = self._local_txid()
         res.local_txid = local if local is not None else self.changes.txid
+        if self.tracker is None and self._opener is not None:
+            self.store = self._opener()
+            self.tracker = ReplicaTracker(self.store)
+            self._opener = None
         if self.tracker is not None:
             assert self.store is not None
             if self._replaced:
@@ -417,13 +426,15 @@ class LagMonitor:
         self.cfg = cfg
         self.litestream_running = litestream_running
         self.dbs: list[DbLag] = []
+        timeout = min(5.0, max(1.0, cfg.lag_check_interval))
         for db in cfg.databases:
             store = (stores or {}).get(str(db.path))
+            opener = None
             if store is None and db.replica is not None:
-                store = open_store(db.replica, timeout=min(5.0, max(1.0,
-                                                                    cfg.lag_check_interval)))
-            self.dbs.append(DbLag(db, store, control))
+                opener = functools.partial(open_store, db.replica, timeout=timeout)
+            self.dbs.append(DbLag(db, store, control, opener=opener))
         self._observer: Any = None
+        self._schedule: Callable[[], Any] | None = None
         self._log = log.get("lag")
         self.heartbeats = 0
 
@@ -487,10 +498,26 @@ class LagMonitor:
             self._observer = None
 
 
+    # -- the schedule
+    def begin_checks(self) -> None:
+        """Schedule the checks (the first one right away); once only, later calls do nothing."""
+        schedule, self._schedule = self._schedule, None
+        if schedule is not None:
+            schedule()
+
+
 def start(cfg: Config, control: Control | None, litestream_running: Callable[[], bool],
-          scheduler_add: Callable[..., Any]) -> LagMonitor:
-    """Create the monitor, start watching, schedule its checks (first one right away)."""
+          scheduler_add: Callable[..., Any], defer_checks: bool = False) -> LagMonitor:
+    """Create the monitor, start watching, and schedule its checks (first one right away),
+    or with `defer_checks` only when `begin_checks()` is called: `sidecar run` does that once
+    the start-up restore is over, because each check lists the bucket while Litestream
+    downloads it (on a slow server that slowed a 1 GB restore from 56 s to 81 s), and there
+    is no local position to compare with before Litestream runs. Until the first check the
+    lag is unmeasured, so readiness says not ready."""
     monitor = LagMonitor(cfg, control, litestream_running)
     monitor.watch()
-    scheduler_add(monitor.check_all, cfg.lag_check_interval, "lag check")
+    monitor._schedule = functools.partial(scheduler_add, monitor.check_all,
+                                          cfg.lag_check_interval, "lag check")
+    if not defer_checks:
+        monitor.begin_checks()
     return monitor

@@ -228,11 +228,21 @@ class S3Store(Store):
         if not dirs and not loose:
             return Contents("empty")
         for d in [d for d in dirs if re.fullmatch(r"[0-9a-f]{4}/", d)][:16]:
-            if any(S3_KEY.match(k) for k in self._keys(d, 20)):
+            if self._any_key(d, S3_KEY, 20):
                 return Contents("0.5")
-        if "generations/" in dirs and any(V3_KEY.match(k) for k in self._keys("generations/", 100)):
+        if "generations/" in dirs and self._any_key("generations/", V3_KEY, 100):
             return Contents("0.3")
         return Contents("unknown", tuple(self._keys("", 5)))
+
+    def _any_key(self, under: str, pattern: re.Pattern[str], max_keys: int) -> bool:
+        """Whether one of the first `max_keys` keys under `under` matches. The first key
+        answers in the usual case, so ask for one first: some servers (rclone serve s3)
+        read every listed object to compute its ETag, and these are the backup's largest
+        files. Only when that key is something else are the next ones read."""
+        first = self._keys(under, 1)
+        if any(pattern.match(k) for k in first):
+            return True
+        return bool(first) and any(pattern.match(k) for k in self._keys(under, max_keys))
 
     def _keys(self, under: str, max_keys: int) -> list[str]:
         resp = self._call(self._client.list_objects_v2, Bucket=self.bucket,

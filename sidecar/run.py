@@ -76,27 +76,33 @@ def start(rt: Runtime) -> None:
     cfg, logger = rt.cfg, log.get("run")
     sup = rt.supervisor
     assert sup is not None and rt.litestream_bin and rt.litestream_config
-    for db in cfg.databases:
-        t0 = time.monotonic()
-        try:
-            res = restore.on_start(cfg, db, rt.litestream_bin, rt.litestream_config,
-                                   should_stop=sup.stop_requested)
-        except SidecarError as exc:
-            metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
-            rt.restores[db.name] = restore.RestoreResult(db.name, "failed", exc.message,
-                                                         time.monotonic() - t0)
-            raise
-        rt.restores[db.name] = res
-        metrics.RESTORES.labels(trigger="startup", outcome=res.outcome).inc()
-        if res.outcome == "restored":
-            metrics.RESTORE_DURATION.set(res.duration)
-        log_fn = logger.warning if res.outcome == "fresh" else logger.info
-        log_fn("restore decided", db=db.name, outcome=res.outcome, detail=res.detail,
-               duration_seconds=round(res.duration, 3), txid=res.txid,
-               **({"layout": res.layout} if res.layout else {}),
-               **({"moved_aside": res.aside} if res.aside else {}))
-        if sup.stop_requested():
-            return
+    try:
+        for db in cfg.databases:
+            t0 = time.monotonic()
+            try:
+                res = restore.on_start(cfg, db, rt.litestream_bin, rt.litestream_config,
+                                       should_stop=sup.stop_requested)
+            except SidecarError as exc:
+                metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
+                rt.restores[db.name] = restore.RestoreResult(db.name, "failed", exc.message,
+                                                             time.monotonic() - t0)
+                raise
+            rt.restores[db.name] = res
+            metrics.RESTORES.labels(trigger="startup", outcome=res.outcome).inc()
+            if res.outcome == "restored":
+                metrics.RESTORE_DURATION.set(res.duration)
+            log_fn = logger.warning if res.outcome == "fresh" else logger.info
+            log_fn("restore decided", db=db.name, outcome=res.outcome, detail=res.detail,
+                   duration_seconds=round(res.duration, 3), txid=res.txid,
+                   **({"layout": res.layout} if res.layout else {}),
+                   **({"moved_aside": res.aside} if res.aside else {}))
+            if sup.stop_requested():
+                return
+    finally:
+        # The lag checks start once the restore step is over, failed (a held start shows
+        # the bucket's reachability) or not; see lag.start.
+        if rt.begin_jobs is not None:
+            rt.begin_jobs()
 
     # Migrations run before Litestream starts: Prisma's schema engine takes an exclusive
     # lock (locking_mode=EXCLUSIVE) that it cannot get while Litestream holds its read
@@ -180,12 +186,29 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
     addr = (cfg.http_host, cfg.http_port) if cfg.http_host is not None else None
     stops = [http.serve(router, socket_path(cfg), addr, cfg.http_max_connections)]
 
-    # Lag checks run in the scheduler's thread from now on, through restore and start-up:
-    # until Litestream answers they report the bucket's reachability and an unknown position.
-    rt.lag = lag.start(cfg, rt.control, sup.litestream_running, jobs.add_interval)
+    # Lag checks run in the scheduler's thread once the restore step is over (start() begins
+    # them): until Litestream answers they report the bucket's reachability and an unknown
+    # position; until the first one the lag is unmeasured and /readyz says not ready.
+    rt.lag = lag.start(cfg, rt.control, sup.litestream_running, jobs.add_interval,
+                       defer_checks=True)
     stops.append(rt.lag.stop)
-    schedule_verify(ops)
-    stops.append(jobs.start())
+    stops.append(jobs.stop)
+    monitor = rt.lag
+
+    def begin_jobs() -> None:
+        schedule_verify(ops)
+        monitor.begin_checks()
+        jobs.start()
+
+    # In a thread of its own: importing apscheduler and starting its thread overlaps with
+    # what the main thread waits for next (migrations, Litestream's start, the app's).
+    once = threading.Lock()
+
+    def begin_jobs_once() -> None:
+        if once.acquire(blocking=False):
+            threading.Thread(target=begin_jobs, name="begin-jobs", daemon=True).start()
+
+    rt.begin_jobs = begin_jobs_once
     return stops
 
 

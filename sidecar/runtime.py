@@ -8,6 +8,7 @@ module that reads it can import it without a circle.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class Runtime:
     metrics_url: str | None = None
     control: Control | None = None
     lag: LagMonitor | None = None
+    # Schedules the lag checks and the verification, once, off the main thread (run.py).
+    begin_jobs: Callable[[], None] | None = None
     restores: dict[str, RestoreResult] = field(default_factory=dict)
     migration: MigrationResult | None = None
     verification: dict[str, object] | None = None

@@ -242,3 +242,74 @@ def test_swap_in_keeps_the_old_db_and_its_wal(tmp_path: Path) -> None:
     assert sqlite3.connect(old).execute("SELECT count(*) FROM t").fetchone()[0] == 2
     assert sqlite3.connect(live).execute("SELECT count(*) FROM t").fetchone()[0] == 1
     assert not new.exists()
+
+
+class _ListingClient:
+    """A fake S3 client: answers list_objects_v2 from a sorted key list, recording MaxKeys."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = sorted(keys)
+        self.calls: list[dict] = []
+
+    def list_objects_v2(self, **kw):
+        self.calls.append(kw)
+        under = [k for k in self.keys if k.startswith(kw["Prefix"])]
+        if kw.get("Delimiter"):
+            rest = {k[len(kw["Prefix"]):] for k in under}
+            dirs = sorted({r.split("/", 1)[0] + "/" for r in rest if "/" in r})
+            loose = [kw["Prefix"] + r for r in sorted(rest) if "/" not in r]
+            return {"CommonPrefixes": [{"Prefix": kw["Prefix"] + d} for d in dirs],
+                    "Contents": [{"Key": k} for k in loose]}
+        return {"Contents": [{"Key": k} for k in under[:kw["MaxKeys"]]]}
+
+
+def _store(keys: list[str]) -> tuple[replica.S3Store, _ListingClient]:
+    client = _ListingClient(keys)
+    s3 = config.S3(bucket="b", prefix="app.db", endpoint="http://127.0.0.1:9", region="x",
+                   force_path_style=True)
+    return replica.S3Store(config.Replica(url="s3://b/app.db", s3=s3), client=client), client
+
+
+def test_backup_probe_reads_one_key_of_a_level() -> None:
+    """`rclone serve s3` reads every listed object (its ETag): one key answers "any backup?"."""
+    ltx = [f"app.db/0009/{i:016x}-{i:016x}.ltx" for i in range(1, 30)]
+    store, client = _store(ltx)
+    assert store.contents().layout == "0.5"
+    assert [c["MaxKeys"] for c in client.calls if "Delimiter" not in c] == [1]
+
+
+def test_backup_probe_looks_past_a_stray_first_key() -> None:
+    """A stray object sorting first in a level does not hide the backup behind it."""
+    store, _ = _store(["app.db/0000/.keep", "app.db/0000/0000000000000001-0000000000000001.ltx"])
+    assert store.contents().layout == "0.5"
+    store, _ = _store(["app.db/0000/.keep"])
+    assert store.contents().layout == "unknown"
+
+
+def test_lag_monitor_opens_its_client_in_its_first_check_and_checks_when_told(
+        tmp_path: Path, monkeypatch) -> None:
+    """Nothing on the way to the app builds the lag monitor's boto3 client, and with
+    defer_checks nothing is scheduled (so nothing lists the bucket) until begin_checks()."""
+    from sidecar import lag
+
+    opened: list[object] = []
+    monkeypatch.setattr(lag, "open_store", lambda *a, **kw: opened.append(a) or
+                        replica.DirStore(tmp_path / "none"))
+    cfg = load(tmp_path, SIDECAR_REPLICA_URL="s3://bkt/app.db",
+               SIDECAR_S3_ENDPOINT="http://127.0.0.1:9")
+    scheduled: list[tuple] = []
+    monitor = lag.start(cfg, None, lambda: True, lambda *a: scheduled.append(a),
+                        defer_checks=True)
+    try:
+        assert opened == [] and scheduled == []
+        assert not monitor.healthy()  # unmeasured lag is not ready
+        monitor.begin_checks()
+        monitor.begin_checks()
+        assert len(scheduled) == 1 and scheduled[0][2] == "lag check"
+        assert opened == []
+        monitor.check_all()
+        assert len(opened) == 1
+        monitor.check_all()
+        assert len(opened) == 1
+    finally:
+        monitor.stop()
