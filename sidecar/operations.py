@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -705,7 +704,7 @@ class Operations:
     def snapshot(self, db_name: str | None = None) -> dict[str, Any]:
         """Over HTTP the output goes into the state dir (a caller cannot pick server paths)."""
         db = pick_database(self.cfg, db_name)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = dbfile.stamp()
         out_dir = self.cfg.state_dir / "snapshots"
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # These land on the volume: check the copy fits, and keep only the newest few.

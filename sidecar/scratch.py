@@ -9,7 +9,6 @@ carries the database's tag and the verifying process's pid, so the next one remo
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import os
 import re
@@ -152,7 +151,7 @@ def check_room(directory: Path, need: int, what: str) -> None:
 
 def rotate(directory: Path, name: str, keep: int) -> list[Path]:
     """Keep the newest `keep` files named `<name>.<UTC stamp>` in `directory`."""
-    copies = sorted(directory.glob(f"{glob.escape(name)}.*[0-9]Z"), key=lambda p: p.name)
+    copies = dbfile.stamped_copies(directory, name)
     gone = copies[:-keep] if keep > 0 else copies
     for old in gone:
         old.unlink(missing_ok=True)
