@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sidecar import dbfile
 
 BIN = Path(sys.executable).parent
 S3_KEY = "sidecar-test-key"
@@ -364,7 +365,7 @@ def side_restore(env: dict[str, str], out: Path, timestamp: str | None = None) -
 
 
 def rows(db: Path, where: str = "") -> list[str]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = dbfile.connect_ro(Path(db))
     try:
         return [r[0] for r in con.execute(f"SELECT v FROM rows {where} ORDER BY id")]
     finally:

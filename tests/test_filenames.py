@@ -8,7 +8,6 @@ import sqlite3
 import sys
 import textwrap
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from conftest import base_env, run_sidecar, s3_env
@@ -35,7 +34,7 @@ COUNT = textwrap.dedent("""
 
 def rows_of(path: Path) -> list[str]:
     """The rows of exactly this file (a percent-encoded read-only URI)."""
-    con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+    con = dbfile.connect_ro(path)
     try:
         return [r[0] for r in con.execute("SELECT v FROM rows ORDER BY rowid")]
     finally:

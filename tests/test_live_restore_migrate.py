@@ -23,6 +23,7 @@ from conftest import S3_SECRET, rows, run_sidecar, s3_env, side_restore, wait_fo
 from faultkit import fault_env, request
 from test_operator_restore import db_path, state_dir, synced, write_rows
 
+from sidecar import dbfile
 from sidecar.litestream import Control
 
 pytestmark = pytest.mark.slow
@@ -71,7 +72,7 @@ BROKEN = "ALTER TABLE no_such_table ADD COLUMN x TEXT;\n"
 
 
 def columns(db: Path, table: str = "rows") -> list[str]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = dbfile.connect_ro(Path(db))
     try:
         return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
     finally:
@@ -79,7 +80,7 @@ def columns(db: Path, table: str = "rows") -> list[str]:
 
 
 def applied(db: Path) -> list[str]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = dbfile.connect_ro(Path(db))
     try:
         return [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name")]
     finally:

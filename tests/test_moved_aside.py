@@ -27,7 +27,7 @@ def make_db(path: Path, values: list[str]) -> None:
 
 
 def values(path: Path) -> list[str]:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = dbfile.connect_ro(path)
     try:
         return [r[0] for r in con.execute("SELECT v FROM t ORDER BY rowid")]
     finally:

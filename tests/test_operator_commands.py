@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import stat
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from conftest import (
 )
 from test_operator_restore import IDLE_APP, db_path, sock, start_with_rows, state_dir
 
+from sidecar import dbfile
 from sidecar.litestream import unix_request
 
 pytestmark = pytest.mark.slow
@@ -153,7 +153,7 @@ def test_snapshot_while_the_app_writes_every_10ms_is_consistent(tmp_path: Path, 
     out = tmp_path / "snap.db"
     res = run_sidecar(["snapshot", "--output", str(out)], env, tmp_path)
     assert res.returncode == 0, res.stderr
-    con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+    con = dbfile.connect_ro(out)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert con.execute("SELECT count(*) FROM rows").fetchone()[0] >= 50
     con.close()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import S3_SECRET, base_env, rows, run_sidecar, s3_env, wait_for, write_app
 
+from sidecar import dbfile
 from sidecar.litestream import Control, unix_request
 
 pytestmark = pytest.mark.slow
@@ -222,7 +223,7 @@ def test_sigkill_during_live_restore_leaves_a_consistent_db_and_deletes_nothing(
     again = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
     again.wait_event("app started")
     live = rows(db_path(env))
-    con = sqlite3.connect(f"file:{db_path(env)}?mode=ro", uri=True)
+    con = dbfile.connect_ro(db_path(env))
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
     assert live in (["a1", "a2"], ["a1", "a2", "b1", "b2"]), live

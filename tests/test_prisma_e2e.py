@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 import pytest
 from conftest import BIN, S3Server, Sidecar, base_env, free_port, s3_env, side_restore, wait_for
 from test_dockerfile import image_command, image_env, image_workdir
+
+from sidecar import dbfile
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SRC = ROOT / "examples" / "prisma-app"
@@ -114,7 +115,7 @@ class Deployment:
         shutil.rmtree(self.data / ".sidecar", ignore_errors=True)
 
     def query(self, sql: str, db: Path | None = None) -> list[tuple[Any, ...]]:
-        con = sqlite3.connect(f"file:{db or self.db}?mode=ro", uri=True)
+        con = dbfile.connect_ro(Path(db or self.db))
         try:
             return list(con.execute(sql))
         finally:
@@ -238,7 +239,7 @@ def test_failing_migration_stops_the_start_with_exit_5(deployment: Deployment) -
     assert deployment.query('SELECT title FROM "Note"') == [("kept",)]
     copies = [e["path"] for e in sc.events if e.get("event") == "pre-migration copy"]
     assert len(copies) == 1 and Path(copies[0]).is_file()
-    con = sqlite3.connect(f"file:{copies[0]}?mode=ro", uri=True)
+    con = dbfile.connect_ro(Path(copies[0]))
     try:
         assert list(con.execute('SELECT title FROM "Note"')) == [("kept",)]
     finally:
