@@ -418,7 +418,7 @@ def table_rows(db: Path) -> list[tuple[str, float]]:
 
 def seed(s3: S3, db: Path, bucket: str, timeout: float = 1200) -> None:
     """Replicate `db` into `bucket` with plain `litestream replicate` until it is all there."""
-    from sidecar.litestream import Control
+    from sidecar.litestream.control import Control
 
     sock = db.parent / "seed.sock"
     cfg = db.parent / "seed.yml"

@@ -184,7 +184,8 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 def restore_profile(size: int, reps: int) -> None:
     from sidecar import config, dbfile
-    from sidecar.litestream import restore_argv, write_config
+    from sidecar.litestream.config import write_config
+    from sidecar.litestream.process import restore_argv
 
     work = Path(tempfile.mkdtemp(prefix="sidecar-profile-"))
     s3 = h.S3(work / "s3")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import api
-from .litestream import ControlError, unix_request
+from .litestream.control import ControlError, unix_request
 
 
 class NoDaemon(Exception):

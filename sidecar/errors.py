@@ -103,6 +103,15 @@ def exec_code(exc: OSError) -> int:
     return 127 if isinstance(exc, FileNotFoundError) else 126
 
 
+class StartError(SidecarError):
+    """Litestream was executed but did not come up: it exited during start-up, or it did not
+    open every database within SIDECAR_READY_TIMEOUT (exit 3, as a Litestream that cannot run
+    at all). Not a bug: its log lines, folded into ours, say why."""
+
+    exit_code = 3
+    step = "start"
+
+
 class InternalError(SidecarError):
     """A bug or an unexpected environment failure (exit 70)."""
 
@@ -114,7 +123,8 @@ EXIT_CODES = {
     1: "an operator command failed (check found a problem, verify failed, ...)",
     2: "configuration error (a variable, flag or the Litestream config is invalid)",
     3: "preflight failed (volume not mounted, DB outside the volume, lock held, Litestream "
-       "missing or cannot be executed)",
+       "missing or cannot be executed), or Litestream exited or did not open every database "
+       "during start-up",
     4: "restore needed and impossible (replica unreachable, denied, missing bucket, corrupt DB)",
     5: "the migration command failed or cannot be executed; the app was not started",
     70: "internal error",

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import log, metrics
 from .config import Config, Database
-from .litestream import Control, ControlError
+from .litestream.control import Control, ControlError
 from .replica import DirStore, LtxObject, ReplicaUnreachable, Store, open_store, utc
 
 PAGE = 1000  # keys per listing request (the S3 maximum)

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import dbfile, log, procs
+from . import dbfile, log
 from .config import Config, Database
 from .errors import MigrationError, exec_reason
+from .supervise import procs
 
 
 @dataclass

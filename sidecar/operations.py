@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import dbfile, jobs, log, metrics, migrate, preflight, procs, replica, restore, scratch, status
+from . import dbfile, jobs, log, metrics, migrate, preflight, replica, restore, scratch, status
 from .api import (
     Accepted,
     Failed,
@@ -40,17 +40,12 @@ from .api import (
 )
 from .config import Config, Database
 from .errors import ExecError, MigrationError, OperatorError, RestoreError
-from .litestream import (
-    Control,
-    ControlError,
-    child_env,
-    free_loopback_port,
-    restore_argv,
-    short_socket_path,
-    write_config,
-)
+from .litestream.config import write_config
+from .litestream.control import Control, ControlError, short_socket_path
+from .litestream.process import child_env, free_loopback_port, restore_argv
 from .runtime import Runtime
-from .supervisor import Event
+from .supervise import procs
+from .supervise.supervisor import Event
 
 __all__ = ["NotNow", "Operations", "Target", "parse_target", "schedule_verify"]
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import dbfile, log, procs, replica
+from . import dbfile, log, replica
 from .config import Config, Database
 from .errors import ExecError, RestoreError
-from .litestream import child_env, restore_argv
+from .litestream.process import child_env, restore_argv
+from .supervise import procs
 
 TMP_MARK = ".sidecar-restore-"
 

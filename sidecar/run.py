@@ -5,23 +5,24 @@ Each step logs one event when it finishes, with what it decided and how long it 
 
 from __future__ import annotations
 
-import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, http, jobs, lag, log, metrics, migrate, preflight, procs, restore, scratch
+from . import __version__, http, jobs, lag, log, metrics, migrate, preflight, restore, scratch
 from .config import Config, describe
 from .errors import SidecarError
 from .health import Probes
-from .litestream import Control, free_loopback_port, short_socket_path, write_config
+from .litestream.config import write_config
+from .litestream.control import Control, short_socket_path
+from .litestream.process import free_loopback_port
 from .operations import Operations, schedule_verify, socket_path
 from .router import Router, routes
 from .runtime import Runtime
-from .supervisor import Supervisor
+from .supervise import procs
+from .supervise.supervisor import Supervisor
 
 __all__ = ["Runtime", "run"]
 
@@ -142,29 +143,22 @@ def run(cfg: Config, env: dict[str, str]) -> int:
     logger.info("config loaded", version=__version__, **describe(cfg))
     rt = prepare(cfg, env)
     sup = Supervisor(cfg, env, rt.litestream_bin or "litestream", rt.litestream_config or Path(),
-                     rt.control or Control(Path()), metrics_url=rt.metrics_url)
+                     rt.control or Control(Path()))
     rt.supervisor = sup
     sup.install_signals()
-    subreaper = procs.is_pid1() or procs.become_subreaper()
-    logger.debug("reaper", pid1=procs.is_pid1(), subreaper=subreaper)
+    sup.adopt_orphans()
     services = _start_services(rt)
-    try:
+
+    def attempt() -> None:
+        rt.failure = None  # /status shows "starting" while a held start is retried
         try:
             start(rt)
         except SidecarError as exc:
             rt.failure = exc
-            if sup.stop_requested():
-                pass  # the step failed because we were told to stop: report the stop below
-            elif cfg.on_start_failure != "hold":
-                raise
-            else:
-                _hold(rt, exc)
-        if sup.stop_requested() and sup.phase == "starting":
-            signum = sup.stop_signal or signal.SIGTERM
-            logger.info("stopped during start-up", signal=signal.Signals(signum).name)
-            sup.kill_all()
-            return 128 + signum
-        code = sup.loop()
+            raise
+
+    try:
+        code = sup.serve(attempt, hold=cfg.on_start_failure == "hold")
         logger.info("sidecar exiting", code=code)
         return code
     except BaseException:
@@ -210,56 +204,3 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
 
     rt.begin_jobs = begin_jobs_once
     return stops
-
-
-def _hold(rt: Runtime, exc: SidecarError) -> None:
-    """SIDECAR_ON_START_FAILURE=hold: instead of exiting (and crash-looping on the platform),
-    keep the HTTP listener and the control socket up with the failure in /status, so an operator
-    can get a shell, fix the cause (`sidecar check`, `sidecar restore`) and `sidecar resume`.
-    Returns once a resumed start succeeds; a stop signal raises the last failure."""
-    logger = log.get("run")
-    sup = rt.supervisor
-    assert sup is not None
-    sup.kill_all()
-    sup.phase = "starting"
-    rt.failure = exc
-    logger.error("start failed: holding for an operator", error=exc.message,
-                 exit_code=exc.exit_code, step=exc.step,
-                 fix="fix the cause, then run `sidecar resume` (or restart the service)")
-    resume = threading.Event()
-    sup.on("resume", lambda _e: resume.set())
-    while True:
-        try:
-            ev = sup.events.get(timeout=1.0)
-        except queue.Empty:
-            continue
-        if ev.kind == "signal":
-            signum = int(ev.data["signum"])
-            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-                logger.info("stopped while holding", signal=signal.Signals(signum).name)
-                raise exc
-            if signum == signal.SIGCHLD:
-                procs.reap_orphans()
-            continue
-        handler = sup.handlers.get(ev.kind)
-        if handler is not None:
-            try:
-                handler(ev)
-            except Exception as err:  # a handler's bug must not end the hold
-                logger.exception("event handler failed", kind=ev.kind, error=str(err))
-        if resume.is_set():
-            resume.clear()
-            logger.info("resuming start", after=exc.message)
-            rt.failure = None  # /status shows "starting" while the start is retried
-            try:
-                start(rt)
-            except SidecarError as again:
-                exc = again
-                rt.failure = again
-                sup.kill_all()
-                sup.phase = "starting"
-                logger.error("start failed again: holding", error=again.message,
-                             exit_code=again.exit_code, step=again.step)
-                continue
-            logger.info("resumed", phase=sup.phase)
-            return

@@ -15,11 +15,11 @@ from pathlib import Path
 from .config import Config
 from .errors import SidecarError
 from .lag import LagMonitor
-from .litestream import Control
+from .litestream.control import Control
 from .migrate import MigrationResult
 from .preflight import Preflight
 from .restore import RestoreResult
-from .supervisor import Supervisor
+from .supervise.supervisor import Supervisor
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 from conftest import free_port, rows
 from test_operator_restore import app_pids, db_path, sock, start_with_rows, state_dir
 
-from sidecar.litestream import unix_request
+from sidecar.litestream.control import unix_request
 
 pytestmark = pytest.mark.slow
 TOKEN = "t0ken-for-the-admin-endpoints"

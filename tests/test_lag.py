@@ -20,7 +20,7 @@ from conftest import S3_KEY, S3_SECRET, S3Server, base_env, free_port, s3_env, w
 from sidecar import lag
 from sidecar.config import Database, Replica
 from sidecar.lag import ChangeLog, DbLag, ReplicaTracker
-from sidecar.litestream import Control, ControlError
+from sidecar.litestream.control import Control, ControlError
 from sidecar.replica import LtxObject, ReplicaUnreachable, S3Store, Store
 
 # ------------------------------------------------------------------ fakes

@@ -24,7 +24,7 @@ from faultkit import fault_env, request
 from test_operator_restore import db_path, state_dir, synced, write_rows
 
 from sidecar import dbfile
-from sidecar.litestream import Control
+from sidecar.litestream.control import Control
 
 pytestmark = pytest.mark.slow
 

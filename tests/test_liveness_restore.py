@@ -23,7 +23,7 @@ from s3proxy import S3Proxy
 from test_operator_restore import IDLE_APP, db_path, sock, synced, write_rows
 
 from sidecar import health as sidecar_health
-from sidecar.litestream import unix_request
+from sidecar.litestream.control import unix_request
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,7 @@ from conftest import (
 from test_operator_restore import IDLE_APP, db_path, sock, start_with_rows, state_dir
 
 from sidecar import dbfile
-from sidecar.litestream import unix_request
+from sidecar.litestream.control import unix_request
 
 pytestmark = pytest.mark.slow
 TOKEN = "t0ken-for-the-admin-endpoints"

@@ -17,7 +17,7 @@ import pytest
 from conftest import S3_SECRET, base_env, rows, run_sidecar, s3_env, wait_for, write_app
 
 from sidecar import dbfile
-from sidecar.litestream import Control, unix_request
+from sidecar.litestream.control import Control, unix_request
 
 pytestmark = pytest.mark.slow
 

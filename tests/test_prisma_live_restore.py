@@ -13,7 +13,7 @@ import pytest
 from conftest import run_sidecar
 from test_prisma_e2e import ADD_BIO, Deployment, add_migration, deployment, migration_lines
 
-from sidecar.litestream import Control
+from sidecar.litestream.control import Control
 
 pytestmark = pytest.mark.slow
 __all__ = ["deployment"]  # the fixture

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar import config, litestream, metrics
+from sidecar import config, metrics
 from sidecar.errors import ConfigError, OperatorError, redact
+from sidecar.litestream import config as litestream_config
+from sidecar.litestream import process as litestream_process
 
 SECRET = "s3-$ecret-value-1234567890"
 TOKEN = "admin-token-0123456789abcdef"
@@ -42,12 +44,12 @@ def test_the_generated_config_holds_no_credential_and_litestream_gets_them_by_en
     the Railway names too) and never the admin token."""
     cfg = _cfg(tmp_path)
     cfg.state_dir.mkdir(mode=0o700)  # preflight makes it in a real run
-    path = litestream.write_config(cfg, 9999)
+    path = litestream_config.write_config(cfg, 9999)
     assert path == cfg.state_dir / "litestream.generated.yml"
     text = path.read_text()
     assert SECRET not in text and "key-id" not in text and "access-key" not in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    env = litestream.child_env({"ACCESS_KEY_ID": "rk", "SECRET_ACCESS_KEY": "rs",
+    env = litestream_process.child_env({"ACCESS_KEY_ID": "rk", "SECRET_ACCESS_KEY": "rs",
                                 "SIDECAR_ADMIN_TOKEN": TOKEN, "SIDECAR_ADMIN_TOKEN_FILE": "/f",
                                 "AWS_CA_BUNDLE": "/x"})
     assert env["AWS_ACCESS_KEY_ID"] == "rk" and env["AWS_SECRET_ACCESS_KEY"] == "rs"
@@ -64,10 +66,10 @@ def test_a_project_config_with_variables_is_rendered_on_a_tmpfs(tmp_path: Path) 
                                      "access-key-id": "${AWS_ACCESS_KEY_ID}",
                                      "secret-access-key": "${AWS_SECRET_ACCESS_KEY}"}}]}))
     cfg = _cfg(tmp_path)
-    path = litestream.write_config(cfg, 9999)
+    path = litestream_config.write_config(cfg, 9999)
     try:
         assert not path.is_relative_to(tmp_path)
-        assert litestream._is_tmpfs(str(path.parent.resolve()))
+        assert litestream_config._is_tmpfs(str(path.parent.resolve()))
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert SECRET in path.read_text()
     finally:

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from sidecar import api, procs
+from sidecar import api
 from sidecar import health as health_mod
 from sidecar.errors import ExecError, exec_code, exec_reason
 from sidecar.health import Probes
+from sidecar.supervise import procs
 
 PDEATHSIG = ("import ctypes; c = ctypes.c_int(); "
              "ctypes.CDLL(None).prctl(2, ctypes.byref(c), 0, 0, 0); print(c.value)")

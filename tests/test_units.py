@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, dbfile, preflight, procs, replica, restore
+from sidecar import config, dbfile, preflight, replica, restore
 from sidecar.errors import ConfigError, RestoreError
+from sidecar.supervise import procs
 
 
 def load(tmp_path: Path, **env: str) -> config.Config:

@@ -15,7 +15,7 @@ import pytest
 from conftest import BIN, base_env, run_sidecar, s3_env, seed_bucket, wait_for, write_app
 
 from sidecar import dbfile
-from sidecar.litestream import unix_request
+from sidecar.litestream.control import unix_request
 
 pytestmark = pytest.mark.slow
 

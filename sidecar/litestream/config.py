@@ -1,5 +1,4 @@
-"""Everything about talking to Litestream: its config, its environment, its command lines and
-its control socket (HTTP over a Unix socket).
+"""The config Litestream runs with, rendered by sidecar.
 
 Both a generated config and the project's own litestream.yml are rendered by us with variables
 already expanded, and Litestream runs with -no-expand-env, so a `$` inside a secret is never
@@ -13,36 +12,19 @@ from __future__ import annotations
 
 import atexit
 import copy
-import hashlib
-import http.client
-import json
 import os
 import secrets
-import socket
-import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import HIDDEN_FROM_CHILDREN, Config, Database, Replica, secrets_of
-from .errors import PreflightError
+from ..config import Config, Replica, secrets_of
+from ..errors import PreflightError
+from .control import short_socket_path
 
-# Variables Litestream must not see: 0.5 refuses to start with AWS_CA_BUNDLE set; the admin
-# token is for sidecar's own listener only.
-_DROP_ENV = ("AWS_CA_BUNDLE", *HIDDEN_FROM_CHILDREN)
 # Where a config that holds a secret may be rendered: memory-backed, never the volume.
 TMPFS_CANDIDATES = ("/dev/shm", "/run", "/tmp")
-
-
-def short_socket_path(state_dir: Path, name: str) -> Path:
-    """A Unix socket path under the 108-byte limit: in the state dir when it fits, else /tmp."""
-    p = state_dir / name
-    if len(str(p).encode()) < 100:
-        return p
-    digest = hashlib.sha256(str(p).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"sidecar-{digest}-{name}"
 
 
 def _duration(seconds: float) -> str:
@@ -78,8 +60,7 @@ def _align_addressing(doc: dict[str, Any], cfg: Config) -> None:
                 rep["force-path-style"] = s3.force_path_style
 
 
-def render_config(cfg: Config, metrics_port: int, dbs: tuple[Database, ...] | None = None
-                  ) -> dict[str, Any]:
+def render_config(cfg: Config, metrics_port: int) -> dict[str, Any]:
     """The config Litestream runs with: the project's (expanded) or one generated from cfg."""
     sock = short_socket_path(cfg.state_dir, "litestream.sock")
     if cfg.user_litestream_doc is not None:
@@ -89,7 +70,7 @@ def render_config(cfg: Config, metrics_port: int, dbs: tuple[Database, ...] | No
     else:
         doc = {"dbs": [{"path": str(db.path),
                         "replica": replica_section(db.replica, cfg.sync_interval)}
-                       for db in (dbs or cfg.databases) if db.replica is not None]}
+                       for db in cfg.databases if db.replica is not None]}
     doc["addr"] = f"127.0.0.1:{metrics_port}"
     doc["socket"] = {"enabled": True, "path": str(sock), "permissions": 0o600}
     doc["logging"] = {"type": "json", "level": "info", "stderr": False}
@@ -177,118 +158,3 @@ def write_config(cfg: Config, metrics_port: int, path: Path | None = None) -> Pa
         f.write(text)
     os.replace(tmp, path)
     return path
-
-
-def child_env(base: Mapping[str, str]) -> dict[str, str]:
-    """Litestream's environment: no AWS_CA_BUNDLE, no admin token, and the S3 credentials under
-    the names it reads (a Railway Bucket's ACCESS_KEY_ID / SECRET_ACCESS_KEY as fallbacks, as
-    in config)."""
-    env = {k: v for k, v in base.items() if k not in _DROP_ENV}
-    for aws, railway in (("AWS_ACCESS_KEY_ID", "ACCESS_KEY_ID"),
-                         ("AWS_SECRET_ACCESS_KEY", "SECRET_ACCESS_KEY")):
-        if not env.get(aws) and env.get(railway):
-            env[aws] = env[railway]
-    env["AWS_EC2_METADATA_DISABLED"] = "true"
-    return env
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def replicate_argv(binary: str, config_path: Path) -> list[str]:
-    return [binary, "replicate", "-config", str(config_path), "-no-expand-env"]
-
-
-def restore_argv(binary: str, config_path: Path, db: Database, output: Path,
-                 txid: str | None = None, timestamp: str | None = None,
-                 dry_run: bool = False) -> list[str]:
-    argv = [binary, "restore", "-config", str(config_path), "-no-expand-env", "-o", str(output)]
-    if txid:
-        argv += ["-txid", txid]
-    if timestamp:
-        argv += ["-timestamp", timestamp]
-    if dry_run:
-        argv.append("-dry-run")
-    else:
-        argv += ["-json"]
-    argv.append(str(db.path))
-    return argv
-
-
-# ------------------------------------------------------------------ control socket
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self._path)
-        self.sock = s
-
-
-class ControlError(Exception):
-    pass
-
-
-def unix_request(path: Path, method: str, url: str, body: Any = None,
-                 timeout: float = 5.0, headers: Mapping[str, str] | None = None
-                 ) -> tuple[int, Any]:
-    """One HTTP request over a Unix socket; returns (status, decoded JSON or text)."""
-    conn = _UnixConnection(str(path), timeout)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        hdrs = {"Content-Type": "application/json"} if data else {}
-        hdrs.update(headers or {})
-        conn.request(method, url, body=data, headers=hdrs)
-        resp = conn.getresponse()
-        raw = resp.read().decode(errors="replace")
-        try:
-            return resp.status, json.loads(raw) if raw.strip() else None
-        except ValueError:
-            return resp.status, raw
-    except (OSError, http.client.HTTPException) as exc:
-        raise ControlError(f"cannot reach {path}: {exc}") from None
-    finally:
-        conn.close()
-
-
-class Control:
-    """Litestream's control socket: list, txid, sync, start, stop."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def _ok(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> Any:
-        status, data = unix_request(self.path, method, url, body, timeout)
-        if status >= 300:
-            detail = data.get("error") if isinstance(data, dict) else data
-            raise ControlError(f"litestream {method} {url.split('?')[0]}: {status} {detail}")
-        return data
-
-    def list(self) -> list[dict[str, Any]]:
-        return list((self._ok("GET", "/list") or {}).get("databases") or [])
-
-    def txid(self, db: Path) -> int:
-        from urllib.parse import quote
-
-        return int((self._ok("GET", f"/txid?path={quote(str(db))}") or {}).get("txid", 0))
-
-    def sync(self, db: Path, wait: bool = True, timeout: float = 10.0) -> dict[str, Any]:
-        return dict(self._ok("POST", "/sync", {"path": str(db), "wait": wait,
-                                                "timeout": max(1, int(timeout))},
-                             timeout=timeout + 5) or {})
-
-    def stop(self, db: Path, timeout: float = 30.0) -> dict[str, Any]:
-        return dict(self._ok("POST", "/stop", {"path": str(db), "timeout": max(1, int(timeout))},
-                             timeout=timeout + 5) or {})
-
-    def start(self, db: Path, timeout: float = 30.0) -> dict[str, Any]:
-        return dict(self._ok("POST", "/start", {"path": str(db), "timeout": max(1, int(timeout))},
-                             timeout=timeout + 5) or {})

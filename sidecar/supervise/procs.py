@@ -1,7 +1,10 @@
-"""Child processes: spawning them in their own process group, and reaping.
+"""Child processes: spawning them in their own process group, signalling, reaping.
 
-Only the supervisor loop reaps. Helper commands (restore, migrations) run through `run()`,
-which registers their pid so the orphan reaper never steals their exit status.
+Only the supervisor loop reaps, with `waitpid(-1, WNOHANG)` in a loop as tini does: that takes
+orphans re-parented to us (as PID 1 or a subreaper) and our own children alike, so the status
+of a child someone owns (spawned here: the app, Litestream, a helper command) is kept for its
+owner, who reads it with `wait_nohang()`. Helper commands (restore, migrations) run through
+`run()` in whatever thread needs them.
 
 No child outlives a sidecar that is killed alone (SIGKILL, an OOM kill, outside a PID
 namespace where the kernel would do it for us): each one is started with PR_SET_PDEATHSIG
@@ -15,6 +18,7 @@ are waited for by the thread that starts them.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -23,7 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 _lock = threading.Lock()
-_owned: set[int] = set()  # pids whose status someone else is waiting for
+_owned: set[int] = set()  # pids spawned here: their owner reads their status
+_exited: dict[int, int] = {}  # owned pids the reaper took, with their raw wait status
 _inherited: tuple[int, ...] = ()  # fds every child keeps open (the database locks)
 
 PR_SET_PDEATHSIG = 1
@@ -80,15 +85,28 @@ def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
 def release(pid: int) -> None:
     with _lock:
         _owned.discard(pid)
+        _exited.pop(pid, None)
 
 
 def wait_nohang(pid: int) -> int | None:
-    """The raw wait status of `pid` if it has exited, else None. ECHILD counts as gone (-1)."""
-    try:
-        got, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return -1
+    """The raw wait status of `pid` if it has exited (reaped here or by `reap()`), else None.
+    ECHILD for a pid nobody recorded counts as gone (-1)."""
+    with _lock:  # reap() cannot take it between our waitpid and our look at _exited
+        if pid in _exited:
+            return _exited.pop(pid)
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return _exited.pop(pid, -1)
     return status if got == pid else None
+
+
+def pidfd(pid: int) -> int | None:
+    """A file descriptor that turns readable when `pid` exits (Linux 5.3+), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def exit_code(status: int) -> int:
@@ -115,33 +133,36 @@ def signal_group(pid: int, sig: int) -> bool:
             return False
 
 
-def reap_orphans() -> list[tuple[int, int]]:
-    """Reap exited children that nobody owns (orphans re-parented to us as PID 1 or
-    subreaper). Returns (pid, status) pairs."""
-    reaped = []
-    me = os.getpid()
+def reap() -> list[tuple[int, int]]:
+    """Reap every exited child, as tini does (`waitpid(-1, WNOHANG)` until none is left). The
+    status of an owned child is kept for its owner (wait_nohang); returns the orphans' (pid,
+    status) pairs, the descendants re-parented to us that nobody else waits for."""
+    orphans = []
     with _lock:
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
-            if pid in _owned:
-                continue
+        while True:
             try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    stat = f.read().decode(errors="replace")
-            except OSError:
-                continue
-            rest = stat.rsplit(")", 1)[-1].split()
-            if len(rest) < 2 or rest[0] != "Z" or int(rest[1]) != me:
-                continue
-            try:
-                got, status = os.waitpid(pid, os.WNOHANG)
+                got, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                continue
-            if got == pid:
-                reaped.append((pid, status))
-    return reaped
+                break  # no child at all
+            if got == 0:
+                break  # children left, none exited
+            if got in _owned:
+                _exited[got] = status
+            else:
+                orphans.append((got, status))
+    return orphans
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], fd: int | None, seconds: float) -> int | None:
+    """Up to `seconds` for `proc` to exit, woken by its pidfd (or every 20 ms without one)."""
+    status = wait_nohang(proc.pid)
+    if status is None:
+        if fd is not None:
+            select.select([fd], [], [], seconds)
+        else:
+            time.sleep(min(seconds, 0.02))
+        status = wait_nohang(proc.pid)
+    return status
 
 
 def run(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
@@ -165,20 +186,23 @@ def run(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
     reader.start()
     end = None if timeout is None else time.monotonic() + timeout
     status = None
+    fd = pidfd(proc.pid)
     try:
         while status is None:
-            status = wait_nohang(proc.pid)
+            # should_stop is a question, not an event: ask it every 0.1 s; the exit itself
+            # wakes us at once through the pidfd.
+            status = _wait_exit(proc, fd, 0.1)
             if status is not None:
                 break
             if (should_stop and should_stop()) or (end is not None and time.monotonic() > end):
                 signal_group(proc.pid, signal.SIGKILL)
                 while status is None:
-                    status = wait_nohang(proc.pid)
-                    time.sleep(0.01)
+                    status = _wait_exit(proc, fd, 1.0)
                 break
-            time.sleep(0.02)
     finally:
         release(proc.pid)
+        if fd is not None:
+            os.close(fd)
         proc.returncode = exit_code(status) if status is not None else -1
     reader.join(timeout=5)
     return exit_code(status), "\n".join(lines)

@@ -1,0 +1,13 @@
+"""Everything about talking to Litestream: its config (config.py), its control socket
+(control.py), and its environment, command lines and log lines (process.py).
+
+The names below are re-exported so `from sidecar.litestream import Control` reads the same as
+before the split; sidecar's own modules import from the submodule that holds each one.
+"""
+
+from .config import render_config, write_config
+from .control import Control, ControlError, short_socket_path, unix_request
+from .process import child_env, free_loopback_port, replicate_argv, restore_argv
+
+__all__ = ["Control", "ControlError", "child_env", "free_loopback_port", "render_config",
+           "replicate_argv", "restore_argv", "short_socket_path", "unix_request", "write_config"]

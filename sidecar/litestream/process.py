@@ -1,0 +1,76 @@
+"""Running Litestream: its environment, its command lines, and its log lines folded into ours."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import HIDDEN_FROM_CHILDREN, Database
+
+# Variables Litestream must not see: 0.5 refuses to start with AWS_CA_BUNDLE set; the admin
+# token is for sidecar's own listener only.
+_DROP_ENV = ("AWS_CA_BUNDLE", *HIDDEN_FROM_CHILDREN)
+
+
+def child_env(base: Mapping[str, str]) -> dict[str, str]:
+    """Litestream's environment: no AWS_CA_BUNDLE, no admin token, and the S3 credentials under
+    the names it reads (a Railway Bucket's ACCESS_KEY_ID / SECRET_ACCESS_KEY as fallbacks, as
+    in config)."""
+    env = {k: v for k, v in base.items() if k not in _DROP_ENV}
+    for aws, railway in (("AWS_ACCESS_KEY_ID", "ACCESS_KEY_ID"),
+                         ("AWS_SECRET_ACCESS_KEY", "SECRET_ACCESS_KEY")):
+        if not env.get(aws) and env.get(railway):
+            env[aws] = env[railway]
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return env
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def replicate_argv(binary: str, config_path: Path) -> list[str]:
+    return [binary, "replicate", "-config", str(config_path), "-no-expand-env"]
+
+
+def restore_argv(binary: str, config_path: Path, db: Database, output: Path,
+                 txid: str | None = None, timestamp: str | None = None,
+                 dry_run: bool = False) -> list[str]:
+    argv = [binary, "restore", "-config", str(config_path), "-no-expand-env", "-o", str(output)]
+    if txid:
+        argv += ["-txid", txid]
+    if timestamp:
+        argv += ["-timestamp", timestamp]
+    if dry_run:
+        argv.append("-dry-run")
+    else:
+        argv += ["-json"]
+    argv.append(str(db.path))
+    return argv
+
+
+def fold_output(lines: Iterable[bytes], logger: Any, on_error: Callable[[str], None]) -> None:
+    """Fold Litestream's JSON log lines into ours, tagged; each error line also goes to
+    `on_error` (the supervisor keeps the last one to explain an exit)."""
+    for raw in lines:
+        line = raw.decode(errors="replace").strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+            level = str(rec.pop("level", "INFO")).lower() or "info"
+            msg = rec.pop("msg", "")
+            rec.pop("time", None)
+            fields = {k if k not in ("event", "level", "component") else f"ls_{k}": v
+                      for k, v in rec.items()}
+            if level == "error":
+                on_error(f"{msg}: {rec.get('error', '')}".strip(": "))
+            getattr(logger, level if level in ("debug", "warning", "error") else "info")(
+                msg, **fields)
+        except (ValueError, AttributeError):
+            logger.info("output", line=line)

@@ -1,0 +1,191 @@
+"""The supervisor's children, the app and Litestream, and what the loop does with them:
+start them, wait for Litestream to open every database, stop the app on purpose (a live
+restore), kill everything as a last resort. Every wait sleeps on the children's pidfds and
+the loop's self-pipe, with the injected clock; nothing here decides when (supervisor.py does).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import log, metrics
+from ..config import Config
+from ..errors import ExecError, StartError, exec_code
+from ..litestream.control import Control, ControlError
+from ..litestream.process import child_env, fold_output, replicate_argv
+from .child import Child, OsProcess, ProcessCtor, fds
+from .wake import Waker
+
+IDLE_WAKE = 0.5  # with nothing due, the loop still beats this often (/healthz reads the beat)
+
+
+class Children:
+    def __init__(self, cfg: Config, env: dict[str, str], litestream_bin: str,
+                 litestream_config: Path, control: Control, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 process_ctor: ProcessCtor = OsProcess, waker: Any = None):
+        self.cfg, self.env, self.control = cfg, env, control
+        self.clock, self.process_ctor = clock, process_ctor
+        self.waker = waker if waker is not None else Waker()
+        self.log = log.get("supervisor")
+        self.litestream = Child("litestream", replicate_argv(litestream_bin, litestream_config),
+                                child_env(env), capture=True, cwd=cfg.cwd,
+                                process_ctor=process_ctor, clock=clock,
+                                on_output=self._fold_litestream_output)
+        self.app: Child | None = None
+        self.stop_signal: int | None = None
+        self.last_litestream_error: str | None = None
+        self.paused_app = False  # the app is stopped on purpose (e.g. a live restore)
+        self.beat_at = clock()  # the loop thread's last sign of life (/healthz)
+
+    def stop_requested(self) -> bool:
+        return self.stop_signal is not None
+
+    def beat(self) -> None:
+        """The loop's thread is alive and making progress (called by it, never by others)."""
+        self.beat_at = self.clock()
+
+    def working(self) -> bool:
+        """The `should_stop` of long work the loop runs itself (a live restore, a migration):
+        it is polled while the work goes on, so each call is a beat; says whether to stop."""
+        self.beat()
+        return self.stop_requested()
+
+    def silent_for(self) -> float:
+        """Seconds since the loop's thread last showed progress."""
+        return self.clock() - self.beat_at
+
+    def _spawn(self, child: Child) -> None:
+        child.start()
+        assert child.proc is not None
+        self.log.info(f"{child.name} started", pid=child.proc.pid,
+                      command=child.argv[0] if child.name == "app" else "litestream replicate")
+        self._gauge(child).set(1)
+
+    def _gauge(self, child: Child) -> Any:
+        return metrics.APP_UP if child is self.app else metrics.LITESTREAM_UP
+
+    def _fold_litestream_output(self, lines: Any) -> None:
+        def keep(error: str) -> None:
+            self.last_litestream_error = error
+
+        fold_output(lines, log.get("litestream"), keep)
+
+    def start_litestream(self) -> None:
+        try:
+            self._spawn(self.litestream)
+        except OSError as exc:
+            raise ExecError("litestream", self.litestream.argv[0], exc, 3,
+                            hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN"
+                            ) from None
+
+    def wait_litestream_ready(self) -> None:
+        """Until Litestream has opened every DB and answers on its control socket (bounded)."""
+        want = {str(db.path) for db in self.cfg.databases}
+        end = self.clock() + self.cfg.ready_timeout
+        seen: set[str] = set()
+        while self.clock() < end:
+            if self.stop_requested():
+                return
+            code = self.litestream.poll()
+            if code is not None:
+                self._gauge(self.litestream).set(0)
+                raise StartError(
+                    f"cannot start: litestream exited with code {code} during start-up "
+                    f"({self.last_litestream_error or 'see its log lines above'})")
+            try:
+                seen = {d.get("path", "") for d in self.control.list()}
+                if want <= seen:
+                    return
+            except ControlError:
+                pass
+            # Litestream opens its socket in ~20 ms; its exit or a signal wakes us sooner.
+            self.waker.wait(fds([self.litestream]), 0.02)
+        raise StartError(
+            f"cannot start: litestream did not open every database within "
+            f"{self.cfg.ready_timeout:g}s (open: {sorted(seen) or 'none'}; "
+            f"wanted: {sorted(want)})", hint="raise SIDECAR_READY_TIMEOUT or check its log lines")
+
+    def start_app(self) -> None:
+        if not self.cfg.app_command:
+            return
+        if self.app is None:
+            self.app = Child("app", list(self.cfg.app_command), dict(self.env), cwd=self.cfg.cwd,
+                             process_ctor=self.process_ctor, clock=self.clock)
+        try:
+            self._spawn(self.app)
+        except OSError as exc:
+            self.app.last_exit = exec_code(exc)
+            raise ExecError("the app", self.cfg.app_command[0], exc, exec_code(exc),
+                            hint="check the app command (after `--` or SIDECAR_APP_COMMAND): "
+                                 "it must exist in the image and be executable") from None
+        self._phase = "running"
+
+    def pause_app(self, reason: str) -> None:
+        """Stop the app on purpose (a live restore): SIGTERM its group, SIGKILL after the stop
+        timeout. Blocks the loop (the caller is a loop handler); its exit does not end us."""
+        self.paused_app = True
+        app = self.app
+        if app is None:
+            return
+        app.restart_at = None
+        if not app.pid:
+            return
+        self.log.info("app stopping", reason=reason, timeout_seconds=self.cfg.app_stop_timeout)
+        app.signal(signal.SIGTERM)
+        end = self.clock() + self.cfg.app_stop_timeout
+        killed = False
+        while True:
+            self.beat()
+            code = app.poll()
+            if code is not None:
+                self._gauge(app).set(0)
+                self.log.info("app exited", code=code, reason=reason)
+                app.last_exit = None  # stopped on purpose: not the sidecar's exit code
+                return
+            if not killed and (self.clock() > end or self.stop_requested()):
+                self.log.warning("app did not stop in time: SIGKILL", reason=reason)
+                app.signal(signal.SIGKILL)
+                killed = True
+            self.waker.wait(fds([app]), IDLE_WAKE if killed else min(IDLE_WAKE, max(
+                0.0, end - self.clock())))
+
+    def _schedule_restart(self, child: Child) -> None:
+        delay = child.schedule_restart(self.clock())
+        self.log.warning(f"{child.name} restart scheduled", in_seconds=delay,
+                         restarts=child.restarts)
+
+    def kill_all(self) -> None:
+        """Last resort (a failed start, an internal error): leave no child behind."""
+        children = [c for c in (self.app, self.litestream) if c is not None and c.pid]
+        for child in children:
+            child.signal(signal.SIGTERM)
+        for sig, seconds in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 1.0)):
+            end = self.clock() + seconds
+            for child in children:
+                if sig == signal.SIGKILL:
+                    child.signal(sig)
+                while child.pid and self.clock() < end:
+                    if child.poll() is not None:
+                        self._gauge(child).set(0)
+                        break
+                    self.waker.wait(fds([child]), min(IDLE_WAKE, end - self.clock()))
+
+    # ------------------------------------------------------------ for status
+
+    def children_status(self) -> dict[str, Any]:
+        now = self.clock()
+        out = {"litestream": self.litestream.status(now)}
+        if self.app:
+            out["app"] = self.app.status(now)
+        return out
+
+    def app_running(self) -> bool:
+        return bool(self.app and self.app.pid)
+
+    def litestream_running(self) -> bool:
+        return bool(self.litestream.pid)

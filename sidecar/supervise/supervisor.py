@@ -1,0 +1,339 @@
+"""The supervisor: the one loop that owns every child process, and decides.
+
+Signal handlers, HTTP and control-socket handlers, scheduler jobs and watchers never touch a
+process: they `post()` an event, and the loop decides. Its life is one sequence of phases:
+starting (the start steps; held for an operator when they fail and SIDECAR_ON_START_FAILURE
+is hold, until `sidecar resume` retries them), running, then the shutdown (shutdown.py, a
+pure state machine whose actions the loop performs), done.
+
+The loop sleeps in select() on its children's pidfds and a self-pipe (wake.py): no polling.
+Collaborators are injected (`clock`, `process_ctor`, `waker`, `background`) so the unit tests
+replay scripted histories with a fake clock and fake processes.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import log, metrics
+from ..config import Config
+from ..errors import SidecarError
+from ..litestream.control import Control, ControlError
+from . import procs
+from .child import OsProcess, ProcessCtor, fds
+from .children import IDLE_WAKE, Children
+from .shutdown import DONE, Action, Do, Log, Shutdown
+
+FORWARDED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+@dataclass
+class Event:
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _in_thread(work: Callable[[], None]) -> None:
+    threading.Thread(target=work, daemon=True, name="final-sync").start()
+
+
+class Supervisor(Children):
+    def __init__(self, cfg: Config, env: dict[str, str], litestream_bin: str,
+                 litestream_config: Path, control: Control, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 process_ctor: ProcessCtor = OsProcess, waker: Any = None,
+                 background: Callable[[Callable[[], None]], None] = _in_thread):
+        super().__init__(cfg, env, litestream_bin, litestream_config, control, clock=clock,
+                         process_ctor=process_ctor, waker=waker)
+        self.background = background
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.run_log = log.get("run")
+        self.shutdown = Shutdown(cfg.app_stop_timeout, cfg.litestream_stop_timeout)
+        self._phase = "starting"  # starting | running; then the shutdown's phases
+        self.handlers: dict[str, Callable[[Event], None]] = {}
+        self.held_exit_code: int | None = None  # held after a failed migration: exit with it
+        self.held: SidecarError | None = None  # a failed start held for an operator
+        self._start: Callable[[], None] = lambda: None
+        self._hold_on_failure = False
+
+    @property
+    def phase(self) -> str:
+        """starting | running | stopping-app | final-sync | stopping-litestream | done"""
+        return self.shutdown.phase or self._phase
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.shutdown.exit_code
+
+    # ------------------------------------------------------------ from any thread
+
+    def post(self, kind: str, **data: Any) -> None:
+        """Thread- and signal-safe: the loop picks it up."""
+        self.events.put(Event(kind, data))
+        self.waker.wake()
+
+    def on(self, kind: str, handler: Callable[[Event], None]) -> None:
+        """Register a handler run by the loop for events of `kind`."""
+        self.handlers[kind] = handler
+
+    # ------------------------------------------------------------ set-up
+
+    def install_signals(self) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
+            if signum in STOPPING and self.stop_signal is None:
+                self.stop_signal = signum  # seen by start-up steps at once
+            self.post("signal", signum=signum)
+
+        for sig in STOPPING + FORWARDED + (signal.SIGCHLD,):
+            signal.signal(sig, on_signal)
+
+    def adopt_orphans(self) -> None:
+        """Become the reaper of orphaned descendants; say loudly when we cannot (tini does)."""
+        pid1 = procs.is_pid1()
+        if pid1 or procs.become_subreaper():
+            self.run_log.debug("reaper", pid1=pid1, subreaper=not pid1)
+            return
+        self.run_log.warning(
+            "not a reaper: orphans of the app are not reaped here", pid1=False,
+            subreaper=False, consequence="a process the app leaves behind stays a zombie "
+            "under whatever PID 1 this container has",
+            fix="run sidecar as the container's entrypoint (PID 1) on Linux")
+
+    # ------------------------------------------------------------ the loop
+
+    def serve(self, start: Callable[[], None], *, hold: bool = False) -> int:
+        """The whole life: run `start` (the start steps), then supervise until the shutdown
+        is done; returns the exit code. A failed start raises its error, or with `hold` is
+        held for an operator (the loop keeps serving events) until a `resume` event retries
+        it; a stop while held raises the failure."""
+        self._start, self._hold_on_failure = start, hold
+        code = self._attempt_start(first=True)
+        if code is not None:
+            return code
+        while self.phase != DONE:
+            self.beat()
+            event = self._next_event()
+            if event is not None:
+                self._dispatch(event)
+            self._poll_children()
+            self._timers()
+        assert self.exit_code is not None
+        return self.exit_code
+
+    def _attempt_start(self, first: bool) -> int | None:
+        """One run of the start steps; returns an exit code when they were stopped."""
+        try:
+            self._start()
+        except SidecarError as exc:
+            if not (first and self.stop_requested()):  # a stop is reported below instead
+                if first and not self._hold_on_failure:
+                    raise
+                self._hold(exc, again=not first)
+                return None
+        if self.stop_requested() and self._phase == "starting":
+            signum = self.stop_signal or signal.SIGTERM
+            self.run_log.info("stopped during start-up", signal=signal.Signals(signum).name)
+            self.kill_all()
+            self.shutdown.phase, self.shutdown.exit_code = DONE, 128 + signum
+            return 128 + signum
+        self.held = None
+        self._phase = "running"
+        return None
+
+    def _hold(self, exc: SidecarError, again: bool) -> None:
+        """SIDECAR_ON_START_FAILURE=hold: instead of exiting (and crash-looping on the
+        platform), stay up with the failure in /status, so an operator can get a shell, fix
+        the cause (`sidecar check`, `sidecar restore`) and `sidecar resume`."""
+        self.kill_all()
+        self._phase, self.held = "starting", exc
+        if again:
+            self.run_log.error("start failed again: holding", error=exc.message,
+                               exit_code=exc.exit_code, step=exc.step)
+        else:
+            self.run_log.error("start failed: holding for an operator", error=exc.message,
+                               exit_code=exc.exit_code, step=exc.step,
+                               fix="fix the cause, then run `sidecar resume` (or restart the "
+                                   "service)")
+
+    def _next_event(self) -> Event | None:
+        try:
+            return self.events.get_nowait()
+        except queue.Empty:
+            pass
+        self.waker.wait(fds([self.app, self.litestream]), self._timeout())
+        try:
+            return self.events.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _timeout(self) -> float:
+        wake = [t for t in (self.shutdown.deadline, self.litestream.restart_at,
+                            self.app.restart_at if self.app else None) if t is not None]
+        if not wake:
+            return IDLE_WAKE
+        return max(0.0, min(IDLE_WAKE, min(wake) - self.clock()))
+
+    def _dispatch(self, event: Event) -> None:
+        builtin = {"signal": self.handle_signal, "final-sync-done": self.handle_final_sync_done,
+                   "resume": self.handle_resume}
+        if event.kind in builtin:
+            builtin[event.kind](event)
+        elif event.kind in self.handlers:
+            try:
+                self.handlers[event.kind](event)
+            except Exception as exc:  # a handler's bug must not kill the loop
+                self.log.error("event handler failed", kind=event.kind, error=str(exc),
+                               exc_info=True)
+
+    # ------------------------------------------------------------ events
+
+    def handle_signal(self, event: Event) -> None:
+        signum = int(event.data["signum"])
+        getattr(self, f"handle_{signal.Signals(signum).name.lower()}")(signum)
+
+    def handle_sigchld(self, _signum: int) -> None:
+        for pid, status in procs.reap():
+            self.log.debug("reaped orphan", pid=pid, code=procs.exit_code(status))
+
+    def handle_forwarded(self, signum: int) -> None:
+        if self.app is not None:
+            self.app.signal(signum)
+
+    handle_sighup = handle_sigusr1 = handle_sigusr2 = handle_sigwinch = handle_forwarded
+
+    def handle_stop(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.held is not None:
+            self.run_log.info("stopped while holding", signal=name)
+            raise self.held
+        if not self.shutdown.begun:
+            self.log.info("shutdown requested", signal=name)
+            self._begin_shutdown(signum)
+        else:
+            self._perform(self.shutdown.hurry(self.clock(), signum, **self._alive()))
+
+    handle_sigterm = handle_sigint = handle_sigquit = handle_stop
+
+    def handle_final_sync_done(self, _event: Event) -> None:
+        self._perform(self.shutdown.sync_done(self.clock(),
+                                              litestream_alive=self.litestream_running()))
+
+    def handle_resume(self, _event: Event) -> None:
+        """`sidecar resume` of a held start: the start steps again."""
+        if self.held is None:
+            return
+        self.run_log.info("resuming start", after=self.held.message)
+        if self._attempt_start(first=False) is None and self.held is None:
+            self.run_log.info("resumed", phase=self.phase)
+
+    def resume_app(self) -> None:
+        """Start the app again after pause_app()."""
+        self.paused_app = False
+        if self.phase == "running" and not self.stop_requested():
+            self.start_app()
+
+    # ------------------------------------------------------------ decisions
+
+    def _alive(self) -> dict[str, bool]:
+        return {"app_alive": self.app_running(), "litestream_alive": self.litestream_running()}
+
+    def _begin_shutdown(self, signum: int, exit_code: int | None = None) -> None:
+        if exit_code is None and not self.app_running():
+            exit_code = (self.held_exit_code if self.held_exit_code is not None
+                         else self.app.last_exit if self.app is not None else None)
+        self._perform(self.shutdown.begin(self.clock(), signum, exit_code=exit_code,
+                                          **self._alive()))
+
+    def _poll_children(self) -> None:
+        for child in (self.app, self.litestream):
+            code = child.poll() if child is not None else None
+            if child is None or code is None:
+                continue
+            self._gauge(child).set(0)
+            if child is self.app:
+                self._on_app_exit(code)
+            else:
+                self._on_litestream_exit(code)
+
+    def _on_app_exit(self, code: int) -> None:
+        assert self.app is not None
+        self.log.info("app exited", code=code, phase=self.phase)
+        if self.shutdown.begun:
+            self._perform(self.shutdown.app_exited(
+                self.clock(), code, litestream_alive=self.litestream_running()))
+        elif self.phase == "running" and not self.paused_app:
+            if self.cfg.app_restart == "on-failure" and code != 0:
+                self._schedule_restart(self.app)
+                return
+            self.log.info("shutdown: the app exited", code=code)
+            self._begin_shutdown(signal.SIGTERM, exit_code=code)
+
+    def _on_litestream_exit(self, code: int) -> None:
+        if self.shutdown.expects_litestream_exit():
+            self._perform(self.shutdown.litestream_exited(code))
+            return
+        self.log.error("litestream exited", code=code, last_error=self.last_litestream_error)
+        self._schedule_restart(self.litestream)
+
+    def _timers(self) -> None:
+        now = self.clock()
+        for child in (self.litestream, self.app):
+            if child is None or child.restart_at is None or now < child.restart_at:
+                continue
+            if self.phase != "running":
+                child.restart_at = None
+                continue
+            child.restarts += 1
+            metrics.CHILD_RESTARTS.labels(child=child.name).inc()
+            try:
+                self._spawn(child)
+            except OSError as exc:
+                self.log.error(f"{child.name} restart failed", error=str(exc))
+                self._schedule_restart(child)
+                continue
+            self.post(f"{child.name}-restarted")
+        self._perform(self.shutdown.tick(now, **self._alive()))
+
+    # ------------------------------------------------------------ actions
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Log):
+                getattr(self.log, action.level)(action.event, **action.fields)
+            else:
+                getattr(self, "do_" + action.what.replace("-", "_"))(action)
+
+    def do_signal_app(self, action: Do) -> None:
+        if self.app is not None:
+            self.app.signal(action.sig)
+
+    def do_signal_litestream(self, action: Do) -> None:
+        self.litestream.signal(action.sig)
+
+    def do_final_sync(self, action: Do) -> None:
+        """Ask Litestream to push everything, in the background; the loop stays responsive."""
+        budget = action.seconds
+
+        def work() -> None:
+            t0 = self.clock()
+            for db in self.cfg.databases:
+                if not db.path.exists():
+                    continue  # nothing was ever written: nothing to push
+                try:
+                    res = self.control.sync(db.path, wait=True, timeout=budget)
+                    self.log.info("final sync", db=db.name, txid=res.get("txid"),
+                                  replicated_txid=res.get("replicated_txid"),
+                                  seconds=round(self.clock() - t0, 3))
+                except ControlError as exc:
+                    self.log.warning("final sync failed", db=db.name, error=str(exc))
+            self.post("final-sync-done")
+
+        self.background(work)
