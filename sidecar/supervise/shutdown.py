@@ -81,7 +81,7 @@ class Shutdown:
         return self._stop_litestream(now, litestream_alive)
 
     def litestream_exited(self, code: int) -> list[Action]:
-        """True when this ends the shutdown (Litestream's exit is expected from here on)."""
+        """Litestream exited: from the final sync on that is expected and ends the shutdown."""
         if self.phase not in (FINAL_SYNC, STOPPING_LITESTREAM):
             return []
         self.phase, self.deadline = DONE, None
