@@ -17,9 +17,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from sidecar import log
 from sidecar.litestream.control import ControlError
 from sidecar.supervise.supervisor import Supervisor
 
+log.get()  # configured before a test's capture_logs(), which a first log.get() would undo
 HORIZON = 3600.0  # a history that has not ended by then is a hang
 
 

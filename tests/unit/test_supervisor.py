@@ -227,3 +227,20 @@ def test_failed_child_starts_are_typed_errors_not_bugs(tmp_path: Path) -> None:
     with pytest.raises(StartError) as start_err:
         serve(tmp_path, world, ready_timeout=2.0)
     assert start_err.value.exit_code == 3 and world.now == pytest.approx(2.0, abs=0.05)
+
+
+def test_neither_pid1_nor_subreaper_is_a_warning(tmp_path: Path, monkeypatch) -> None:
+    """When sidecar can reap no orphan (not PID 1, no PR_SET_CHILD_SUBREAPER), it says so at
+    warning level; as a subreaper it only notes it at debug."""
+    from sidecar.supervise import procs
+
+    monkeypatch.setattr(procs, "is_pid1", lambda: False)
+    monkeypatch.setattr(procs, "become_subreaper", lambda: False)
+    with capture_logs() as logs:
+        make(tmp_path, FakeWorld()).adopt_orphans()
+    assert [(e["event"], e["log_level"]) for e in logs] == [("not a reaper: orphans of the app "
+                                                              "are not reaped here", "warning")]
+    monkeypatch.setattr(procs, "become_subreaper", lambda: True)
+    with capture_logs() as logs:
+        make(tmp_path, FakeWorld()).adopt_orphans()
+    assert [e["log_level"] for e in logs] == ["debug"]
