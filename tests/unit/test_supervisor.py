@@ -231,7 +231,7 @@ def test_failed_child_starts_are_typed_errors_not_bugs(tmp_path: Path) -> None:
 
 def test_neither_pid1_nor_subreaper_is_a_warning(tmp_path: Path, monkeypatch) -> None:
     """When sidecar can reap no orphan (not PID 1, no PR_SET_CHILD_SUBREAPER), it says so at
-    warning level; as a subreaper it only notes it at debug."""
+    warning level; as a subreaper it warns of nothing."""
     from sidecar.supervise import procs
 
     monkeypatch.setattr(procs, "is_pid1", lambda: False)
@@ -243,4 +243,4 @@ def test_neither_pid1_nor_subreaper_is_a_warning(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(procs, "become_subreaper", lambda: True)
     with capture_logs() as logs:
         make(tmp_path, FakeWorld()).adopt_orphans()
-    assert [e["log_level"] for e in logs] == ["debug"]
+    assert [e for e in logs if e["log_level"] != "debug"] == []
