@@ -17,6 +17,7 @@ from ..config import Config
 from ..errors import ExecError, StartError, exec_code
 from ..litestream.control import Control, ControlError
 from ..litestream.process import child_env, fold_output, replicate_argv
+from . import procs
 from .child import Child, OsProcess, ProcessCtor, fds
 from .wake import Waker
 
@@ -58,6 +59,18 @@ class Children:
     def silent_for(self) -> float:
         """Seconds since the loop's thread last showed progress."""
         return self.clock() - self.beat_at
+
+    def adopt_orphans(self) -> None:
+        """Become the reaper of orphaned descendants; say loudly when we cannot (tini does)."""
+        pid1 = procs.is_pid1()
+        if pid1 or procs.become_subreaper():
+            log.get("run").debug("reaper", pid1=pid1, subreaper=not pid1)
+            return
+        log.get("run").warning(
+            "not a reaper: orphans of the app are not reaped here", pid1=False,
+            subreaper=False, consequence="a process the app leaves behind stays a zombie "
+            "under whatever PID 1 this container has",
+            fix="run sidecar as the container's entrypoint (PID 1) on Linux")
 
     def _spawn(self, child: Child) -> None:
         child.start()

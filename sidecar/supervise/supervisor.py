@@ -8,7 +8,9 @@ pure state machine whose actions the loop performs), done.
 
 The loop sleeps in select() on its children's pidfds and a self-pipe (wake.py): no polling.
 Collaborators are injected (`clock`, `process_ctor`, `waker`, `background`) so the unit tests
-replay scripted histories with a fake clock and fake processes.
+replay scripted histories with a fake clock and fake processes. (A little over 300 lines:
+every decision of the loop stays in this one file; what it does with processes is in
+children.py.)
 """
 
 from __future__ import annotations
@@ -94,18 +96,6 @@ class Supervisor(Children):
 
         for sig in STOPPING + FORWARDED + (signal.SIGCHLD,):
             signal.signal(sig, on_signal)
-
-    def adopt_orphans(self) -> None:
-        """Become the reaper of orphaned descendants; say loudly when we cannot (tini does)."""
-        pid1 = procs.is_pid1()
-        if pid1 or procs.become_subreaper():
-            self.run_log.debug("reaper", pid1=pid1, subreaper=not pid1)
-            return
-        self.run_log.warning(
-            "not a reaper: orphans of the app are not reaped here", pid1=False,
-            subreaper=False, consequence="a process the app leaves behind stays a zombie "
-            "under whatever PID 1 this container has",
-            fix="run sidecar as the container's entrypoint (PID 1) on Linux")
 
     # ------------------------------------------------------------ the loop
 
