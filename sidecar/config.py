@@ -61,7 +61,6 @@ class Config:
     http_max_connections: int
     admin_token: str | None = field(repr=False)
     migrate_command: tuple[str, ...] | None  # None: disabled
-    migrate_is_default: bool
     app_command: tuple[str, ...]
     max_lag: float
     lag_check_interval: float
@@ -69,7 +68,6 @@ class Config:
     verify_schedule: str | None
     app_stop_timeout: float
     app_restart: str
-    log_format: str | None
     on_start_failure: str
     heartbeat_url: str | None
     volume_path: Path | None
@@ -136,10 +134,12 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
                                                          problems)
     state_dir = _state_dir(v, cwd, databases)
     _check_lengths(databases, state_dir, db_var, source, problems)
-    migrate, migrate_default = _migrate_command(env, v, cwd, prisma_schema, need_app, problems)
+    migrate = _migrate_command(env, v, cwd, prisma_schema, need_app, problems)
 
     if problems.items:
-        raise ConfigError(f"cannot start: {len(problems.items)} configuration "
+        # `run` starts; the operator commands only read the configuration.
+        raise ConfigError(f"cannot {'start' if need_app else 'read the configuration'}: "
+                          f"{len(problems.items)} configuration "
                           f"problem{'s' if len(problems.items) > 1 else ''}",
                           problems=problems.items)
     assert state_dir is not None
@@ -153,7 +153,7 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         databases=tuple(databases), state_dir=state_dir,
         user_litestream_config=user_cfg_path, user_litestream_doc=user_doc,
         http_host=http_host, http_port=http_port, admin_token=admin_token,
-        migrate_command=migrate, migrate_is_default=migrate_default, app_command=app,
+        migrate_command=migrate, app_command=app,
         volume_var=source.get("SIDECAR_VOLUME_PATH"), local_default_replica=local_default,
         prisma_schema=prisma_schema, cwd=cwd,
     )
@@ -248,20 +248,20 @@ def _check_lengths(databases: list[Database], state_dir: Path | None, db_var: st
 
 def _migrate_command(env: Mapping[str, str], v: Mapping[str, Any], cwd: Path,
                      prisma_schema: Path | None, need_app: bool,
-                     problems: Problems) -> tuple[tuple[str, ...] | None, bool]:
-    """(command, is the default): unset means Prisma's when a schema and npx exist; empty
+                     problems: Problems) -> tuple[str, ...] | None:
+    """The migration command: unset means Prisma's when a schema and npx exist; empty
     disables."""
     if given(env, BY_NAME["SIDECAR_MIGRATE_COMMAND"]) is None:
         if prisma_schema is not None and shutil.which("npx", path=env.get("PATH")):
-            return ("npx", "prisma", "migrate", "deploy"), True
-        return None, False
+            return ("npx", "prisma", "migrate", "deploy")
+        return None
     migrate = v["SIDECAR_MIGRATE_COMMAND"]
     if not migrate:  # disabled, or reported
-        return None, False
+        return None
     if need_app and not _runnable(migrate[0], env, cwd):
         problems.add("SIDECAR_MIGRATE_COMMAND", env["SIDECAR_MIGRATE_COMMAND"],
                      f"must start with an executable ({migrate[0]!r} was not found)")
-    return migrate, False
+    return migrate
 
 
 def _runnable(program: str, env: Mapping[str, str], cwd: Path) -> bool:

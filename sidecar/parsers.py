@@ -24,9 +24,6 @@ class Invalid(ValueError):
     (a range, the parser's own reason)."""
 
 
-OutOfRange = Invalid  # the older name: a well-formed value outside what can work
-
-
 def parse_duration(text: str) -> float:
     """`2`, `0.5`, `500ms`, `2s`, `1m`, `1h` -> seconds. Raises ValueError."""
     m = _DURATION.match(text)

@@ -112,9 +112,9 @@ SETTINGS: tuple[Setting, ...] = (
             field="app_stop_timeout"),
     Setting("SIDECAR_APP_RESTART", "--app-restart", "no | on-failure", choice("no", "on-failure"),
             "must be `no` or `on-failure`", "no", field="app_restart"),
+    # Read by the CLI itself, before the config (the config's own errors are logged in it).
     Setting("SIDECAR_LOG_FORMAT", "--log-format", "json | console (default: json unless a "
-            "terminal)", choice("json", "console"), "must be `json` or `console`",
-            field="log_format"),
+            "terminal)", choice("json", "console"), "must be `json` or `console`"),
     Setting("SIDECAR_ON_START_FAILURE", "--on-start-failure", "exit | hold", choice("exit", "hold"),
             "must be `exit` or `hold`", "exit", field="on_start_failure"),
     Setting("SIDECAR_HEARTBEAT_URL", "--heartbeat-url", "called after each healthy backup check",
