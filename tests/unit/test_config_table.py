@@ -165,3 +165,16 @@ def test_blank_disables_where_the_table_says_so(tmp_path: Path) -> None:
     assert load(tmp_path, SIDECAR_VERIFY_SCHEDULE="").verify_schedule is None
     assert load(tmp_path).verify_schedule == BY_NAME["SIDECAR_VERIFY_SCHEDULE"].default
     assert load(tmp_path, SIDECAR_APP_RESTART="").app_restart == "no"  # blank: the default
+
+
+def test_database_url_is_read_only_without_sidecar_db_path(tmp_path: Path) -> None:
+    """An app may keep another engine's DATABASE_URL when SIDECAR_DB_PATH names the SQLite
+    file; alone, it must be a file: URL, and its password is not echoed."""
+    other = "postgresql://user:hunter2@db.example/app"
+    assert load(tmp_path, DATABASE_URL=other).databases[0].path == tmp_path / "app.db"
+    env = base(tmp_path, DATABASE_URL=other)
+    del env["SIDECAR_DB_PATH"]
+    with pytest.raises(ConfigError) as exc:
+        config.load(env, app_command=["true"], cwd=tmp_path)
+    assert exc.value.problems == ['DATABASE_URL: must be a SQLite URL like file:/data/app.db '
+                                  '(got "postgresql://***@db.example/app")']
