@@ -26,7 +26,7 @@ from .replica_config import (
     databases_from_litestream,
     db_path_problem,
     parse_replica_url,
-    read_litestream_config,
+    project_config,
     s3_settings,
 )
 from .settings import (
@@ -36,6 +36,8 @@ from .settings import (
     SETTINGS,
     Problems,
     checked_env,
+    environment_with_flags,
+    for_children,
     given,
     parse,
     read,
@@ -118,7 +120,7 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         problems.note(f"APP_COMMAND: {app[0]!r} is not an executable on PATH or a path to one")
     admin_token = _admin_token(env, v, problems)
     prisma_schema = find_prisma_schema(cwd)
-    user_cfg_path, user_doc = _litestream_config(env, cwd, problems)
+    user_cfg_path, user_doc = project_config(env, cwd, problems)
     if user_doc is not None:
         assert user_cfg_path is not None
         databases = databases_from_litestream(user_doc, user_cfg_path, v, problems)
@@ -157,23 +159,6 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         volume_var=source.get("SIDECAR_VOLUME_PATH"), local_default_replica=local_default,
         prisma_schema=prisma_schema, cwd=cwd,
     )
-
-
-def _litestream_config(env: Mapping[str, str], cwd: Path,
-                       problems: Problems) -> tuple[Path | None, dict[str, Any] | None]:
-    """The project's Litestream config, when it has one: LITESTREAM_CONFIG, else
-    ./litestream.yml."""
-    raw = env.get("LITESTREAM_CONFIG", "").strip()
-    if raw:
-        path = (cwd / raw).resolve()
-        if not path.is_file():
-            problems.add("LITESTREAM_CONFIG", raw, "must name an existing Litestream config file")
-            return None, None
-    elif (cwd / "litestream.yml").is_file():
-        path = cwd / "litestream.yml"
-    else:
-        return None, None
-    return path, read_litestream_config(path, env, problems)
 
 
 def _db_path(v: Mapping[str, Any], source: Mapping[str, str], cwd: Path,
@@ -293,20 +278,6 @@ def _admin_token(env: Mapping[str, str], v: Mapping[str, Any],
                       f"({why})")
         return None
     return parse(BY_NAME["SIDECAR_ADMIN_TOKEN"], "SIDECAR_ADMIN_TOKEN_FILE", text, problems)
-
-
-def for_children(env: Mapping[str, str]) -> dict[str, str]:
-    """The environment every child gets: the admin token taken out."""
-    return {k: v for k, v in env.items() if k not in HIDDEN_FROM_CHILDREN}
-
-
-def environment_with_flags(values: Mapping[str, str | None]) -> dict[str, str]:
-    """The process environment with flag values (by variable name) laid over it."""
-    env = dict(os.environ)
-    for name, value in values.items():
-        if value is not None:
-            env[name] = value
-    return env
 
 
 def secrets_of(cfg: Config) -> list[str]:

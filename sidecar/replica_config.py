@@ -177,6 +177,23 @@ def read_litestream_config(path: Path, env: Mapping[str, str],
         return None
 
 
+def project_config(env: Mapping[str, str], cwd: Path,
+                   problems: Problems) -> tuple[Path | None, dict[str, Any] | None]:
+    """The project's Litestream config, when it has one: LITESTREAM_CONFIG, else
+    ./litestream.yml."""
+    raw = env.get("LITESTREAM_CONFIG", "").strip()
+    if raw:
+        path = (cwd / raw).resolve()
+        if not path.is_file():
+            problems.add("LITESTREAM_CONFIG", raw, "must name an existing Litestream config file")
+            return None, None
+    elif (cwd / "litestream.yml").is_file():
+        path = cwd / "litestream.yml"
+    else:
+        return None, None
+    return path, read_litestream_config(path, env, problems)
+
+
 def replica_from_litestream(db: dict[str, Any], values: Mapping[str, Any], where: str,
                             problems: Problems) -> Replica | None:
     """One `dbs:` entry's replica (a `url`, or a typed s3/file replica)."""

@@ -9,6 +9,7 @@ setting is one row here (plus its Config field, or the cross-field rule that use
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -236,3 +237,17 @@ def checked_env(env: Mapping[str, str], problems: Problems) -> dict[str, str]:
             problems.dropped.add(name)
             out.pop(name)
     return out
+
+
+def for_children(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment every child gets: the admin token taken out."""
+    return {k: v for k, v in env.items() if k not in HIDDEN_FROM_CHILDREN}
+
+
+def environment_with_flags(values: Mapping[str, str | None]) -> dict[str, str]:
+    """The process environment with flag values (by variable name) laid over it."""
+    env = dict(os.environ)
+    for name, value in values.items():
+        if value is not None:
+            env[name] = value
+    return env
