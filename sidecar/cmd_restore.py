@@ -87,7 +87,7 @@ def print_plan(p: dict[str, Any], live: bool, aside: Path) -> None:
 
 def _confirm(db: str, target: Target) -> None:
     if not sys.stdin.isatty():
-        raise OperatorError("refusing to replace the live database without --yes: there is no "
+        raise OperatorError("cannot restore the live database without --yes: there is no "
                             "terminal to ask for confirmation",
                             hint="add --yes, or --dry-run to see the plan first")
     answer = input(f"Replace {db} with {target.describe()}? The app will be stopped while it "

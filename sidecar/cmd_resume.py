@@ -48,8 +48,8 @@ def main(args: argparse.Namespace) -> int:
             return 0
         if doc.get("state") == "held":
             failure = doc.get("failure") or {}
-            raise OperatorError(f"the start failed again and the sidecar is holding: "
+            raise OperatorError(f"cannot resume: the start failed again and the sidecar holds: "
                                 f"{failure.get('error')}", hint=failure.get("fix"))
         time.sleep(0.5)
-    raise OperatorError(f"the start did not finish within {args.timeout:g}s; "
+    raise OperatorError(f"cannot resume: the start did not finish within {args.timeout:g}s; "
                         "see `sidecar status`")

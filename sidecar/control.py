@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from . import api
+from .errors import NoDaemon
 from .litestream.control import ControlError, unix_request
 
-
-class NoDaemon(Exception):
-    pass
+__all__ = ["NoDaemon", "call"]  # NoDaemon lives with the other errors; callers import it here
 
 
 def call(sock: Path, method: str, url: str, body: api.Request | None = None,

@@ -1,4 +1,5 @@
-"""The few error types sidecar raises; the CLI maps each to its exit code.
+"""Every error a user can cause, each under SidecarError with its exit code; the CLI maps
+them to exit codes, and anything else is a bug (exit 70).
 
 Messages read "cannot <do X>: <cause>" and never carry a secret.
 """
@@ -58,6 +59,16 @@ class RestoreError(SidecarError):
     step = "restore"
 
 
+class ReplicaUnreachable(RestoreError):
+    """The replica cannot be read: `kind` is unreachable, denied or no-bucket. Callers that
+    can go on without the replica (check, lag, the scratch sweep) catch it; elsewhere it
+    stops the command with exit 4."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 class MigrationError(SidecarError):
     """The migration command failed; the app was not started (exit 5)."""
 
@@ -70,6 +81,10 @@ class OperatorError(SidecarError):
 
     exit_code = 1
     step = "operator"
+
+
+class NoDaemon(OperatorError):
+    """No sidecar runs here (no control socket, or nothing answers on it) (exit 1)."""
 
 
 class ExecError(SidecarError):

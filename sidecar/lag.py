@@ -259,7 +259,6 @@ class LagResult:
     reachable: bool = False
     error: str | None = None
     checked_at: float | None = None  # unix time
-    check_seconds: float = 0.0
     requests: int = 0
     checks: int = 0
 
@@ -339,7 +338,6 @@ class DbLag:
             return self._check()
 
     def _check(self) -> LagResult:
-        t0 = self.clock()
         res = LagResult(db=self.label, checks=self.result.checks + 1)
         local = self._local_txid()
         res.local_txid = local if local is not None else self.changes.txid
@@ -369,7 +367,6 @@ class DbLag:
         oldest = self.changes.oldest_pending(replica, now, litestream_answered=local is not None)
         res.lag_seconds = 0.0 if oldest is None else max(0.0, now - oldest)
         res.checked_at = self.wall()
-        res.check_seconds = now - t0
         self._export(res)
         if res.reachable != self.result.reachable or (res.error and res.checks == 1):
             if res.reachable:
@@ -436,7 +433,6 @@ class LagMonitor:
         self._observer: Any = None
         self._schedule: Callable[[], Any] | None = None
         self._log = log.get("lag")
-        self.heartbeats = 0
 
     # -- results
     def results(self) -> dict[str, LagResult]:
@@ -458,7 +454,6 @@ class LagMonitor:
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 resp.read(1024)
-            self.heartbeats += 1
         # Any failure to reach the monitor is logged and the next healthy check tries again.
         except Exception as exc:
             # The URL often carries the monitor's secret token: show its host only.

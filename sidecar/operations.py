@@ -356,10 +356,8 @@ class Operations:
         self.rt = rt
         self.jobs: dict[str, RestoreJob] = {}
         self.last_job: RestoreJob | None = None
-        self.verifications: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._verify_lock = threading.Lock()
-        self.resume_requested = threading.Event()
         # A live restore whose migration failed: the app stays stopped and replication of
         # that DB stays stopped (the migration needs its exclusive lock) until `resume` or
         # another restore gets the migration through.
@@ -685,7 +683,6 @@ class Operations:
             for db in dbs:
                 res = verify(self.cfg, db, tools, self.rt.control if running else None)
                 results.append(res)
-                self.verifications[str(db.path)] = res
                 if res["ok"]:
                     metrics.BACKUP_VERIFY_LAST_SUCCESS.labels(db=metric_label(db)).set(time.time())
                     self.log.info("backup verified", **res)

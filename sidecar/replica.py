@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Replica
+from .errors import ReplicaUnreachable
 
 LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 
@@ -28,15 +29,6 @@ LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
            "InvalidToken", "ExpiredToken", "AllAccessDisabled", "AuthorizationHeaderMalformed"}
 _NO_BUCKET = {"NoSuchBucket", "404"}
-
-
-class ReplicaUnreachable(Exception):
-    """The replica cannot be read: `kind` is unreachable, denied or no-bucket."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 @dataclass(frozen=True)

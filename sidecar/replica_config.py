@@ -1,0 +1,257 @@
+"""The databases and where their backups go: replica URLs, S3 settings, and the databases a
+Litestream config lists.
+
+Values a Litestream config gives (endpoint, region, credentials) win over the environment and
+go through the same parsers as the variables they stand for; a problem names the file's key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import yaml
+
+from .settings import BY_NAME, Problems, parse, show
+
+# Railway Buckets answer only virtual-hosted requests (https://BUCKET.storage.railway.app);
+# a path-style request gets NoSuchBucket, which reads as "bucket does not exist".
+VIRTUAL_HOSTED_ENDPOINTS = ("storage.railway.app",)
+
+
+@dataclass(frozen=True)
+class S3:
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str
+    force_path_style: bool
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+
+    @property
+    def addressing(self) -> str:
+        """How requests name the bucket, as `sidecar check` shows it."""
+        return "path-style" if self.force_path_style else "virtual-hosted"
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Where one database's backups live: an S3 prefix or a local directory."""
+
+    url: str  # display form, never carries a secret
+    s3: S3 | None = None
+    dir: Path | None = None
+
+    @property
+    def endpoint_label(self) -> str:
+        if self.s3:
+            return self.s3.endpoint or f"s3 ({self.s3.region})"
+        return str(self.dir)
+
+
+@dataclass(frozen=True)
+class Database:
+    path: Path
+    replica: Replica | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+# Litestream 0.5 opens each database through a SQLite URI it builds from the path without
+# escaping: `?` starts the URI's query, `#` its fragment, and `%XX` is decoded, so a path with
+# them makes Litestream open (and back up) another file while the app writes this one.
+_URI_SPECIAL = re.compile(r"[?#]|%[0-9A-Fa-f]{2}")
+_URI_ROLE = {"?": "starts a URI's query", "#": "starts a URI's fragment"}
+
+
+def db_path_problem(path: Path) -> str | None:
+    """Why this database path cannot be backed up exactly, or None."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return ("must be valid UTF-8: Litestream's config and DATABASE_URL are text, so a "
+                "path with other bytes cannot be named exactly")
+    m = _URI_SPECIAL.search(text)
+    if m is None:
+        return None
+    char = m.group(0)
+    role = _URI_ROLE.get(char, "is decoded as a URI escape")
+    return (f"must not contain {char!r}: Litestream opens the database through a SQLite URI, "
+            f"where {char!r} {role}, so it would back up another file; rename the file or "
+            "its directory")
+
+
+def default_path_style(endpoint: str | None) -> bool:
+    """Path style for a custom endpoint (MinIO and most self-hosted servers need it), except
+    the hosts known to answer only virtual-hosted requests; AWS itself (no endpoint) is
+    virtual-hosted."""
+    if endpoint is None:
+        return False
+    return (urlparse(endpoint).hostname or "") not in VIRTUAL_HOSTED_ENDPOINTS
+
+
+# A Litestream replica's key -> the variable it stands for.
+_FILE_KEYS = {"endpoint": "SIDECAR_S3_ENDPOINT", "region": "SIDECAR_S3_REGION",
+              "force-path-style": "SIDECAR_S3_FORCE_PATH_STYLE",
+              "access-key-id": "AWS_ACCESS_KEY_ID", "secret-access-key": "AWS_SECRET_ACCESS_KEY"}
+
+
+def s3_settings(values: Mapping[str, Any], bucket: str, prefix: str, problems: Problems,
+                rep: Mapping[str, Any] | None = None, where: str = "") -> S3:
+    """S3 settings from the parsed variables, with a Litestream replica's keys laid over."""
+    v = dict(values)
+    for key, var in _FILE_KEYS.items():
+        if rep and rep.get(key) is not None and str(rep[key]) != "":
+            raw = str(rep[key]).lower() if key == "force-path-style" else str(rep[key])
+            v[var] = parse(BY_NAME[var], f"{where}.replica.{key}", raw, problems)
+    endpoint = v["SIDECAR_S3_ENDPOINT"]
+    path_style = v["SIDECAR_S3_FORCE_PATH_STYLE"]
+    key_id, secret = v["AWS_ACCESS_KEY_ID"], v["AWS_SECRET_ACCESS_KEY"]
+    if bool(key_id) != bool(secret):
+        missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
+        problems.note(f"{missing}: must be set too when the other credential is set "
+                      f"(or SECRET_ACCESS_KEY / ACCESS_KEY_ID from a Railway Bucket)")
+    return S3(bucket=bucket, prefix=prefix.strip("/"), endpoint=endpoint,
+              region=v["SIDECAR_S3_REGION"],
+              force_path_style=default_path_style(endpoint) if path_style is None else path_style,
+              access_key_id=key_id, secret_access_key=secret)
+
+
+def parse_replica_url(url: str, values: Mapping[str, Any], problems: Problems,
+                      var: str = "SIDECAR_REPLICA_URL", rep: Mapping[str, Any] | None = None,
+                      where: str = "") -> Replica | None:
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            problems.add(var, url, "must be s3://BUCKET/PREFIX with a bucket name")
+            return None
+        if "@" in parsed.netloc:
+            problems.note(f"{var}: must not carry credentials (use AWS_ACCESS_KEY_ID)")
+            return None
+        prefix = parsed.path.strip("/")
+        if not prefix:
+            problems.add(var, url, "needs a non-empty PREFIX after the bucket (s3://BUCKET/PREFIX)")
+            return None
+        s3 = s3_settings(values, parsed.netloc, prefix, problems, rep, where)
+        return Replica(url=f"s3://{parsed.netloc}/{prefix}", s3=s3)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            problems.add(var, url, "must be file:///ABSOLUTE/DIR")
+            return None
+        return Replica(url=f"file://{parsed.path}", dir=Path(unquote(parsed.path)))
+    problems.add(var, url, "must be s3://BUCKET/PREFIX or file:///DIR")
+    return None
+
+
+def expand_env(value: Any, env: Mapping[str, str]) -> Any:
+    """Expand $VAR / ${VAR} in a Litestream config the way Litestream does, but on our side,
+    so the rendered config runs with -no-expand-env and a `$` inside a secret survives."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)",
+                      lambda m: env.get(m.group(1) or m.group(2), ""), value)
+    if isinstance(value, list):
+        return [expand_env(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v, env) for k, v in value.items()}
+    return value
+
+
+def read_litestream_config(path: Path, env: Mapping[str, str],
+                           problems: Problems) -> dict[str, Any] | None:
+    """The config file as a mapping with the environment expanded, or None (reported)."""
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise ValueError("the top level must be a mapping")
+        return expand_env(doc, env)
+    except (yaml.YAMLError, ValueError, OSError) as exc:
+        problems.note(f"LITESTREAM_CONFIG: cannot read {path}: {str(exc).splitlines()[0]}")
+        return None
+
+
+def project_config(env: Mapping[str, str], cwd: Path,
+                   problems: Problems) -> tuple[Path | None, dict[str, Any] | None]:
+    """The project's Litestream config, when it has one: LITESTREAM_CONFIG, else
+    ./litestream.yml."""
+    raw = env.get("LITESTREAM_CONFIG", "").strip()
+    if raw:
+        path = (cwd / raw).resolve()
+        if not path.is_file():
+            problems.add("LITESTREAM_CONFIG", raw, "must name an existing Litestream config file")
+            return None, None
+    elif (cwd / "litestream.yml").is_file():
+        path = cwd / "litestream.yml"
+    else:
+        return None, None
+    return path, read_litestream_config(path, env, problems)
+
+
+def replica_from_litestream(db: dict[str, Any], values: Mapping[str, Any], where: str,
+                            problems: Problems) -> Replica | None:
+    """One `dbs:` entry's replica (a `url`, or a typed s3/file replica)."""
+    rep = db.get("replica")
+    if rep is None and db.get("replicas"):
+        reps = db["replicas"]
+        if not isinstance(reps, list) or len(reps) != 1:
+            problems.note(f"{where}: exactly one replica per database is supported")
+            return None
+        rep = reps[0]
+    if rep is None:
+        problems.note(f"{where}: has no replica; every database needs one to be backed up")
+        return None
+    if not isinstance(rep, dict):
+        problems.note(f"{where}.replica: must be a mapping")
+        return None
+    url = rep.get("url")
+    rtype = rep.get("type") or ("s3" if rep.get("bucket") else None)
+    if url:
+        return parse_replica_url(str(url), values, problems, f"{where}.replica.url", rep, where)
+    if rtype == "s3":
+        bucket, path = rep.get("bucket"), str(rep.get("path") or "").strip("/")
+        if not bucket or not path:
+            problems.note(f"{where}.replica: an s3 replica needs `bucket` and a non-empty `path`")
+            return None
+        s3 = s3_settings(values, str(bucket), path, problems, rep, where)
+        return Replica(url=f"s3://{bucket}/{path}", s3=s3)
+    if rtype == "file":
+        path = rep.get("path")
+        if not path or not str(path).startswith("/"):
+            problems.note(f"{where}.replica.path: a file replica needs an absolute path")
+            return None
+        return Replica(url=f"file://{path}", dir=Path(str(path)))
+    problems.note(f"{where}.replica: only s3 and file replicas are supported (got type "
+                  f"{show(str(rtype))})")
+    return None
+
+
+def databases_from_litestream(doc: Mapping[str, Any], cfg_path: Path, values: Mapping[str, Any],
+                              problems: Problems) -> list[Database]:
+    """The databases of a Litestream config's `dbs:`, each with its replica."""
+    dbs = doc.get("dbs")
+    if not isinstance(dbs, list) or not dbs:
+        problems.note(f"LITESTREAM_CONFIG: {cfg_path} lists no databases under `dbs:`")
+        return []
+    out: list[Database] = []
+    for i, entry in enumerate(dbs):
+        where = f"LITESTREAM_CONFIG dbs[{i}]"
+        if not isinstance(entry, dict) or not entry.get("path"):
+            problems.note(f"{where}: needs a `path` (directory watching is not supported)")
+            continue
+        p = str(entry["path"])
+        if p.startswith("file:"):
+            problems.note(f"{where}.path: Litestream needs a plain path, not {show(p)}")
+            continue
+        path = Path(p) if Path(p).is_absolute() else (cfg_path.parent / p).resolve()
+        if (why := db_path_problem(path)) is not None:
+            problems.add(f"{where}.path", str(path), why)
+        out.append(Database(path=path, replica=replica_from_litestream(entry, values, where,
+                                                                        problems)))
+    return out
