@@ -312,7 +312,7 @@ def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = 
     delay = 0.5
     # Connecting is bounded at 5 s (make_client) so a down server is retried; an answer may
     # take the whole budget: a slow listing is not an unreachable bucket.
-    store = _probe_store(replica, deadline_s)
+    store = probe_store(replica, deadline_s)
     while True:
         try:
             return store.contents()
@@ -323,7 +323,7 @@ def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = 
         delay = min(delay * 2, 5.0)
 
 
-def _probe_store(replica: Replica, timeout: float) -> Store:
+def probe_store(replica: Replica, timeout: float) -> Store:
     """The probe's store: boto3-free where the small client is equivalent (see s3list), so a
     start with a missing database does not wait for boto3 to load before it can decide."""
     if replica.s3 is not None:
