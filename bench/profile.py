@@ -291,6 +291,7 @@ def main() -> int:
     args = ap.parse_args()
     args.size_given = args.size is not None
     args.size = args.size or 300
+    h.compile_sidecar()
     if args.what == "start":
         start_profile(args.reps, args.size if args.size_given else None)
     else:

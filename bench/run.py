@@ -473,6 +473,7 @@ def versions() -> dict[str, str]:
 
 
 def run(plan: Plan, out_path: Path, command: str) -> list[Row]:
+    h.compile_sidecar()
     work = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
     s3 = h.S3(work / "s3")
     s3.start()
@@ -547,9 +548,13 @@ def render(rows: list[Row], plan: Plan, command: str, elapsed: float,
         f"{load1[0]:.1f} at the end"
         + (" (**a loaded machine**: other work was running on it, single runs vary)"
            if max(load0[0], load1[0]) > 0.75 * (os.cpu_count() or 1) else ""),
-        f"- {v['sidecar']} (commit {v['commit']}), Python {v['python']}",
-        f"- Litestream {v['litestream']}; S3: {v['rclone']} (`rclone serve s3` on loopback), "
-        "restarted at the start of every section",
+        (f"- {v['sidecar']} (commit {v['commit']}), Python {v['python']}; its bytecode is "
+         "compiled before the first run, as installing the wheel does"),
+        (f"- Litestream {v['litestream']}; S3: {v['rclone']} (`rclone serve s3` on loopback), "
+         "restarted at the start of every section, started with `--etag-hash ''`: it then "
+         "lists without reading every listed object to compute an MD5 ETag, as S3 does (with "
+         "the default, each listing of a backup read its largest files); the same server for "
+         "every entrypoint"),
         ("- plain `run.sh`: `litestream restore -if-db-not-exists -if-replica-exists` then "
          "`exec litestream replicate -exec app`, sync interval 1 s (as sidecar's)"),
         ("- raw `litestream restore`: `litestream restore -config litestream.yml DB` with the "

@@ -171,26 +171,40 @@ class S3Store(Store):
         self._client = client or make_client(replica, timeout)
 
     def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from . import s3list
 
         self.requests += 1
         try:
             return fn(**kwargs)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in _NO_BUCKET or (status == 404 and not code):
-                raise ReplicaUnreachable(
-                    "no-bucket", f"bucket {self.bucket!r} does not exist at {self.label}") from None
-            if code in _DENIED or status == 403:
-                raise ReplicaUnreachable(
-                    "denied", f"access to bucket {self.bucket!r} at {self.label} was denied "
-                    f"({code or status}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from None
-            raise ReplicaUnreachable(
-                "unreachable", f"{self.label} answered {code or status}") from None
-        except BotoCoreError as exc:
+        except s3list.Answered as exc:
+            self._answered(exc.code, exc.status)
+        except s3list.Unreachable as exc:
             raise ReplicaUnreachable("unreachable",
-                                     f"cannot reach {self.label}: {type(exc).__name__}") from None
+                                     f"cannot reach {self.label}: {exc}") from None
+        except Exception as exc:
+            # botocore is imported only once a boto3 client has failed: the probe's client
+            # (s3list) must not pay for it.
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            if isinstance(exc, ClientError):
+                self._answered(str(exc.response.get("Error", {}).get("Code", "")),
+                               exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+            if isinstance(exc, BotoCoreError):
+                raise ReplicaUnreachable(
+                    "unreachable", f"cannot reach {self.label}: {type(exc).__name__}") from None
+            raise
+
+    def _answered(self, code: str, status: int | None) -> None:
+        """Raise what an error answer of the server means."""
+        if code in _NO_BUCKET or (status == 404 and not code):
+            raise ReplicaUnreachable(
+                "no-bucket", f"bucket {self.bucket!r} does not exist at {self.label}") from None
+        if code in _DENIED or status == 403:
+            raise ReplicaUnreachable(
+                "denied", f"access to bucket {self.bucket!r} at {self.label} was denied "
+                f"({code or status}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from None
+        raise ReplicaUnreachable(
+            "unreachable", f"{self.label} answered {code or status}") from None
 
     def list_ltx(self, level: int, start_after: str | None = None,
                  max_keys: int = 1000) -> list[LtxObject]:
@@ -253,8 +267,11 @@ def make_client(replica: Replica, timeout: float = 5.0) -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
+    from .s3list import credentials
+
     s3 = replica.s3
     assert s3 is not None
+    key, secret, token = credentials(replica) or (None, None, None)
     cfg = BotoConfig(
         connect_timeout=max(0.5, min(timeout, 5.0)), read_timeout=max(1.0, timeout),
         retries={"max_attempts": 1, "mode": "standard"},
@@ -266,7 +283,7 @@ def make_client(replica: Replica, timeout: float = 5.0) -> Any:
             _session = boto3.session.Session()
         return _session.client(
             "s3", endpoint_url=s3.endpoint, config=cfg, region_name=s3.region,
-            aws_access_key_id=s3.access_key_id, aws_secret_access_key=s3.secret_access_key)
+            aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token)
 
 
 def open_store(replica: Replica, timeout: float = 5.0) -> Store:
@@ -287,7 +304,7 @@ def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = 
     delay = 0.5
     # Connecting is bounded at 5 s (make_client) so a down server is retried; an answer may
     # take the whole budget: a slow listing is not an unreachable bucket.
-    store = open_store(replica, timeout=deadline_s)
+    store = probe_store(replica, deadline_s)
     while True:
         try:
             return store.contents()
@@ -296,6 +313,17 @@ def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = 
                 raise
         sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+def probe_store(replica: Replica, timeout: float) -> Store:
+    """The probe's store: boto3-free where the small client is equivalent (see s3list), so a
+    start with a missing database does not wait for boto3 to load before it can decide."""
+    if replica.s3 is not None:
+        from . import s3list
+
+        if s3list.usable(replica):
+            return S3Store(replica, timeout, client=s3list.Client(replica, timeout))
+    return open_store(replica, timeout=timeout)
 
 
 def latest_position(store: Store) -> LtxObject | None:
