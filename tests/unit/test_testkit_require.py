@@ -1,0 +1,44 @@
+"""A missing real part skips a test on a developer's machine and fails it in CI (CI=true)."""
+
+from __future__ import annotations
+
+import pytest
+
+from testkit.require import check_marks, need
+
+
+class Item:
+    """The one thing check_marks asks of a pytest item: its markers by name."""
+
+    def __init__(self, *marks: pytest.MarkDecorator):
+        self.marks = [m.mark for m in marks]
+
+    def iter_markers(self, name: str) -> list[pytest.Mark]:
+        return [m for m in self.marks if m.name == name]
+
+
+@pytest.mark.parametrize("ci", ["true", "1"])
+def test_missing_part_fails_in_ci(monkeypatch: pytest.MonkeyPatch, ci: str) -> None:
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.fail.Exception, match="CI=true and a real part is missing: promtool"):
+        need(False, "promtool is not installed")
+
+
+def test_missing_part_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="promtool is not installed"):
+        need(False, "promtool is not installed")
+
+
+def test_present_part_runs_in_and_out_of_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    for ci in ("true", ""):
+        monkeypatch.setenv("CI", ci)
+        need(True, "never said")
+        check_marks(Item(pytest.mark.requires("/usr/bin/unshare", "never said")))
+
+
+def test_requires_marker_is_checked_before_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    item = Item(pytest.mark.slow, pytest.mark.requires(None, "unshare is not installed"))
+    with pytest.raises(pytest.fail.Exception, match="unshare is not installed"):
+        check_marks(item)
