@@ -12,7 +12,7 @@ from sidecar import dbfile
 def make_db(path: Path, values: list[str]) -> None:
     """A WAL-mode database at `path` whose table rows holds `values`, in order."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, isolation_level=None)
+    con = sqlite3.connect(path, isolation_level=None, timeout=10)
     try:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("CREATE TABLE IF NOT EXISTS rows(id INTEGER PRIMARY KEY, v TEXT, at REAL)")

@@ -68,6 +68,11 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
         return name
 
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The object keys under `prefix` in `bucket` (one listing: tests write few objects)."""
+        resp = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return [o["Key"] for o in resp.get("Contents", [])]
+
     def client(self) -> Any:
         import boto3
         from botocore.config import Config

@@ -100,7 +100,7 @@ def write_app(directory: Path, source: str = WRITER_APP, name: str = "app.py") -
 class Sidecar:
     """`sidecar run` as a real process; its JSON log lines are collected as dicts.
 
-    `observers` are called with each Sidecar as it starts: tests/faultkit.py's secret scan
+    `observers` are called with each Sidecar as it starts: tests/e2e/faultkit.py's secret scan
     adds one for the length of a test (a fixture), instead of patching this class."""
 
     observers: ClassVar[list[Callable[[Sidecar], None]]] = []

@@ -12,9 +12,7 @@ import http.client as httplib
 import json
 import os
 import re
-import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,17 +118,6 @@ def logged_rows(lines: list[str]) -> list[str]:
 
 def events(sc: Any, name: str) -> list[dict[str, Any]]:
     return [e for e in sc.events if e.get("event") == name]
-
-
-def seed_db(path: Path, values: list[str]) -> None:
-    """A local WAL database holding `values` in table rows (as WRITER_APP makes it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("CREATE TABLE IF NOT EXISTS rows(id INTEGER PRIMARY KEY, v TEXT, at REAL)")
-    for v in values:
-        con.execute("INSERT INTO rows(v, at) VALUES (?, ?)", (v, time.time()))
-    con.close()
 
 
 def _scan_files(root: Path) -> list[str]:

@@ -392,7 +392,7 @@ def test_railway_healthcheck_reaches_sidecar_and_the_app_keeps_its_port() -> Non
 def test_railway_variables() -> None:
     """The dashboard variables: Bucket references as they are, DB on the volume, no path-style
     override (the default for Railway's host is virtual-hosted), a spelled-out replica prefix,
-    and a draining time long enough (tests/test_railway_iac.py: equal to railway.ts's)."""
+    and a draining time long enough (tests/e2e/test_railway_iac.py: equal to railway.ts's)."""
     v = railway_vars()
     for name in ("BUCKET", "ENDPOINT", "REGION", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY"):
         assert v[name] == "${{Bucket." + name + "}}"

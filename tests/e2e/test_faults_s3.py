@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import bucket_rows, events, fault_env, logged_rows, no_secret_leaks, seed_db  # noqa: F401
+from faultkit import bucket_rows, events, fault_env, logged_rows, no_secret_leaks  # noqa: F401
 
-from testkit import rows, s3_env, side_restore, wait_for, write_app
+from testkit import make_db, rows, s3_env, side_restore, wait_for, write_app
 from testkit.s3proxy import S3Proxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_secret_leaks")]
@@ -43,7 +43,7 @@ def test_s3_down_at_start_with_local_db_app_runs_and_bucket_catches_up(
     S3 is back, everything written meanwhile reaches the bucket."""
     bucket = own_s3.make_bucket()
     env = fault_env(tmp_path, **s3_env(own_s3, bucket), **FAST, APP_TAG="d")
-    seed_db(Path(env["SIDECAR_DB_PATH"]), ["before-1", "before-2"])
+    make_db(Path(env["SIDECAR_DB_PATH"]), ["before-1", "before-2"])
     own_s3.stop()
     sc = sidecars(env, write_app(tmp_path), tmp_path)
     assert sc.wait_event("restore decided")["outcome"] == "skipped"

@@ -167,7 +167,7 @@ def test_no_secret_on_the_volume_or_in_a_child_environment(tmp_path: Path, s3, b
     assert isinstance(rendered, Path) and rendered.is_relative_to(tmp_path / "data")
     assert found["rendered_secret"] is False  # the generated config holds no credentials
     assert S3_SECRET.encode() in found["litestream_env"]  # type: ignore[operator]
-    objects = [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+    objects = s3.keys(bucket)
     assert any(k.endswith(".ltx") for k in objects), objects  # it did upload with them
     token_file.unlink()  # the operator's own secret file, not one sidecar wrote
 

@@ -66,8 +66,7 @@ def test_unusual_names_are_replicated_and_restored_exactly(tmp_path: Path, s3, b
     values = [f"a-{i}" for i in range(40)]
     assert rows_of(db) == values
     assert {p.name for p in data.iterdir()} <= expected_files(name)
-    keys = [o["Key"] for o in s3.client().list_objects_v2(
-        Bucket=bucket, Prefix=f"{name}/").get("Contents", [])]
+    keys = s3.keys(bucket, f"{name}/")
     assert keys, "nothing was uploaded under the DB's own prefix"
 
     out_dir = tmp_path / "side out é"
@@ -109,7 +108,7 @@ def test_names_litestream_cannot_open_exactly_are_refused(tmp_path: Path, s3, bu
         assert f"{how}: must not contain '{char}'" in res.stderr
         assert "SQLite URI" in res.stderr
         assert list((tmp_path / "data").iterdir()) == []
-    assert not s3.client().list_objects_v2(Bucket=bucket).get("Contents")
+    assert not s3.keys(bucket)
 
 
 def test_litestream_config_path_is_checked_too(tmp_path: Path) -> None:

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 from faultkit import fault_env, request
-from test_operator_restore import db_path, state_dir, synced, write_rows
+from test_operator_restore import db_path, state_dir, synced
 
 from sidecar import dbfile
 from sidecar.litestream import Control
-from testkit import S3_SECRET, rows, run_sidecar, s3_env, side_restore, wait_for, write_app
+from testkit import S3_SECRET, make_db, rows, run_sidecar, s3_env, side_restore, wait_for, write_app
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ class Project:
         """Boot 1 (001 only): rows a1,a2 reach the bucket; time T; deploy 002 (adds a column):
         boot 2 migrates it and writes b1 (with a note). Returns the running sidecar and T."""
         sc = self.boot()
-        write_rows(db_path(self.env), ["a1", "a2"])
+        make_db(db_path(self.env), ["a1", "a2"])
         wait_for(lambda: _try(lambda: synced(self.env)), 20, what="a first sync")
         time.sleep(1.2)  # the listing's times have whole-second resolution
         t = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 from faultkit import fault_env
-from test_operator_restore import IDLE_APP, db_path, sock, synced, write_rows
+from test_operator_restore import IDLE_APP, db_path, sock, synced
 
 from sidecar import health as sidecar_health
 from sidecar.litestream import unix_request
-from testkit import free_port, run_sidecar, s3_env, wait_for, write_app
+from testkit import free_port, make_db, run_sidecar, s3_env, wait_for, write_app
 from testkit.s3proxy import S3Proxy
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_live_restore_longer_than_the_liveness_window_keeps_healthz_200(
     sc = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
     sc.wait_event("app started")
     wait_for(lambda: sock(env).exists(), 10, what="control socket")
-    write_rows(db_path(env), ["a1"])
+    make_db(db_path(env), ["a1"])
     con = sqlite3.connect(db_path(env), isolation_level=None)
     con.execute("CREATE TABLE blobs(b BLOB)")
     for _ in range(12):  # ~6 MB that does not compress

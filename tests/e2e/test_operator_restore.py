@@ -17,7 +17,7 @@ import pytest
 
 from sidecar import dbfile
 from sidecar.litestream import Control, unix_request
-from testkit import S3_SECRET, base_env, rows, run_sidecar, s3_env, wait_for, write_app
+from testkit import S3_SECRET, base_env, make_db, rows, run_sidecar, s3_env, wait_for, write_app
 
 pytestmark = pytest.mark.slow
 
@@ -38,17 +38,6 @@ def db_path(env: dict[str, str]) -> Path:
 
 def state_dir(env: dict[str, str]) -> Path:
     return db_path(env).parent / ".sidecar"
-
-
-def write_rows(db: Path, values: list[str]) -> None:
-    con = sqlite3.connect(db, isolation_level=None, timeout=10)
-    try:
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("CREATE TABLE IF NOT EXISTS rows(id INTEGER PRIMARY KEY, v TEXT, at REAL)")
-        for v in values:
-            con.execute("INSERT INTO rows(v, at) VALUES (?, ?)", (v, time.time()))
-    finally:
-        con.close()
 
 
 def synced(env: dict[str, str]) -> int:
@@ -74,13 +63,13 @@ def start_with_rows(tmp_path: Path, s3: Any, bucket: str, sidecars: Any, **extra
     sc = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
     sc.wait_event("app started")
     wait_for(lambda: sock(env).exists(), 10, what="control socket")
-    write_rows(db_path(env), ["a1", "a2"])
+    make_db(db_path(env), ["a1", "a2"])
     wait_for(lambda: _try_sync(env), 20, what="litestream to pick up the new database")
     txid_a = synced(env)
     time.sleep(1.2)  # Litestream's timestamps have whole-second resolution in the listing
     t = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     time.sleep(1.2)
-    write_rows(db_path(env), ["b1", "b2"])
+    make_db(db_path(env), ["b1", "b2"])
     assert synced(env) > txid_a
     return env, sc, txid_a, t
 
@@ -116,7 +105,7 @@ def test_restore_by_timestamp_fences_the_app_keeps_old_db_and_becomes_the_new_ba
     assert str(kept[0]) in res.stdout
     assert S3_SECRET not in res.stdout + res.stderr
 
-    write_rows(db_path(env), ["c1"])
+    make_db(db_path(env), ["c1"])
     synced(env)
     sc.signal(signal.SIGTERM)
     assert sc.wait() == 0
@@ -137,9 +126,9 @@ def test_restore_by_txid_through_the_control_socket_and_the_cli(tmp_path: Path, 
     assert res.returncode == 0, res.stdout + res.stderr
     assert rows(db_path(env)) == ["a1", "a2"]
 
-    write_rows(db_path(env), ["c1"])
+    make_db(db_path(env), ["c1"])
     txid_c = synced(env)
-    write_rows(db_path(env), ["c2"])
+    make_db(db_path(env), ["c2"])
     synced(env)
     code, job = unix_request(sock(env), "POST", "/restore",
                              {"txid": f"{txid_c:016x}", "wait": True}, timeout=120)

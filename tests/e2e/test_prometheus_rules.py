@@ -6,7 +6,6 @@ import http.server
 import json
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from sidecar import metrics
+from testkit import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -238,12 +238,6 @@ def test_metric_name_extraction() -> None:
         "b_seconds > 26 * 3600 and on (job) time() - process_start_time_seconds offset 1m"
     )
     assert metric_names(expr) == {"a_total", "b_seconds", "process_start_time_seconds"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

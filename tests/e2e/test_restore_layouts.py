@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import textwrap
 import time
@@ -23,6 +22,7 @@ from testkit import (
     S3_SECRET,
     base_env,
     free_port,
+    make_db,
     rows,
     run_sidecar,
     s3_env,
@@ -31,29 +31,6 @@ from testkit import (
 )
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-LS03 = ROOT / ".venv-ls03" / "bin" / "litestream"
-
-
-@pytest.fixture(scope="session")
-def litestream03() -> str:
-    """The real Litestream 0.3.13 (scripts/setup.sh installs it into .venv-ls03)."""
-    if not os.access(LS03, os.X_OK):
-        pytest.fail(f"{LS03} is missing; run ./scripts/setup.sh")
-    out = subprocess.run([str(LS03), "version"], capture_output=True, text=True).stdout
-    assert out.strip().startswith("v0.3."), out
-    return str(LS03)
-
-
-def make_db(path: Path, values: list[str]) -> None:
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT, at REAL)")
-    for v in values:
-        con.execute("INSERT INTO rows(v, at) VALUES (?, 0)", (v,))
-    con.close()
-
 
 def replicate_with_03(binary: str, db: Path, replica_doc: dict[str, Any], work: Path,
                       done: Any) -> None:
@@ -84,12 +61,7 @@ def seed_03_in_s3(litestream03: str, s3: Any, bucket: str, values: list[str],
         "type": "s3", "bucket": bucket, "path": "app.db", "endpoint": s3.endpoint,
         "region": "us-east-1", "force-path-style": True, "access-key-id": S3_KEY,
         "secret-access-key": S3_SECRET, "sync-interval": "500ms"}, work,
-        lambda: any("/wal/" in k for k in s3_keys(s3, bucket, "app.db")))
-
-
-def s3_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
-    resp = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
-    return [o["Key"] for o in resp.get("Contents", [])]
+        lambda: any("/wal/" in k for k in s3.keys(bucket, "app.db/")))
 
 
 def volume_files(db: Path) -> list[str]:
@@ -110,7 +82,7 @@ def test_litestream_03_backup_in_s3_is_restored_on_start(tmp_path: Path, s3, buc
     every row (through Litestream 0.5), and the log and /status say the 0.3 layout was used."""
     values = [f"old-{i}" for i in range(200)]
     seed_03_in_s3(litestream03, s3, bucket, values, tmp_path)
-    assert all(k.startswith("app.db/generations/") for k in s3_keys(s3, bucket, "app.db"))
+    assert all(k.startswith("app.db/generations/") for k in s3.keys(bucket, "app.db/"))
 
     port = free_port()
     env = base_env(tmp_path, **s3_env(s3, bucket), SIDECAR_HTTP_ADDR=f"127.0.0.1:{port}")

@@ -14,24 +14,7 @@ import pytest
 from sidecar import config, dbfile, migrate, restore
 from sidecar.config import Database
 from sidecar.errors import RestoreError
-
-
-def make_db(path: Path, values: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("CREATE TABLE IF NOT EXISTS t(v TEXT)")
-    for v in values:
-        con.execute("INSERT INTO t VALUES (?)", (v,))
-    con.close()
-
-
-def values(path: Path) -> list[str]:
-    con = dbfile.connect_ro(path)
-    try:
-        return [r[0] for r in con.execute("SELECT v FROM t ORDER BY rowid")]
-    finally:
-        con.close()
+from testkit import make_db, rows
 
 
 def test_moved_aside_wal_keeps_its_pairing(tmp_path: Path) -> None:
@@ -42,7 +25,7 @@ def test_moved_aside_wal_keeps_its_pairing(tmp_path: Path) -> None:
     make_db(new, ["new"])
     dbfile.settle(new)
     holder = sqlite3.connect(live)  # idle: the checkpoint can finish, the files stay
-    holder.execute("SELECT count(*) FROM t").fetchall()
+    holder.execute("SELECT count(*) FROM rows").fetchall()
     try:
         assert dbfile.wal_path(live).exists() and dbfile.shm_path(live).exists()
         kept = [Path(p) for p in restore.swap_in(new, live, tmp_path / "aside")]
@@ -52,8 +35,8 @@ def test_moved_aside_wal_keeps_its_pairing(tmp_path: Path) -> None:
     base = names[0]
     assert names == [base, f"{base}-shm", f"{base}-wal"], names
     assert base.startswith("app.db.") and base.endswith("Z")
-    assert values(tmp_path / "aside" / base) == ["old1", "old2"]
-    assert values(live) == ["new"]
+    assert rows(tmp_path / "aside" / base) == ["old1", "old2"]
+    assert rows(live) == ["new"]
     assert not dbfile.wal_path(live).exists() or dbfile.wal_path(live).stat().st_size == 0
 
 
@@ -67,8 +50,8 @@ def test_busy_checkpoint_refuses_the_swap_and_changes_nothing(tmp_path: Path) ->
     writer = sqlite3.connect(live, isolation_level=None)
     writer.execute("PRAGMA wal_autocheckpoint=0")
     reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM t").fetchall()  # a read snapshot pins the WAL
-    writer.execute("INSERT INTO t VALUES ('in the wal')")
+    reader.execute("SELECT count(*) FROM rows").fetchall()  # a read snapshot pins the WAL
+    writer.execute("INSERT INTO rows(v) VALUES ('in the wal')")
     try:
         frames_before = dbfile.wal_path(live).stat().st_size
         with pytest.raises(RestoreError, match="another process is using the database"):
@@ -81,7 +64,7 @@ def test_busy_checkpoint_refuses_the_swap_and_changes_nothing(tmp_path: Path) ->
         reader.execute("COMMIT")
         reader.close()
         writer.close()
-    assert values(live) == ["old", "in the wal"]
+    assert rows(live) == ["old", "in the wal"]
     assert dbfile.checkpoint(live) == (0, 0)
 
 
@@ -116,7 +99,7 @@ def test_pre_migration_copies_of_same_named_databases_never_collide(tmp_path: Pa
     rounds = [migrate.safety_copy(cfg) for _ in range(3)]
     assert all(len(r) == 2 and len(set(r)) == 2 for r in rounds), rounds
     for a_copy, b_copy in rounds[-2:]:
-        assert values(Path(a_copy)) == ["from a"] and values(Path(b_copy)) == ["from b"]
+        assert rows(Path(a_copy)) == ["from a"] and rows(Path(b_copy)) == ["from b"]
     left = sorted(p.name for p in (cfg.state_dir / "pre-migrate").iterdir())
     assert len(left) == 4, left  # the newest 2 of each
     assert {Path(p).name for r in rounds[-2:] for p in r} == set(left)
