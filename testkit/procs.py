@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
 
 
 def parents() -> dict[int, int]:
@@ -30,3 +34,32 @@ def descendants(root: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def wait_serving(proc: subprocess.Popen[bytes], url: str, ok: Callable[[int, bytes], bool],
+                 timeout: float, what: str) -> None:
+    """Poll `url` until `ok(status, body)`; fail naming `what` (with the end of its stderr,
+    when piped) if `proc` exits first or `timeout` s pass. The process is killed on failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if ok(response.status, response.read()):
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+            raise AssertionError(f"{what} did not start: {err}")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `timeout` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -70,7 +70,7 @@ def test_rejected_secret_and_secret_config_errors_are_not_echoed(tmp_path: Path,
 
 def test_the_scan_saw_the_suite() -> None:
     """The scan is not vacuous: by now it has read the output of the fault tests run so far."""
-    assert SCANNED["tests"] >= 2 and SCANNED["records"] > 0
+    assert SCANNED["tests"] >= 2 and SCANNED["records"] > 0 and SCANNED["lines"] > 0
 
 
 # A migration command that says its pid and stays up long enough for its environment to be read.

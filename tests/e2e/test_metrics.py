@@ -20,6 +20,7 @@ import pytest
 
 from sidecar import metrics
 from testkit import free_port, tool
+from testkit.procs import stop, wait_serving
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.requires(PROMTOOL is not None, "promtool is not installed")
@@ -97,26 +98,11 @@ def litestream_metrics_url(tmp_path: Path) -> Iterator[tuple[str, str]]:
     )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if b"litestream_txid{" in response.read():
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"litestream did not serve metrics: {proc.stderr.read().decode()}")
-            time.sleep(0.2)
+        wait_serving(proc, url, lambda _status, body: b"litestream_txid{" in body, 20,
+                     "litestream's metrics")
         yield url, str(db)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.fixture

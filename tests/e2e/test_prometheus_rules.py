@@ -20,6 +20,7 @@ import yaml
 
 from sidecar import metrics
 from testkit import free_port
+from testkit.procs import stop, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -294,26 +295,11 @@ def prometheus(tmp_path: Path, metrics_server: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"prometheus did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.2)
+        wait_serving(proc, f"{url}/-/ready", lambda status, _body: status == 200, 30,
+                     "prometheus")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 15)
 
 
 def api(url: str, path: str, **params: str) -> Any:
