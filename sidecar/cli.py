@@ -8,19 +8,19 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, log
-from .config import SETTINGS
-from .errors import EXIT_CODES, SidecarError
+from sidecar import __version__, log
+from sidecar.config import SETTINGS
+from sidecar.errors import EXIT_CODES, SidecarError
 
 # name -> (module, one-line help). Each module has add_arguments(parser) and main(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("sidecar.cmd_run", "restore if needed, replicate, migrate, run and supervise the app"),
-    "check": ("sidecar.cmd_check", "run every preflight check and test the bucket; changes nothing"),
-    "status": ("sidecar.cmd_status", "show what the running sidecar is doing (and why it holds)"),
-    "restore": ("sidecar.cmd_restore", "restore a backup into a file, or live through the daemon"),
-    "verify": ("sidecar.cmd_verify", "restore the latest backup aside and integrity-check it"),
-    "snapshot": ("sidecar.cmd_snapshot", "write a consistent copy of the live database to a file"),
-    "resume": ("sidecar.cmd_resume", "continue a start held by SIDECAR_ON_START_FAILURE=hold"),
+    "run": ("sidecar.commands.run", "restore if needed, replicate, migrate, run and supervise the app"),
+    "check": ("sidecar.commands.check", "run every preflight check and test the bucket; changes nothing"),
+    "status": ("sidecar.commands.status", "show what the running sidecar is doing (and why it holds)"),
+    "restore": ("sidecar.commands.restore", "restore a backup into a file, or live through the daemon"),
+    "verify": ("sidecar.commands.verify", "restore the latest backup aside and integrity-check it"),
+    "snapshot": ("sidecar.commands.snapshot", "write a consistent copy of the live database to a file"),
+    "resume": ("sidecar.commands.resume", "continue a start held by SIDECAR_ON_START_FAILURE=hold"),
 }
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {k:<4} {v}" for k, v in EXIT_CODES.items()) + (

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .parsers import database_path_from_url, parse_addr, parse_duration, path_problem
-from .replica_config import (
+from sidecar.errors import ConfigError
+from sidecar.parsers import database_path_from_url, parse_addr, parse_duration, path_problem
+from sidecar.replica_config import (
     S3,
     Database,
     Replica,
@@ -29,7 +29,7 @@ from .replica_config import (
     project_config,
     s3_settings,
 )
-from .settings import (
+from sidecar.settings import (
     BY_NAME,
     HIDDEN_FROM_CHILDREN,
     SECRET_ENV,

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from .errors import redact
+from sidecar.errors import redact
 
 _configured = False
 

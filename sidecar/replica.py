@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Replica
-from .errors import ReplicaUnreachable
+from sidecar.config import Replica
+from sidecar.errors import ReplicaUnreachable
 
 LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 
@@ -171,7 +171,7 @@ class S3Store(Store):
         self._client = client or make_client(replica, timeout)
 
     def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        from . import s3list
+        from sidecar import s3list
 
         self.requests += 1
         try:
@@ -267,7 +267,7 @@ def make_client(replica: Replica, timeout: float = 5.0) -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
-    from .s3list import credentials
+    from sidecar.s3list import credentials
 
     s3 = replica.s3
     assert s3 is not None
@@ -319,7 +319,7 @@ def probe_store(replica: Replica, timeout: float) -> Store:
     """The probe's store: boto3-free where the small client is equivalent (see s3list), so a
     start with a missing database does not wait for boto3 to load before it can decide."""
     if replica.s3 is not None:
-        from . import s3list
+        from sidecar import s3list
 
         if s3list.usable(replica):
             return S3Store(replica, timeout, client=s3list.Client(replica, timeout))

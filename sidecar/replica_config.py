@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
-from .settings import BY_NAME, Problems, parse, show
+from sidecar.settings import BY_NAME, Problems, parse, show
 
 # Railway Buckets answer only virtual-hosted requests (https://BUCKET.storage.railway.app);
 # a path-style request gets NoSuchBucket, which reads as "bucket does not exist".

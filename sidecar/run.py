@@ -11,18 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, http, jobs, lag, log, metrics, migrate, preflight, restore, scratch
-from .config import Config, describe
-from .errors import SidecarError
-from .health import Probes
-from .litestream.config import write_config
-from .litestream.control import Control, short_socket_path
-from .litestream.process import free_loopback_port
-from .operations import Operations, schedule_verify, socket_path
-from .router import Router, routes
-from .runtime import Runtime
-from .supervise import procs
-from .supervise.supervisor import Supervisor
+from sidecar import __version__, log, scratch
+from sidecar.config import Config, describe
+from sidecar.daemon import http, jobs, lag, metrics
+from sidecar.daemon.health import Probes
+from sidecar.daemon.operations import Operations, schedule_verify, socket_path
+from sidecar.daemon.router import Router, routes
+from sidecar.daemon.runtime import Runtime
+from sidecar.errors import SidecarError
+from sidecar.litestream.config import write_config
+from sidecar.litestream.control import Control, short_socket_path
+from sidecar.litestream.process import free_loopback_port
+from sidecar.startup import migrate, preflight, restore
+from sidecar.supervise import procs
+from sidecar.supervise.supervisor import Supervisor
 
 __all__ = ["Runtime", "run"]
 

@@ -17,9 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import dbfile, log, replica
-from .config import Config, Database
-from .errors import OperatorError
+from sidecar import dbfile, log, replica
+from sidecar.config import Config, Database
+from sidecar.errors import OperatorError
 
 VERIFY_MARK = "sidecar-verify-"
 _LEGACY_VERIFY = "verify-"  # what earlier versions left in the state dir

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .parsers import (
+from sidecar.parsers import (
     Invalid,
     absolute_path,
     choice,

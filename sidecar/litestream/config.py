@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, Replica, secrets_of
-from ..errors import PreflightError
-from .control import short_socket_path
+from sidecar.config import Config, Replica, secrets_of
+from sidecar.errors import PreflightError
+from sidecar.litestream.control import short_socket_path
 
 # Where a config that holds a secret may be rendered: memory-backed, never the volume.
 TMPFS_CANDIDATES = ("/dev/shm", "/run", "/tmp")

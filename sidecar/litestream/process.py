@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import HIDDEN_FROM_CHILDREN, Database
+from sidecar.config import HIDDEN_FROM_CHILDREN, Database
 
 # Variables Litestream must not see: 0.5 refuses to start with AWS_CA_BUNDLE set; the admin
 # token is for sidecar's own listener only.

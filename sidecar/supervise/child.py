@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from . import procs
+from sidecar.supervise import procs
 
 BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0  # a child up this long has its backoff reset

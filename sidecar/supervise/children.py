@@ -12,14 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import log, metrics
-from ..config import Config
-from ..errors import ExecError, StartError, exec_code
-from ..litestream.control import Control, ControlError
-from ..litestream.process import child_env, fold_output, replicate_argv
-from . import procs
-from .child import Child, OsProcess, ProcessCtor, fds
-from .wake import Waker
+from sidecar import log
+from sidecar.config import Config
+from sidecar.daemon import metrics
+from sidecar.errors import ExecError, StartError, exec_code
+from sidecar.litestream.control import Control, ControlError
+from sidecar.litestream.process import child_env, fold_output, replicate_argv
+from sidecar.supervise import procs
+from sidecar.supervise.child import Child, OsProcess, ProcessCtor, fds
+from sidecar.supervise.wake import Waker
 
 IDLE_WAKE = 0.5  # with nothing due, the loop still beats this often (/healthz reads the beat)
 

@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import log, metrics
-from ..config import Config
-from ..errors import SidecarError
-from ..litestream.control import Control, ControlError
-from . import procs
-from .child import OsProcess, ProcessCtor, fds
-from .children import IDLE_WAKE, Children
-from .shutdown import DONE, Action, Do, Log, Shutdown
+from sidecar import log
+from sidecar.config import Config
+from sidecar.daemon import metrics
+from sidecar.errors import SidecarError
+from sidecar.litestream.control import Control, ControlError
+from sidecar.supervise import procs
+from sidecar.supervise.child import OsProcess, ProcessCtor, fds
+from sidecar.supervise.children import IDLE_WAKE, Children
+from sidecar.supervise.shutdown import DONE, Action, Do, Log, Shutdown
 
 FORWARDED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, dbfile, preflight
+from sidecar import config, dbfile
+from sidecar.startup import preflight
 from testkit import base_env, run_sidecar, s3_env
 
 pytestmark = pytest.mark.slow

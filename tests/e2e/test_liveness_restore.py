@@ -20,7 +20,7 @@ import yaml
 from faultkit import fault_env
 from test_operator_restore import IDLE_APP, db_path, sock, synced
 
-from sidecar import health as sidecar_health
+from sidecar.daemon import health as sidecar_health
 from sidecar.litestream import unix_request
 from testkit import free_port, make_db, run_sidecar, s3_env, wait_for, write_app
 from testkit.s3proxy import S3Proxy

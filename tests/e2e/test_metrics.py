@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import metrics
+from sidecar.daemon import metrics
 from testkit import free_port, tool
 from testkit.procs import stop, wait_serving
 

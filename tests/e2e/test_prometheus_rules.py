@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar import metrics
+from sidecar.daemon import metrics
 from testkit import free_port
 from testkit.procs import stop, wait_serving
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar import config, preflight, replica
+from sidecar import config, replica
+from sidecar.startup import preflight
 from testkit import (
     S3_KEY,
     S3_SECRET,

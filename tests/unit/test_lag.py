@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import lag
 from sidecar.config import Database, Replica
-from sidecar.lag import ChangeLog, DbLag, ReplicaTracker
+from sidecar.daemon import lag
+from sidecar.daemon.lag import ChangeLog, DbLag, ReplicaTracker
 from sidecar.litestream import ControlError
 from sidecar.replica import LtxObject, ReplicaUnreachable, Store
 

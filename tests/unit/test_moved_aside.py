@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, dbfile, migrate, restore
+from sidecar import config, dbfile
 from sidecar.config import Database
 from sidecar.errors import RestoreError
+from sidecar.startup import migrate, restore
 from testkit import make_db, rows
 
 

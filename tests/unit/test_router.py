@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sidecar import api, http, router
-from sidecar.router import CONTROL, HTTP, Route, Router
+from sidecar.daemon import api, http, router
+from sidecar.daemon.router import CONTROL, HTTP, Route, Router
 
 
 @pytest.mark.parametrize("body,field", [

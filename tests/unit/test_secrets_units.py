@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar import config, metrics
+from sidecar import config
+from sidecar.daemon import metrics
 from sidecar.errors import ConfigError, OperatorError, redact
 from sidecar.litestream import config as litestream_config
 from sidecar.litestream import process as litestream_process

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from sidecar import api
-from sidecar import health as health_mod
+from sidecar.daemon import api
+from sidecar.daemon import health as health_mod
+from sidecar.daemon.health import Probes
 from sidecar.errors import ExecError, exec_code, exec_reason
-from sidecar.health import Probes
 from sidecar.supervise import procs
 
 PDEATHSIG = ("import ctypes; c = ctypes.c_int(); "

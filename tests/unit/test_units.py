@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, dbfile, preflight, replica, restore
+from sidecar import config, dbfile, replica
 from sidecar.errors import ConfigError, RestoreError
+from sidecar.startup import preflight, restore
 from sidecar.supervise import procs
 
 
@@ -291,7 +292,7 @@ def test_lag_monitor_opens_its_client_in_its_first_check_and_checks_when_told(
         tmp_path: Path, monkeypatch) -> None:
     """Nothing on the way to the app builds the lag monitor's boto3 client, and with
     defer_checks nothing is scheduled (so nothing lists the bucket) until begin_checks()."""
-    from sidecar import lag
+    from sidecar.daemon import lag
 
     opened: list[object] = []
     monkeypatch.setattr(lag, "open_store", lambda *a, **kw: opened.append(a) or

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import dbfile, jobs, log, metrics, migrate, preflight, replica, restore, scratch, status
-from .api import (
+from sidecar import dbfile, log, replica, scratch
+from sidecar.config import Config, Database
+from sidecar.daemon import jobs, metrics, status
+from sidecar.daemon.api import (
     Accepted,
     Failed,
     NotFound,
@@ -38,14 +40,14 @@ from .api import (
     VerifyRequest,
     parse_target,
 )
-from .config import Config, Database
-from .errors import ExecError, MigrationError, OperatorError, RestoreError
-from .litestream.config import write_config
-from .litestream.control import Control, ControlError, short_socket_path
-from .litestream.process import child_env, free_loopback_port, restore_argv
-from .runtime import Runtime
-from .supervise import procs
-from .supervise.supervisor import Event
+from sidecar.daemon.runtime import Runtime
+from sidecar.errors import ExecError, MigrationError, OperatorError, RestoreError
+from sidecar.litestream.config import write_config
+from sidecar.litestream.control import Control, ControlError, short_socket_path
+from sidecar.litestream.process import child_env, free_loopback_port, restore_argv
+from sidecar.startup import migrate, preflight, restore
+from sidecar.supervise import procs
+from sidecar.supervise.supervisor import Event
 
 __all__ = ["NotNow", "Operations", "Target", "parse_target", "schedule_verify"]
 

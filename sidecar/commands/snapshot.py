@@ -9,9 +9,9 @@ import json
 import os
 from pathlib import Path
 
-from . import config
-from .cli import add_settings, settings_from_args
-from .operations import pick_database, snapshot
+from sidecar import config
+from sidecar.cli import add_settings, settings_from_args
+from sidecar.daemon.operations import pick_database, snapshot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config
-from .errors import SidecarError
-from .lag import LagMonitor
-from .litestream.control import Control
-from .migrate import MigrationResult
-from .preflight import Preflight
-from .restore import RestoreResult
-from .supervise.supervisor import Supervisor
+from sidecar.config import Config
+from sidecar.daemon.lag import LagMonitor
+from sidecar.errors import SidecarError
+from sidecar.litestream.control import Control
+from sidecar.startup.migrate import MigrationResult
+from sidecar.startup.preflight import Preflight
+from sidecar.startup.restore import RestoreResult
+from sidecar.supervise.supervisor import Supervisor
 
 
 @dataclass

@@ -15,11 +15,11 @@ import os
 import time
 from typing import Any
 
-from . import __version__
-from .config import secrets_of
-from .lag import LagResult, file_sizes
-from .replica import utc
-from .runtime import Runtime
+from sidecar import __version__
+from sidecar.config import secrets_of
+from sidecar.daemon.lag import LagResult, file_sizes
+from sidecar.daemon.runtime import Runtime
+from sidecar.replica import utc
 
 MASK = "***"
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .config import Config, Database
-from .errors import PreflightError
+from sidecar.config import Config, Database
+from sidecar.errors import PreflightError
 
 MIN_LITESTREAM = (0, 5)
 

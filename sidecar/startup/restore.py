@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import dbfile, log, replica
-from .config import Config, Database
-from .errors import ExecError, RestoreError
-from .litestream.process import child_env, restore_argv
-from .supervise import procs
+from sidecar import dbfile, log, replica
+from sidecar.config import Config, Database
+from sidecar.errors import ExecError, RestoreError
+from sidecar.litestream.process import child_env, restore_argv
+from sidecar.supervise import procs
 
 TMP_MARK = ".sidecar-restore-"
 

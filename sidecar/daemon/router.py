@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import api, log
-from .errors import SidecarError
+from sidecar import log
+from sidecar.daemon import api
+from sidecar.errors import SidecarError
 
 if TYPE_CHECKING:
-    from .health import Probes
-    from .operations import Operations
+    from sidecar.daemon.health import Probes
+    from sidecar.daemon.operations import Operations
 
 ADMIN = "/admin"
 HTTP = "http"  # the TCP listener: public routes, and admin routes behind the token

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import log, metrics
-from .config import Config, Database
-from .litestream.control import Control, ControlError
-from .replica import DirStore, LtxObject, ReplicaUnreachable, Store, open_store, utc
+from sidecar import log
+from sidecar.config import Config, Database
+from sidecar.daemon import metrics
+from sidecar.litestream.control import Control, ControlError
+from sidecar.replica import DirStore, LtxObject, ReplicaUnreachable, Store, open_store, utc
 
 PAGE = 1000  # keys per listing request (the S3 maximum)
 MAX_PAGES = 3  # per level and check; more new keys than that are read on the next check

@@ -9,11 +9,11 @@ import argparse
 import json
 from typing import Any
 
-from . import config
-from .cli import add_settings, settings_from_args
-from .control import NoDaemon, call
-from .errors import OperatorError
-from .operations import socket_path
+from sidecar import config
+from sidecar.cli import add_settings, settings_from_args
+from sidecar.daemon.control import NoDaemon, call
+from sidecar.daemon.operations import socket_path
+from sidecar.errors import OperatorError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

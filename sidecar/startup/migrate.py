@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import dbfile, log
-from .config import Config, Database
-from .errors import MigrationError, exec_reason
-from .supervise import procs
+from sidecar import dbfile, log
+from sidecar.config import Config, Database
+from sidecar.errors import MigrationError, exec_reason
+from sidecar.supervise import procs
 
 
 @dataclass

@@ -11,12 +11,12 @@ import argparse
 import json
 from typing import Any
 
-from . import config
-from .api import VerifyRequest
-from .cli import add_settings, settings_from_args
-from .control import NoDaemon, call
-from .errors import OperatorError
-from .operations import pick_database, socket_path, standalone_tools, verify
+from sidecar import config
+from sidecar.cli import add_settings, settings_from_args
+from sidecar.daemon.api import VerifyRequest
+from sidecar.daemon.control import NoDaemon, call
+from sidecar.daemon.operations import pick_database, socket_path, standalone_tools, verify
+from sidecar.errors import OperatorError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,9 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import api, log
-from .errors import PreflightError, SidecarError
-from .router import CONTROL, HTTP, Call, Response, Router, error_response, json_body
+from sidecar import log
+from sidecar.daemon import api
+from sidecar.daemon.router import CONTROL, HTTP, Call, Response, Router, error_response, json_body
+from sidecar.errors import PreflightError, SidecarError
 
 MAX_HEAD = 16 * 1024  # request line and headers
 REQUEST_DEADLINE = 10.0  # seconds for a whole request, headers and body

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import api
-from .errors import NoDaemon
-from .litestream.control import ControlError, unix_request
+from sidecar.daemon import api
+from sidecar.errors import NoDaemon
+from sidecar.litestream.control import ControlError, unix_request
 
 __all__ = ["NoDaemon", "call"]  # NoDaemon lives with the other errors; callers import it here
 

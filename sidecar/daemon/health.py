@@ -11,9 +11,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import api, metrics
-from .lag import refresh_sizes
-from .runtime import Runtime
+from sidecar.daemon import api, metrics
+from sidecar.daemon.lag import refresh_sizes
+from sidecar.daemon.runtime import Runtime
 
 # /healthz fails once the supervisor loop's thread has shown no progress for this long. The
 # loop beats on every turn and inside its long work (a live restore, a migration, stopping the

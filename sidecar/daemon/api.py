@@ -19,7 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
-from .errors import OperatorError
+from sidecar.errors import OperatorError
 
 _HEX = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,16})$")
 MAX_WAIT = 24 * 3600.0  # a waiting restore request gives up after a day at most

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from . import log
+from sidecar import log
 
 if TYPE_CHECKING:  # apscheduler is imported on first use: it is not needed to start the app
     from apscheduler.schedulers.background import BackgroundScheduler

@@ -28,18 +28,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from . import config, restore
-from .api import RestoreRequest, RestoreStatusRequest, Target, parse_target
-from .cli import add_settings, settings_from_args
-from .control import NoDaemon, call
-from .errors import OperatorError
-from .operations import (
-    pick_database,
-    plan,
-    restore_to_output,
-    socket_path,
-    standalone_tools,
-)
+from sidecar import config
+from sidecar.cli import add_settings, settings_from_args
+from sidecar.daemon.api import RestoreRequest, RestoreStatusRequest, Target, parse_target
+from sidecar.daemon.control import NoDaemon, call
+from sidecar.daemon.operations import pick_database, plan, restore_to_output, socket_path, standalone_tools
+from sidecar.errors import OperatorError
+from sidecar.startup import restore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

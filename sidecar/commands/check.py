@@ -8,10 +8,11 @@ import argparse
 import json
 import time
 
-from . import config, preflight, replica
-from .cli import add_settings, settings_from_args
-from .errors import ConfigError
-from .preflight import Check
+from sidecar import config, replica
+from sidecar.cli import add_settings, settings_from_args
+from sidecar.errors import ConfigError
+from sidecar.startup import preflight
+from sidecar.startup.preflight import Check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,13 +10,13 @@ import argparse
 import sys
 import time
 
-from . import config
-from .api import ResumeRequest
-from .cli import add_settings, settings_from_args
-from .cmd_status import fetch
-from .control import NoDaemon, call
-from .errors import OperatorError
-from .operations import socket_path
+from sidecar import config
+from sidecar.cli import add_settings, settings_from_args
+from sidecar.commands.status import fetch
+from sidecar.daemon.api import ResumeRequest
+from sidecar.daemon.control import NoDaemon, call
+from sidecar.daemon.operations import socket_path
+from sidecar.errors import OperatorError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

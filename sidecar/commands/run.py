@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import config, run
-from .cli import add_settings, settings_from_args
+from sidecar import config, run
+from sidecar.cli import add_settings, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,3 @@
+"""What runs beside the app: the runtime, the HTTP and control-socket listeners, their one route
+table, operations (restore, verify, snapshot), status, lag and metrics.
+"""

@@ -1,0 +1,1 @@
+"""The steps before the app starts: preflight checks, the restore decision and restore, migrations."""
