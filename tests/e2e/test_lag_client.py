@@ -5,6 +5,7 @@ lag as through boto3, and an idle `sidecar run` with such a config never imports
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 import time
@@ -172,3 +173,27 @@ def test_idle_sidecar_run_never_imports_boto3(tmp_path: Path, s3: S3Server, buck
         assert imports == [], imports
     sc.signal()
     assert sc.wait() == 0, sc.output()
+
+
+def test_verification_space_estimate_lists_without_boto3(tmp_path: Path, s3: S3Server,
+                                                         bucket: str) -> None:
+    """The scheduled verification's space estimate (the newest snapshot's size) only lists:
+    through the small client it gives boto3's answer, and a daemon that verifies does not
+    load boto3 for it."""
+    env = base_env(tmp_path, **s3_env(s3, bucket))
+    client = s3.client()
+    for n, size in ((1, 70_000), (5, 90_000), (9, 40_000)):  # snapshots: the newest counts
+        client.put_object(Bucket=bucket, Key=f"app.db/0009/{1:016x}-{n:016x}.ltx",
+                          Body=b"x" * size)
+    db = load(env, tmp_path).databases[0]
+    snaps = replica.S3Store(db.replica, 5.0).list_ltx(9)  # type: ignore[arg-type]
+    assert [o.size for o in snaps] == [70_000, 90_000, 40_000]
+    want = int(40_000 * 1.25) + 1024 * 1024
+    code = ("import json, sys; from pathlib import Path; from sidecar import config, scratch\n"
+            "cfg = config.load(json.loads(sys.argv[1]), app_command=['true'], cwd=Path('/tmp'))\n"
+            "n = scratch.copy_estimate(cfg.databases[0])\n"
+            "print(json.dumps([n, 'boto3' in sys.modules, 'botocore' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(env)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [want, False, False], out.stdout
