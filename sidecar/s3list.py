@@ -1,13 +1,15 @@
-"""One S3 request, ListObjectsV2, signed with SigV4 by the standard library: the start-up probe's
-client.
+"""One S3 request, ListObjectsV2, signed with SigV4 by the standard library: the client of the
+start-up probe and of the lag checks, which only ever list.
 
 Every start with a missing database asks the bucket whether it holds a backup before anything
 else can happen. With boto3 that question cost more than the rest of the start together
 (importing boto3 and building an S3 client: 0.2-0.4 s, ~24 MB, against a whole start budget of
-about twice a shell plus Litestream), so the probe uses this instead, and only where it is
-equivalent to boto3 (`usable`): a configured endpoint, credentials given to sidecar or in the
-AWS_* variables, no proxy. Anywhere else (AWS's own endpoints, profiles, instance roles,
-proxies) the probe uses boto3 as every other S3 call does.
+about twice a shell plus Litestream), and the lag checks' boto3 client was what an idle
+`sidecar run` held most of its memory for. So both list with this instead
+(replica.listing_store), and only where it is equivalent to boto3 (`usable`): a configured
+endpoint, credentials given to sidecar or in the AWS_* variables, no proxy or profile variable.
+Anywhere else (AWS's own endpoints, profiles, instance roles, proxies) they use boto3 as every
+other S3 call does.
 
 `list_objects_v2` takes and returns the subset of boto3's shapes that replica.S3Store reads, so
 the store does not care which client it holds.
@@ -32,7 +34,7 @@ from sidecar.config import Replica
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Variables that change how boto3 reaches or authenticates to S3 in ways this client does not
-# copy: when one is set, the probe uses boto3.
+# copy: when one is set, the listing callers use boto3.
 _BOTO_ONLY = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "AWS_PROFILE",
               "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
