@@ -13,10 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import S3Server, base_env, free_port, s3_env, seed_bucket, wait_for, write_app
 
 from sidecar import config, replica, s3list
 from sidecar.daemon import lag
+from testkit import S3Server, base_env, free_port, s3_env, seed_bucket, wait_for, write_app
 
 
 class FixedControl:
