@@ -35,6 +35,14 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("SIDECAR_DB_PATH", "--db-path", "the SQLite database file (else DATABASE_URL)"),
     Setting("DATABASE_URL", "--database-url", "Prisma-style URL file:PATH[?params]"),
+    Setting("SIDECAR_DB_DIR", "--db-dir",
+            "a directory of databases (one per tenant), instead of SIDECAR_DB_PATH"),
+    Setting("SIDECAR_DB_PATTERN", "--db-pattern", "which files of SIDECAR_DB_DIR are databases",
+            "*.db"),
+    Setting("SIDECAR_DB_RECURSIVE", "--db-recursive",
+            "1 to look in subdirectories of SIDECAR_DB_DIR too", "0"),
+    Setting("SIDECAR_RESTORE_PARALLELISM", "--restore-parallelism",
+            "databases of a directory restored at once at start", "8"),
     Setting("SIDECAR_REPLICA_URL", "--replica-url", "s3://BUCKET/PREFIX or file:///DIR"),
     Setting("SIDECAR_S3_ENDPOINT", "--s3-endpoint", "S3-compatible endpoint URL (else ENDPOINT)"),
     Setting("SIDECAR_S3_REGION", "--s3-region", "S3 region (else REGION; default us-east-1)"),
@@ -138,6 +146,18 @@ class Database:
 
 
 @dataclass(frozen=True)
+class DbDir:
+    """A directory entry: every file in `dir` matching `pattern` is a database, replicated
+    under `<replica prefix>/<its path relative to dir>` (see tenants.py)."""
+
+    dir: Path
+    pattern: str
+    recursive: bool
+    watch: bool
+    replica: Replica
+
+
+@dataclass(frozen=True)
 class Config:
     databases: tuple[Database, ...]
     state_dir: Path
@@ -170,6 +190,8 @@ class Config:
     prisma_schema: Path | None
     draining_seconds: float | None
     cwd: Path
+    directories: tuple[DbDir, ...] = ()
+    restore_parallelism: int = 8
 
 
 # ---------------------------------------------------------------- value parsers
@@ -654,16 +676,31 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
                          "must be a SQLite URL like file:/data/app.db")
 
     databases: list[Database] = []
+    directories: list[DbDir] = []
     local_default = False
-    if user_doc is not None:
+    parallelism = _typed(env, "SIDECAR_RESTORE_PARALLELISM", _restore_parallelism,
+                         "must be a whole number from 1 to 64", problems)
+    raw_dir = _get(env, "SIDECAR_DB_DIR")
+    if user_doc is None and raw_dir is not None:
+        if raw_db is not None:
+            problems.add("SIDECAR_DB_DIR", raw_dir, "must not be set together with "
+                         "SIDECAR_DB_PATH (one database or one directory of them)")
+        if (dd := _dir_from_env(env, raw_dir, cwd, problems)) is not None:
+            directories.append(dd)
+    elif user_doc is not None:
         dbs = user_doc.get("dbs")
         if not isinstance(dbs, list) or not dbs:
             problems.note(f"LITESTREAM_CONFIG: {user_cfg_path} lists no databases under `dbs:`")
         else:
             for i, entry in enumerate(dbs):
                 where = f"LITESTREAM_CONFIG dbs[{i}]"
+                if isinstance(entry, dict) and entry.get("dir") and not entry.get("path"):
+                    if (dd := _dir_entry(entry, user_cfg_path.parent, env, where,
+                                         problems)) is not None:
+                        directories.append(dd)
+                    continue
                 if not isinstance(entry, dict) or not entry.get("path"):
-                    problems.note(f"{where}: needs a `path` (directory watching is not supported)")
+                    problems.note(f"{where}: needs a `path` or a `dir` with a `pattern`")
                     continue
                 p = str(entry["path"])
                 if p.startswith("file:"):
@@ -674,7 +711,8 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
                     problems.add(f"{where}.path", str(path), why)
                 databases.append(Database(path=path, replica=_replica_from_litestream(
                     entry, env, where, problems)))
-            if db_path is not None and databases and db_path not in {d.path for d in databases}:
+            if db_path is not None and databases and not directories and \
+                    db_path not in {d.path for d in databases}:
                 listed = ", ".join(str(d.path) for d in databases)
                 problems.note(f"DATABASE_URL/SIDECAR_DB_PATH: {db_path} is not among the databases "
                               f"in {user_cfg_path} ({listed}); it would not be backed up")
@@ -707,7 +745,7 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
             databases.append(Database(path=db_path, replica=replica))
 
     # S3 settings are checked even when no S3 replica uses them: a typo there is still a typo.
-    if not any(d.replica and d.replica.s3 for d in databases) and any(
+    if not any(d.replica and d.replica.s3 for d in databases) and not directories and any(
             _get(env, v) for v in ("SIDECAR_S3_ENDPOINT", "SIDECAR_S3_FORCE_PATH_STYLE")):
         _s3_settings(env, "", "", problems)
 
@@ -718,6 +756,8 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         state_dir = (cwd / raw_state).resolve()
     elif databases:
         state_dir = databases[0].path.parent / ".sidecar"
+    elif directories:
+        state_dir = directories[0].dir / ".sidecar"
     db_var = ("LITESTREAM_CONFIG" if user_doc is not None else
               "SIDECAR_DB_PATH" if raw_db is not None else "DATABASE_URL")
     for d in databases:
@@ -783,7 +823,91 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         litestream_bin=_get(env, "SIDECAR_LITESTREAM_BIN"), keep_copies=keep_copies,
         local_default_replica=local_default, prisma_schema=prisma_schema,
         draining_seconds=draining, cwd=cwd,
+        directories=tuple(directories), restore_parallelism=parallelism,
     )
+
+
+def _restore_parallelism(text: str) -> int:
+    n = int(text.strip())
+    if not 1 <= n <= 64:
+        raise ValueError(text)
+    return n
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    if not pattern.strip() or "/" in pattern or pattern.startswith("."):
+        return ("must be a file-name pattern like *.db (no `/`, not starting with `.`: "
+                "sidecar's own files beside the databases start with `.`)")
+    return None
+
+
+def _dir_from_env(env: Mapping[str, str], raw_dir: str, cwd: Path,
+                  problems: _Problems) -> DbDir | None:
+    """SIDECAR_DB_DIR + SIDECAR_DB_PATTERN (+ SIDECAR_DB_RECURSIVE): a generated `dir:` entry
+    that always watches, so databases created while the app runs are replicated."""
+    path = Path(raw_dir) if Path(raw_dir).is_absolute() else (cwd / raw_dir).resolve()
+    ok = True
+    if path.exists() and not path.is_dir():
+        problems.add("SIDECAR_DB_DIR", raw_dir, "must be a directory (or not exist yet)")
+        ok = False
+    elif (why := path_problem(str(path / ("n" * 64)), "database directory")) is not None:
+        problems.add("SIDECAR_DB_DIR", raw_dir, why)
+        ok = False
+    pattern = _get(env, "SIDECAR_DB_PATTERN") or "*.db"
+    if (why := _pattern_problem(pattern)) is not None:
+        problems.add("SIDECAR_DB_PATTERN", pattern, why)
+        ok = False
+    recursive = False
+    try:
+        recursive = parse_bool(env.get("SIDECAR_DB_RECURSIVE") or "0")
+    except ValueError:
+        problems.add("SIDECAR_DB_RECURSIVE", env.get("SIDECAR_DB_RECURSIVE"),
+                     "must be 1/0 or true/false")
+        ok = False
+    rep: Replica | None = None
+    raw_url = _get(env, "SIDECAR_REPLICA_URL")
+    if raw_url is not None:
+        rep = parse_replica_url(raw_url, env, problems)
+    elif _get(env, "BUCKET") is not None:
+        rep = Replica(url=f"s3://{env['BUCKET']}/{path.name}",
+                      s3=_s3_settings(env, env["BUCKET"], path.name, problems))
+    else:
+        problems.note("SIDECAR_REPLICA_URL: a database directory needs a replica: set "
+                      "SIDECAR_REPLICA_URL=s3://BUCKET/PREFIX (each database goes under "
+                      "PREFIX/<its file name>)")
+    if rep is not None and rep.s3 is None:
+        problems.add("SIDECAR_REPLICA_URL", raw_url, "must be an s3:// URL with SIDECAR_DB_DIR")
+        rep = None
+    if rep is None or not ok:
+        return None
+    return DbDir(dir=path, pattern=pattern, recursive=recursive, watch=True, replica=rep)
+
+
+def _dir_entry(entry: dict[str, Any], base: Path, env: Mapping[str, str], where: str,
+               problems: _Problems) -> DbDir | None:
+    """A `dir:` entry of the project's litestream.yml, read the way Litestream reads it."""
+    d = str(entry["dir"])
+    path = Path(d) if Path(d).is_absolute() else (base / d).resolve()
+    pattern = entry.get("pattern")
+    if not isinstance(pattern, str) or _pattern_problem(pattern) is not None:
+        problems.note(f"{where}.pattern: a `dir` entry needs a file-name pattern like \"*.db\" "
+                      f"(got {_show(str(pattern))})")
+        return None
+    flags = {}
+    for key in ("recursive", "watch"):
+        v = entry.get(key, False)
+        if not isinstance(v, bool):
+            problems.note(f"{where}.{key}: must be true or false (got {_show(str(v))})")
+            return None
+        flags[key] = v
+    rep = _replica_from_litestream(entry, env, where, problems)
+    if rep is None:
+        return None
+    if rep.s3 is None:
+        problems.note(f"{where}.replica: a `dir` entry needs an s3 replica")
+        return None
+    return DbDir(dir=path, pattern=pattern, recursive=flags["recursive"], watch=flags["watch"],
+                 replica=rep)
 
 
 def _runnable(program: str, env: Mapping[str, str], cwd: Path) -> bool:
@@ -874,6 +998,9 @@ def describe(cfg: Config) -> dict[str, Any]:
     return {
         "databases": [{"path": str(d.path), "replica": d.replica.url if d.replica else None}
                       for d in cfg.databases],
+        **({"directories": [{"dir": str(d.dir), "pattern": d.pattern, "recursive": d.recursive,
+                             "watch": d.watch, "replica": d.replica.url}
+                            for d in cfg.directories]} if cfg.directories else {}),
         "state_dir": str(cfg.state_dir),
         "litestream_config": str(cfg.user_litestream_config or "generated"),
         "http": f"[{cfg.http_host}]:{cfg.http_port}" if cfg.http_host else "off",

@@ -1,0 +1,157 @@
+"""A directory of databases (one per tenant) with the real Litestream and a real S3 server:
+replicated through Litestream's `dir:` entry, restored as a whole after a volume loss."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import S3_SECRET, base_env, rows, run_sidecar, s3_env, wait_for, write_app
+
+pytestmark = pytest.mark.slow
+
+N = 50
+
+# Creates one more tenant while running (Litestream's watch must pick it up), then records
+# what it found at start: "<name> <rows>" per database, before it wrote anything.
+TENANT_APP = textwrap.dedent("""
+    import os, signal, sqlite3, sys, time, pathlib
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    d = pathlib.Path(os.environ["SIDECAR_DB_DIR"])
+    with open(os.environ["PROBE_OUT"], "w") as f:
+        for p in sorted(d.glob("*.db")):
+            n = sqlite3.connect(p).execute("SELECT count(*) FROM rows").fetchone()[0]
+            f.write(f"{p.name} {n}\\n")
+    if os.environ.get("CREATE"):
+        db = sqlite3.connect(d / os.environ["CREATE"], isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT)")
+        db.execute("INSERT INTO rows(v) VALUES ('created-while-running')")
+        db.close()
+    print("app up", flush=True)
+    while True:
+        time.sleep(1)
+""")
+
+
+def _tenant_env(tmp_path: Path, s3, bucket: str, **extra: str) -> dict[str, str]:
+    env = base_env(tmp_path, **{**s3_env(s3, bucket, "tenants"),
+                                "SIDECAR_DB_DIR": str(tmp_path / "data" / "tenants"),
+                                "PROBE_OUT": str(tmp_path / "probe.txt"), **extra})
+    del env["SIDECAR_DB_PATH"]
+    return env
+
+
+def _seed(directory: Path, n: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        con = sqlite3.connect(directory / f"t{i:02d}.db", isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT)")
+        con.executemany("INSERT INTO rows(v) VALUES (?)", [(f"t{i:02d}-{j}",) for j in
+                                                              range(i % 5 + 1)])
+        con.close()
+
+
+def _backed_up(s3, bucket: str) -> set[str]:
+    """The databases the bucket holds a 0.5 backup of, from its keys."""
+    out: set[str] = set()
+    token = None
+    while True:
+        kw = {"Bucket": bucket, "Prefix": "tenants/"}
+        if token:
+            kw["ContinuationToken"] = token
+        resp = s3.client().list_objects_v2(**kw)
+        for o in resp.get("Contents", []):
+            parts = o["Key"].split("/")
+            if len(parts) == 4 and parts[3].endswith(".ltx"):
+                out.add(parts[1])
+        token = resp.get("NextContinuationToken")
+        if not token:
+            return out
+
+
+def test_directory_of_50_replicates_and_comes_back_whole(tmp_path: Path, s3, bucket,
+                                                         sidecars) -> None:
+    tenants = tmp_path / "data" / "tenants"
+    _seed(tenants, N)
+    app = write_app(tmp_path, TENANT_APP)
+    env = _tenant_env(tmp_path, s3, bucket, CREATE="new.db")
+    first = sidecars(env, app, tmp_path)
+    first.wait_stdout("app up", timeout=60)
+    want = {f"t{i:02d}.db" for i in range(N)} | {"new.db"}
+    wait_for(lambda: _backed_up(s3, bucket) >= want, 60, what="all 51 databases backed up")
+    first.signal()
+    assert first.wait(60) == 0, first.output()
+    assert S3_SECRET not in "\n".join(first.lines)
+
+    shutil.rmtree(tmp_path / "data")  # the volume is lost, sidecar's state dir with it
+    (tmp_path / "data").mkdir()
+    (tmp_path / "probe.txt").unlink()
+    env.pop("CREATE")
+    second = sidecars(env, app, tmp_path)
+    second.wait_stdout("app up", timeout=120)
+    found = dict(line.split() for line in (tmp_path / "probe.txt").read_text().splitlines())
+    expected = {f"t{i:02d}.db": str(i % 5 + 1) for i in range(N)} | {"new.db": "1"}
+    assert found == expected  # every database, each with its rows, before the app ran
+    assert rows(tenants / "t07.db") == ["t07-0", "t07-1", "t07-2"]
+    assert rows(tenants / "new.db") == ["created-while-running"]
+    decided = [e for e in second.events if e.get("msg") == "restore decided"
+               or e.get("event") == "restore decided"]
+    assert decided and decided[-1]["restored"] == N + 1, decided
+    second.signal()
+    assert second.wait(60) == 0, second.output()
+
+    # One tenant's backup is damaged: the next start after a volume loss fails, naming it.
+    for f in (s3.root / bucket / "tenants" / "t13.db").rglob("*.ltx"):
+        f.write_bytes(b"not an ltx file")
+    shutil.rmtree(tmp_path / "data")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "probe.txt").unlink()
+    res = run_sidecar(["run", "--", *app], env, tmp_path, timeout=120)
+    assert res.returncode == 4, res.stderr[-3000:]
+    assert "t13.db" in res.stderr and "cannot restore" in res.stderr, res.stderr[-3000:]
+    assert not (tmp_path / "probe.txt").exists()  # the app never ran
+    assert not (tenants / "t13.db").exists()  # and no partial file is left in its place
+    assert not list(tenants.glob(".t13.db*"))
+
+
+def test_unknown_objects_under_the_prefix_refuse_an_empty_start(tmp_path: Path, s3,
+                                                                bucket) -> None:
+    s3.client().put_object(Bucket=bucket, Key="tenants/notes.txt", Body=b"someone's data")
+    env = _tenant_env(tmp_path, s3, bucket)
+    app = write_app(tmp_path, TENANT_APP)
+    res = run_sidecar(["run", "--", *app], env, tmp_path)
+    assert res.returncode == 4, res.stderr[-2000:]
+    assert "tenants/notes.txt" in res.stderr and "not a Litestream backup" in res.stderr
+    assert not (tmp_path / "probe.txt").exists()
+
+
+def test_unreachable_bucket_refuses_the_start(tmp_path: Path, s3, bucket) -> None:
+    env = _tenant_env(tmp_path, s3, bucket, SIDECAR_S3_ENDPOINT="http://127.0.0.1:9",
+                      SIDECAR_REPLICA_TIMEOUT="1s")
+    app = write_app(tmp_path, TENANT_APP)
+    res = run_sidecar(["run", "--", *app], env, tmp_path)
+    assert res.returncode == 4, res.stderr[-2000:]
+    assert "cannot be read" in res.stderr and "tenants" in res.stderr
+    assert not (tmp_path / "probe.txt").exists()
+
+
+@pytest.mark.parametrize("var,value,expected", [
+    ("SIDECAR_DB_PATTERN", "sub/*.db", "file-name pattern"),
+    ("SIDECAR_DB_RECURSIVE", "sometimes", "1/0 or true/false"),
+    ("SIDECAR_RESTORE_PARALLELISM", "0", "from 1 to 64"),
+    ("SIDECAR_REPLICA_URL", "file:///tmp/x", "s3:// URL"),
+])
+def test_bad_directory_settings_are_one_clear_error(tmp_path: Path, s3, bucket, var: str,
+                                                    value: str, expected: str) -> None:
+    env = _tenant_env(tmp_path, s3, bucket, **{var: value})
+    app = write_app(tmp_path, TENANT_APP)
+    res = run_sidecar(["run", "--", *app], env, tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert var in res.stderr and value in res.stderr and expected in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "data" / "tenants").exists()
