@@ -43,6 +43,8 @@ SETTINGS: tuple[Setting, ...] = (
             "1 to look in subdirectories of SIDECAR_DB_DIR too", "0"),
     Setting("SIDECAR_RESTORE_PARALLELISM", "--restore-parallelism",
             "databases of a directory restored at once at start", "8"),
+    Setting("SIDECAR_DB_METRICS_LIMIT", "--db-metrics-limit",
+            "per-database lag series of a directory entry, at most (sorted by path)", "100"),
     Setting("SIDECAR_REPLICA_URL", "--replica-url", "s3://BUCKET/PREFIX or file:///DIR"),
     Setting("SIDECAR_S3_ENDPOINT", "--s3-endpoint", "S3-compatible endpoint URL (else ENDPOINT)"),
     Setting("SIDECAR_S3_REGION", "--s3-region", "S3 region (else REGION; default us-east-1)"),
@@ -192,6 +194,7 @@ class Config:
     cwd: Path
     directories: tuple[DbDir, ...] = ()
     restore_parallelism: int = 8
+    db_metrics_limit: int = 100
 
 
 # ---------------------------------------------------------------- value parsers
@@ -680,7 +683,19 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
     local_default = False
     parallelism = _typed(env, "SIDECAR_RESTORE_PARALLELISM", _restore_parallelism,
                          "must be a whole number from 1 to 64", problems)
+    metrics_limit = _typed(env, "SIDECAR_DB_METRICS_LIMIT", _metrics_limit,
+                           "must be a whole number from 0 to 10000", problems)
     raw_dir = _get(env, "SIDECAR_DB_DIR")
+    if raw_dir is None:  # checked even when unused: a typo there is still a typo
+        if (raw_pat := _get(env, "SIDECAR_DB_PATTERN")) is not None and (
+                why := _pattern_problem(raw_pat)) is not None:
+            problems.add("SIDECAR_DB_PATTERN", raw_pat, why)
+        if _get(env, "SIDECAR_DB_RECURSIVE") is not None:
+            try:
+                parse_bool(env["SIDECAR_DB_RECURSIVE"])
+            except ValueError:
+                problems.add("SIDECAR_DB_RECURSIVE", env["SIDECAR_DB_RECURSIVE"],
+                             "must be 1/0 or true/false")
     if user_doc is None and raw_dir is not None:
         if raw_db is not None:
             problems.add("SIDECAR_DB_DIR", raw_dir, "must not be set together with "
@@ -824,18 +839,27 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         local_default_replica=local_default, prisma_schema=prisma_schema,
         draining_seconds=draining, cwd=cwd,
         directories=tuple(directories), restore_parallelism=parallelism,
+        db_metrics_limit=metrics_limit,
     )
 
 
-def _restore_parallelism(text: str) -> int:
-    n = int(text.strip())
-    if not 1 <= n <= 64:
+def _int_in(text: str, low: int, high: int) -> int:
+    t = text.strip()
+    if not (t.isascii() and t.isdigit()) or not low <= int(t) <= high:
         raise ValueError(text)
-    return n
+    return int(t)
+
+
+def _restore_parallelism(text: str) -> int:
+    return _int_in(text, 1, 64)
+
+
+def _metrics_limit(text: str) -> int:
+    return _int_in(text, 0, 10000)
 
 
 def _pattern_problem(pattern: str) -> str | None:
-    if not pattern.strip() or "/" in pattern or pattern.startswith("."):
+    if not pattern.strip() or "/" in pattern or pattern.strip().startswith("."):
         return ("must be a file-name pattern like *.db (no `/`, not starting with `.`: "
                 "sidecar's own files beside the databases start with `.`)")
     return None

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .restore import RestoreResult
 
 # <rel>/<level>/<min>-<max>.ltx (0.5) or <rel>/generations/<id>/<kind>/<file> (0.3)
-_V5 = re.compile(r"^(.+)/[0-9a-f]{4}/[0-9a-f]{16}-[0-9a-f]{16}\.ltx$")
+_V5 = re.compile(r"^(.+)/[0-9a-f]{4}/[0-9a-f]{16}-([0-9a-f]{16})\.ltx$")
 _V3 = re.compile(r"^(.+)/generations/[0-9a-f]{16}/(?:snapshots|wal)/[^/]+$")
 
 
@@ -82,6 +82,7 @@ class Listing:
     members: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # backups the pattern does not match
+    positions: dict[str, int] = field(default_factory=dict)  # rel -> newest TXID (0.5 only)
     requests: int = 0
 
 
@@ -98,13 +99,20 @@ def classify(entry: DbDir, keys: list[str]) -> Listing:
                 out.ignored.append(rel)
             continue
         layout = "0.5" if m.re is _V5 else "0.3"
+        if layout == "0.5":
+            out.positions[rel] = max(out.positions.get(rel, 0), int(m.group(2), 16))
         if out.members.get(rel) != "0.5":
             out.members[rel] = layout
     return out
 
 
+def remote_members_positions(entry: DbDir, timeout: float) -> Listing:
+    """One attempt at the listing (a lag check): a failure is the check's result."""
+    return remote_members(entry, timeout, retry=False)
+
+
 def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
-                   sleep: Callable[[float], None] = time.sleep) -> Listing:
+                   sleep: Callable[[float], None] = time.sleep, retry: bool = True) -> Listing:
     """One paginated listing of the entry's prefix. Connection failures are retried until
     `deadline_s`; denied and missing-bucket answers are final. Raises ReplicaUnreachable."""
     from . import replica
@@ -137,7 +145,7 @@ def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
             out.requests = store.requests
             return out
         except replica.ReplicaUnreachable as exc:
-            if exc.kind != "unreachable" or time.monotonic() + delay > end:
+            if not retry or exc.kind != "unreachable" or time.monotonic() + delay > end:
                 raise
         sleep(delay)
         delay = min(delay * 2, 5.0)

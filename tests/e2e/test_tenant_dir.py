@@ -3,13 +3,26 @@ replicated through Litestream's `dir:` entry, restored as a whole after a volume
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import S3_SECRET, base_env, rows, run_sidecar, s3_env, wait_for, write_app
+from conftest import (
+    S3_SECRET,
+    base_env,
+    free_port,
+    rows,
+    run_sidecar,
+    s3_env,
+    wait_for,
+    write_app,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +168,90 @@ def test_bad_directory_settings_are_one_clear_error(tmp_path: Path, s3, bucket, 
     assert var in res.stderr and value in res.stderr and expected in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "data" / "tenants").exists()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _series(base: str, name: str) -> dict[str, float]:
+    """label text -> value of every series of `name` in /metrics."""
+    out = {}
+    for line in _get(f"{base}/metrics")[1].decode().splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name):].rsplit(" ", 1)
+            out[labels] = float(value)
+    return out
+
+
+def _lag(base: str, path: Path) -> float:
+    return _series(base, "sidecar_replication_lag_seconds")[f'{{db="{path}"}}']
+
+
+def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
+        tmp_path: Path, own_s3, sidecars) -> None:
+    bucket = own_s3.make_bucket()
+    tenants = tmp_path / "data" / "tenants"
+    _seed(tenants, 10)
+    port = free_port()
+    env = _tenant_env(tmp_path, own_s3, bucket, SIDECAR_HTTP_ADDR=f"127.0.0.1:{port}",
+                      SIDECAR_LAG_CHECK_INTERVAL="1s", SIDECAR_MAX_LAG_SECONDS="4",
+                      SIDECAR_DB_METRICS_LIMIT="5")
+    base = f"http://127.0.0.1:{port}"
+    sc = sidecars(env, write_app(tmp_path, TENANT_APP), tmp_path)
+    sc.wait_stdout("app up", timeout=60)
+    wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, what="ready")
+
+    def settled() -> dict | None:
+        entry = json.loads(_get(f"{base}/status")[1])["directories"][0]
+        return entry if entry["databases"] == 10 and entry["behind"] == 0 else None
+
+    want = {f"t{i:02d}.db" for i in range(10)}
+    wait_for(lambda: _backed_up(own_s3, bucket) >= want, 30, what="every tenant in the bucket")
+    time.sleep(2.5)  # two lag checks
+    entry = wait_for(settled, 30, what="no tenant behind")
+    # One listing per check for ten idle databases (not one or more per database).
+    assert entry["last_check_requests"] == 1, entry
+    per_db = [k for k in _series(base, "sidecar_replication_lag_seconds") if "/tenants/" in k]
+    assert len(per_db) == 5  # SIDECAR_DB_METRICS_LIMIT
+
+    # A tenant created while running shows within a check or two.
+    con = sqlite3.connect(tenants / "t10.db", isolation_level=None)
+    con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT)")
+    con.close()
+    wait_for(lambda: json.loads(_get(f"{base}/status")[1])["directories"][0]["databases"] == 11,
+             10, what="the new tenant in /status")
+    wait_for(lambda: "t10.db" in _backed_up(own_s3, bucket), 30, what="the new tenant backed up")
+    time.sleep(2.5)
+    wait_for(lambda: json.loads(_get(f"{base}/status")[1])["directories"][0]["behind"] == 0,
+             10, what="no tenant behind")
+
+    own_s3.stop()
+    writer = sqlite3.connect(tenants / "t03.db", isolation_level=None)
+    end = time.monotonic() + 8
+    while time.monotonic() < end:
+        writer.execute("INSERT INTO rows(v) VALUES ('during outage')")
+        time.sleep(0.2)
+    wait_for(lambda: _get(f"{base}/readyz")[0] == 503, 10, what="not ready")
+    agg = _lag(base, tenants)
+    assert agg >= 4, agg
+    assert _lag(base, tenants / "t03.db") >= 4
+    for other in ("t00.db", "t01.db", "t02.db", "t04.db"):
+        assert _lag(base, tenants / other) == 0, other
+    assert _series(base, "sidecar_directory_databases_behind")[f'{{dir="{tenants}"}}'] == 1
+    assert _series(base, "sidecar_replica_reachable")[f'{{db="{tenants}"}}'] == 0
+    doc = json.loads(_get(f"{base}/readyz")[1])
+    assert any(str(tenants) in r for r in doc["reasons"]), doc
+    status = json.loads(_get(f"{base}/status")[1])
+    assert status["directories"][0]["most_behind"][0]["db"] == "t03.db"
+
+    own_s3.start()
+    wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, what="ready again")
+    assert _lag(base, tenants) == 0
+    writer.close()
+    sc.signal()
+    assert sc.wait(60) == 0, sc.output()
