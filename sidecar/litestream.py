@@ -191,17 +191,17 @@ def member_doc(cfg: Config, members: list[Database]) -> dict[str, Any]:
 
 def write_member_config(cfg: Config, members: list[Database], name: str) -> Path:
     """Write member_doc like write_config writes the main config (a secret stays off disk)."""
-    return _write_doc(cfg, member_doc(cfg, members), cfg.state_dir / name)
+    return write_doc(cfg, member_doc(cfg, members), cfg.state_dir / name)
 
 
 def write_config(cfg: Config, metrics_port: int, path: Path | None = None) -> Path:
     """Write the rendered config, mode 0600: into `path` (default: the state dir) when it holds
     no secret, else into a private file on a tmpfs (see private_file). Returns where."""
-    return _write_doc(cfg, render_config(cfg, metrics_port),
+    return write_doc(cfg, render_config(cfg, metrics_port),
                       path or cfg.state_dir / "litestream.generated.yml")
 
 
-def _write_doc(cfg: Config, doc: dict[str, Any], path: Path) -> Path:
+def write_doc(cfg: Config, doc: dict[str, Any], path: Path) -> Path:
     text = _HEADER + yaml.safe_dump(doc, sort_keys=False)
     if needs_private_file(cfg, text):
         target = private_file("litestream.yml")

@@ -115,6 +115,30 @@ def test_directory_of_50_replicates_and_comes_back_whole(tmp_path: Path, s3, buc
     decided = [e for e in second.events if e.get("msg") == "restore decided"
                or e.get("event") == "restore decided"]
     assert decided and decided[-1]["restored"] == N + 1, decided
+
+    # Operator commands for one tenant of the directory, while it runs.
+    out = tmp_path / "t07-copy.db"
+    res = run_sidecar(["restore", "--db", "t07.db", "--output", str(out)], env, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert rows(out) == ["t07-0", "t07-1", "t07-2"]
+    res = run_sidecar(["verify", "--db", "t07.db"], env, tmp_path, timeout=120)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr[-2000:]
+    snap = tmp_path / "t07-snap.db"
+    res = run_sidecar(["snapshot", "--db", str(tenants / "t07.db"), "--output", str(snap)],
+                      env, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert rows(snap) == ["t07-0", "t07-1", "t07-2"]
+    con = sqlite3.connect(tenants / "t08.db", isolation_level=None)
+    con.execute("DELETE FROM rows")  # a mistake the live restore undoes
+    con.close()
+    res = run_sidecar(["restore", "--db", "t08.db", "--txid", "0000000000000001", "--yes"],
+                      env, tmp_path, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert rows(tenants / "t08.db") == [f"t08-{j}" for j in range(4)]
+    res = run_sidecar(["restore", "--db", "nope.txt", "--output", str(tmp_path / "x.db")],
+                      env, tmp_path)
+    assert res.returncode != 0 and "nope.txt" in res.stderr and "Traceback" not in res.stderr
+
     second.signal()
     assert second.wait(60) == 0, second.output()
 
