@@ -173,9 +173,11 @@ def restore_on_start(cfg: Config, entry: DbDir, binary: str,
             hint="starting with empty databases would replace the real backups; fix the "
                  "bucket, endpoint or credentials and start again") from None
     local = set(local_members(entry))
+    # A damaged file goes to restore.on_start too, which refuses it as for one database
+    # (sidecar never replaces a damaged database automatically).
     needed = sorted(rel for rel in listing.members
                     if rel not in local
-                    or dbfile.inspect(entry.dir / rel, check=False).kind in ("missing", "ghost"))
+                    or dbfile.inspect(entry.dir / rel, check=False).kind != "present")
     if listing.ignored:
         logger.info("backups not matching the pattern left alone", dir=str(entry.dir),
                     pattern=entry.pattern, databases=listing.ignored[:20])

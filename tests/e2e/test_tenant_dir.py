@@ -167,6 +167,29 @@ def test_unknown_objects_under_the_prefix_refuse_an_empty_start(tmp_path: Path, 
     assert not (tmp_path / "probe.txt").exists()
 
 
+def test_a_damaged_tenant_is_not_replaced_and_stops_the_start(tmp_path: Path, s3, bucket,
+                                                              sidecars) -> None:
+    """As for one database: a damaged file the bucket has a backup of is never replaced
+    automatically; the start fails naming it and the file is left as it was."""
+    _seed(tmp_path / "data" / "tenants", 3)
+    env = _tenant_env(tmp_path, s3, bucket)
+    app = write_app(tmp_path, TENANT_APP)
+    first = sidecars(env, app, tmp_path)
+    first.wait_stdout("app up", timeout=60)
+    wait_for(lambda: {"t00.db", "t01.db", "t02.db"} <= _backed_up(s3, bucket), 30,
+             what="backups")
+    first.signal()
+    assert first.wait(60) == 0, first.output()
+    damaged = tmp_path / "data" / "tenants" / "t01.db"
+    damaged.write_bytes(b"garbage, not SQLite" * 100)
+    (tmp_path / "probe.txt").unlink(missing_ok=True)
+    res = run_sidecar(["run", "--", *app], env, tmp_path)
+    assert res.returncode == 4, res.stderr[-2000:]
+    assert "t01.db" in res.stderr and "damaged" in res.stderr, res.stderr[-2000:]
+    assert damaged.read_bytes() == b"garbage, not SQLite" * 100
+    assert not (tmp_path / "probe.txt").exists()
+
+
 def test_unreachable_bucket_refuses_the_start(tmp_path: Path, s3, bucket) -> None:
     env = _tenant_env(tmp_path, s3, bucket, SIDECAR_S3_ENDPOINT="http://127.0.0.1:9",
                       SIDECAR_REPLICA_TIMEOUT="1s")
