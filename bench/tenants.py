@@ -342,12 +342,16 @@ def main() -> int:
             row = run_size(n, s3, proxy, work, args.idle)
             print(row, flush=True)
             rows.append(row)
+            write_section(args.results, report(rows, args.idle))  # each size as it ends
     finally:
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)
-    section = report(rows, args.idle)
-    print(section)
-    text = args.results.read_text() if args.results.exists() else ""
+    print(report(rows, args.idle))
+    return 0
+
+
+def write_section(results: Path, section: str) -> None:
+    text = results.read_text() if results.exists() else ""
     head = "## Many databases in one directory"
     if head in text:
         start = text.index(head)
@@ -355,8 +359,7 @@ def main() -> int:
         text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    args.results.write_text(text)
-    return 0
+    results.write_text(text)
 
 
 if __name__ == "__main__":
