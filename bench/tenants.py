@@ -248,7 +248,9 @@ def run_size(n: int, s3: S3, proxy: CountingProxy, work: Path, idle: float) -> d
     w = idle_window(proxy, {"litestream": p.pid}, idle)
     row.update({f"plain_{k}": v for k, v in w.items()})
     stop(p)
-    # -- sidecar
+    # -- sidecar (each phase on a fresh server process: rclone serve s3 was seen spinning
+    # at 90% CPU and answering nothing after a while here, as harness.S3.restart says)
+    s3.restart()
     sc_dir = work / f"sidecar-{n}" / "tenants"
     seed(sc_dir, n)
     b_sc = s3.bucket()
@@ -268,6 +270,7 @@ def run_size(n: int, s3: S3, proxy: CountingProxy, work: Path, idle: float) -> d
     stop(sc)
     # -- restore the whole directory after a volume loss
     names = sorted(x.name for x in sc_dir.glob("*.db"))
+    s3.restart()
     shutil.rmtree(sc_dir.parent)
     sc_dir.parent.mkdir()
     sc = Proc([str(BIN / "sidecar"), "run", "--", sys.executable, str(app)], env, work)
@@ -280,6 +283,7 @@ def run_size(n: int, s3: S3, proxy: CountingProxy, work: Path, idle: float) -> d
     if restored != n:
         raise RuntimeError(f"sidecar restored {restored} of {n}")
     raw_dir = work / f"raw-{n}" / "tenants"
+    s3.restart()
     row["raw_restore_s"] = raw_restore(raw_dir, b_sc, endpoint, names)
     return row
 
