@@ -22,6 +22,7 @@ from sidecar.parsers import database_path_from_url, parse_addr, parse_duration, 
 from sidecar.replica_config import (
     S3,
     Database,
+    DbDir,
     Replica,
     databases_from_litestream,
     db_path_problem,
@@ -46,7 +47,7 @@ from sidecar.settings import (
 
 # The names the rest of sidecar (and its tests) import from here.
 __all__ = ["HIDDEN_FROM_CHILDREN", "S3", "SECRET_ENV", "SETTINGS", "Config", "ConfigError",
-           "Database", "Replica", "database_path_from_url", "describe", "environment_with_flags",
+           "Database", "DbDir", "Replica", "database_path_from_url", "describe", "environment_with_flags",
            "for_children", "load", "parse_addr", "parse_duration", "secrets_of"]
 
 DB_NAME_MAX = 200  # a DB's file name leaves room for sidecar's names beside it (.NAME.sidecar-...)
@@ -83,6 +84,9 @@ class Config:
     prisma_schema: Path | None
     draining_seconds: float | None
     cwd: Path
+    directories: tuple[DbDir, ...] = ()
+    restore_parallelism: int = 8
+    db_metrics_limit: int = 100
 
 
 def find_prisma_schema(cwd: Path) -> Path | None:
@@ -123,18 +127,26 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
     user_cfg_path, user_doc = project_config(env, cwd, problems)
     if user_doc is not None:
         assert user_cfg_path is not None
-        databases = databases_from_litestream(user_doc, user_cfg_path, v, problems)
+        databases, directories = databases_from_litestream(user_doc, user_cfg_path, v, problems)
         db_var = "LITESTREAM_CONFIG"
         local_default = False
         db_path = _db_path(v, source, cwd, prisma_schema)
-        if db_path is not None and databases and db_path not in {d.path for d in databases}:
+        if db_path is not None and databases and not directories and \
+                db_path not in {d.path for d in databases}:
             listed = ", ".join(str(d.path) for d in databases)
             problems.note(f"DATABASE_URL/SIDECAR_DB_PATH: {db_path} is not among the databases "
                           f"in {user_cfg_path} ({listed}); it would not be backed up")
+    elif v["SIDECAR_DB_DIR"] is not None:
+        databases, db_var, local_default = [], "SIDECAR_DB_DIR", False
+        if "SIDECAR_DB_PATH" in source:
+            problems.add("SIDECAR_DB_DIR", env["SIDECAR_DB_DIR"], "must not be set together with "
+                         "SIDECAR_DB_PATH (one database or one directory of them)")
+        directories = _env_directory(env, v, cwd, problems)
     else:
+        directories = []
         databases, db_var, local_default = _env_database(env, v, source, cwd, prisma_schema,
                                                          problems)
-    state_dir = _state_dir(v, cwd, databases)
+    state_dir = _state_dir(v, cwd, databases, directories)
     _check_lengths(databases, state_dir, db_var, source, problems)
     migrate = _migrate_command(env, v, cwd, prisma_schema, need_app, problems)
 
@@ -157,7 +169,7 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         http_host=http_host, http_port=http_port, admin_token=admin_token,
         migrate_command=migrate, app_command=app,
         volume_var=source.get("SIDECAR_VOLUME_PATH"), local_default_replica=local_default,
-        prisma_schema=prisma_schema, cwd=cwd,
+        prisma_schema=prisma_schema, cwd=cwd, directories=tuple(directories),
     )
 
 
@@ -208,10 +220,48 @@ def _env_database(env: Mapping[str, str], v: Mapping[str, Any], source: Mapping[
     return [Database(path=db_path, replica=replica)], db_var, local_default
 
 
-def _state_dir(v: Mapping[str, Any], cwd: Path, databases: list[Database]) -> Path | None:
+def _env_directory(env: Mapping[str, str], v: Mapping[str, Any], cwd: Path,
+                   problems: Problems) -> list[DbDir]:
+    """SIDECAR_DB_DIR + SIDECAR_DB_PATTERN (+ SIDECAR_DB_RECURSIVE): a generated `dir:` entry
+    that always watches, so databases created while the app runs are replicated. Its replica
+    must be S3: each database goes under PREFIX/<its path relative to the directory>."""
+    raw_dir = v["SIDECAR_DB_DIR"]
+    path = Path(raw_dir) if Path(raw_dir).is_absolute() else (cwd / raw_dir).resolve()
+    # A bad pattern or recursive flag is already reported by its row (None here).
+    ok = v["SIDECAR_DB_PATTERN"] is not None and v["SIDECAR_DB_RECURSIVE"] is not None
+    if path.exists() and not path.is_dir():
+        problems.add("SIDECAR_DB_DIR", env["SIDECAR_DB_DIR"], "must be a directory (or not exist yet)")
+        ok = False
+    elif (why := path_problem(str(path / ("n" * 64)), "database directory")) is not None:
+        problems.add("SIDECAR_DB_DIR", env["SIDECAR_DB_DIR"], why)
+        ok = False
+    rep: Replica | None = None
+    raw_url = v["SIDECAR_REPLICA_URL"]
+    if raw_url is not None:
+        rep = parse_replica_url(raw_url, v, problems)
+    elif v["BUCKET"] is not None:
+        rep = Replica(url=f"s3://{v['BUCKET']}/{path.name}",
+                      s3=s3_settings(v, v["BUCKET"], path.name, problems))
+    else:
+        problems.note("SIDECAR_REPLICA_URL: a database directory needs a replica: set "
+                      "SIDECAR_REPLICA_URL=s3://BUCKET/PREFIX (each database goes under "
+                      "PREFIX/<its file name>)")
+    if rep is not None and rep.s3 is None:
+        problems.add("SIDECAR_REPLICA_URL", raw_url, "must be an s3:// URL with SIDECAR_DB_DIR")
+        rep = None
+    if rep is None or not ok:
+        return []
+    return [DbDir(dir=path, pattern=v["SIDECAR_DB_PATTERN"], recursive=v["SIDECAR_DB_RECURSIVE"],
+                  watch=True, replica=rep)]
+
+
+def _state_dir(v: Mapping[str, Any], cwd: Path, databases: list[Database],
+               directories: list[DbDir]) -> Path | None:
     if (raw := v["SIDECAR_STATE_DIR"]) is not None:
         return (cwd / raw).resolve()
-    return databases[0].path.parent / ".sidecar" if databases else None
+    if databases:
+        return databases[0].path.parent / ".sidecar"
+    return directories[0].dir / ".sidecar" if directories else None
 
 
 def _check_lengths(databases: list[Database], state_dir: Path | None, db_var: str,
@@ -285,9 +335,9 @@ def secrets_of(cfg: Config) -> list[str]:
     out: list[str] = []
     if cfg.admin_token:
         out.append(cfg.admin_token)
-    for db in cfg.databases:
-        if db.replica and db.replica.s3 and db.replica.s3.secret_access_key:
-            out.append(db.replica.s3.secret_access_key)
+    for rep in [db.replica for db in cfg.databases] + [d.replica for d in cfg.directories]:
+        if rep and rep.s3 and rep.s3.secret_access_key:
+            out.append(rep.s3.secret_access_key)
     return out
 
 
@@ -296,6 +346,9 @@ def describe(cfg: Config) -> dict[str, Any]:
     return {
         "databases": [{"path": str(d.path), "replica": d.replica.url if d.replica else None}
                       for d in cfg.databases],
+        **({"directories": [{"dir": str(d.dir), "pattern": d.pattern, "recursive": d.recursive,
+                             "watch": d.watch, "replica": d.replica.url}
+                            for d in cfg.directories]} if cfg.directories else {}),
         "state_dir": str(cfg.state_dir),
         "litestream_config": str(cfg.user_litestream_config or "generated"),
         "http": f"[{cfg.http_host}]:{cfg.http_port}" if cfg.http_host else "off",

@@ -77,6 +77,21 @@ def parse_bool(text: str) -> bool:
     raise ValueError
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """Why a directory entry's file-name pattern cannot be used, or None."""
+    if not pattern.strip() or "/" in pattern or pattern.strip().startswith("."):
+        return ("must be a file-name pattern like *.db (no `/`, not starting with `.`: "
+                "sidecar's own files beside the databases start with `.`)")
+    return None
+
+
+def db_pattern(text: str) -> str:
+    """SIDECAR_DB_PATTERN: a file-name pattern (see pattern_problem)."""
+    if (why := pattern_problem(text)) is not None:
+        raise Invalid(why)
+    return text
+
+
 def choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         t = text.strip().lower()

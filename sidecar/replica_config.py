@@ -1,5 +1,5 @@
-"""The databases and where their backups go: replica URLs, S3 settings, and the databases a
-Litestream config lists.
+"""The databases and where their backups go: replica URLs, S3 settings, and the databases (and
+directories of databases) a Litestream config lists.
 
 Values a Litestream config gives (endpoint, region, credentials) win over the environment and
 go through the same parsers as the variables they stand for; a problem names the file's key.
@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
+from sidecar.parsers import pattern_problem
 from sidecar.settings import BY_NAME, Problems, parse, show
 
 # Railway Buckets answer only virtual-hosted requests (https://BUCKET.storage.railway.app);
@@ -62,6 +63,18 @@ class Database:
     @property
     def name(self) -> str:
         return self.path.name
+
+
+@dataclass(frozen=True)
+class DbDir:
+    """A directory entry: every file in `dir` matching `pattern` is a database, replicated
+    under `<replica prefix>/<its path relative to dir>` (see startup/tenants.py)."""
+
+    dir: Path
+    pattern: str
+    recursive: bool
+    watch: bool
+    replica: Replica
 
 
 # Litestream 0.5 opens each database through a SQLite URI it builds from the path without
@@ -232,18 +245,51 @@ def replica_from_litestream(db: dict[str, Any], values: Mapping[str, Any], where
     return None
 
 
+def dir_entry(entry: Mapping[str, Any], base: Path, values: Mapping[str, Any], where: str,
+              problems: Problems) -> DbDir | None:
+    """A `dir:` entry of the project's litestream.yml, read the way Litestream reads it."""
+    d = str(entry["dir"])
+    path = Path(d) if Path(d).is_absolute() else (base / d).resolve()
+    pattern = entry.get("pattern")
+    if not isinstance(pattern, str) or pattern_problem(pattern) is not None:
+        problems.note(f"{where}.pattern: a `dir` entry needs a file-name pattern like \"*.db\" "
+                      f"(got {show(str(pattern))})")
+        return None
+    flags = {}
+    for key in ("recursive", "watch"):
+        flag = entry.get(key, False)
+        if not isinstance(flag, bool):
+            problems.note(f"{where}.{key}: must be true or false (got {show(str(flag))})")
+            return None
+        flags[key] = flag
+    rep = replica_from_litestream(dict(entry), values, where, problems)
+    if rep is None:
+        return None
+    if rep.s3 is None:
+        problems.note(f"{where}.replica: a `dir` entry needs an s3 replica")
+        return None
+    return DbDir(dir=path, pattern=pattern, recursive=flags["recursive"], watch=flags["watch"],
+                 replica=rep)
+
+
 def databases_from_litestream(doc: Mapping[str, Any], cfg_path: Path, values: Mapping[str, Any],
-                              problems: Problems) -> list[Database]:
-    """The databases of a Litestream config's `dbs:`, each with its replica."""
+                              problems: Problems) -> tuple[list[Database], list[DbDir]]:
+    """The databases and directory entries of a Litestream config's `dbs:`, each with its
+    replica."""
     dbs = doc.get("dbs")
     if not isinstance(dbs, list) or not dbs:
         problems.note(f"LITESTREAM_CONFIG: {cfg_path} lists no databases under `dbs:`")
-        return []
+        return [], []
     out: list[Database] = []
+    dirs: list[DbDir] = []
     for i, entry in enumerate(dbs):
         where = f"LITESTREAM_CONFIG dbs[{i}]"
+        if isinstance(entry, dict) and entry.get("dir") and not entry.get("path"):
+            if (dd := dir_entry(entry, cfg_path.parent, values, where, problems)) is not None:
+                dirs.append(dd)
+            continue
         if not isinstance(entry, dict) or not entry.get("path"):
-            problems.note(f"{where}: needs a `path` (directory watching is not supported)")
+            problems.note(f"{where}: needs a `path` or a `dir` with a `pattern`")
             continue
         p = str(entry["path"])
         if p.startswith("file:"):
@@ -254,4 +300,4 @@ def databases_from_litestream(doc: Mapping[str, Any], cfg_path: Path, values: Ma
             problems.add(f"{where}.path", str(path), why)
         out.append(Database(path=path, replica=replica_from_litestream(entry, values, where,
                                                                         problems)))
-    return out
+    return out, dirs

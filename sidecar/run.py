@@ -22,7 +22,7 @@ from sidecar.errors import SidecarError
 from sidecar.litestream.config import write_config
 from sidecar.litestream.control import Control, short_socket_path
 from sidecar.litestream.process import free_loopback_port
-from sidecar.startup import migrate, preflight, restore
+from sidecar.startup import migrate, preflight, restore, tenants
 from sidecar.supervise import procs
 from sidecar.supervise.supervisor import Supervisor
 
@@ -101,6 +101,32 @@ def start(rt: Runtime) -> None:
                    **({"moved_aside": res.aside} if res.aside else {}))
             if sup.stop_requested():
                 return
+        for entry in cfg.directories:
+            t0 = time.monotonic()
+            try:
+                results = tenants.restore_on_start(cfg, entry, rt.litestream_bin,
+                                                   should_stop=sup.stop_requested)
+            except SidecarError as exc:
+                metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
+                rt.restores[str(entry.dir)] = restore.RestoreResult(
+                    str(entry.dir), "failed", exc.message, time.monotonic() - t0)
+                raise
+            for res in results:
+                metrics.RESTORES.labels(trigger="startup", outcome=res.outcome).inc()
+            restored = [r for r in results if r.outcome == "restored"]
+            rt.restores[str(entry.dir)] = restore.RestoreResult(
+                str(entry.dir), "restored" if restored else "skipped",
+                f"{len(restored)} of {len(results)} databases restored from "
+                f"{entry.replica.url}", time.monotonic() - t0)
+            if restored:
+                metrics.RESTORE_DURATION.set(time.monotonic() - t0)
+            logger.info("restore decided", dir=str(entry.dir), outcome=(
+                "restored" if restored else "skipped"), databases=len(results),
+                restored=len(restored),
+                names=sorted(r.db for r in restored)[:50],  # a bounded log line
+                duration_seconds=round(time.monotonic() - t0, 3))
+            if sup.stop_requested():
+                return
     finally:
         # The lag checks start once the restore step is over, failed (a held start shows
         # the bucket's reachability) or not; see lag.start.
@@ -113,7 +139,7 @@ def start(rt: Runtime) -> None:
     # Litestream then picks the migrated database up as a whole when it starts.
     t0 = time.monotonic()
     try:
-        res_m = migrate.run(cfg, rt.env, should_stop=sup.stop_requested)
+        res_m = migrate.run_all(cfg, rt.env, should_stop=sup.stop_requested)
     except SidecarError as exc:
         metrics.MIGRATIONS.labels(outcome="failed").inc()
         rt.migration = migrate.MigrationResult("failed", exc.message, time.monotonic() - t0)

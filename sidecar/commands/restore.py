@@ -50,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     parser.add_argument("--yes", "-y", action="store_true",
                         help="do not ask for confirmation before a live restore")
-    parser.add_argument("--db", metavar="PATH", help="which database, when there are several")
+    parser.add_argument("--db", metavar="PATH",
+                        help="which database, when there are several (a path, or a file of a "
+                             "database directory: t1.db)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_settings(parser)
 

@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", required=True, type=Path, metavar="PATH",
                         help="where to write the copy (must not exist unless --force)")
     parser.add_argument("--force", action="store_true", help="replace PATH if it exists")
-    parser.add_argument("--db", metavar="PATH", help="which database, when there are several")
+    parser.add_argument("--db", metavar="PATH",
+                        help="which database, when there are several (a path, or a file of a "
+                             "database directory: t1.db)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_settings(parser)
 

@@ -20,7 +20,8 @@ from sidecar.errors import OperatorError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", metavar="PATH", help="only this database")
+    parser.add_argument("--db", metavar="PATH",
+                        help="only this database (a path, or a file of a database directory)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_settings(parser)
 

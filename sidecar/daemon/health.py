@@ -85,6 +85,23 @@ class Probes:
                 why = f": {res.error}" if res.error else ""
                 reasons.append(f"replication lag of {db.path} is {res.lag_seconds:.0f}s, over "
                                f"SIDECAR_MAX_LAG_SECONDS={cfg.max_lag:g}{why}")
+        for d in (rt.lag.dirs if rt.lag else []):
+            res = d.result
+            if not res.checks or res.lag_seconds is None:
+                reasons.append(f"replication lag of the databases in {d.label} not measured yet")
+                dbs[d.label] = {"lag_seconds": None, "replica_reachable": None}
+                continue
+            dbs[d.label] = {"lag_seconds": round(res.lag_seconds, 3), "databases": d.members,
+                            "behind": len(d.behind), "replica_reachable": res.reachable,
+                            **({"last_check_error": res.error} if res.error else {})}
+            if not res.reachable:
+                reasons.append(f"the replica of the databases in {d.label} cannot be read: "
+                               f"{res.error}")
+            if res.lag_seconds >= cfg.max_lag:
+                worst = d.behind[0][0] if d.behind else "?"
+                reasons.append(f"replication lag of {len(d.behind)} database(s) in {d.label} "
+                               f"reaches {res.lag_seconds:.0f}s ({worst}), over "
+                               f"SIDECAR_MAX_LAG_SECONDS={cfg.max_lag:g}")
         return reasons, dbs
 
     def readyz(self) -> dict[str, Any]:

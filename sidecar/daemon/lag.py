@@ -433,13 +433,16 @@ class LagMonitor:
             if store is None and db.replica is not None:
                 opener = functools.partial(listing_store, db.replica, timeout=timeout)
             self.dbs.append(DbLag(db, store, control, opener=opener))
+        from sidecar.daemon.tenant_lag import DirLag
+
+        self.dirs = [DirLag(e, control, timeout, cfg.db_metrics_limit) for e in cfg.directories]
         self._observer: Any = None
         self._schedule: Callable[[], Any] | None = None
         self._log = log.get("lag")
 
     # -- results
     def results(self) -> dict[str, LagResult]:
-        return {d.label: d.result for d in self.dbs}
+        return {d.label: d.result for d in [*self.dbs, *self.dirs]}
 
     def healthy(self) -> bool:
         """Every bucket reachable and every lag under SIDECAR_MAX_LAG_SECONDS."""
@@ -450,6 +453,8 @@ class LagMonitor:
     def check_all(self) -> None:
         for d in self.dbs:
             d.check()
+        for e in self.dirs:
+            e.check()
         if self.cfg.heartbeat_url and self.healthy() and self.litestream_running():
             self._heartbeat(self.cfg.heartbeat_url)
 
@@ -478,15 +483,23 @@ class LagMonitor:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
                 for p in (event.src_path, getattr(event, "dest_path", "")):
-                    target = by_file.get(p if isinstance(p, str) else p.decode())
+                    name = p if isinstance(p, str) else p.decode()
+                    target = by_file.get(name)
                     if target is not None:
                         target.file_changed()
                         return
+                    for e in dirs:  # one watcher per directory entry, whatever its size
+                        if name.startswith(e.label + "/"):
+                            e.file_changed(name)
 
+        dirs = self.dirs
         observer = Observer()
         observer.daemon = True
         for directory in sorted({str(d.db.path.parent) for d in self.dbs}):
             observer.schedule(Handler(), directory, recursive=False)
+        for e in dirs:
+            e.entry.dir.mkdir(parents=True, exist_ok=True)
+            observer.schedule(Handler(), str(e.entry.dir), recursive=e.entry.recursive)
         observer.start()
         self._observer = observer
 

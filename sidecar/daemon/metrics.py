@@ -75,6 +75,19 @@ REPLICA_TXID = Gauge(
     ["db"],
     registry=REGISTRY,
 )
+DIR_DATABASES = Gauge(
+    "sidecar_directory_databases",
+    "Databases in a directory entry (SIDECAR_DB_DIR or a dir: entry) at the last lag check.",
+    ["dir"],
+    registry=REGISTRY,
+)
+DIR_BEHIND = Gauge(
+    "sidecar_directory_databases_behind",
+    "Databases of a directory entry whose bucket lacks a local change. The "
+    "entry's sidecar_replication_lag_seconds (db label: the directory) is the largest lag.",
+    ["dir"],
+    registry=REGISTRY,
+)
 REPLICA_REACHABLE = Gauge(
     "sidecar_replica_reachable",
     "1 when the last check of the bucket succeeded, 0 when it failed or none has run yet.",

@@ -42,10 +42,10 @@ from sidecar.daemon.api import (
 )
 from sidecar.daemon.runtime import Runtime
 from sidecar.errors import ExecError, MigrationError, OperatorError, RestoreError
-from sidecar.litestream.config import write_config
+from sidecar.litestream.config import member_doc, write_config, write_doc
 from sidecar.litestream.control import Control, ControlError, short_socket_path
 from sidecar.litestream.process import child_env, free_loopback_port, restore_argv
-from sidecar.startup import migrate, preflight, restore
+from sidecar.startup import migrate, preflight, restore, tenants
 from sidecar.supervise import procs
 from sidecar.supervise.supervisor import Event
 
@@ -68,17 +68,30 @@ def metric_label(db: Database) -> str:
 # The restore target (Target, parse_target) lives in api.py with the request types.
 
 
+def _choices(cfg: Config) -> str:
+    return ", ".join([str(d.path) for d in cfg.databases]
+                     + [f"a {e.pattern} file of {e.dir}" for e in cfg.directories])
+
+
 def pick_database(cfg: Config, name: str | None) -> Database:
+    """A configured database, or one of a directory entry's (by its path, or its path
+    relative to the directory: `--db t1.db`), whether or not the volume holds it now."""
     if name is None:
-        if len(cfg.databases) == 1:
+        if len(cfg.databases) == 1 and not cfg.directories:
             return cfg.databases[0]
         raise OperatorError("cannot choose a database: there are several; give --db with one of "
-                            + ", ".join(str(d.path) for d in cfg.databases))
+                            + _choices(cfg))
     for db in cfg.databases:
         if name in (db.name, str(db.path)):
             return db
+    for entry in cfg.directories:
+        p = Path(name)
+        rel = str(p.relative_to(entry.dir)) if p.is_absolute() and p.is_relative_to(
+            entry.dir) else name
+        if tenants.matches(entry, rel):
+            return tenants.member(entry, rel)
     raise OperatorError(f"cannot choose a database: --db: {name!r} is not one of "
-                        + ", ".join(str(d.path) for d in cfg.databases))
+                        + _choices(cfg))
 
 
 # ------------------------------------------------------------------ the replica's range
@@ -124,6 +137,24 @@ class Tools:
 
     binary: str
     config_path: Path
+    cfg: Config | None = None  # to name a directory entry's database in a config of its own
+
+
+@contextlib.contextmanager
+def naming(tools: Tools, db: Database) -> Iterator[Tools]:
+    """Tools whose config names `db`: `litestream restore -config` does not find the
+    databases of a `dir:` entry, so one of those gets a config of its own (0600, removed)."""
+    cfg = tools.cfg
+    if cfg is None or db in cfg.databases:
+        yield tools
+        return
+    with tempfile.TemporaryDirectory(prefix="sidecar-") as d:
+        os.chmod(d, 0o700)
+        path = write_doc(cfg, member_doc(cfg, [db]), Path(d) / "litestream.yml")
+        try:
+            yield Tools(tools.binary, path, cfg)
+        finally:
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -139,7 +170,7 @@ def standalone_tools(cfg: Config) -> Iterator[Tools]:
         # A config holding a secret goes to a tmpfs instead (write_config); removed here.
         path = write_config(cfg, free_loopback_port(), Path(d) / "litestream.yml")
         try:
-            yield Tools(binary, path)
+            yield Tools(binary, path, cfg)
         finally:
             path.unlink(missing_ok=True)
 
@@ -149,7 +180,7 @@ def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
     Raises OperatorError naming the available range when nothing reaches the target."""
     if db.replica is None:
         raise OperatorError(f"cannot restore {db.name}: no replica is configured")
-    with tempfile.TemporaryDirectory(prefix="sidecar-plan-") as d:
+    with tempfile.TemporaryDirectory(prefix="sidecar-plan-") as d, naming(tools, db) as tools:
         argv = restore_argv(tools.binary, tools.config_path, db, Path(d) / db.name,
                             txid=target.txid, timestamp=target.timestamp, dry_run=True)
         try:
@@ -187,9 +218,10 @@ def restore_file(tools: Tools, db: Database, target: Target, output: Path,
     """Restore into `output` (must not exist) and run a full integrity_check on it.
     `should_stop` is polled throughout, the check included (the loop's liveness beat)."""
     try:
-        summary = restore.restore_to(tools.binary, tools.config_path, db, output,
-                                     txid=target.txid, timestamp=target.timestamp,
-                                     should_stop=should_stop)
+        with naming(tools, db) as tools:
+            summary = restore.restore_to(tools.binary, tools.config_path, db, output,
+                                         txid=target.txid, timestamp=target.timestamp,
+                                         should_stop=should_stop)
     except RestoreError as exc:
         text = " ".join(exc.problems).lower()
         if any(s in text for s in _NO_MATCH):
@@ -207,6 +239,12 @@ def check_output(cfg: Config, output: Path, force: bool, verb: str, live_hint: s
     """An --output path that is not a live database (or its -wal/-shm), in an existing
     directory, and not an existing file unless `force`. Returns it absolute."""
     output = output.absolute()
+    for entry in cfg.directories:
+        if output.is_relative_to(entry.dir) and tenants.matches(
+                entry, str(output.relative_to(entry.dir)).removesuffix("-wal")
+                .removesuffix("-shm")):
+            raise OperatorError(f"cannot {verb}: --output: {output} is a database of the "
+                                f"directory {entry.dir}{live_hint}")
     for d in cfg.databases:
         for p in (d.path, dbfile.wal_path(d.path), dbfile.shm_path(d.path)):
             if output == p or output.resolve() == p.resolve():
@@ -378,7 +416,7 @@ class Operations:
     def _tools(self) -> Tools:
         if not self.rt.litestream_bin or not self.rt.litestream_config:
             raise OperatorError("cannot run litestream: the sidecar has not found it yet")
-        return Tools(self.rt.litestream_bin, self.rt.litestream_config)
+        return Tools(self.rt.litestream_bin, self.rt.litestream_config, self.cfg)
 
     # ---------------------------------------------------------------- status
 
@@ -486,7 +524,9 @@ class Operations:
                 raise OperatorError("cannot restore: the sidecar was told to stop")
             job.state = "swapping"
             job.moved_aside = restore.swap_in(tmp, db.path, restore.aside_dir(cfg, "pre-restore"),
-                                              dbfile.copy_base(db, cfg.databases))
+                                              dbfile.copy_base(db, [db, *cfg.databases]
+                                                               if db not in cfg.databases
+                                                               else cfg.databases))
             swapped = True
         except Exception as exc:  # whatever it was, the rest of the sequence must run
             tmp.unlink(missing_ok=True)
@@ -546,14 +586,16 @@ class Operations:
         assert sup is not None
         if not cfg.migrate_command:
             return True
-        if db.path != cfg.databases[0].path:
+        member = db not in cfg.databases
+        if not member and db.path != cfg.databases[0].path:
             # The command gets DATABASE_URL of the first database only, as at start.
             job.notes.append(f"migrations not run: the migration command migrates "
                              f"{cfg.databases[0].path}, not {db.path}")
             return True
         t0 = time.monotonic()
         try:
-            res = migrate.run(cfg, rt.env, should_stop=sup.working, databases=[db])
+            res = migrate.run(cfg, rt.env, should_stop=sup.working, databases=[db],
+                              target=db if member else None)
         except Exception as exc:  # a failed safety copy holds just like a failed command
             if not isinstance(exc, MigrationError):
                 self.log.error("migration after the restore could not run", exc_info=True)

@@ -80,6 +80,8 @@ def build(rt: Runtime, state_now: str | None = None,
         "started_at": utc(rt.started_at),
         "uptime_seconds": round(time.time() - rt.started_at, 1),
         "databases": databases(rt),
+        **({"directories": [d.summary() for d in rt.lag.dirs]} if rt.lag and rt.lag.dirs
+           else {}),
         "children": sup.children_status() if sup is not None else {},
         "last_restore": {name: _as_dict(r) for name, r in rt.restores.items()} or None,
         "manual_restore": manual_restore,

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.config import Config, Replica, secrets_of
+from sidecar.config import Config, Database, Replica, secrets_of
 from sidecar.errors import PreflightError
 from sidecar.litestream.control import short_socket_path
 
@@ -50,10 +50,15 @@ def _align_addressing(doc: dict[str, Any], cfg: Config) -> None:
     """Where the project's litestream.yml leaves `force-path-style` unset, write sidecar's
     choice in, so Litestream and sidecar's own S3 client address the bucket the same way
     (Litestream alone would pick path style for any endpoint, which Railway Buckets reject).
-    cfg.databases were built from doc's `dbs`, in order."""
-    for entry, db in zip(doc.get("dbs") or [], cfg.databases, strict=False):
-        s3 = db.replica.s3 if db.replica else None
-        if s3 is None or not isinstance(entry, dict):
+    cfg.databases (path entries) and cfg.directories (dir entries) were built from doc's
+    `dbs`, each in order."""
+    paths, dirs = iter(cfg.databases), iter(cfg.directories)
+    for entry in doc.get("dbs") or []:
+        if not isinstance(entry, dict):
+            continue
+        db = next(dirs, None) if entry.get("dir") and not entry.get("path") else next(paths, None)
+        s3 = db.replica.s3 if db is not None and db.replica else None
+        if s3 is None:
             continue
         for rep in [entry.get("replica"), *(entry.get("replicas") or [])]:
             if isinstance(rep, dict) and not rep.get("url") and "force-path-style" not in rep:
@@ -71,6 +76,10 @@ def render_config(cfg: Config, metrics_port: int) -> dict[str, Any]:
         doc = {"dbs": [{"path": str(db.path),
                         "replica": replica_section(db.replica, cfg.sync_interval)}
                        for db in cfg.databases if db.replica is not None]}
+        doc["dbs"] += [{"dir": str(d.dir), "pattern": d.pattern, "recursive": d.recursive,
+                        "watch": d.watch,
+                        "replica": replica_section(d.replica, cfg.sync_interval)}
+                       for d in cfg.directories]
     doc["addr"] = f"127.0.0.1:{metrics_port}"
     doc["socket"] = {"enabled": True, "path": str(sock), "permissions": 0o600}
     doc["logging"] = {"type": "json", "level": "info", "stderr": False}
@@ -139,10 +148,40 @@ def private_file(name: str) -> Path:
              "SIDECAR_REPLICA_URL (its credentials go through the environment only)")
 
 
+def member_doc(cfg: Config, members: list[Database]) -> dict[str, Any]:
+    """A config naming each database of a directory entry as a `path` entry: `litestream
+    restore -config` does not find the databases of a `dir` entry. A member of the project's
+    own entry keeps that entry's replica settings (credentials and all) with the database's
+    prefix, as Litestream derives it."""
+    entries: list[dict[str, Any]] = []
+    user = [e for e in ((cfg.user_litestream_doc or {}).get("dbs") or [])
+            if isinstance(e, dict) and e.get("dir") and not e.get("path")]
+    for m in members:
+        assert m.replica is not None
+        section = replica_section(m.replica, None)
+        for entry, d in zip(user, cfg.directories, strict=False):
+            if m.path.is_relative_to(d.dir) and isinstance(entry.get("replica"), dict):
+                section = {k: v for k, v in copy.deepcopy(entry["replica"]).items()
+                           if k not in ("url", "sync-interval")}
+                section.update(replica_section(m.replica, None))
+                break
+        entries.append({"path": str(m.path), "replica": section})
+    return {"dbs": entries, "logging": {"type": "json", "level": "info", "stderr": False}}
+
+
+def write_member_config(cfg: Config, members: list[Database], name: str) -> Path:
+    """Write member_doc like write_config writes the main config (a secret stays off disk)."""
+    return write_doc(cfg, member_doc(cfg, members), cfg.state_dir / name)
+
+
 def write_config(cfg: Config, metrics_port: int, path: Path | None = None) -> Path:
     """Write the rendered config, mode 0600: into `path` (default: the state dir) when it holds
     no secret, else into a private file on a tmpfs (see private_file). Returns where."""
-    doc = render_config(cfg, metrics_port)
+    return write_doc(cfg, render_config(cfg, metrics_port),
+                      path or cfg.state_dir / "litestream.generated.yml")
+
+
+def write_doc(cfg: Config, doc: dict[str, Any], path: Path) -> Path:
     text = _HEADER + yaml.safe_dump(doc, sort_keys=False)
     if needs_private_file(cfg, text):
         target = private_file("litestream.yml")
@@ -150,7 +189,7 @@ def write_config(cfg: Config, metrics_port: int, path: Path | None = None) -> Pa
         with os.fdopen(fd, "w") as f:
             f.write(text)
         return target
-    path = path or cfg.state_dir / "litestream.generated.yml"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

@@ -57,9 +57,10 @@ def database_url(path: Path) -> str:
 
 def run(cfg: Config, env: dict[str, str],
         should_stop: Callable[[], bool] | None = None,
-        databases: Sequence[Database] | None = None) -> MigrationResult:
+        databases: Sequence[Database] | None = None,
+        target: Database | None = None) -> MigrationResult:
     """Safety copies (of `databases`, default all), then the command, with DATABASE_URL
-    pointing at the first database. Raises MigrationError (exit 5) when it fails."""
+    pointing at `target` (default the first database). Raises MigrationError (exit 5)."""
     logger = log.get("migrate")
     t0 = time.monotonic()
     if not cfg.migrate_command:
@@ -68,8 +69,12 @@ def run(cfg: Config, env: dict[str, str],
     for c in copies:
         logger.info("pre-migration copy", path=c)
     menv = dict(env)
-    menv["DATABASE_URL"] = database_url(cfg.databases[0].path)
-    menv.setdefault("SIDECAR_DB_PATH", str(cfg.databases[0].path))
+    target = target or cfg.databases[0]
+    menv["DATABASE_URL"] = database_url(target.path)
+    if cfg.databases and target is cfg.databases[0]:
+        menv.setdefault("SIDECAR_DB_PATH", str(target.path))
+    else:
+        menv["SIDECAR_DB_PATH"] = str(target.path)
     cmd = list(cfg.migrate_command)
     logger.info("migration started", command=" ".join(cmd))
 
@@ -94,3 +99,36 @@ def run(cfg: Config, env: dict[str, str],
                  "is in the copy above")
     return MigrationResult("succeeded", f"{' '.join(cmd)} exited 0", duration, copies)
 
+
+
+def run_all(cfg: Config, env: dict[str, str],
+            should_stop: Callable[[], bool] | None = None) -> MigrationResult:
+    """The command once for the configured databases (as `run`), then once per database of
+    each directory entry, with DATABASE_URL and SIDECAR_DB_PATH naming that database (a
+    tenant's schema is its own; the first failure stops the start and names the database)."""
+    from sidecar.startup import tenants
+
+    if not cfg.directories:
+        return run(cfg, env, should_stop)
+    t0 = time.monotonic()
+    if not cfg.migrate_command:
+        return MigrationResult("skipped", "no migration command", 0.0)
+    copies: list[str] = []
+    done = 0
+    if cfg.databases:
+        copies += run(cfg, env, should_stop).copies
+        done += 1
+    for entry in cfg.directories:
+        for rel in tenants.local_members(entry):
+            m = tenants.member(entry, rel)
+            try:
+                res = run(cfg, env, should_stop, databases=[m], target=m)
+            except MigrationError as exc:
+                raise MigrationError(f"{exc.message} (database {m.path})",
+                                     problems=exc.problems, hint=exc.hint) from None
+            copies += res.copies
+            done += 1
+            if should_stop and should_stop():
+                break
+    return MigrationResult("succeeded", f"{' '.join(cfg.migrate_command)} exited 0 for "
+                           f"{done} database(s)", time.monotonic() - t0, copies)

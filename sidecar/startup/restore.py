@@ -191,8 +191,11 @@ def _same_fs(a: Path, b: Path) -> bool:
 
 
 def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
-             should_stop: Callable[[], bool] | None = None) -> RestoreResult:
-    """Decide and, when needed, restore one database before anything else touches it."""
+             should_stop: Callable[[], bool] | None = None,
+             contents: replica.Contents | None = None) -> RestoreResult:
+    """Decide and, when needed, restore one database before anything else touches it.
+    `contents`: what the replica holds when the caller already listed it (a directory
+    entry lists all its databases at once), else it is probed here."""
     logger = log.get("restore")
     t0 = time.monotonic()
     for p in clean_leftovers(db.path):
@@ -211,7 +214,8 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
         return RestoreResult(db.name, "fresh", f"{state.detail}; no replica configured",
                              time.monotonic() - t0)
     try:
-        contents = replica.probe(db.replica, cfg.replica_timeout)
+        if contents is None:
+            contents = replica.probe(db.replica, cfg.replica_timeout)
     except replica.ReplicaUnreachable as exc:
         raise RestoreError(
             f"cannot start: {db.path} needs a restore ({state.detail}) and the replica "
@@ -238,7 +242,8 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
                 layout=contents.layout)
     summary = restore_to(binary, config_path, db, tmp, should_stop=should_stop)
     kept = swap_in(tmp, db.path, aside_dir(cfg, "pre-restore"),
-                   dbfile.copy_base(db, cfg.databases))
+                   dbfile.copy_base(db, cfg.databases if db in cfg.databases
+                                    else [db, *cfg.databases]))
     return RestoreResult(db.name, "restored",
                          f"restored from {db.replica.url} ({state.detail}; "
                          f"{replica.LAYOUT_NAMES[contents.layout]} layout)",

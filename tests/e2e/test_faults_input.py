@@ -136,6 +136,13 @@ INVALID: dict[str, st.SearchStrategy[str]] = {
     "SIDECAR_HTTP_MAX_CONNECTIONS": nonblank.filter(lambda t: not (t.strip().isascii()
                                                                     and t.strip().isdigit()
                                                                     and 1 <= int(t) <= 1024)),
+    "SIDECAR_DB_DIR": nonblank,  # never together with SIDECAR_DB_PATH (set by valid_env)
+    "SIDECAR_DB_PATTERN": nonblank.filter(lambda t: "/" in t or t.strip().startswith(".")),
+    "SIDECAR_DB_RECURSIVE": bad_bool,
+    "SIDECAR_RESTORE_PARALLELISM": nonblank.filter(lambda t: not (
+        t.strip().isascii() and t.strip().isdigit() and 1 <= int(t) <= 64)),
+    "SIDECAR_DB_METRICS_LIMIT": nonblank.filter(lambda t: not (
+        t.strip().isascii() and t.strip().isdigit() and int(t) <= 10000)),
     "SIDECAR_APP_RESTART": bad_choice("no", "on-failure"),
     "SIDECAR_LOG_FORMAT": bad_choice("json", "console"),
     "SIDECAR_ON_START_FAILURE": bad_choice("exit", "hold"),

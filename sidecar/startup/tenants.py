@@ -1,0 +1,246 @@
+"""Directory entries: many databases (one per tenant) in one directory, replicated by
+Litestream's `dir:` + `pattern:` (+ `recursive:`, `watch:`) config.
+
+Litestream replicates each database it finds under its own prefix beneath the entry's replica
+path, `<prefix>/<path relative to the directory>/<level>/<ltx>` (cloneReplicaConfigWithRelative
+Path in Litestream's cmd/litestream/main.go), and `litestream restore -config` does not know
+the databases of a directory entry ("database not found in config"). So each database of an
+entry is a plain `Database` here (`member`), restored through a config that names it, and one
+listing of the entry's prefix tells which databases the bucket holds (`remote_members`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sidecar.config import Config, Database, DbDir, Replica
+from sidecar.litestream.config import write_member_config
+
+if TYPE_CHECKING:
+    from sidecar.startup.restore import RestoreResult
+
+# <rel>/<level>/<min>-<max>.ltx (0.5) or <rel>/generations/<id>/<kind>/<file> (0.3)
+_V5 = re.compile(r"^(.+)/[0-9a-f]{4}/[0-9a-f]{16}-([0-9a-f]{16})\.ltx$")
+_V3 = re.compile(r"^(.+)/generations/[0-9a-f]{16}/(?:snapshots|wal)/[^/]+$")
+
+
+def member(entry: DbDir, rel: str) -> Database:
+    """The database at `rel` (relative to the entry's directory) with its own replica prefix."""
+    rep = entry.replica
+    if rep.s3 is not None:
+        prefix = f"{rep.s3.prefix.rstrip('/')}/{rel}"
+        s3 = replace(rep.s3, prefix=prefix)
+        return Database(path=entry.dir / rel,
+                        replica=Replica(url=f"s3://{s3.bucket}/{prefix}", s3=s3))
+    assert rep.dir is not None
+    return Database(path=entry.dir / rel,
+                    replica=Replica(url=f"file://{rep.dir / rel}", dir=rep.dir / rel))
+
+
+def matches(entry: DbDir, rel: str) -> bool:
+    """Whether Litestream would replicate a database at `rel` under this entry."""
+    if not rel or rel.startswith("/") or ".." in rel.split("/"):
+        return False
+    if "/" in rel and not entry.recursive:
+        return False
+    return fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], entry.pattern)
+
+
+def local_members(entry: DbDir) -> list[str]:
+    """Relative paths of the files in the directory that match the entry (SQLite or not:
+    a 0-byte ghost is a database to restore; sidecar's own files never match)."""
+    out: list[str] = []
+    if not entry.dir.is_dir():
+        return out
+    for root, dirs, files in os.walk(entry.dir):
+        base = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if entry.recursive else []
+        for f in sorted(files):
+            rel = str((base / f).relative_to(entry.dir))
+            if matches(entry, rel) and not f.startswith("."):
+                out.append(rel)
+    return out
+
+
+@dataclass
+class Listing:
+    """What the bucket holds under an entry's prefix: `members` maps each database's relative
+    path to its layout ("0.5" or "0.3"); `unknown` are keys of neither layout; `requests`
+    is the number of S3 requests it took (one per 1,000 keys)."""
+
+    members: dict[str, str] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # backups the pattern does not match
+    positions: dict[str, int] = field(default_factory=dict)  # rel -> newest TXID (0.5 only)
+    requests: int = 0
+
+
+def classify(entry: DbDir, keys: list[str]) -> Listing:
+    out = Listing()
+    for key in keys:
+        m = _V5.match(key) or _V3.match(key)
+        if m is None:
+            out.unknown.append(key)
+            continue
+        rel = m.group(1)
+        if not matches(entry, rel):
+            if rel not in out.ignored:
+                out.ignored.append(rel)
+            continue
+        layout = "0.5" if m.re is _V5 else "0.3"
+        if layout == "0.5":
+            out.positions[rel] = max(out.positions.get(rel, 0), int(m.group(2), 16))
+        if out.members.get(rel) != "0.5":
+            out.members[rel] = layout
+    return out
+
+
+def remote_members_positions(entry: DbDir, timeout: float) -> Listing:
+    """One attempt at the listing (a lag check): a failure is the check's result."""
+    return remote_members(entry, timeout, retry=False)
+
+
+def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
+                   sleep: Callable[[float], None] = time.sleep, retry: bool = True) -> Listing:
+    """One paginated listing of the entry's prefix. Connection failures are retried until
+    `deadline_s`; denied and missing-bucket answers are final. Raises ReplicaUnreachable."""
+    from sidecar import replica
+
+    rep = entry.replica
+    if rep.s3 is None:
+        assert rep.dir is not None
+        keys = [str(p.relative_to(rep.dir)).replace(os.sep, "/")
+                for p in sorted(rep.dir.rglob("*")) if p.is_file()] if rep.dir.is_dir() else []
+        # A file replica lays a database out as <rel>/ltx/<level, decimal>/<ltx>.
+        keys = [re.sub(r"/ltx/(\d+)/", lambda m: f"/{int(m.group(1)):04x}/", k) for k in keys]
+        return classify(entry, keys)
+    end = time.monotonic() + deadline_s
+    delay = 0.5
+    store = replica.S3Store(rep, timeout=deadline_s, client=client)
+    while True:
+        try:
+            keys, token = [], None
+            while True:
+                kwargs: dict[str, Any] = {"Bucket": store.bucket, "Prefix": store.prefix,
+                                          "MaxKeys": 1000}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                resp = store._call(store._client.list_objects_v2, **kwargs)
+                keys += [o["Key"][len(store.prefix):] for o in resp.get("Contents", [])]
+                token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+                if not token:
+                    break
+            out = classify(entry, keys)
+            out.requests = store.requests
+            return out
+        except replica.ReplicaUnreachable as exc:
+            if not retry or exc.kind != "unreachable" or time.monotonic() + delay > end:
+                raise
+        sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def restore_on_start(cfg: Config, entry: DbDir, binary: str,
+                     should_stop: Callable[[], bool] | None = None) -> list[RestoreResult]:
+    """Restore every database the bucket holds under the entry's prefix and the volume lacks
+    (or holds as a ghost), `cfg.restore_parallelism` at a time, each exactly like a single
+    database (restore.on_start: temporary file, quick_check, rename). Raises RestoreError:
+    the bucket cannot be listed; it holds unknown objects and something needs a restore; or
+    a restore failed (the first failure, naming the database; the others stop early)."""
+    from sidecar import dbfile, log, replica
+    from sidecar.errors import RestoreError
+    from sidecar.startup import restore
+
+    logger = log.get("restore")
+    # Litestream's directory scan fails on a directory that does not exist.
+    entry.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        listing = remote_members(entry, cfg.replica_timeout)
+    except replica.ReplicaUnreachable as exc:
+        raise RestoreError(
+            f"cannot start: the databases in {entry.dir} may need a restore and the replica "
+            f"{entry.replica.url} cannot be read: {exc.message}",
+            hint="starting with empty databases would replace the real backups; fix the "
+                 "bucket, endpoint or credentials and start again") from None
+    local = set(local_members(entry))
+    # A damaged file goes to restore.on_start too, which refuses it as for one database
+    # (sidecar never replaces a damaged database automatically).
+    needed = sorted(rel for rel in listing.members
+                    if rel not in local
+                    or dbfile.inspect(entry.dir / rel, check=False).kind != "present")
+    if listing.ignored:
+        logger.info("backups not matching the pattern left alone", dir=str(entry.dir),
+                    pattern=entry.pattern, databases=listing.ignored[:20])
+    if listing.unknown and (needed or not local):
+        shown = [f"{entry.replica.url}/{k}" for k in listing.unknown[:3]]
+        raise RestoreError(
+            f"cannot start: the databases in {entry.dir} need a restore and the replica "
+            f"{entry.replica.url} holds objects that are not a Litestream backup: "
+            + ", ".join(shown),
+            problems=[f"found: {entry.replica.url}/{k}" for k in listing.unknown[:20]],
+            hint="point the directory's replica at the prefix that holds its databases' "
+                 "backups (each under PREFIX/<file name>); sidecar will not start over data "
+                 "it does not understand")
+    results = [restore.RestoreResult(rel, "skipped", "database present", 0.0)
+               for rel in sorted(local) if rel not in needed]
+    if not needed:
+        return results
+    members = [member(entry, rel) for rel in needed]
+    for rel in needed:  # a recursive entry's subdirectories
+        (entry.dir / rel).parent.mkdir(parents=True, exist_ok=True)
+    config_path = write_member_config(
+        cfg, members, f"litestream.restore.{hashlib.sha256(str(entry.dir).encode()).hexdigest()[:8]}.yml")
+    failed = threading.Event()
+
+    def stop() -> bool:
+        return failed.is_set() or bool(should_stop and should_stop())
+
+    def one(m: Database) -> restore.RestoreResult:
+        layout = listing.members[str(m.path.relative_to(entry.dir))]
+        try:
+            res = restore.on_start(cfg, m, binary, config_path, should_stop=stop,
+                                   contents=replica.Contents(layout))
+        except BaseException:
+            failed.set()
+            raise
+        res.db = str(m.path.relative_to(entry.dir))
+        return res
+
+    t0 = time.monotonic()
+    logger.info("directory restore started", dir=str(entry.dir), replica=entry.replica.url,
+                databases=len(members), parallelism=cfg.restore_parallelism,
+                s3_requests=listing.requests)
+    first: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=cfg.restore_parallelism,
+                            thread_name_prefix="restore") as pool:
+        futures = {pool.submit(one, m): m for m in members}
+        for fut in as_completed(futures):
+            try:
+                results.append(fut.result())
+            except RestoreError as exc:
+                m = futures[fut]
+                if first is None:
+                    first = RestoreError(f"{exc.message} (database {m.path} of the directory "
+                                         f"{entry.dir})", problems=exc.problems, hint=exc.hint)
+            except BaseException as exc:
+                first = first or exc
+    with contextlib.suppress(OSError):
+        if config_path.is_relative_to(cfg.state_dir):
+            config_path.unlink()
+    if first is not None:
+        raise first
+    logger.info("directory restore finished", dir=str(entry.dir),
+                restored=sum(r.outcome == "restored" for r in results),
+                duration_seconds=round(time.monotonic() - t0, 3))
+    return results

@@ -1,0 +1,135 @@
+"""Directory entries without real parts: config, layout, listing classification, configs."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sidecar import config
+from sidecar.daemon import operations
+from sidecar.errors import ConfigError, OperatorError
+from sidecar.litestream import config as litestream
+from sidecar.startup import tenants
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "SIDECAR_DB_DIR": str(tmp_path / "tenants"),
+            "SIDECAR_REPLICA_URL": "s3://bkt/tenants", "SIDECAR_S3_ENDPOINT": "http://s3.test",
+            "AWS_ACCESS_KEY_ID": "key-id-1234", "AWS_SECRET_ACCESS_KEY": "secret-value-5678",
+            **extra}
+
+
+def test_generated_directory_entry(tmp_path: Path) -> None:
+    cfg = config.load(_env(tmp_path), need_app=False, cwd=tmp_path)
+    assert cfg.databases == ()
+    (entry,) = cfg.directories
+    assert entry.dir == tmp_path / "tenants" and entry.pattern == "*.db" and entry.watch
+    assert cfg.state_dir == tmp_path / "tenants" / ".sidecar"
+    doc = litestream.render_config(cfg, 9999)
+    (d,) = doc["dbs"]
+    assert d["dir"] == str(tmp_path / "tenants") and d["watch"] is True
+    assert d["replica"]["path"] == "tenants" and "secret-access-key" not in d["replica"]
+
+
+def test_members_get_litestreams_prefix_layout(tmp_path: Path) -> None:
+    cfg = config.load(_env(tmp_path, SIDECAR_DB_RECURSIVE="1"), need_app=False, cwd=tmp_path)
+    entry = cfg.directories[0]
+    m = tenants.member(entry, "eu/t1.db")
+    assert m.path == tmp_path / "tenants" / "eu" / "t1.db"
+    assert m.replica is not None and m.replica.s3 is not None
+    assert m.replica.s3.prefix == "tenants/eu/t1.db" and m.replica.url == "s3://bkt/tenants/eu/t1.db"
+    doc = litestream.member_doc(cfg, [m])
+    assert doc["dbs"] == [{"path": str(m.path), "replica": litestream.replica_section(
+        m.replica, None)}]
+
+
+def test_listing_is_classified_per_database() -> None:
+    entry = config.DbDir(Path("/d"), "*.db", False, True, config.Replica("s3://b/p"))
+    listing = tenants.classify(entry, [
+        "a.db/0000/0000000000000001-0000000000000004.ltx",
+        "a.db/0009/0000000000000001-0000000000000002.ltx",
+        "b.db/generations/0123456789abcdef/snapshots/00000000.snapshot.lz4",
+        "c.sqlite/0000/0000000000000001-0000000000000001.ltx",  # the pattern does not match
+        "sub/d.db/0000/0000000000000001-0000000000000001.ltx",  # not recursive
+        "notes.txt", "a.db/stray",
+    ])
+    assert listing.members == {"a.db": "0.5", "b.db": "0.3"}
+    assert listing.positions == {"a.db": 4}
+    assert sorted(listing.ignored) == ["c.sqlite", "sub/d.db"]
+    assert listing.unknown == ["notes.txt", "a.db/stray"]
+
+
+def test_local_members_skip_hidden_and_unmatched(tmp_path: Path) -> None:
+    d = tmp_path / "tenants"
+    (d / ".sidecar").mkdir(parents=True)
+    (d / "sub").mkdir()
+    for name in ("a.db", "b.db-wal", ".a.db.sidecar-restore-1", "c.txt", "sub/e.db",
+                 ".sidecar/x.db"):
+        (d / name).write_bytes(b"")
+    entry = config.DbDir(d, "*.db", False, True, config.Replica("s3://b/p"))
+    assert tenants.local_members(entry) == ["a.db"]
+    entry = config.DbDir(d, "*.db", True, True, config.Replica("s3://b/p"))
+    assert tenants.local_members(entry) == ["a.db", "sub/e.db"]
+
+
+def test_litestream_yml_dir_entry_keeps_its_replica_settings(tmp_path: Path) -> None:
+    (tmp_path / "litestream.yml").write_text(textwrap.dedent("""
+        dbs:
+          - dir: /data/tenants
+            pattern: "*.sqlite"
+            recursive: true
+            watch: true
+            replica:
+              type: s3
+              bucket: bkt
+              path: tenants
+              endpoint: http://s3.test
+              access-key-id: "${KEY}"
+              secret-access-key: "${SECRET}"
+          - path: /data/app.db
+            replica: {type: s3, bucket: bkt, path: app.db, endpoint: "http://s3.test"}
+    """))
+    env = {"PATH": "/usr/bin:/bin", "KEY": "key-id-1234", "SECRET": "secret-value-5678"}
+    cfg = config.load(env, need_app=False, cwd=tmp_path)
+    assert [d.path for d in cfg.databases] == [Path("/data/app.db")]
+    (entry,) = cfg.directories
+    assert entry.pattern == "*.sqlite" and entry.recursive and entry.replica.s3.prefix == "tenants"
+    doc = litestream.render_config(cfg, 9999)
+    assert doc["dbs"][0]["replica"]["force-path-style"] is True  # aligned, the entry not skipped
+    m = tenants.member(entry, "x/t.sqlite")
+    (md,) = litestream.member_doc(cfg, [m])["dbs"]
+    assert md["replica"]["path"] == "tenants/x/t.sqlite"
+    assert md["replica"]["secret-access-key"] == "secret-value-5678"  # goes to a private file
+    assert operations.pick_database(cfg, "x/t.sqlite").path == Path("/data/tenants/x/t.sqlite")
+    assert operations.pick_database(cfg, "/data/tenants/t.sqlite").replica.s3.prefix == \
+        "tenants/t.sqlite"
+    with pytest.raises(OperatorError, match=r"x\.txt"):
+        operations.pick_database(cfg, "x.txt")
+    with pytest.raises(OperatorError, match="several"):
+        operations.pick_database(cfg, None)
+    yaml.safe_dump(doc)
+
+
+@pytest.mark.parametrize("entry,expected", [
+    ({"dir": "/d"}, "pattern"),
+    ({"dir": "/d", "pattern": "a/*.db"}, "pattern"),
+    ({"dir": "/d", "pattern": "*.db", "watch": "yes"}, "watch"),
+    ({"dir": "/d", "pattern": "*.db", "replica": {"type": "file", "path": "/r"}}, "s3 replica"),
+])
+def test_bad_dir_entries_are_named(tmp_path: Path, entry: dict, expected: str) -> None:
+    entry.setdefault("replica", {"type": "s3", "bucket": "b", "path": "p"})
+    (tmp_path / "litestream.yml").write_text(yaml.safe_dump({"dbs": [entry]}))
+    with pytest.raises(ConfigError) as exc:
+        config.load({"PATH": "/usr/bin:/bin"}, need_app=False, cwd=tmp_path)
+    text = "\n".join(exc.value.problems)
+    assert "dbs[0]" in text and expected in text, text
+
+
+def test_db_dir_and_db_path_together_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config.load(_env(tmp_path, SIDECAR_DB_PATH=str(tmp_path / "a.db")), need_app=False,
+                    cwd=tmp_path)
+    assert any("SIDECAR_DB_DIR" in p and "SIDECAR_DB_PATH" in p for p in exc.value.problems)
