@@ -133,3 +133,38 @@ def test_db_dir_and_db_path_together_is_an_error(tmp_path: Path) -> None:
         config.load(_env(tmp_path, SIDECAR_DB_PATH=str(tmp_path / "a.db")), need_app=False,
                     cwd=tmp_path)
     assert any("SIDECAR_DB_DIR" in p and "SIDECAR_DB_PATH" in p for p in exc.value.problems)
+
+
+@pytest.mark.parametrize("var,value,expected", [
+    ("SIDECAR_DB_PATTERN", ".hidden*", "file-name pattern"),
+    ("SIDECAR_DB_PATTERN", "a/*.db", "file-name pattern"),
+    ("SIDECAR_DB_RECURSIVE", "maybe", "1/0 or true/false"),
+    ("SIDECAR_RESTORE_PARALLELISM", "65", "from 1 to 64"),
+    ("SIDECAR_DB_METRICS_LIMIT", "10001", "from 0 to 10000"),
+    ("SIDECAR_REPLICA_URL", "file:///backups", "s3:// URL with SIDECAR_DB_DIR"),
+])
+def test_a_bad_directory_setting_is_one_error_naming_it(tmp_path: Path, var: str, value: str,
+                                                        expected: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config.load(_env(tmp_path, **{var: value}), need_app=False, cwd=tmp_path)
+    (problem,) = exc.value.problems
+    assert problem.startswith(f"{var}:") and expected in problem and value in problem, problem
+
+
+def test_a_bad_pattern_is_an_error_without_a_directory_too(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_DB_PATH": str(tmp_path / "a.db"),
+           "SIDECAR_DB_PATTERN": ".x"}
+    with pytest.raises(ConfigError) as exc:
+        config.load(env, need_app=False, cwd=tmp_path)
+    assert [p.split(":")[0] for p in exc.value.problems] == ["SIDECAR_DB_PATTERN"]
+
+
+def test_directory_settings_fill_the_config(tmp_path: Path) -> None:
+    cfg = config.load(_env(tmp_path, SIDECAR_RESTORE_PARALLELISM="3", SIDECAR_DB_METRICS_LIMIT="0",
+                           SIDECAR_DB_RECURSIVE="1", SIDECAR_DB_PATTERN="*.sqlite"),
+                      need_app=False, cwd=tmp_path)
+    assert (cfg.restore_parallelism, cfg.db_metrics_limit) == (3, 0)
+    (entry,) = cfg.directories
+    assert entry.recursive and entry.pattern == "*.sqlite"
+    assert config.describe(cfg)["directories"][0]["pattern"] == "*.sqlite"
+    assert "secret-value-5678" in config.secrets_of(cfg)
