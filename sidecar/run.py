@@ -128,8 +128,11 @@ def start(rt: Runtime) -> None:
             if sup.stop_requested():
                 return
     finally:
-        # The lag checks start once the restore step is over, failed (a held start shows
-        # the bucket's reachability) or not; see lag.start.
+        # The file watching and the lag checks start once the restore step is over, failed
+        # (a held start shows the bucket's reachability) or not; see lag.start. Watching
+        # starts here, before migrations and the app, so no write of theirs goes untimed.
+        if rt.lag is not None:
+            rt.lag.watch()
         if rt.begin_jobs is not None:
             rt.begin_jobs()
 

@@ -5,6 +5,7 @@ lag as through boto3, and an idle `sidecar run` with such a config never imports
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -198,3 +199,30 @@ def test_verification_space_estimate_lists_without_boto3(tmp_path: Path, s3: S3S
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [want, False, False], out.stdout
+
+
+def test_sidecar_run_watches_the_database_once_the_app_runs(tmp_path: Path, s3: S3Server,
+                                                            bucket: str, sidecars: object) -> None:
+    """The file watching is deferred past the restore step, not dropped: once the app runs,
+    the sidecar process holds an inotify watch (seen in /proc, not through sidecar)."""
+    env = base_env(tmp_path, **s3_env(s3, bucket))
+    seed_bucket(env, tmp_path, ["x"])
+    (tmp_path / "data" / "app.db").unlink()
+    env.update(WRITE_LIMIT="1", SIDECAR_VERIFY_SCHEDULE="")
+    sc = sidecars(env, write_app(tmp_path), tmp_path)  # type: ignore[operator]
+    sc.wait_event("app started", 60)
+    assert sc.event("restore decided")["outcome"] == "restored"
+    fds = Path(f"/proc/{sc.proc.pid}/fd")
+
+    def watching() -> bool:
+        links = []
+        for fd in fds.iterdir():
+            try:
+                links.append(os.readlink(fd))
+            except OSError:
+                continue
+        return "anon_inode:inotify" in links
+
+    wait_for(watching, 10, what="an inotify watch in the sidecar process")
+    sc.signal()
+    assert sc.wait() == 0, sc.output()

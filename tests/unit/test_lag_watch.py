@@ -1,0 +1,37 @@
+"""The start-up restore writes its temporary file beside the database, in the directory the
+lag monitor watches: `sidecar run` starts the monitor with its watching deferred, so none of
+those writes reaches the watcher's thread, and watching starts when told (once)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from conftest import wait_for
+
+from sidecar import config, lag
+
+
+def test_deferred_monitor_watches_only_once_told(tmp_path: Path) -> None:
+    cfg = config.load({"SIDECAR_DB_PATH": str(tmp_path / "app.db"), "PATH": "/usr/bin:/bin",
+                       "SIDECAR_REPLICA_URL": f"file://{tmp_path / 'replica'}"},
+                      app_command=["true"], cwd=tmp_path)
+    monitor = lag.start(cfg, None, lambda: True, lambda *a: None, defer_checks=True)
+    events = monitor.dbs[0].changes._events
+    try:
+        temp = tmp_path / ".app.db.sidecar-restore-1"  # what a restore writes meanwhile
+        with temp.open("wb") as f:
+            for _ in range(50):
+                f.write(b"x" * 4096)
+                f.flush()
+        (tmp_path / "app.db").write_bytes(b"y")
+        time.sleep(0.5)
+        assert monitor._observer is None and not events
+        monitor.watch()
+        observer = monitor._observer
+        monitor.watch()
+        assert observer is not None and monitor._observer is observer
+        (tmp_path / "app.db").write_bytes(b"z")
+        wait_for(lambda: len(events) > 0, 10, what="the watcher to see a write to the DB")
+    finally:
+        monitor.stop()
