@@ -23,7 +23,9 @@ from pathlib import Path
 
 import harness as h
 
-from sidecar import config, lag, litestream, procs
+from sidecar import config, litestream
+from sidecar.daemon import lag
+from sidecar.supervise import procs
 
 
 def log(msg: str) -> None:

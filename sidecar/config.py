@@ -130,6 +130,10 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         databases, directories = databases_from_litestream(user_doc, user_cfg_path, v, problems)
         db_var = "LITESTREAM_CONFIG"
         local_default = False
+        if v["SIDECAR_DB_DIR"] is not None:  # a directory must come from one place only
+            problems.add("SIDECAR_DB_DIR", env["SIDECAR_DB_DIR"], "must not be set when the "
+                         f"project's Litestream config ({user_cfg_path}) lists the databases: "
+                         "put a `dir:` entry there instead")
         db_path = _db_path(v, source, cwd, prisma_schema)
         if db_path is not None and databases and not directories and \
                 db_path not in {d.path for d in databases}:

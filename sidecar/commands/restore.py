@@ -29,10 +29,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sidecar import config
+from sidecar.backups import pick_database, plan, restore_to_output, standalone_tools
 from sidecar.cli import add_settings, settings_from_args
 from sidecar.daemon.api import RestoreRequest, RestoreStatusRequest, Target, parse_target
-from sidecar.daemon.control import NoDaemon, call
-from sidecar.daemon.operations import pick_database, plan, restore_to_output, socket_path, standalone_tools
+from sidecar.daemon.control import NoDaemon, call, socket_path
 from sidecar.errors import OperatorError
 from sidecar.startup import restore
 

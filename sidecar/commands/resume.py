@@ -14,8 +14,7 @@ from sidecar import config
 from sidecar.cli import add_settings, settings_from_args
 from sidecar.commands.status import fetch
 from sidecar.daemon.api import ResumeRequest
-from sidecar.daemon.control import NoDaemon, call
-from sidecar.daemon.operations import socket_path
+from sidecar.daemon.control import NoDaemon, call, socket_path
 from sidecar.errors import OperatorError
 
 

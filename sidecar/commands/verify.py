@@ -12,10 +12,10 @@ import json
 from typing import Any
 
 from sidecar import config
+from sidecar.backups import pick_database, standalone_tools, verify
 from sidecar.cli import add_settings, settings_from_args
 from sidecar.daemon.api import VerifyRequest
-from sidecar.daemon.control import NoDaemon, call
-from sidecar.daemon.operations import pick_database, socket_path, standalone_tools, verify
+from sidecar.daemon.control import NoDaemon, call, socket_path
 from sidecar.errors import OperatorError
 
 

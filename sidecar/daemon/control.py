@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sidecar.config import Config
 from sidecar.daemon import api
 from sidecar.errors import NoDaemon
-from sidecar.litestream.control import ControlError, unix_request
+from sidecar.litestream.control import ControlError, short_socket_path, unix_request
 
 __all__ = ["NoDaemon", "call"]  # NoDaemon lives with the other errors; callers import it here
 
@@ -26,3 +27,11 @@ def call(sock: Path, method: str, url: str, body: api.Request | None = None,
                             timeout=timeout)
     except ControlError as exc:
         raise NoDaemon(f"no sidecar answers on {sock} ({exc})") from None
+
+
+SOCKET_NAME = "sidecar.sock"
+
+
+def socket_path(cfg: Config) -> Path:
+    """Where the daemon's control socket lives (in the state dir when the path fits)."""
+    return short_socket_path(cfg.state_dir, SOCKET_NAME)

@@ -1,5 +1,7 @@
 """The listeners: the HTTP listener (SIDECAR_HTTP_ADDR) and the control socket, served by one
-bounded server over the one route table (router.py).
+bounded server over the one route table (router.py). One module of ~470 lines on purpose: the
+selector loop, its limits and the request parser share one connection state, and each limit
+below is only checkable with the others in view.
 
 Bounded by construction, so slow or hostile clients cannot grow memory or threads:
 - one thread runs a selector loop over every socket; a slow client holds a socket, not a thread;

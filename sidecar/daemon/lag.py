@@ -1,4 +1,6 @@
-"""Replication lag measured against what is really in the bucket.
+"""Replication lag measured against what is really in the bucket. (Over 500 lines on purpose:
+the definition of lag, its bucket tracker and its monitor are one algorithm; the directory
+entries' variant lives in tenant_lag.py.)
 
 Litestream cannot say that backups stopped: during an S3 outage its error counters stay at 0
 for minutes, and `litestream_txid` is only the local position. So sidecar measures lag itself:

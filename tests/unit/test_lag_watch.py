@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import wait_for
-
-from sidecar import config, lag
+from sidecar import config
+from sidecar.daemon import lag
+from testkit import wait_for
 
 
 def test_deferred_monitor_watches_only_once_told(tmp_path: Path) -> None:

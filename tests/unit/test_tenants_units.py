@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar import config
-from sidecar.daemon import operations
+from sidecar import backups, config
 from sidecar.errors import ConfigError, OperatorError
 from sidecar.litestream import config as litestream
 from sidecar.startup import tenants
@@ -103,13 +102,13 @@ def test_litestream_yml_dir_entry_keeps_its_replica_settings(tmp_path: Path) -> 
     (md,) = litestream.member_doc(cfg, [m])["dbs"]
     assert md["replica"]["path"] == "tenants/x/t.sqlite"
     assert md["replica"]["secret-access-key"] == "secret-value-5678"  # goes to a private file
-    assert operations.pick_database(cfg, "x/t.sqlite").path == Path("/data/tenants/x/t.sqlite")
-    assert operations.pick_database(cfg, "/data/tenants/t.sqlite").replica.s3.prefix == \
+    assert backups.pick_database(cfg, "x/t.sqlite").path == Path("/data/tenants/x/t.sqlite")
+    assert backups.pick_database(cfg, "/data/tenants/t.sqlite").replica.s3.prefix == \
         "tenants/t.sqlite"
     with pytest.raises(OperatorError, match=r"x\.txt"):
-        operations.pick_database(cfg, "x.txt")
+        backups.pick_database(cfg, "x.txt")
     with pytest.raises(OperatorError, match="several"):
-        operations.pick_database(cfg, None)
+        backups.pick_database(cfg, None)
     yaml.safe_dump(doc)
 
 
@@ -168,3 +167,15 @@ def test_directory_settings_fill_the_config(tmp_path: Path) -> None:
     assert entry.recursive and entry.pattern == "*.sqlite"
     assert config.describe(cfg)["directories"][0]["pattern"] == "*.sqlite"
     assert "secret-value-5678" in config.secrets_of(cfg)
+
+
+def test_db_dir_beside_a_project_litestream_config_is_an_error(tmp_path: Path) -> None:
+    """SIDECAR_DB_DIR with a project litestream.yml is refused, never silently ignored."""
+    (tmp_path / "litestream.yml").write_text(textwrap.dedent("""
+        dbs:
+          - path: /data/app.db
+            replica: {type: s3, bucket: bkt, path: app.db, endpoint: "http://s3.test"}
+    """))
+    with pytest.raises(ConfigError) as exc:
+        config.load(_env(tmp_path), need_app=False, cwd=tmp_path)
+    assert any("SIDECAR_DB_DIR" in p and "dir:" in p for p in exc.value.problems)
