@@ -6,7 +6,9 @@ below is only checkable with the others in view.
 Bounded by construction, so slow or hostile clients cannot grow memory or threads:
 - one thread runs a selector loop over every socket; a slow client holds a socket, not a thread;
 - at most `max_connections` connections per listener; past the cap the oldest connection that
-  is still sending its request is dropped (so a crowd of slow clients cannot lock /healthz out);
+  is still sending its request is dropped (so a crowd of slow clients cannot lock /healthz out),
+  never one accepted in this turn of the loop or the last (its request, sent at once, has not
+  been read yet: under a burst of new clients /healthz itself was dropped that way);
 - a request must arrive whole (headers and body) within REQUEST_DEADLINE seconds;
 - headers are limited to MAX_HEAD bytes; the route, its bearer token and its body limit are
   decided from them before one byte of body is read (so a 1 MiB declared body without a token
@@ -91,6 +93,7 @@ class _Conn:
     need: int = 0
     out: bytes = b""
     head_only: bool = False
+    turn: int = 0  # the loop's turn when it was accepted
 
 
 def _render(resp: Response, head_only: bool) -> bytes:
@@ -160,6 +163,7 @@ class Server:
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.dropped = 0  # connections dropped at the cap or the deadline (for tests)
+        self.turn = 0  # turns of the loop: one select and the events it returned
 
     # ------------------------------------------------------------ listeners
 
@@ -196,6 +200,7 @@ class Server:
                 ready = self.sel.select(timeout=0.25)
             except OSError:  # a socket closed under us; the next round is clean
                 continue
+            self.turn += 1
             for key, events in ready:
                 try:
                     self._event(key, events)
@@ -239,15 +244,16 @@ class Server:
                 continue
             now = time.monotonic()
             client = addr[0] if isinstance(addr, tuple) else "local"
-            conn = _Conn(sock, lst, client, now + self.request_deadline, now)
+            conn = _Conn(sock, lst, client, now + self.request_deadline, now, turn=self.turn)
             lst.open += 1
             self.conns[sock] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
     def _evict(self, lst: _Listener) -> bool:
-        """Drop the oldest connection of `lst` still sending its request; False if none."""
+        """Drop the oldest connection of `lst` still sending its request; False if none.
+        Only one that a whole turn of the loop could read: accepted two turns ago or more."""
         waiting = [c for c in self.conns.values()
-                   if c.listener is lst and c.state in ("head", "body")]
+                   if c.listener is lst and c.state in ("head", "body") and c.turn < self.turn - 1]
         if not waiting:
             return False
         self._close(min(waiting, key=lambda c: c.opened))
