@@ -194,8 +194,10 @@ def stamp(now: float | None = None) -> str:
 def copy_base(db: Any, databases: Sequence[Any]) -> str:
     """The name copies of `db` start with: its file name, plus a tag of its directory when
     another database of the same config has the same file name (/a/app.db and /b/app.db), so
-    their copies (made with the same stamp) never overwrite or rotate away each other."""
-    if sum(1 for d in databases if d.path.name == db.path.name) <= 1:
+    their copies (made with the same stamp) never overwrite or rotate away each other. A
+    database not among `databases` (a member of a directory entry: its file names repeat
+    across subdirectories and may match a configured database's) is always tagged."""
+    if db in databases and sum(1 for d in databases if d.path.name == db.path.name) <= 1:
         return str(db.path.name)
     tag = hashlib.sha256(str(db.path.parent).encode()).hexdigest()[:8]
     return f"{db.path.name}.{tag}"

@@ -31,7 +31,6 @@ from urllib.parse import quote, urlsplit
 
 from sidecar.config import Replica
 
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Variables that change how boto3 reaches or authenticates to S3 in ways this client does not
 # copy: when one is set, the listing callers use boto3.
@@ -118,16 +117,26 @@ class Client:
             root = ET.fromstring(body)
         except ET.ParseError:
             raise Unreachable("the answer is not S3 XML") from None
+        # Element names are matched without their namespace (servers that omit S3's xmlns
+        # are read as botocore reads them), and the answer must BE a listing: any other 200
+        # (a proxy's page, another service) would otherwise read as an empty bucket, and an
+        # empty bucket lets a start begin a fresh database over the real backups.
+        for el in root.iter():
+            el.tag = el.tag.rsplit("}", 1)[-1]
+        if root.tag != "ListBucketResult":
+            raise Unreachable(f"the answer is not an S3 listing (<{root.tag[:40]}>)")
         contents = []
-        for item in root.iter(f"{_NS}Contents"):
-            lm = item.findtext(f"{_NS}LastModified")
-            contents.append({
-                "Key": item.findtext(f"{_NS}Key") or "",
-                "Size": int(item.findtext(f"{_NS}Size") or 0),
-                **({"LastModified": _parse_time(lm)} if lm else {}),
-            })
-        prefixes = [{"Prefix": p.findtext(f"{_NS}Prefix") or ""}
-                    for p in root.iter(f"{_NS}CommonPrefixes")]
+        try:
+            for item in root.iter("Contents"):
+                lm = item.findtext("LastModified")
+                contents.append({
+                    "Key": item.findtext("Key") or "",
+                    "Size": int(item.findtext("Size") or 0),
+                    **({"LastModified": _parse_time(lm)} if lm else {}),
+                })
+        except ValueError:
+            raise Unreachable("the answer is not a well-formed S3 listing") from None
+        prefixes = [{"Prefix": p.findtext("Prefix") or ""} for p in root.iter("CommonPrefixes")]
         out: dict[str, Any] = {}
         if contents:
             out["Contents"] = contents

@@ -7,8 +7,8 @@ Bounded by construction, so slow or hostile clients cannot grow memory or thread
 - one thread runs a selector loop over every socket; a slow client holds a socket, not a thread;
 - at most `max_connections` connections per listener; past the cap the oldest connection that
   is still sending its request is dropped (so a crowd of slow clients cannot lock /healthz out),
-  never one accepted in this turn of the loop or the last (its request, sent at once, has not
-  been read yet: under a burst of new clients /healthz itself was dropped that way);
+  never one accepted in this turn of the loop, and only after the turn has read what every
+  connection sent (under a burst of new clients /healthz itself was dropped unread before);
 - a request must arrive whole (headers and body) within REQUEST_DEADLINE seconds;
 - headers are limited to MAX_HEAD bytes; the route, its bearer token and its body limit are
   decided from them before one byte of body is read (so a 1 MiB declared body without a token
@@ -201,6 +201,9 @@ class Server:
             except OSError:  # a socket closed under us; the next round is clean
                 continue
             self.turn += 1
+            # Connections first, listeners last: a request already waiting is read before any
+            # accept of this turn can decide to drop a connection to make room.
+            ready.sort(key=lambda kv: isinstance(kv[0].data, _Listener))
             for key, events in ready:
                 try:
                     self._event(key, events)
@@ -251,9 +254,9 @@ class Server:
 
     def _evict(self, lst: _Listener) -> bool:
         """Drop the oldest connection of `lst` still sending its request; False if none.
-        Only one that a whole turn of the loop could read: accepted two turns ago or more."""
+        Only one accepted in an earlier turn: this turn has already read what it sent."""
         waiting = [c for c in self.conns.values()
-                   if c.listener is lst and c.state in ("head", "body") and c.turn < self.turn - 1]
+                   if c.listener is lst and c.state in ("head", "body") and c.turn < self.turn]
         if not waiting:
             return False
         self._close(min(waiting, key=lambda c: c.opened))

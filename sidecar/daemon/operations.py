@@ -216,9 +216,7 @@ class Operations:
                 raise OperatorError("cannot restore: the sidecar was told to stop")
             job.state = "swapping"
             job.moved_aside = restore.swap_in(tmp, db.path, restore.aside_dir(cfg, "pre-restore"),
-                                              dbfile.copy_base(db, [db, *cfg.databases]
-                                                               if db not in cfg.databases
-                                                               else cfg.databases))
+                                              dbfile.copy_base(db, cfg.databases))
             swapped = True
         except Exception as exc:  # whatever it was, the rest of the sequence must run
             tmp.unlink(missing_ok=True)

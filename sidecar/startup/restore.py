@@ -242,8 +242,7 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
                 layout=contents.layout)
     summary = restore_to(binary, config_path, db, tmp, should_stop=should_stop)
     kept = swap_in(tmp, db.path, aside_dir(cfg, "pre-restore"),
-                   dbfile.copy_base(db, cfg.databases if db in cfg.databases
-                                    else [db, *cfg.databases]))
+                   dbfile.copy_base(db, cfg.databases))
     return RestoreResult(db.name, "restored",
                          f"restored from {db.replica.url} ({state.detail}; "
                          f"{replica.LAYOUT_NAMES[contents.layout]} layout)",

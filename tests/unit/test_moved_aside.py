@@ -107,3 +107,20 @@ def test_pre_migration_copies_of_same_named_databases_never_collide(tmp_path: Pa
     # A database whose name is unique keeps the plain name.
     single = dataclasses.replace(cfg, databases=cfg.databases[:1])
     assert dbfile.copy_base(single.databases[0], single.databases) == "app.db"
+
+
+def test_directory_members_with_one_file_name_keep_their_own_safety_copies(tmp_path: Path) -> None:
+    """t1/app.db and t2/app.db of a directory entry (not among the configured databases): their
+    pre-migration copies are tagged apart, so rotation keeps the newest N of each."""
+    cfg = two_dbs_config(tmp_path, keep=2)
+    members = [dataclasses.replace(cfg.databases[0], path=tmp_path / "tenants" / t / "app.db")
+               for t in ("t1", "t2")]
+    for m, t in zip(members, ("t1", "t2"), strict=True):
+        make_db(m.path, [f"from {t}"])
+    only = dataclasses.replace(cfg, databases=cfg.databases[:1])
+    for _ in range(3):
+        for m in members:
+            migrate.safety_copy(only, [m])
+    left = sorted((cfg.state_dir / "pre-migrate").iterdir())
+    assert len(left) == 4, [p.name for p in left]  # the newest 2 of each member
+    assert sorted({tuple(rows(p)) for p in left}) == [("from t1",), ("from t2",)]
