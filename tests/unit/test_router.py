@@ -102,9 +102,11 @@ def test_server_answers_401_before_the_body_and_drops_the_oldest_slow_client() -
         t0 = time.monotonic()
         out = _ask(port, b"POST /admin/restore HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 401") and time.monotonic() - t0 < 1.0
-        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
-        for s in idle:
-            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        idle = []
+        for _ in range(10):  # one at a time: a connection accepted in the loop's current turn
+            idle.append(socket.create_connection(("127.0.0.1", port)))  # is never dropped
+            idle[-1].sendall(b"GET /healthz HTTP/1.1\r\n")
+            time.sleep(0.05)
         assert _ask(port, b"GET /healthz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200")
         time.sleep(1.5)
         assert b"408" in idle[-1].recv(1024)  # the newest survived eviction, then timed out
