@@ -141,6 +141,12 @@ def s3_settings(values: Mapping[str, Any], bucket: str, prefix: str, problems: P
 def parse_replica_url(url: str, values: Mapping[str, Any], problems: Problems,
                       var: str = "SIDECAR_REPLICA_URL", rep: Mapping[str, Any] | None = None,
                       where: str = "") -> Replica | None:
+    special = next((c for c in "?#" if c in url), None)
+    if special is not None:
+        # urlparse would cut the prefix at it and back up under a shorter prefix, silently.
+        problems.add(var, url, f"must not contain {special!r}: in a URL it {_URI_ROLE[special]}, "
+                     "so the prefix would be cut short there; use a prefix without it")
+        return None
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:

@@ -315,3 +315,14 @@ def test_lag_monitor_opens_its_client_in_its_first_check_and_checks_when_told(
         assert len(opened) == 1
     finally:
         monitor.stop()
+
+
+@pytest.mark.parametrize("url", ["s3://bkt/app#1.db", "s3://bkt/app.db?region=x",
+                                 "file:///backups/a#b"])
+def test_replica_url_with_query_or_fragment_is_refused(tmp_path: Path, url: str) -> None:
+    """A `#` or `?` would cut the prefix short: one error naming the variable and the value,
+    never a backup under another prefix."""
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, SIDECAR_REPLICA_URL=url, SIDECAR_S3_ENDPOINT="http://127.0.0.1:9")
+    text = str(err.value)
+    assert "SIDECAR_REPLICA_URL" in text and url in text and "prefix would be cut" in text
