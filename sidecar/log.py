@@ -28,7 +28,7 @@ from sidecar.errors import redact
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 _configured = False
-_state: dict[str, Any] = {"fmt": "json", "min": 20, "file": None, "colors": False}
+_state: dict[str, Any] = {"fmt": "json", "min": 20}
 _lock = threading.Lock()
 _captured: list[list[dict[str, Any]]] = []  # capture(): events go to these lists instead
 
@@ -92,7 +92,7 @@ def _emit(event: dict[str, Any]) -> None:
             sink.append({**event, "log_level": event.get("level")})
         return
     line = _render(event)
-    out: TextIO = _state["file"] or sys.stderr
+    out: TextIO = sys.stderr  # looked up per line: whatever stderr is now (tests swap it)
     with _lock:
         out.write(line + "\n")
         out.flush()
@@ -145,7 +145,7 @@ def setup(fmt: str | None = None, level: str = "info") -> None:
     global _configured
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
-    _state.update(fmt=fmt, min=LEVELS.get(level.lower(), 20), file=sys.stderr)
+    _state.update(fmt=fmt, min=LEVELS.get(level.lower(), 20))
     _route_stdlib(level)
     _configured = True
 
@@ -170,12 +170,22 @@ class _Formatter(logging.Formatter):
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when the record comes."""
+
     _sidecar = True
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
 
 
 def _route_stdlib(level: str) -> None:
     """One handler on the root logger that renders stdlib records like sidecar's own events."""
-    handler = _Handler(sys.stderr)
+    handler = _Handler()
     handler.setFormatter(_Formatter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_sidecar", False)]:

@@ -270,6 +270,7 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
     monitor = rt.lag
 
     def begin_jobs() -> None:
+        metrics.load()  # prometheus_client, once the app is up (or the first scrape did)
         schedule_verify(ops)
         monitor.begin_checks()
         jobs.start()
