@@ -78,49 +78,24 @@ def prepare(cfg: Config, env: dict[str, str],
 
 def start(rt: Runtime) -> None:
     """Restore, migrations, replication, app: the part `hold` can retry."""
-    watching: _Background | None = None
     try:
         if not _restore_step(rt):
             return
         # The file watching and the lag checks start once the restore step is over (see
-        # lag.start). Watching starts in a thread that overlaps Litestream's start and is
-        # joined before anything writes: before migrations when there are any, else before
-        # the app (Litestream changes no TXID when it starts). The checks and the scheduler
-        # begin after the app is up: nothing the app needs waits on them.
-        if rt.lag is not None:
-            watching = _Background(rt.lag.watch)
-            if rt.cfg.migrate_command:
-                watching.join()
-        _replicate_and_launch(rt, watching.join if watching else lambda: None)
+        # lag.start), and watching before anything writes: before migrations when there are
+        # any, else while Litestream starts (it changes no TXID doing so), before the app.
+        # In the main thread, in that wait: a thread of its own fought the main thread for
+        # the GIL and made Litestream's and the app's spawns 20 ms slower each. The checks
+        # and the scheduler begin after the app is up: nothing the app needs waits on them.
+        watch = rt.lag.watch if rt.lag is not None else (lambda: None)
+        if rt.cfg.migrate_command:
+            watch()
+        _replicate_and_launch(rt, watch)
     finally:
-        if watching is not None:
-            watching.join()
-        elif rt.lag is not None:  # the restore step failed or was stopped: watch, as before
+        if rt.lag is not None:  # when a step failed or was stopped first (once only)
             rt.lag.watch()
         if rt.begin_jobs is not None:
             rt.begin_jobs()
-
-
-class _Background:
-    """A function run in a thread; join() waits for it and raises what it raised."""
-
-    def __init__(self, fn: Callable[[], None]):
-        self._error: BaseException | None = None
-
-        def target() -> None:
-            try:
-                fn()
-            except BaseException as exc:  # handed to join(), in the caller's thread
-                self._error = exc
-
-        self._thread = threading.Thread(target=target, name="watch-start", daemon=True)
-        self._thread.start()
-
-    def join(self) -> None:
-        self._thread.join()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
 
 
 def _restore_step(rt: Runtime) -> bool:
@@ -178,8 +153,9 @@ def _restore_step(rt: Runtime) -> bool:
     return True
 
 
-def _replicate_and_launch(rt: Runtime, before_app: Callable[[], None]) -> None:
-    """Migrations, Litestream, the app; `before_app` runs just before the app starts."""
+def _replicate_and_launch(rt: Runtime, while_litestream_starts: Callable[[], None]) -> None:
+    """Migrations, Litestream, the app; `while_litestream_starts` runs once Litestream is
+    spawned, before waiting for it to open the databases."""
     cfg, logger = rt.cfg, log.get("run")
     sup = rt.supervisor
     assert sup is not None
@@ -203,13 +179,13 @@ def _replicate_and_launch(rt: Runtime, before_app: Callable[[], None]) -> None:
 
     t0 = time.monotonic()
     sup.start_litestream()
+    while_litestream_starts()
     sup.wait_litestream_ready()
     if sup.stop_requested():
         return
     _step(logger, "replication started", t0, databases=[str(d.path) for d in cfg.databases],
           pid=sup.litestream.pid)
 
-    before_app()
     t0 = time.monotonic()
     sup.start_app()
     _step(logger, "app started", t0, pid=sup.app.pid if sup.app else None,
