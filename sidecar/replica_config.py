@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import yaml
-
 from sidecar.parsers import pattern_problem
 from sidecar.settings import BY_NAME, Problems, parse, show
 
@@ -186,6 +184,8 @@ def expand_env(value: Any, env: Mapping[str, str]) -> Any:
 def read_litestream_config(path: Path, env: Mapping[str, str],
                            problems: Problems) -> dict[str, Any] | None:
     """The config file as a mapping with the environment expanded, or None (reported)."""
+    import yaml  # only a project's own litestream.yml needs a YAML parser
+
     try:
         doc = yaml.safe_load(path.read_text()) or {}
         if not isinstance(doc, dict):

@@ -44,12 +44,13 @@ def warn_draining(cfg: Config) -> None:
             fix=f"set RAILWAY_DEPLOYMENT_DRAINING_SECONDS={int(needed) + 5}")
 
 
-def prepare(cfg: Config, env: dict[str, str]) -> Runtime:
+def prepare(cfg: Config, env: dict[str, str],
+            version: preflight.VersionQuery | None = None) -> Runtime:
     """Preflight and the Litestream config; nothing is started yet."""
     logger = log.get("run")
     rt = Runtime(cfg=cfg, env=env)
     t0 = time.monotonic()
-    rt.pre = preflight.run(cfg)
+    rt.pre = preflight.run(cfg, version)
     rt.litestream_bin = rt.pre.litestream_bin
     rt.litestream_version = rt.pre.litestream_version
     # Everything we start holds the database locks too: if sidecar dies alone, whatever
@@ -77,66 +78,87 @@ def prepare(cfg: Config, env: dict[str, str]) -> Runtime:
 
 def start(rt: Runtime) -> None:
     """Restore, migrations, replication, app: the part `hold` can retry."""
-    cfg, logger = rt.cfg, log.get("run")
-    sup = rt.supervisor
-    assert sup is not None and rt.litestream_bin and rt.litestream_config
     try:
-        for db in cfg.databases:
-            t0 = time.monotonic()
-            try:
-                res = restore.on_start(cfg, db, rt.litestream_bin, rt.litestream_config,
-                                       should_stop=sup.stop_requested)
-            except SidecarError as exc:
-                metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
-                rt.restores[db.name] = restore.RestoreResult(db.name, "failed", exc.message,
-                                                             time.monotonic() - t0)
-                raise
-            rt.restores[db.name] = res
-            metrics.RESTORES.labels(trigger="startup", outcome=res.outcome).inc()
-            if res.outcome == "restored":
-                metrics.RESTORE_DURATION.set(res.duration)
-            log_fn = logger.warning if res.outcome == "fresh" else logger.info
-            log_fn("restore decided", db=db.name, outcome=res.outcome, detail=res.detail,
-                   duration_seconds=round(res.duration, 3), txid=res.txid,
-                   **({"layout": res.layout} if res.layout else {}),
-                   **({"moved_aside": res.aside} if res.aside else {}))
-            if sup.stop_requested():
-                return
-        for entry in cfg.directories:
-            t0 = time.monotonic()
-            try:
-                results = tenants.restore_on_start(cfg, entry, rt.litestream_bin,
-                                                   should_stop=sup.stop_requested)
-            except SidecarError as exc:
-                metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
-                rt.restores[str(entry.dir)] = restore.RestoreResult(
-                    str(entry.dir), "failed", exc.message, time.monotonic() - t0)
-                raise
-            for res in results:
-                metrics.RESTORES.labels(trigger="startup", outcome=res.outcome).inc()
-            restored = [r for r in results if r.outcome == "restored"]
-            rt.restores[str(entry.dir)] = restore.RestoreResult(
-                str(entry.dir), "restored" if restored else "skipped",
-                f"{len(restored)} of {len(results)} databases restored from "
-                f"{entry.replica.url}", time.monotonic() - t0)
-            if restored:
-                metrics.RESTORE_DURATION.set(time.monotonic() - t0)
-            logger.info("restore decided", dir=str(entry.dir), outcome=(
-                "restored" if restored else "skipped"), databases=len(results),
-                restored=len(restored),
-                names=sorted(r.db for r in restored)[:50],  # a bounded log line
-                duration_seconds=round(time.monotonic() - t0, 3))
-            if sup.stop_requested():
-                return
+        if not _restore_step(rt):
+            return
+        # The file watching and the lag checks start once the restore step is over (see
+        # lag.start), and watching before anything writes: before migrations when there are
+        # any, else while Litestream starts (it changes no TXID doing so), before the app.
+        # In the main thread, in that wait: a thread of its own fought the main thread for
+        # the GIL and made Litestream's and the app's spawns 20 ms slower each. The checks
+        # and the scheduler begin after the app is up: nothing the app needs waits on them.
+        watch = rt.lag.watch if rt.lag is not None else (lambda: None)
+        if rt.cfg.migrate_command:
+            watch()
+        _replicate_and_launch(rt, watch)
     finally:
-        # The file watching and the lag checks start once the restore step is over, failed
-        # (a held start shows the bucket's reachability) or not; see lag.start. Watching
-        # starts here, before migrations and the app, so no write of theirs goes untimed.
-        if rt.lag is not None:
+        if rt.lag is not None:  # when a step failed or was stopped first (once only)
             rt.lag.watch()
         if rt.begin_jobs is not None:
             rt.begin_jobs()
 
+
+def _restore_step(rt: Runtime) -> bool:
+    """Every database's restore decision; False when a stop was requested meanwhile."""
+    cfg, logger = rt.cfg, log.get("run")
+    sup = rt.supervisor
+    assert sup is not None and rt.litestream_bin and rt.litestream_config
+    for db in cfg.databases:
+        t0 = time.monotonic()
+        try:
+            res = restore.on_start(cfg, db, rt.litestream_bin, rt.litestream_config,
+                                   should_stop=sup.stop_requested)
+        except SidecarError as exc:
+            metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
+            rt.restores[db.name] = restore.RestoreResult(db.name, "failed", exc.message,
+                                                         time.monotonic() - t0)
+            raise
+        rt.restores[db.name] = res
+        metrics.RESTORES.labels(trigger="startup", outcome=res.outcome).inc()
+        if res.outcome == "restored":
+            metrics.RESTORE_DURATION.set(res.duration)
+        log_fn = logger.warning if res.outcome == "fresh" else logger.info
+        log_fn("restore decided", db=db.name, outcome=res.outcome, detail=res.detail,
+               duration_seconds=round(res.duration, 3), txid=res.txid,
+               **({"layout": res.layout} if res.layout else {}),
+               **({"moved_aside": res.aside} if res.aside else {}))
+        if sup.stop_requested():
+            return
+    for entry in cfg.directories:
+        t0 = time.monotonic()
+        try:
+            results = tenants.restore_on_start(cfg, entry, rt.litestream_bin,
+                                               should_stop=sup.stop_requested)
+        except SidecarError as exc:
+            metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
+            rt.restores[str(entry.dir)] = restore.RestoreResult(
+                str(entry.dir), "failed", exc.message, time.monotonic() - t0)
+            raise
+        for res in results:
+            metrics.RESTORES.labels(trigger="startup", outcome=res.outcome).inc()
+        restored = [r for r in results if r.outcome == "restored"]
+        rt.restores[str(entry.dir)] = restore.RestoreResult(
+            str(entry.dir), "restored" if restored else "skipped",
+            f"{len(restored)} of {len(results)} databases restored from "
+            f"{entry.replica.url}", time.monotonic() - t0)
+        if restored:
+            metrics.RESTORE_DURATION.set(time.monotonic() - t0)
+        logger.info("restore decided", dir=str(entry.dir), outcome=(
+            "restored" if restored else "skipped"), databases=len(results),
+            restored=len(restored),
+            names=sorted(r.db for r in restored)[:50],  # a bounded log line
+            duration_seconds=round(time.monotonic() - t0, 3))
+        if sup.stop_requested():
+            return False
+    return True
+
+
+def _replicate_and_launch(rt: Runtime, while_litestream_starts: Callable[[], None]) -> None:
+    """Migrations, Litestream, the app; `while_litestream_starts` runs once Litestream is
+    spawned, before waiting for it to open the databases."""
+    cfg, logger = rt.cfg, log.get("run")
+    sup = rt.supervisor
+    assert sup is not None
     # Migrations run before Litestream starts: Prisma's schema engine takes an exclusive
     # lock (locking_mode=EXCLUSIVE) that it cannot get while Litestream holds its read
     # transaction, so `prisma migrate deploy` fails on any existing database otherwise.
@@ -157,6 +179,7 @@ def start(rt: Runtime) -> None:
 
     t0 = time.monotonic()
     sup.start_litestream()
+    while_litestream_starts()
     sup.wait_litestream_ready()
     if sup.stop_requested():
         return
@@ -169,11 +192,12 @@ def start(rt: Runtime) -> None:
           command=list(cfg.app_command))
 
 
-def run(cfg: Config, env: dict[str, str]) -> int:
-    """The whole lifecycle; returns the process exit code."""
+def run(cfg: Config, env: dict[str, str], version: preflight.VersionQuery | None = None) -> int:
+    """The whole lifecycle; returns the process exit code. `version`: the preflight's
+    `litestream version`, when the caller started it already."""
     logger = log.get("run")
     logger.info("config loaded", version=__version__, **describe(cfg))
-    rt = prepare(cfg, env)
+    rt = prepare(cfg, env, version)
     sup = Supervisor(cfg, env, rt.litestream_bin or "litestream", rt.litestream_config or Path(),
                      rt.control or Control(Path()))
     rt.supervisor = sup
@@ -222,6 +246,7 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
     monitor = rt.lag
 
     def begin_jobs() -> None:
+        metrics.load()  # prometheus_client, once the app is up (or the first scrape did)
         schedule_verify(ops)
         monitor.begin_checks()
         jobs.start()

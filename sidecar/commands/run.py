@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from sidecar import config, run
+from sidecar import config
 from sidecar.cli import add_settings, settings_from_args
+from sidecar.startup import preflight
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,4 +27,8 @@ def main(args: argparse.Namespace) -> int:
     # `litestream restore`) inherits it, from `env` or from this process's environment.
     for name in config.HIDDEN_FROM_CHILDREN:
         os.environ.pop(name, None)
-    return run.run(cfg, config.for_children(env))
+    # `litestream version` (a preflight check) runs while the rest of sidecar is imported.
+    version = preflight.start_version_query(cfg)
+    from sidecar import run
+
+    return run.run(cfg, config.for_children(env), version=version)

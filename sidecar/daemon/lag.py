@@ -24,8 +24,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -461,6 +459,9 @@ class LagMonitor:
             self._heartbeat(self.cfg.heartbeat_url)
 
     def _heartbeat(self, url: str) -> None:
+        import urllib.parse
+        import urllib.request  # only with SIDECAR_HEARTBEAT_URL, never on the start path
+
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 resp.read(1024)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import atexit
 import copy
+import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from sidecar.config import Config, Database, Replica, secrets_of
 from sidecar.errors import PreflightError
@@ -181,8 +180,19 @@ def write_config(cfg: Config, metrics_port: int, path: Path | None = None) -> Pa
                       path or cfg.state_dir / "litestream.generated.yml")
 
 
+def dump(doc: dict[str, Any]) -> str:
+    """The config as text: JSON, which is YAML (Litestream reads it as such), written without
+    importing a YAML library on the start path; a value JSON cannot hold goes through YAML."""
+    try:
+        return _HEADER + json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    except (TypeError, ValueError):
+        import yaml
+
+        return _HEADER + yaml.safe_dump(doc, sort_keys=False)
+
+
 def write_doc(cfg: Config, doc: dict[str, Any], path: Path) -> Path:
-    text = _HEADER + yaml.safe_dump(doc, sort_keys=False)
+    text = dump(doc)
     if needs_private_file(cfg, text):
         target = private_file("litestream.yml")
         fd = os.open(target, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)

@@ -23,6 +23,7 @@ from sidecar.supervise.child import Child, OsProcess, ProcessCtor, fds
 from sidecar.supervise.wake import Waker
 
 IDLE_WAKE = 0.5  # with nothing due, the loop still beats this often (/healthz reads the beat)
+READY_POLL = 0.05  # start-up: between looks at Litestream's /list when no line woke us
 
 
 class Children:
@@ -43,6 +44,7 @@ class Children:
         self.last_litestream_error: str | None = None
         self.paused_app = False  # the app is stopped on purpose (e.g. a live restore)
         self.beat_at = clock()  # the loop thread's last sign of life (/healthz)
+        self._waiting_ready = False  # Litestream's output lines wake the loop meanwhile
 
     def stop_requested(self) -> bool:
         return self.stop_signal is not None
@@ -87,7 +89,15 @@ class Children:
         def keep(error: str) -> None:
             self.last_litestream_error = error
 
-        fold_output(lines, log.get("litestream"), keep)
+        def waking() -> Any:
+            # Litestream logs as it opens each database: while the loop waits for that,
+            # each line (once logged) wakes it to look, instead of it polling blind.
+            for line in lines:
+                yield line
+                if self._waiting_ready:
+                    self.waker.wake()
+
+        fold_output(waking(), log.get("litestream"), keep)
 
     def start_litestream(self) -> None:
         try:
@@ -99,6 +109,13 @@ class Children:
 
     def wait_litestream_ready(self) -> None:
         """Until Litestream has opened every DB and answers on its control socket (bounded)."""
+        self._waiting_ready = True
+        try:
+            self._wait_ready()
+        finally:
+            self._waiting_ready = False
+
+    def _wait_ready(self) -> None:
         want = {str(db.path) for db in self.cfg.databases}
         end = self.clock() + self.cfg.ready_timeout
         seen: set[str] = set()
@@ -117,8 +134,8 @@ class Children:
                     return
             except ControlError:
                 pass
-            # Litestream opens its socket in ~20 ms; its exit or a signal wakes us sooner.
-            self.waker.wait(fds([self.litestream]), 0.02)
+            # Its log lines, its exit or a signal wake us; the timeout is the fallback.
+            self.waker.wait(fds([self.litestream]), READY_POLL)
         raise StartError(
             f"cannot start: litestream did not open every database within "
             f"{self.cfg.ready_timeout:g}s (open: {sorted(seen) or 'none'}; "
