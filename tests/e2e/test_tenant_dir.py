@@ -303,3 +303,29 @@ def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
     writer.close()
     sc.signal()
     assert sc.wait(60) == 0, sc.output()
+
+
+def test_a_tenant_written_right_before_sigterm_is_in_the_backup(tmp_path: Path, s3, bucket,
+                                                                 sidecars) -> None:
+    """The final sync covers directory databases: rows written to a tenant just before the
+    stop signal, with Litestream's own sync interval far away, are in the bucket after the
+    shutdown (restored and counted)."""
+    tenants = tmp_path / "data" / "tenants"
+    _seed(tenants, 3)
+    env = _tenant_env(tmp_path, s3, bucket, SIDECAR_SYNC_INTERVAL="1m")
+    sc = sidecars(env, write_app(tmp_path, TENANT_APP), tmp_path)
+    sc.wait_stdout("app up", timeout=60)
+    wait_for(lambda: {"t00.db", "t01.db", "t02.db"} <= _backed_up(s3, bucket), 60,
+             what="the first backups")
+    time.sleep(1)
+    con = sqlite3.connect(tenants / "t01.db", isolation_level=None)
+    con.executemany("INSERT INTO rows(v) VALUES (?)", [(f"late-{j}",) for j in range(25)])
+    con.close()
+    sc.signal()
+    assert sc.wait(60) == 0, sc.output()
+    done = sc.event("final sync of directory databases")
+    assert done and done["synced"] >= 1 and done["synced"] == done["written_during_run"], done
+    out = tmp_path / "t01-after.db"
+    res = run_sidecar(["restore", "--db", "t01.db", "--output", str(out)], env, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(rows(out)) == 2 + 25, rows(out)
