@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from sidecar.config import Config, Database
+from sidecar.config import Config, Database, DbDir
 from sidecar.errors import PreflightError
 
 MIN_LITESTREAM = (0, 5)
@@ -100,25 +100,38 @@ def check_volume(cfg: Config, mountinfo: str | None = None) -> list[Check]:
     else:
         checks.append(Check("volume mounted", True, f"{cfg.volume_path} is a mount point"))
     for db in cfg.databases:
-        real = _real(db.path)
-        if not _inside(real, vol):
-            fixed = cfg.volume_path / db.path.name
-            checks.append(Check(
-                f"db on volume ({db.name})", False,
-                f"the database {db.path} is outside the volume {cfg.volume_path}; it would be "
-                "wiped on the next deploy",
-                f"set DATABASE_URL=file:{fixed} (or SIDECAR_DB_PATH={fixed})"))
-            continue
-        # The DB must sit on the volume's own filesystem, not on a mount nested inside it.
-        deepest = max((p for p in points if _inside(real, p)), key=lambda p: len(p.parts),
-                      default=None)
-        if vol in points and deepest is not None and deepest != vol:
-            checks.append(Check(f"db on volume ({db.name})", False,
-                                f"{db.path} is on {deepest}, a mount nested inside the volume",
-                                f"move the database directly onto {cfg.volume_path}"))
-        else:
-            checks.append(Check(f"db on volume ({db.name})", True, f"{db.path} is on the volume"))
+        fixed = cfg.volume_path / db.path.name
+        checks.append(_on_volume(cfg, vol, points, db.path, f"db on volume ({db.name})",
+                                 f"the database {db.path}",
+                                 f"set DATABASE_URL=file:{fixed} (or SIDECAR_DB_PATH={fixed})"))
+    for entry in cfg.directories:
+        fixed = cfg.volume_path / entry.dir.name
+        where = (f"the dir: entry in {cfg.user_litestream_config}"
+                 if cfg.user_litestream_config else "SIDECAR_DB_DIR")
+        checks.append(_on_volume(cfg, vol, points, entry.dir,
+                                 f"db dir on volume ({_dir_name(entry.dir)})",
+                                 f"the database directory {entry.dir}", f"set {where} to {fixed}"))
     return checks
+
+
+def _dir_name(d: Path) -> str:
+    return f"{d.name}/"
+
+
+def _on_volume(cfg: Config, vol: Path, points: list[Path], path: Path, name: str, what: str,
+               fix: str) -> Check:
+    """A database (or a directory of them) must be inside the volume, on its own filesystem."""
+    real = _real(path)
+    if not _inside(real, vol):
+        return Check(name, False, f"{what} is outside the volume {cfg.volume_path}; it would "
+                     "be wiped on the next deploy", fix)
+    # It must sit on the volume's own filesystem, not on a mount nested inside it.
+    deepest = max((p for p in points if _inside(real, p)), key=lambda p: len(p.parts),
+                  default=None)
+    if vol in points and deepest is not None and deepest != vol:
+        return Check(name, False, f"{path} is on {deepest}, a mount nested inside the volume",
+                     f"move it directly onto {cfg.volume_path}")
+    return Check(name, True, f"{path} is on the volume")
 
 
 # ------------------------------------------------------------------ directories
@@ -150,6 +163,28 @@ def check_directory(db: Database) -> list[Check]:
                             "; migrations and restores need room for a copy",
                             "grow the volume or delete old copies in the state dir"))
     return checks
+
+
+def check_db_dir(entry: DbDir) -> list[Check]:
+    """A directory entry's directory: a directory (not a file), or creatable, and writable."""
+    d = entry.dir
+    name = f"db directory ({_dir_name(d)})"
+    existing = _nearest_existing(d)
+    if existing == d and not d.is_dir():
+        return [Check(name, False, f"{d} is a file, not a directory",
+                      "point SIDECAR_DB_DIR (or the dir: entry) at a directory on the volume, "
+                      "e.g. /data/tenants")]
+    if not existing.is_dir():
+        return [Check(name, False, f"{d} cannot be created: {existing} is not a directory",
+                      "point SIDECAR_DB_DIR (or the dir: entry) at a directory on the volume, "
+                      "e.g. /data/tenants")]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [Check(name, False, f"{existing} is not writable by uid {os.getuid()}",
+                      f"chown the volume to uid {os.getuid()} or run as its owner")]
+    usage = shutil.disk_usage(existing)
+    state = "writable" if existing == d else f"can be created ({existing} is writable)"
+    return [Check(name, True, f"{d} {state}; {usage.free / 1e6:,.0f} MB free of "
+                  f"{usage.total / 1e6:,.0f} MB")]
 
 
 # ------------------------------------------------------------------ litestream
@@ -296,6 +331,8 @@ def inspect(cfg: Config, mountinfo: str | None = None) -> Preflight:
     checks = check_volume(cfg, mountinfo)
     for db in cfg.databases:
         checks += check_directory(db)
+    for entry in cfg.directories:
+        checks += check_db_dir(entry)
     ls_check, binary, version = check_litestream(cfg)
     checks.append(ls_check)
     return Preflight(checks=checks, litestream_bin=binary, litestream_version=version)
@@ -312,6 +349,8 @@ def run(cfg: Config) -> Preflight:
             hint=first.fix or None)
     for db in cfg.databases:
         db.path.parent.mkdir(parents=True, exist_ok=True)
+    for entry in cfg.directories:
+        entry.dir.mkdir(parents=True, exist_ok=True)
     result.db_locks = acquire_db_locks(cfg)
     try:
         result.lock = acquire_lock(cfg.state_dir)

@@ -179,3 +179,23 @@ def test_db_dir_beside_a_project_litestream_config_is_an_error(tmp_path: Path) -
     with pytest.raises(ConfigError) as exc:
         config.load(_env(tmp_path), need_app=False, cwd=tmp_path)
     assert any("SIDECAR_DB_DIR" in p and "dir:" in p for p in exc.value.problems)
+
+
+def test_the_volume_check_covers_directories(tmp_path: Path) -> None:
+    from sidecar.startup import preflight
+
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    mountinfo = f"36 35 98:0 / {vol} rw - tmpfs tmpfs rw\n"
+    inside = config.load(_env(tmp_path, SIDECAR_DB_DIR=str(vol / "tenants"),
+                              SIDECAR_VOLUME_PATH=str(vol)), need_app=False, cwd=tmp_path)
+    checks = {c.name: c for c in preflight.check_volume(inside, mountinfo)}
+    assert checks["db dir on volume (tenants/)"].ok
+    outside = config.load(_env(tmp_path, SIDECAR_VOLUME_PATH=str(vol)), need_app=False,
+                          cwd=tmp_path)
+    bad = {c.name: c for c in preflight.check_volume(outside, mountinfo)}[
+        "db dir on volume (tenants/)"]
+    assert not bad.ok and "outside the volume" in bad.detail
+    assert bad.fix == f"set SIDECAR_DB_DIR to {vol / 'tenants'}"
+    (c,) = preflight.check_db_dir(inside.directories[0])
+    assert c.ok and "can be created" in c.detail
