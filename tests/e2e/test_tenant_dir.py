@@ -329,3 +329,41 @@ def test_a_tenant_written_right_before_sigterm_is_in_the_backup(tmp_path: Path, 
     res = run_sidecar(["restore", "--db", "t01.db", "--output", str(out)], env, tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(rows(out)) == 2 + 25, rows(out)
+
+
+def test_a_dot_named_tenant_is_a_tenant_like_the_others(tmp_path: Path, s3, bucket,
+                                                        sidecars) -> None:
+    """`*.db` matches `.dot.db` for Litestream, which backs it up: sidecar treats it as a
+    tenant too, so a start with the volume intact restores nothing (it used to count it as
+    missing every time), and after a volume loss it comes back with its rows."""
+    tenants = tmp_path / "data" / "tenants"
+    _seed(tenants, 2)
+    con = sqlite3.connect(tenants / ".dot.db", isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT)")
+    con.execute("INSERT INTO rows(v) VALUES ('hidden-tenant')")
+    con.close()
+    env = _tenant_env(tmp_path, s3, bucket)
+    app = write_app(tmp_path, TENANT_APP)
+    first = sidecars(env, app, tmp_path)
+    first.wait_stdout("app up", timeout=60)
+    wait_for(lambda: {"t00.db", "t01.db", ".dot.db"} <= _backed_up(s3, bucket), 60,
+             what="every tenant backed up, the dot-named one too")
+    first.signal()
+    assert first.wait(60) == 0, first.output()
+
+    second = sidecars(env, app, tmp_path)
+    second.wait_stdout("app up", timeout=60)
+    assert second.event("directory restore started") is None, second.output()
+    decided = second.event("restore decided")
+    assert decided and decided["restored"] == 0 and decided["databases"] == 3, decided
+    second.signal()
+    assert second.wait(60) == 0, second.output()
+
+    shutil.rmtree(tmp_path / "data")
+    (tmp_path / "data").mkdir()
+    third = sidecars(env, app, tmp_path)
+    third.wait_stdout("app up", timeout=120)
+    assert rows(tenants / ".dot.db") == ["hidden-tenant"]
+    third.signal()
+    assert third.wait(60) == 0, third.output()

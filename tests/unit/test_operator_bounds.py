@@ -52,7 +52,7 @@ def test_stall_passes_the_callers_stop_on(tmp_path: Path) -> None:
 def test_verify_covers_every_tenant_on_the_volume(tmp_path: Path) -> None:
     d = tmp_path / "tenants"
     (d / "eu").mkdir(parents=True)
-    for rel in ("a.db", "b.db", "eu/c.db", "notes.txt", ".hidden.db"):
+    for rel in ("a.db", "b.db", "eu/c.db", "notes.txt", ".a.db.sidecar-restore-1"):
         (d / rel).write_bytes(b"")
     env = {"PATH": "/usr/bin:/bin", "SIDECAR_DB_DIR": str(d), "SIDECAR_DB_RECURSIVE": "1",
            "SIDECAR_REPLICA_URL": "s3://bkt/tenants", "SIDECAR_S3_ENDPOINT": "http://s3.test",
