@@ -367,3 +367,45 @@ def test_a_dot_named_tenant_is_a_tenant_like_the_others(tmp_path: Path, s3, buck
     assert rows(tenants / ".dot.db") == ["hidden-tenant"]
     third.signal()
     assert third.wait(60) == 0, third.output()
+
+
+def test_verify_without_db_verifies_every_tenant_and_names_the_failure(tmp_path: Path, s3,
+                                                                       bucket,
+                                                                       sidecars) -> None:
+    """`sidecar verify` with no --db covers each tenant (it used to verify none and pass):
+    one line per database, the damaged one named, exit 1; with no sidecar running and
+    through the running one."""
+    tenants = tmp_path / "data" / "tenants"
+    _seed(tenants, 3)
+    env = _tenant_env(tmp_path, s3, bucket)
+    app = write_app(tmp_path, TENANT_APP)
+    sc = sidecars(env, app, tmp_path)
+    sc.wait_stdout("app up", timeout=60)
+    wait_for(lambda: {"t00.db", "t01.db", "t02.db"} <= _backed_up(s3, bucket), 60,
+             what="backups")
+    sc.signal()
+    assert sc.wait(60) == 0, sc.output()
+    res = run_sidecar(["verify"], env, tmp_path, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    assert res.stdout.count("OK  ") == 3, res.stdout
+
+    for f in (s3.root / bucket / "tenants" / "t01.db").rglob("*.ltx"):
+        f.write_bytes(b"not an ltx file")
+    res = run_sidecar(["verify"], env, tmp_path, timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert any(ln.startswith("FAIL") and "t01.db" in ln for ln in lines), res.stdout
+    assert sum(ln.startswith("OK  ") for ln in lines) == 2, res.stdout
+    assert f"1 of 3 failed: {tenants / 't01.db'}" in res.stdout
+    assert "Traceback" not in res.stderr
+
+    sc = sidecars(env, app, tmp_path)
+    sc.wait_stdout("app up", timeout=60)
+    res = run_sidecar(["verify", "--json"], env, tmp_path, timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr[-2000:]
+    doc = json.loads(res.stdout)
+    assert doc["verified_by"] == "the running sidecar"
+    assert {Path(r["db"]).name: r["ok"] for r in doc["databases"]} == {
+        "t00.db": True, "t01.db": False, "t02.db": True}
+    sc.signal()
+    assert sc.wait(60) == 0, sc.output()
