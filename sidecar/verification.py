@@ -72,20 +72,21 @@ def verify(cfg: Config, db: Database, tools: Tools, control: Control | None = No
     t0 = time.monotonic()
     out: dict[str, Any] = {"db": str(db.path), "replica": db.replica.url if db.replica else None,
                            "ok": False, "checked_at": replica.utc(time.time())}
-    if control is not None:
-        try:
-            res = control.sync(db.path, wait=True, timeout=30)
-            out["local_txid"] = f"{int(res.get('txid') or 0):016x}"
-            out["replicated_txid"] = f"{int(res.get('replicated_txid') or 0):016x}"
-        except (ControlError, ValueError) as exc:
-            out["sync_error"] = str(exc)
-    # The copy goes off the database's volume when it can, and only where it fits.
     if clean:
         scratch.clean_verify_leftovers(cfg)
     try:
         if db.replica is None:
             raise OperatorError(f"cannot verify {db.name}: no replica is configured")
+        # First, so a dead bucket costs the replica timeout, not the sync's wait too.
         reachable.require(cfg, db, "verify")
+        if control is not None:
+            try:
+                res = control.sync(db.path, wait=True, timeout=min(30.0, cfg.replica_timeout))
+                out["local_txid"] = f"{int(res.get('txid') or 0):016x}"
+                out["replicated_txid"] = f"{int(res.get('replicated_txid') or 0):016x}"
+            except (ControlError, ValueError) as exc:
+                out["sync_error"] = str(exc)
+        # The copy goes off the database's volume when it can, and only where it fits.
         tmpdir = scratch.verify_dir(cfg, db, scratch.copy_estimate(db))
     except RestoreError as exc:  # the replica cannot be read (exit 4)
         out["error"] = str(exc)

@@ -178,3 +178,28 @@ def test_a_bucket_that_dies_during_the_restore_stops_it(tmp_path: Path, s3, buck
     finally:
         proxy.close()
         sys.stdout.flush()
+
+
+def test_verify_through_the_daemon_ends_within_the_timeout(tmp_path: Path, s3, bucket,
+                                                           sidecars) -> None:
+    """With a sidecar running and its bucket gone (every connection reset), `sidecar verify`
+    (done by the daemon) ends within the replica timeout, exit 4, naming the replica."""
+    proxy = S3Proxy(int(s3.endpoint.rsplit(":", 1)[1]))
+    try:
+        env = base_env(tmp_path, **s3_env(s3, bucket), SIDECAR_STATE_DIR=str(tmp_path / "state"))
+        env.update(SIDECAR_S3_ENDPOINT=proxy.endpoint, SIDECAR_REPLICA_TIMEOUT=f"{TIMEOUT:g}s")
+        seed_bucket(env, tmp_path, ["a", "b"])
+        sc = sidecars(env, ["sleep", "120"], tmp_path)
+        sc.wait_event("app started")
+        proxy.set("reset")
+        code, stdout, stderr, took = _run(["verify"], env, tmp_path)
+        text = stdout + stderr
+        assert code == 4, text[-3000:]
+        assert "verified by the running sidecar" in stdout, text[-2000:]
+        assert f"s3://{bucket}/app.db" in text and "cannot be read within" in text
+        assert took < 2 * TIMEOUT + 6, (took, text[-2000:])
+        proxy.set("pass")
+        sc.signal()
+        sc.wait(60)
+    finally:
+        proxy.close()
