@@ -203,3 +203,18 @@ def test_verify_through_the_daemon_ends_within_the_timeout(tmp_path: Path, s3, b
         sc.wait(60)
     finally:
         proxy.close()
+
+
+def test_check_covers_a_directorys_bucket(tmp_path: Path, black_hole: int) -> None:
+    """`sidecar check` with a directory of databases checks its bucket too (it used to check
+    the single databases' only): a black-holed one is a FAIL within the timeout, exit 1."""
+    env = _env(tmp_path, f"http://127.0.0.1:{black_hole}")
+    env.pop("SIDECAR_DB_PATH")
+    env.update(SIDECAR_DB_DIR=str(tmp_path / "data" / "tenants"),
+               SIDECAR_REPLICA_URL="s3://gone/tenants")
+    code, stdout, stderr, took = _run(["check"], env, tmp_path)
+    assert code == 1, stdout + stderr[-2000:]
+    line = next((ln for ln in stdout.splitlines() if "replica (tenants/)" in ln), "")
+    assert line.startswith("FAIL"), stdout
+    assert took < 2 * TIMEOUT + 6, (took, stdout)
+    assert "Traceback" not in stderr and S3_SECRET not in stdout + stderr

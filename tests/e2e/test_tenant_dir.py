@@ -388,6 +388,9 @@ def test_verify_without_db_verifies_every_tenant_and_names_the_failure(tmp_path:
     res = run_sidecar(["verify"], env, tmp_path, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr[-2000:]
     assert res.stdout.count("OK  ") == 3, res.stdout
+    res = run_sidecar(["check"], env, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    assert "replica (tenants/)" in res.stdout and "backups of 3 database(s)" in res.stdout
 
     for f in (s3.root / bucket / "tenants" / "t01.db").rglob("*.ltx"):
         f.write_bytes(b"not an ltx file")
