@@ -236,6 +236,12 @@ def db_lock_path(db: Path) -> Path:
     return db.with_name(f".{db.name}.sidecar.lock")
 
 
+def dir_lock_path(d: Path) -> Path:
+    """The lock of a directory of databases, inside it (on its volume, whatever
+    SIDECAR_STATE_DIR says); no pattern takes it for a database (tenants.own_file)."""
+    return d / ".sidecar.lock"
+
+
 def holders(path: Path) -> list[str]:
     """`pid (command)` of every process we can see with `path` open (from /proc)."""
     out = []
@@ -297,6 +303,8 @@ def acquire_db_locks(cfg: Config) -> list[IO[bytes]]:
     try:
         for db in cfg.databases:
             locks.append(_lock(db_lock_path(db.path), f"the database {db.path}"))
+        for entry in cfg.directories:
+            locks.append(_lock(dir_lock_path(entry.dir), f"the databases in {entry.dir}"))
     except PreflightError:
         for f in locks:
             f.close()
@@ -320,7 +328,8 @@ def _held(path: Path) -> bool:
 def lock_is_held(cfg: Config) -> bool:
     """A sidecar (or what it started) is running on one of these databases."""
     return _held(cfg.state_dir / "sidecar.lock") or any(
-        _held(db_lock_path(db.path)) for db in cfg.databases)
+        _held(db_lock_path(db.path)) for db in cfg.databases) or any(
+        _held(dir_lock_path(e.dir)) for e in cfg.directories)
 
 
 # ------------------------------------------------------------------ all together

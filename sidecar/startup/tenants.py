@@ -49,7 +49,8 @@ def member(entry: DbDir, rel: str) -> Database:
 
 
 # Sidecar's own files beside the databases: a restore's temporary file (restore.TMP_MARK, with
-# Litestream's `.tmp` after it) and the lock beside a database (preflight.db_lock_path).
+# Litestream's `.tmp` after it), the lock beside a database (preflight.db_lock_path) and the
+# lock in a directory of them (preflight.dir_lock_path).
 _OWN_MARKS = (".sidecar-restore-", ".sidecar.lock")
 
 

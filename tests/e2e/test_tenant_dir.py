@@ -412,3 +412,22 @@ def test_verify_without_db_verifies_every_tenant_and_names_the_failure(tmp_path:
         "t00.db": True, "t01.db": False, "t02.db": True}
     sc.signal()
     assert sc.wait(60) == 0, sc.output()
+
+
+def test_a_second_sidecar_on_the_same_directory_exits_3(tmp_path: Path, s3, bucket,
+                                                        sidecars) -> None:
+    """One sidecar per directory of databases, whatever SIDECAR_STATE_DIR says: a second one
+    with its own state dir refuses (exit 3) instead of replicating the same tenants twice."""
+    _seed(tmp_path / "data" / "tenants", 2)
+    env = _tenant_env(tmp_path, s3, bucket)
+    app = write_app(tmp_path, TENANT_APP)
+    first = sidecars(env, app, tmp_path)
+    first.wait_stdout("app up", timeout=60)
+    other = {**env, "SIDECAR_STATE_DIR": str(tmp_path / "other-state"),
+             "PROBE_OUT": str(tmp_path / "probe2.txt")}
+    res = run_sidecar(["run", "--", *app], other, tmp_path)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "another sidecar is running on the databases in" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "probe2.txt").exists()
+    first.signal()
+    assert first.wait(60) == 0, first.output()
