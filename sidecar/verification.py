@@ -42,7 +42,7 @@ def verify_all(cfg: Config, dbs: list[Database], tools: Tools, control: Control 
                ) -> list[dict[str, Any]]:
     """verify() for each database, `cfg.restore_parallelism` at a time; results in the
     order of `dbs`."""
-    scratch.clean_verify_leftovers(cfg)  # once: the workers' directories are all alive
+    scratch.clean_verify_leftovers(cfg, dbs)  # once: then the workers' directories live
 
     def one(db: Database) -> dict[str, Any]:
         res = verify(cfg, db, tools, control, clean=False)

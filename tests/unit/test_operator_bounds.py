@@ -3,10 +3,14 @@ databases `sidecar verify` covers, and its exit code."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from sidecar import config, verification
+import pytest
+
+from sidecar import config, scratch, verification
 from sidecar.reachable import Stall
+from sidecar.startup import tenants
 
 
 class Clock:
@@ -71,3 +75,19 @@ def test_verify_exit_codes() -> None:
     assert verification.exit_code([]) == 0
     assert verification.exit_code([ok, gone]) == 4  # only replicas that cannot be read
     assert verification.exit_code([gone, bad]) == 1  # a backup that fails is worse
+
+
+def test_a_killed_tenant_verification_is_cleaned_by_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    d = tmp_path / "tenants"
+    d.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_DB_DIR": str(d),
+           "SIDECAR_REPLICA_URL": "s3://bkt/tenants", "SIDECAR_S3_ENDPOINT": "http://s3.test",
+           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    cfg = config.load(env, need_app=False, cwd=tmp_path)
+    t1 = tenants.member(cfg.directories[0], "t1.db")
+    left = tmp_path / f"{scratch.VERIFY_MARK}{scratch.tag(t1)}-4194999-abc"  # a pid never used
+    left.mkdir()
+    assert scratch.clean_verify_leftovers(cfg) == [] and left.exists()
+    assert scratch.clean_verify_leftovers(cfg, [t1]) == [left] and not left.exists()
