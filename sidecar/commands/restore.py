@@ -15,6 +15,10 @@ and the database's replication stay stopped until `sidecar resume` or another re
 
 --dry-run prints the plan (files, TXID, bytes to download). Without --yes the live restore asks
 for confirmation on a terminal and refuses when there is none.
+
+--dry-run and --output probe the replica within SIDECAR_REPLICA_TIMEOUT first, and --output
+stops a restore whose file has not grown for as long: a dead or black-holed bucket ends them
+with one error and exit 4, leaving nothing behind.
 """
 
 from __future__ import annotations

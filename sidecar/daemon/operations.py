@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, log, replica, scratch
-from sidecar.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot, verify
+from sidecar import dbfile, log, replica, scratch, verification
+from sidecar.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot
 from sidecar.config import Config, Database
 from sidecar.daemon import jobs, metrics, status
 from sidecar.daemon.api import (
@@ -406,22 +406,28 @@ class Operations:
 
     def verify(self, db_name: str | None = None) -> dict[str, Any]:
         """Verify every database (or the one named); updates the metric on success."""
-        dbs = [pick_database(self.cfg, db_name)] if db_name else list(self.cfg.databases)
+        dbs = verification.targets(self.cfg, db_name)
         if not self._verify_lock.acquire(blocking=False):
             raise NotNow("cannot verify now: a verification is already running")
+        single = {db.path for db in self.cfg.databases}
+
+        def record(db: Database, res: dict[str, Any]) -> None:
+            if res["ok"]:
+                # Per-database series for the configured databases (and one named with
+                # --db): a directory's thousand tenants would explode its cardinality.
+                if db.path in single or db_name:
+                    metrics.BACKUP_VERIFY_LAST_SUCCESS.labels(db=metric_label(db)).set(
+                        time.time())
+                self.log.info("backup verified", **res)
+            else:
+                self.log.error("backup verification failed", **res)
+
         try:
             tools = self._tools()
             sup = self.rt.supervisor
             running = sup is not None and sup.litestream_running()
-            results = []
-            for db in dbs:
-                res = verify(self.cfg, db, tools, self.rt.control if running else None)
-                results.append(res)
-                if res["ok"]:
-                    metrics.BACKUP_VERIFY_LAST_SUCCESS.labels(db=metric_label(db)).set(time.time())
-                    self.log.info("backup verified", **res)
-                else:
-                    self.log.error("backup verification failed", **res)
+            results = verification.verify_all(self.cfg, dbs, tools,
+                                              self.rt.control if running else None, record)
             self.rt.verification = {"databases": results, "ok": all(r["ok"] for r in results)}
         finally:
             self._verify_lock.release()

@@ -58,7 +58,7 @@ class DirLag:
         rel = path[len(self.label) + 1:] if path.startswith(self.label + "/") else ""
         # The DB and its -wal only, as lag.py: readers (Litestream too) write the -shm.
         rel = rel.removesuffix("-wal")
-        if not tenants.matches(self.entry, rel) or rel.rsplit("/", 1)[-1].startswith("."):
+        if not tenants.matches(self.entry, rel):  # a dot-named tenant is one (tenants.py)
             return
         with self._lock:
             cl = self.changes.get(rel)

@@ -1,4 +1,5 @@
-"""Preflight: the checks that must pass before anything is written.
+"""Preflight: the checks that must pass before anything is written (the volume and the
+databases' directories in volume.py, Litestream and the locks here).
 
 Each check returns a `Check` (name, ok, detail, fix). `run()` raises PreflightError with every
 failure; `sidecar check` prints the same list as a table.
@@ -17,18 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from sidecar.config import Config, Database
+from sidecar.config import Config
 from sidecar.errors import PreflightError
 
+# The volume and directory checks live in volume.py; callers import them from here.
+from sidecar.startup.volume import Check, check_db_dir, check_directory, check_volume
+from sidecar.startup.volume import mount_points as mount_points
+
 MIN_LITESTREAM = (0, 5)
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
 
 
 @dataclass
@@ -42,114 +39,6 @@ class Preflight:
     @property
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
-
-
-# ------------------------------------------------------------------ mounts
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_points(mountinfo: str | None = None) -> list[str]:
-    """Mount points from /proc/self/mountinfo (the 5th field of each line)."""
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            return []
-    points = []
-    for line in mountinfo.splitlines():
-        parts = line.split(" ")
-        if len(parts) > 4:
-            points.append(_unescape(parts[4]))
-    return points
-
-
-def _real(path: Path) -> Path:
-    """realpath of a path that may not exist yet (resolve its nearest existing ancestor)."""
-    missing: list[str] = []
-    p = path
-    while not p.exists() and p != p.parent:
-        missing.append(p.name)
-        p = p.parent
-    real = Path(os.path.realpath(p))
-    for name in reversed(missing):
-        real = real / name
-    return real
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
-
-
-def check_volume(cfg: Config, mountinfo: str | None = None) -> list[Check]:
-    if cfg.volume_path is None:
-        return [Check("volume", True, "no volume configured (SIDECAR_VOLUME_PATH / "
-                      "RAILWAY_VOLUME_MOUNT_PATH unset); not checked")]
-    vol = Path(os.path.realpath(cfg.volume_path))
-    points = [Path(p) for p in mount_points(mountinfo)]
-    checks: list[Check] = []
-    if vol not in points:
-        checks.append(Check(
-            "volume mounted", False,
-            f"{cfg.volume_var}={cfg.volume_path} is not a mount point; anything written there "
-            "is lost on redeploy",
-            f"attach a volume at {cfg.volume_path} (Railway: service > Volumes), or correct "
-            f"{cfg.volume_var}"))
-    else:
-        checks.append(Check("volume mounted", True, f"{cfg.volume_path} is a mount point"))
-    for db in cfg.databases:
-        real = _real(db.path)
-        if not _inside(real, vol):
-            fixed = cfg.volume_path / db.path.name
-            checks.append(Check(
-                f"db on volume ({db.name})", False,
-                f"the database {db.path} is outside the volume {cfg.volume_path}; it would be "
-                "wiped on the next deploy",
-                f"set DATABASE_URL=file:{fixed} (or SIDECAR_DB_PATH={fixed})"))
-            continue
-        # The DB must sit on the volume's own filesystem, not on a mount nested inside it.
-        deepest = max((p for p in points if _inside(real, p)), key=lambda p: len(p.parts),
-                      default=None)
-        if vol in points and deepest is not None and deepest != vol:
-            checks.append(Check(f"db on volume ({db.name})", False,
-                                f"{db.path} is on {deepest}, a mount nested inside the volume",
-                                f"move the database directly onto {cfg.volume_path}"))
-        else:
-            checks.append(Check(f"db on volume ({db.name})", True, f"{db.path} is on the volume"))
-    return checks
-
-
-# ------------------------------------------------------------------ directories
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_directory(db: Database) -> list[Check]:
-    d = db.path.parent
-    existing = _nearest_existing(d)
-    if not existing.is_dir():
-        return [Check(f"db directory ({db.name})", False, f"{existing} is not a directory",
-                      f"point the database at a directory, e.g. DATABASE_URL=file:/data/{db.name}")]
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return [Check(f"db directory ({db.name})", False, f"{existing} is not writable by uid "
-                      f"{os.getuid()}", f"chown the volume to uid {os.getuid()} or run as its owner")]
-    usage = shutil.disk_usage(existing)
-    size = db.path.stat().st_size if db.path.exists() else 0
-    free_mb = usage.free / 1e6
-    checks = [Check(f"db directory ({db.name})", True,
-                    f"{d} writable; {free_mb:,.0f} MB free of {usage.total / 1e6:,.0f} MB")]
-    if size and usage.free < size:
-        checks.append(Check(f"free space ({db.name})", False,
-                            f"{free_mb:,.0f} MB free, less than the database ({size / 1e6:,.0f} MB)"
-                            "; migrations and restores need room for a copy",
-                            "grow the volume or delete old copies in the state dir"))
-    return checks
 
 
 # ------------------------------------------------------------------ litestream
@@ -232,6 +121,12 @@ def db_lock_path(db: Path) -> Path:
     return db.with_name(f".{db.name}.sidecar.lock")
 
 
+def dir_lock_path(d: Path) -> Path:
+    """The lock of a directory of databases, inside it (on its volume, whatever
+    SIDECAR_STATE_DIR says); no pattern takes it for a database (tenants.own_file)."""
+    return d / ".sidecar.lock"
+
+
 def holders(path: Path) -> list[str]:
     """`pid (command)` of every process we can see with `path` open (from /proc)."""
     out = []
@@ -293,6 +188,8 @@ def acquire_db_locks(cfg: Config) -> list[IO[bytes]]:
     try:
         for db in cfg.databases:
             locks.append(_lock(db_lock_path(db.path), f"the database {db.path}"))
+        for entry in cfg.directories:
+            locks.append(_lock(dir_lock_path(entry.dir), f"the databases in {entry.dir}"))
     except PreflightError:
         for f in locks:
             f.close()
@@ -316,7 +213,8 @@ def _held(path: Path) -> bool:
 def lock_is_held(cfg: Config) -> bool:
     """A sidecar (or what it started) is running on one of these databases."""
     return _held(cfg.state_dir / "sidecar.lock") or any(
-        _held(db_lock_path(db.path)) for db in cfg.databases)
+        _held(db_lock_path(db.path)) for db in cfg.databases) or any(
+        _held(dir_lock_path(e.dir)) for e in cfg.directories)
 
 
 # ------------------------------------------------------------------ all together
@@ -328,6 +226,8 @@ def inspect(cfg: Config, mountinfo: str | None = None,
     checks = check_volume(cfg, mountinfo)
     for db in cfg.databases:
         checks += check_directory(db)
+    for entry in cfg.directories:
+        checks += check_db_dir(entry)
     ls_check, binary, version_text = check_litestream(cfg, version)
     checks.append(ls_check)
     return Preflight(checks=checks, litestream_bin=binary, litestream_version=version_text)
@@ -344,6 +244,8 @@ def run(cfg: Config, version: VersionQuery | None = None) -> Preflight:
             hint=first.fix or None)
     for db in cfg.databases:
         db.path.parent.mkdir(parents=True, exist_ok=True)
+    for entry in cfg.directories:
+        entry.dir.mkdir(parents=True, exist_ok=True)
     result.db_locks = acquire_db_locks(cfg)
     try:
         result.lock = acquire_lock(cfg.state_dir)

@@ -48,18 +48,34 @@ def member(entry: DbDir, rel: str) -> Database:
                     replica=Replica(url=f"file://{rep.dir / rel}", dir=rep.dir / rel))
 
 
+# Sidecar's own files beside the databases: a restore's temporary file (restore.TMP_MARK, with
+# Litestream's `.tmp` after it), the lock beside a database (preflight.db_lock_path) and the
+# lock in a directory of them (preflight.dir_lock_path).
+_OWN_MARKS = (".sidecar-restore-", ".sidecar.lock")
+
+
+def own_file(name: str) -> bool:
+    return name.startswith(".") and any(m in name for m in _OWN_MARKS)
+
+
 def matches(entry: DbDir, rel: str) -> bool:
-    """Whether Litestream would replicate a database at `rel` under this entry."""
+    """Whether Litestream would replicate a database at `rel` under this entry, as its pattern
+    does (Go's filepath.Match: `*.db` matches `.hidden.db` too, and Litestream backs it up),
+    sidecar's own files excepted."""
     if not rel or rel.startswith("/") or ".." in rel.split("/"):
         return False
     if "/" in rel and not entry.recursive:
         return False
-    return fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], entry.pattern)
+    name = rel.rsplit("/", 1)[-1]
+    return fnmatch.fnmatchcase(name, entry.pattern) and not own_file(name)
 
 
 def local_members(entry: DbDir) -> list[str]:
     """Relative paths of the files in the directory that match the entry (SQLite or not:
-    a 0-byte ghost is a database to restore; sidecar's own files never match)."""
+    a 0-byte ghost is a database to restore; sidecar's own files never match). A file whose
+    name starts with a dot is a database like any other when the pattern matches it, as in
+    Litestream (which backs it up: skipping it here made its backup "missing" at every
+    start); hidden subdirectories (sidecar's state dir) are not searched."""
     out: list[str] = []
     if not entry.dir.is_dir():
         return out
@@ -68,7 +84,7 @@ def local_members(entry: DbDir) -> list[str]:
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if entry.recursive else []
         for f in sorted(files):
             rel = str((base / f).relative_to(entry.dir))
-            if matches(entry, rel) and not f.startswith("."):
+            if matches(entry, rel):
                 out.append(rel)
     return out
 

@@ -28,8 +28,8 @@ from sidecar import log
 from sidecar.config import Config
 from sidecar.daemon import metrics
 from sidecar.errors import SidecarError
-from sidecar.litestream.control import Control, ControlError
-from sidecar.supervise import procs
+from sidecar.litestream.control import Control
+from sidecar.supervise import final_sync, procs
 from sidecar.supervise.child import OsProcess, ProcessCtor, fds
 from sidecar.supervise.children import IDLE_WAKE, Children
 from sidecar.supervise.shutdown import DONE, Action, Do, Log, Shutdown
@@ -66,6 +66,7 @@ class Supervisor(Children):
         self.held: SidecarError | None = None  # a failed start held for an operator
         self._start: Callable[[], None] = lambda: None
         self._hold_on_failure = False
+        self.started_at = time.time()  # tenants written from now on get the final sync
 
     @property
     def phase(self) -> str:
@@ -311,20 +312,10 @@ class Supervisor(Children):
 
     def do_final_sync(self, action: Do) -> None:
         """Ask Litestream to push everything, in the background; the loop stays responsive."""
-        budget = action.seconds
 
         def work() -> None:
-            t0 = self.clock()
-            for db in self.cfg.databases:
-                if not db.path.exists():
-                    continue  # nothing was ever written: nothing to push
-                try:
-                    res = self.control.sync(db.path, wait=True, timeout=budget)
-                    self.log.info("final sync", db=db.name, txid=res.get("txid"),
-                                  replicated_txid=res.get("replicated_txid"),
-                                  seconds=round(self.clock() - t0, 3))
-                except ControlError as exc:
-                    self.log.warning("final sync failed", db=db.name, error=str(exc))
+            final_sync.run(self.cfg, self.control, action.seconds, self.started_at, self.log,
+                           self.clock, self.cfg.restore_parallelism)
             self.post("final-sync-done")
 
         self.background(work)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit import BIN, base_env, run_sidecar
+from testkit import BIN, base_env, run_sidecar, s3_env
 
 pytestmark = pytest.mark.slow
 
@@ -187,3 +187,94 @@ def test_command_that_does_not_exist_exits_2_before_anything_runs(tmp_path: Path
     assert res.returncode == 2, res.stderr
     assert var in res.stderr and "not" in res.stderr
     assert not (tmp_path / "data" / ".sidecar").exists()
+
+
+def _dir_env(tmp_path: Path, s3, bucket: str, vol: Path, db_dir: Path) -> dict[str, str]:
+    env = base_env(tmp_path, **s3_env(s3, bucket, "tenants"), SIDECAR_VOLUME_PATH=str(vol),
+                   SIDECAR_DB_DIR=str(db_dir))
+    env.pop("SIDECAR_DB_PATH")
+    return env
+
+
+def _yml_env(tmp_path: Path, s3, bucket: str, vol: Path, db_dir: Path) -> dict[str, str]:
+    """The directory as a `dir:` entry of a project litestream.yml."""
+    yml = tmp_path / "litestream.yml"
+    yml.write_text(f"""dbs:
+  - dir: {db_dir}
+    pattern: "*.db"
+    watch: true
+    replica:
+      type: s3
+      bucket: {bucket}
+      path: tenants
+      endpoint: {s3.endpoint}
+      region: us-east-1
+""")
+    env = _dir_env(tmp_path, s3, bucket, vol, db_dir)
+    for name in ("SIDECAR_DB_DIR", "SIDECAR_REPLICA_URL", "SIDECAR_S3_ENDPOINT",
+                 "SIDECAR_S3_REGION"):
+        env.pop(name)
+    env["LITESTREAM_CONFIG"] = str(yml)
+    return env
+
+
+@needs_root
+def test_db_dir_on_mounted_volume_starts(tmp_path: Path, s3, bucket) -> None:
+    """A directory of databases on the mounted volume (created there): the start goes
+    through and the check is logged."""
+    vol = tmp_path / "vol"
+    env = _dir_env(tmp_path, s3, bucket, vol, vol / "tenants")
+    res = _in_namespace(vol, env, ["run", "--", "sh", "-c", "echo app-ran"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "app-ran" in res.stdout
+    assert '"db dir on volume (tenants/)": "' in res.stderr, res.stderr[-2000:]
+
+
+@needs_root
+def test_db_dir_outside_volume_exits_3_with_the_fix(tmp_path: Path, s3, bucket) -> None:
+    """SIDECAR_DB_DIR outside the mounted volume is refused like a DB path outside it (every
+    tenant would be wiped on the next deploy), naming the corrected setting; nothing is
+    written (no directory, no state dir)."""
+    vol = tmp_path / "data"
+    outside = tmp_path / "app" / "tenants"
+    env = _dir_env(tmp_path, s3, bucket, vol, outside)
+    res = _in_namespace(vol, env, ["run", "--", "sh", "-c", "echo app-ran"], tmp_path)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert f"the database directory {outside} is outside the volume {vol}" in res.stderr
+    assert f"set SIDECAR_DB_DIR to {vol}/tenants" in res.stderr, res.stderr[-2000:]
+    assert "app-ran" not in res.stdout and "Traceback" not in res.stderr
+    assert not (tmp_path / "app").exists()
+    assert s3.keys(bucket) == []
+
+    env = _yml_env(tmp_path, s3, bucket, vol, outside)
+    res = _in_namespace(vol, env, ["run", "--", "sh", "-c", "echo app-ran"], tmp_path)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert f"set the dir: entry in {tmp_path}/litestream.yml to {vol}/tenants" in res.stderr
+    assert not (tmp_path / "app").exists()
+
+
+@needs_root
+def test_db_dir_nested_mount_or_a_file_exits_3(tmp_path: Path, s3, bucket) -> None:
+    """A directory on a mount nested inside the volume, or a path that is a file, exits 3."""
+    vol = tmp_path / "vol"
+    env = _dir_env(tmp_path, s3, bucket, vol, vol / "inner" / "tenants")
+    script = (f"mount -t tmpfs tmpfs {vol} && mkdir {vol}/inner && "
+              f"mount -t tmpfs tmpfs {vol}/inner && " + 'exec "$@"')
+    vol.mkdir()
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                          "sh", str(BIN / "sidecar"), "run", "--", "true"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "a mount nested inside the volume" in res.stderr, res.stderr[-2000:]
+
+    # A dir: entry of the project's litestream.yml is checked the same way (SIDECAR_DB_DIR
+    # naming a file is already a config error, exit 2).
+    env = _yml_env(tmp_path, s3, bucket, vol, vol / "tenants")
+    script = (f"mount -t tmpfs tmpfs {vol} && echo not-a-dir > {vol}/tenants && "
+              + 'exec "$@"')
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                          "sh", str(BIN / "sidecar"), "run", "--", "true"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert f"{vol}/tenants is a file, not a directory" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr

@@ -303,3 +303,131 @@ def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
     writer.close()
     sc.signal()
     assert sc.wait(60) == 0, sc.output()
+
+
+def test_a_tenant_written_right_before_sigterm_is_in_the_backup(tmp_path: Path, s3, bucket,
+                                                                 sidecars) -> None:
+    """The final sync covers directory databases: rows written to a tenant just before the
+    stop signal, with Litestream's own sync interval far away, are in the bucket after the
+    shutdown (restored and counted)."""
+    tenants = tmp_path / "data" / "tenants"
+    _seed(tenants, 3)
+    env = _tenant_env(tmp_path, s3, bucket, SIDECAR_SYNC_INTERVAL="1m")
+    sc = sidecars(env, write_app(tmp_path, TENANT_APP), tmp_path)
+    sc.wait_stdout("app up", timeout=60)
+    wait_for(lambda: {"t00.db", "t01.db", "t02.db"} <= _backed_up(s3, bucket), 60,
+             what="the first backups")
+    time.sleep(1)
+    con = sqlite3.connect(tenants / "t01.db", isolation_level=None)
+    con.executemany("INSERT INTO rows(v) VALUES (?)", [(f"late-{j}",) for j in range(25)])
+    con.close()
+    sc.signal()
+    assert sc.wait(60) == 0, sc.output()
+    done = sc.event("final sync of directory databases")
+    assert done and done["synced"] >= 1 and done["synced"] == done["written_during_run"], done
+    out = tmp_path / "t01-after.db"
+    res = run_sidecar(["restore", "--db", "t01.db", "--output", str(out)], env, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(rows(out)) == 2 + 25, rows(out)
+
+
+def test_a_dot_named_tenant_is_a_tenant_like_the_others(tmp_path: Path, s3, bucket,
+                                                        sidecars) -> None:
+    """`*.db` matches `.dot.db` for Litestream, which backs it up: sidecar treats it as a
+    tenant too, so a start with the volume intact restores nothing (it used to count it as
+    missing every time), and after a volume loss it comes back with its rows."""
+    tenants = tmp_path / "data" / "tenants"
+    _seed(tenants, 2)
+    con = sqlite3.connect(tenants / ".dot.db", isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT)")
+    con.execute("INSERT INTO rows(v) VALUES ('hidden-tenant')")
+    con.close()
+    env = _tenant_env(tmp_path, s3, bucket)
+    app = write_app(tmp_path, TENANT_APP)
+    first = sidecars(env, app, tmp_path)
+    first.wait_stdout("app up", timeout=60)
+    wait_for(lambda: {"t00.db", "t01.db", ".dot.db"} <= _backed_up(s3, bucket), 60,
+             what="every tenant backed up, the dot-named one too")
+    first.signal()
+    assert first.wait(60) == 0, first.output()
+
+    second = sidecars(env, app, tmp_path)
+    second.wait_stdout("app up", timeout=60)
+    assert second.event("directory restore started") is None, second.output()
+    decided = second.event("restore decided")
+    assert decided and decided["restored"] == 0 and decided["databases"] == 3, decided
+    second.signal()
+    assert second.wait(60) == 0, second.output()
+
+    shutil.rmtree(tmp_path / "data")
+    (tmp_path / "data").mkdir()
+    third = sidecars(env, app, tmp_path)
+    third.wait_stdout("app up", timeout=120)
+    assert rows(tenants / ".dot.db") == ["hidden-tenant"]
+    third.signal()
+    assert third.wait(60) == 0, third.output()
+
+
+def test_verify_without_db_verifies_every_tenant_and_names_the_failure(tmp_path: Path, s3,
+                                                                       bucket,
+                                                                       sidecars) -> None:
+    """`sidecar verify` with no --db covers each tenant (it used to verify none and pass):
+    one line per database, the damaged one named, exit 1; with no sidecar running and
+    through the running one."""
+    tenants = tmp_path / "data" / "tenants"
+    _seed(tenants, 3)
+    env = _tenant_env(tmp_path, s3, bucket)
+    app = write_app(tmp_path, TENANT_APP)
+    sc = sidecars(env, app, tmp_path)
+    sc.wait_stdout("app up", timeout=60)
+    wait_for(lambda: {"t00.db", "t01.db", "t02.db"} <= _backed_up(s3, bucket), 60,
+             what="backups")
+    sc.signal()
+    assert sc.wait(60) == 0, sc.output()
+    res = run_sidecar(["verify"], env, tmp_path, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    assert res.stdout.count("OK  ") == 3, res.stdout
+    res = run_sidecar(["check"], env, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    assert "replica (tenants/)" in res.stdout and "backups of 3 database(s)" in res.stdout
+
+    for f in (s3.root / bucket / "tenants" / "t01.db").rglob("*.ltx"):
+        f.write_bytes(b"not an ltx file")
+    res = run_sidecar(["verify"], env, tmp_path, timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert any(ln.startswith("FAIL") and "t01.db" in ln for ln in lines), res.stdout
+    assert sum(ln.startswith("OK  ") for ln in lines) == 2, res.stdout
+    assert f"1 of 3 failed: {tenants / 't01.db'}" in res.stdout
+    assert "Traceback" not in res.stderr
+
+    sc = sidecars(env, app, tmp_path)
+    sc.wait_stdout("app up", timeout=60)
+    res = run_sidecar(["verify", "--json"], env, tmp_path, timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr[-2000:]
+    doc = json.loads(res.stdout)
+    assert doc["verified_by"] == "the running sidecar"
+    assert {Path(r["db"]).name: r["ok"] for r in doc["databases"]} == {
+        "t00.db": True, "t01.db": False, "t02.db": True}
+    sc.signal()
+    assert sc.wait(60) == 0, sc.output()
+
+
+def test_a_second_sidecar_on_the_same_directory_exits_3(tmp_path: Path, s3, bucket,
+                                                        sidecars) -> None:
+    """One sidecar per directory of databases, whatever SIDECAR_STATE_DIR says: a second one
+    with its own state dir refuses (exit 3) instead of replicating the same tenants twice."""
+    _seed(tmp_path / "data" / "tenants", 2)
+    env = _tenant_env(tmp_path, s3, bucket)
+    app = write_app(tmp_path, TENANT_APP)
+    first = sidecars(env, app, tmp_path)
+    first.wait_stdout("app up", timeout=60)
+    other = {**env, "SIDECAR_STATE_DIR": str(tmp_path / "other-state"),
+             "PROBE_OUT": str(tmp_path / "probe2.txt")}
+    res = run_sidecar(["run", "--", *app], other, tmp_path)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "another sidecar is running on the databases in" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "probe2.txt").exists()
+    first.signal()
+    assert first.wait(60) == 0, first.output()

@@ -180,7 +180,8 @@ def make(tmp_path: Path, world: FakeWorld, **cfg: Any) -> Supervisor:
     db.write_bytes(b"")
     settings = {"databases": [SimpleNamespace(path=db, name="app")], "ready_timeout": 5.0,
                 "app_command": ["app"], "cwd": None, "app_stop_timeout": 10.0,
-                "litestream_stop_timeout": 10.0, "app_restart": "no"}
+                "litestream_stop_timeout": 10.0, "app_restart": "no", "directories": (),
+                "restore_parallelism": 8}
     settings.update(cfg)
     sup = Supervisor(SimpleNamespace(**settings), {}, "litestream", tmp_path / "ls.yml",  # type: ignore[arg-type]
                      FakeControl(world), clock=world.clock, process_ctor=world.spawn,

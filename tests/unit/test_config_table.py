@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Config fields no single row fills: each is built by a cross-field rule in config.load.
 CROSS_FIELDS = {"databases", "state_dir", "user_litestream_config", "user_litestream_doc",
                 "http_host", "http_port", "admin_token", "migrate_command", "app_command",
-                "volume_var", "local_default_replica", "prisma_schema", "cwd", "directories"}
+                "volume_var", "local_default_replica", "prisma_schema", "cwd", "directories",
+                "session_token"}
 NUMERIC = (parsers.parse_duration, parsers.positive_duration, parsers.litestream_duration,
            parsers.positive_number)
 

@@ -118,3 +118,23 @@ def test_litestream_metrics_are_fetched_without_the_proxy(monkeypatch) -> None:
         assert "litestream_txid" in metrics._fetch(url, 5)
     finally:
         server.shutdown()
+
+
+def test_the_session_token_is_a_secret_and_scrubbed(tmp_path: Path) -> None:
+    """Temporary credentials come with AWS_SESSION_TOKEN (or AWS_SECURITY_TOKEN): the token is
+    redacted from /status and `sidecar status` like the secret key, and its presence sends a
+    rendered config off the volume if it ever appears in it."""
+    from sidecar.daemon.status import MASK, scrub
+
+    token = "IQoJb3JpZ2luX2VjEJr-session-token-value"
+    base = {"PATH": "/usr/bin:/bin", "SIDECAR_DB_PATH": str(tmp_path / "app.db"),
+            "SIDECAR_REPLICA_URL": "s3://bkt/app.db", "SIDECAR_S3_ENDPOINT": "http://s3.test",
+            "AWS_ACCESS_KEY_ID": "key-id-1234", "AWS_SECRET_ACCESS_KEY": "secret-value-5678"}
+    for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        cfg = config.load({**base, name: token}, need_app=False, cwd=tmp_path)
+        assert token in config.secrets_of(cfg), name
+        assert token not in repr(cfg)
+        doc = scrub({"error": f"denied with token {token}"}, config.secrets_of(cfg))
+        assert token not in str(doc) and MASK in doc["error"]
+    cfg = config.load(base, need_app=False, cwd=tmp_path)
+    assert cfg.session_token is None

@@ -61,17 +61,32 @@ def test_listing_is_classified_per_database() -> None:
     assert listing.unknown == ["notes.txt", "a.db/stray"]
 
 
-def test_local_members_skip_hidden_and_unmatched(tmp_path: Path) -> None:
+def test_local_members_skip_sidecars_files_and_unmatched(tmp_path: Path) -> None:
+    """A dot-named file the pattern matches is a tenant (Litestream backs it up); sidecar's
+    own files, even under a pattern that matches them, and its state dir are not."""
     d = tmp_path / "tenants"
     (d / ".sidecar").mkdir(parents=True)
     (d / "sub").mkdir()
     for name in ("a.db", "b.db-wal", ".a.db.sidecar-restore-1", "c.txt", "sub/e.db",
-                 ".sidecar/x.db"):
+                 ".sidecar/x.db", ".dot.db", ".x.db.sidecar-restore-7.db", ".y.db.sidecar.lock"):
         (d / name).write_bytes(b"")
     entry = config.DbDir(d, "*.db", False, True, config.Replica("s3://b/p"))
-    assert tenants.local_members(entry) == ["a.db"]
+    assert tenants.local_members(entry) == [".dot.db", "a.db"]
     entry = config.DbDir(d, "*.db", True, True, config.Replica("s3://b/p"))
-    assert tenants.local_members(entry) == ["a.db", "sub/e.db"]
+    assert tenants.local_members(entry) == [".dot.db", "a.db", "sub/e.db"]
+    entry = config.DbDir(d, "*", False, True, config.Replica("s3://b/p"))
+    assert ".a.db.sidecar-restore-1" not in tenants.local_members(entry)
+    assert ".y.db.sidecar.lock" not in tenants.local_members(entry)
+
+
+def test_a_dot_named_backup_is_a_member_not_needed_again(tmp_path: Path) -> None:
+    entry = config.DbDir(tmp_path, "*.db", False, True, config.Replica("s3://b/p"))
+    listing = tenants.classify(entry, [".dot.db/0000/0000000000000001-0000000000000001.ltx",
+                                       ".a.db.sidecar-restore-1/0000/"
+                                       "0000000000000001-0000000000000001.ltx"])
+    assert listing.members == {".dot.db": "0.5"}
+    (tmp_path / ".dot.db").write_bytes(b"")
+    assert set(listing.members) <= set(tenants.local_members(entry))
 
 
 def test_litestream_yml_dir_entry_keeps_its_replica_settings(tmp_path: Path) -> None:
@@ -179,3 +194,23 @@ def test_db_dir_beside_a_project_litestream_config_is_an_error(tmp_path: Path) -
     with pytest.raises(ConfigError) as exc:
         config.load(_env(tmp_path), need_app=False, cwd=tmp_path)
     assert any("SIDECAR_DB_DIR" in p and "dir:" in p for p in exc.value.problems)
+
+
+def test_the_volume_check_covers_directories(tmp_path: Path) -> None:
+    from sidecar.startup import preflight
+
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    mountinfo = f"36 35 98:0 / {vol} rw - tmpfs tmpfs rw\n"
+    inside = config.load(_env(tmp_path, SIDECAR_DB_DIR=str(vol / "tenants"),
+                              SIDECAR_VOLUME_PATH=str(vol)), need_app=False, cwd=tmp_path)
+    checks = {c.name: c for c in preflight.check_volume(inside, mountinfo)}
+    assert checks["db dir on volume (tenants/)"].ok
+    outside = config.load(_env(tmp_path, SIDECAR_VOLUME_PATH=str(vol)), need_app=False,
+                          cwd=tmp_path)
+    bad = {c.name: c for c in preflight.check_volume(outside, mountinfo)}[
+        "db dir on volume (tenants/)"]
+    assert not bad.ok and "outside the volume" in bad.detail
+    assert bad.fix == f"set SIDECAR_DB_DIR to {vol / 'tenants'}"
+    (c,) = preflight.check_db_dir(inside.directories[0])
+    assert c.ok and "can be created" in c.detail

@@ -1,0 +1,88 @@
+"""Operator commands that never hang on a dead bucket.
+
+Litestream's own restore retries an unreachable endpoint for about two minutes and waits on a
+black-holed one for longer, whatever SIDECAR_REPLICA_TIMEOUT says. So before `sidecar verify`,
+`sidecar restore --dry-run` or `sidecar restore --output` run it, the replica is probed within
+that timeout (`require`), and while it runs a restore that stops making progress for as long
+is stopped (`Stall`). Either way the command ends with one error and exit 4, as a start does
+when the replica cannot be read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sidecar import replica
+from sidecar.config import Config, Database
+from sidecar.errors import RestoreError
+
+VAR = "SIDECAR_REPLICA_TIMEOUT"
+
+
+def timeout_text(seconds: float) -> str:
+    return f"{VAR}={seconds:g}s"
+
+
+def require(cfg: Config | None, db: Database, verb: str) -> replica.Contents:
+    """What the replica holds, read within the replica timeout (a few requests).
+    Raises RestoreError (exit 4) naming the replica and the reason when it cannot be read."""
+    assert db.replica is not None
+    seconds = cfg.replica_timeout if cfg is not None else 30.0
+    try:
+        return replica.probe(db.replica, seconds)
+    except replica.ReplicaUnreachable as exc:
+        raise unreachable(db, verb, exc.message, seconds) from None
+
+
+def unreachable(db: Database, verb: str, why: str, seconds: float) -> RestoreError:
+    url = db.replica.url if db.replica else "?"
+    return RestoreError(
+        f"cannot {verb} {db.name}: the replica {url} cannot be read within "
+        f"{timeout_text(seconds)}: {why}",
+        hint="check the endpoint, bucket and credentials (`sidecar check`); nothing was "
+             f"changed. A slow but working bucket may need a longer {VAR}")
+
+
+class Stall:
+    """A `should_stop` for `litestream restore` into `output`: true once neither the output nor
+    Litestream's `<output>.tmp` has grown for `seconds` (the bucket stopped answering), or when
+    `inner` says so. Litestream renames its .tmp to `output` when it is done: from then on
+    (the integrity check that follows) it never fires."""
+
+    def __init__(self, output: Path, seconds: float,
+                 inner: Callable[[], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.paths = (output, output.with_name(output.name + ".tmp"))
+        self.seconds = seconds
+        self.inner = inner
+        self.clock = clock
+        self.size = -1
+        self.since = clock()
+        self.stalled = False
+
+    def _size(self) -> int | None:
+        """Bytes written so far; None once Litestream has put the output in place."""
+        out, tmp = self.paths
+        try:
+            if out.exists() and not tmp.exists():
+                return None
+            return tmp.stat().st_size
+        except OSError:
+            return 0
+
+    def __call__(self) -> bool:
+        if self.inner is not None and self.inner():
+            return True
+        size = self._size()
+        now = self.clock()
+        if size is None:
+            return False
+        if size != self.size:
+            self.size, self.since = size, now
+            return False
+        if now - self.since > self.seconds:
+            self.stalled = True
+            return True
+        return False
