@@ -173,6 +173,9 @@ def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
     if code != 0:
         tail = " ".join(ln.strip() for ln in out.splitlines() if ln.strip())[-300:]
         if any(s in out.lower() for s in _NO_MATCH):
+            legacy = _plan_03(tools, db, target)
+            if legacy is not None:
+                return legacy
             raise _unreachable(db, target, tail)
         raise OperatorError(f"cannot plan the restore of {db.name}: litestream exited {code}",
                             problems=[tail] if tail else None)
@@ -192,6 +195,24 @@ def plan(tools: Tools, db: Database, target: Target) -> dict[str, Any]:
             "txid": txids[1] if txids else files[-1]["max_txid"],
             "txid_range": list(txids) if txids else None, "files": files,
             "download_bytes": sum(f["size"] for f in files)}
+
+
+def _plan_03(tools: Tools, db: Database, target: Target) -> dict[str, Any] | None:
+    """The plan for a replica that holds only Litestream 0.3's `generations/` layout, or None.
+    Litestream 0.5's `-dry-run` lists 0.5 files only and says "no matching backup files" for
+    it, while its restore reads it (the latest state, or one at a --timestamp)."""
+    assert db.replica is not None
+    timeout = tools.cfg.replica_timeout if tools.cfg is not None else 30.0
+    if replica.open_store(db.replica, timeout).contents().layout != "0.3":
+        return None
+    if target.txid:
+        raise OperatorError(f"cannot restore {db.name} to {target.describe()}: the replica holds "
+                            f"a {replica.LAYOUT_NAMES['0.3']} backup only, which has no "
+                            "Litestream 0.5 TXIDs",
+                            hint="restore the latest state, or a point in time with --timestamp")
+    return {"db": str(db.path), "replica": db.replica.url, "target": target.as_dict(),
+            "layout": "0.3", "txid": None, "txid_range": None, "files": [],
+            "download_bytes": None}
 
 
 def restore_file(tools: Tools, db: Database, target: Target, output: Path,

@@ -73,9 +73,15 @@ def _bytes(n: Any) -> str:
 def print_plan(p: dict[str, Any], live: bool, aside: Path) -> None:
     print(f"database:     {p['db']}")
     print(f"replica:      {p['replica']}")
-    print(f"restore to:   txid {p['txid']}"
-          + (f" (range {p['txid_range'][0]}-{p['txid_range'][1]})" if p.get("txid_range") else ""))
-    print(f"download:     {len(p['files'])} files, {_bytes(p['download_bytes'])}")
+    if p.get("layout") == "0.3":
+        when = f"the state at {p['target']['timestamp']}" if p["target"].get("timestamp") \
+            else "the latest state"
+        print(f"restore to:   {when} of a Litestream 0.3 backup (generations/)")
+        print("download:     the latest generation's snapshot and WAL (no 0.5 plan to list)")
+    else:
+        print(f"restore to:   txid {p['txid']}" + (
+            f" (range {p['txid_range'][0]}-{p['txid_range'][1]})" if p.get("txid_range") else ""))
+        print(f"download:     {len(p['files'])} files, {_bytes(p['download_bytes'])}")
     for f in p["files"]:
         print(f"  level {f['level']}  {f['file']}  {_bytes(f['size']):>10}  {f['created']}")
     if live:

@@ -225,3 +225,31 @@ def test_replication_after_a_03_restore_keeps_the_rows(tmp_path: Path, s3, bucke
                    if '"restore decided"' in ln)
     assert decided["layout"] == "0.5"
     assert rows(db) == values
+
+
+def test_restore_output_and_dry_run_read_a_litestream_03_only_prefix(tmp_path: Path, s3, bucket,
+                                                                    litestream03) -> None:
+    """Litestream 0.5's `-dry-run` lists 0.5 files only and said "no matching backup files" for
+    a 0.3 prefix, so `sidecar restore` refused a backup that its start-up restores. The plan
+    now says it is a 0.3 backup, `--output` restores every row (latest, or at a timestamp),
+    and a TXID target is refused by name (0.3 has none)."""
+    values = [f"old-{i}" for i in range(120)]
+    seed_03_in_s3(litestream03, s3, bucket, values, tmp_path)
+    env = base_env(tmp_path, **s3_env(s3, bucket))
+    dry = run_sidecar(["restore", "--dry-run"], env, tmp_path, timeout=90)
+    assert dry.returncode == 0, dry.stdout + dry.stderr[-2000:]
+    assert "Litestream 0.3 backup" in dry.stdout
+    out = tmp_path / "copy.db"
+    res = run_sidecar(["restore", "--output", str(out)], env, tmp_path, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    assert rows(out) == values
+    later = tmp_path / "later.db"
+    res = run_sidecar(["restore", "--output", str(later), "--timestamp", "2099-01-01T00:00:00Z"],
+                      env, tmp_path, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    assert rows(later) == values
+    by_txid = run_sidecar(["restore", "--dry-run", "--txid", "0000000000000002"], env, tmp_path,
+                          timeout=90)
+    assert by_txid.returncode == 1, by_txid.stdout + by_txid.stderr[-2000:]
+    assert "Litestream 0.3 (generations/) backup only, which has no" in by_txid.stderr
+    assert "Traceback" not in by_txid.stderr
