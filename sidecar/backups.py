@@ -25,7 +25,7 @@ from sidecar.daemon.api import (
     Target,
 )
 from sidecar.errors import ExecError, OperatorError, RestoreError
-from sidecar.litestream.config import member_doc, write_config, write_doc
+from sidecar.litestream.config import member_doc, remove_private, write_config, write_doc
 from sidecar.litestream.process import child_env, free_loopback_port, restore_argv
 from sidecar.startup import preflight, restore, tenants
 from sidecar.supervise import procs
@@ -127,7 +127,7 @@ def naming(tools: Tools, db: Database) -> Iterator[Tools]:
         try:
             yield Tools(tools.binary, path, cfg)
         finally:
-            path.unlink(missing_ok=True)
+            remove_private(path)
 
 
 @contextlib.contextmanager

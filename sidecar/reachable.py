@@ -46,41 +46,48 @@ def unreachable(db: Database, verb: str, why: str, seconds: float) -> RestoreErr
 
 
 class Stall:
-    """A `should_stop` for `litestream restore` into `output`: true once neither the output nor
-    Litestream's `<output>.tmp` has grown for `seconds` (the bucket stopped answering), or when
+    """A `should_stop` for `litestream restore` into `output`: true once none of Litestream's
+    files for it (`<output>.tmp`, and the `-wal`/`-shm` it replays a 0.3 backup's WAL
+    through) has changed size or mtime for `seconds` (the bucket stopped answering), or when
     `inner` says so. Litestream renames its .tmp to `output` when it is done: from then on
     (the integrity check that follows) it never fires."""
 
     def __init__(self, output: Path, seconds: float,
                  inner: Callable[[], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self.paths = (output, output.with_name(output.name + ".tmp"))
+        tmp = output.with_name(output.name + ".tmp")
+        self.output, self.tmp = output, tmp
+        self.paths = (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm"))
         self.seconds = seconds
         self.inner = inner
         self.clock = clock
-        self.size = -1
+        self.state: tuple[tuple[int, int], ...] | None = None
         self.since = clock()
         self.stalled = False
 
-    def _size(self) -> int | None:
-        """Bytes written so far; None once Litestream has put the output in place."""
-        out, tmp = self.paths
-        try:
-            if out.exists() and not tmp.exists():
-                return None
-            return tmp.stat().st_size
-        except OSError:
-            return 0
+    def _state(self) -> tuple[tuple[int, int], ...] | None:
+        """(size, mtime) of each file written so far; None once Litestream has put the output
+        in place."""
+        if self.output.exists() and not self.tmp.exists():
+            return None
+        out = []
+        for p in self.paths:
+            try:
+                st = p.stat()
+                out.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((-1, 0))
+        return tuple(out)
 
     def __call__(self) -> bool:
         if self.inner is not None and self.inner():
             return True
-        size = self._size()
+        state = self._state()
         now = self.clock()
-        if size is None:
+        if state is None:
             return False
-        if size != self.size:
-            self.size, self.since = size, now
+        if state != self.state:
+            self.state, self.since = state, now
             return False
         if now - self.since > self.seconds:
             self.stalled = True

@@ -123,7 +123,7 @@ def _restore_step(rt: Runtime) -> bool:
                **({"layout": res.layout} if res.layout else {}),
                **({"moved_aside": res.aside} if res.aside else {}))
         if sup.stop_requested():
-            return
+            return False
     for entry in cfg.directories:
         t0 = time.monotonic()
         try:
@@ -246,13 +246,13 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
     monitor = rt.lag
 
     def begin_jobs() -> None:
-        metrics.load()  # prometheus_client, once the app is up (or the first scrape did)
         schedule_verify(ops)
         monitor.begin_checks()
         jobs.start()
+        metrics.load()  # prometheus_client, once the app is up (or the first scrape did)
 
-    # In a thread of its own: importing apscheduler and starting its thread overlaps with
-    # what the main thread waits for next (migrations, Litestream's start, the app's).
+    # Once the app is up, in a thread of its own: importing apscheduler and prometheus_client
+    # and starting the scheduler's thread overlap with the app's own start.
     once = threading.Lock()
 
     def begin_jobs_once() -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,15 +83,29 @@ def places(cfg: Config, db: Database) -> list[Place]:
     return sorted(out, key=lambda p: p.on_volume)
 
 
+# Bytes promised to the copies of verifications in flight, by the place they were given: the
+# free space a place reports does not yet count what those copies will still write, so
+# verifications run side by side (every tenant) would otherwise each count the same room.
+_promised: dict[Path, int] = {}
+_given: dict[Path, tuple[Path, int]] = {}
+_promise_lock = threading.Lock()
+
+
 def verify_dir(cfg: Config, db: Database, need: int) -> Path:
-    """A fresh private directory for a restored copy of `db`, where `need` bytes fit.
-    Raises OperatorError (and writes nothing) when no place has room."""
+    """A fresh private directory for a restored copy of `db`, where `need` bytes fit beside the
+    copies already promised there. Raises OperatorError (and writes nothing) when no place has
+    room. Give the directory back with `release` once it is removed."""
     candidates = places(cfg, db)
-    for place in candidates:
-        room = place.free - (VOLUME_RESERVE if place.on_volume else 0)
-        if room >= need:
-            return Path(tempfile.mkdtemp(prefix=f"{VERIFY_MARK}{tag(db)}-{os.getpid()}-",
-                                         dir=place.path))
+    with _promise_lock:
+        for place in candidates:
+            room = (place.free - (VOLUME_RESERVE if place.on_volume else 0)
+                    - _promised.get(place.path, 0))
+            if room >= need:
+                d = Path(tempfile.mkdtemp(prefix=f"{VERIFY_MARK}{tag(db)}-{os.getpid()}-",
+                                          dir=place.path))
+                _promised[place.path] = _promised.get(place.path, 0) + need
+                _given[d] = (place.path, need)
+                return d
     where = "; ".join(f"{p.path} has {mb(p.free)} free"
                       + (f" (the database's volume: {mb(VOLUME_RESERVE)} stay reserved)"
                          if p.on_volume else "") for p in candidates) or "no writable temp dir"
@@ -99,6 +114,16 @@ def verify_dir(cfg: Config, db: Database, need: int) -> Path:
         f"about {mb(need)}; {where}",
         hint="free some space, or point TMPDIR at a filesystem with room (best off the "
              "database's volume); nothing was written")
+
+
+def release(d: Path) -> None:
+    """The space promised with `d` (from verify_dir) is free again."""
+    with _promise_lock:
+        place, need = _given.pop(d, (None, 0))
+        if place is not None:
+            _promised[place] -= need
+            if _promised[place] <= 0:
+                del _promised[place]
 
 
 def _alive(pid: int) -> bool:

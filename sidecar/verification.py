@@ -117,5 +117,6 @@ def verify(cfg: Config, db: Database, tools: Tools, control: Control | None = No
         out["error"] = str(exc)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+        scratch.release(tmpdir)
     out["duration_seconds"] = round(time.monotonic() - t0, 3)
     return out

@@ -31,11 +31,24 @@ def load() -> ModuleType:
         if _real is None:
             from sidecar.daemon import registry
 
-            for name, largs, lkw, method, args, kw in _pending:
-                _apply(registry, name, largs, lkw, method, args, kw)
-            _pending.clear()
-            _real = registry
+            try:
+                for name, largs, lkw, method, args, kw in _pending:
+                    try:
+                        _apply(registry, name, largs, lkw, method, args, kw)
+                    except Exception as exc:  # one bad call must not lose the rest
+                        _log_failed(name, method, exc)
+            finally:
+                # Each call is replayed once, whatever happens: never twice, never kept.
+                _pending.clear()
+                _real = registry
     return _real
+
+
+def _log_failed(name: str, method: str, exc: Exception) -> None:
+    from sidecar import log
+
+    log.get("metrics").error("metric call failed", metric=name, call=method or "labels",
+                             error=f"{type(exc).__name__}: {exc}")
 
 
 def loaded() -> bool:

@@ -94,7 +94,9 @@ def needs_private_file(cfg: Config, text: str) -> bool:
     """Whether the rendered config must not touch the volume: it holds a secret, or it is the
     project's own config and needed `$VAR` expansion (whatever a variable holds, it stays off
     the disk)."""
-    if any(s and s in text for s in secrets_of(cfg)):
+    # The rendered text is JSON: a secret holding `"`, `\\` or a control character is in it
+    # escaped, so look for both forms.
+    if any(s and (s in text or json.dumps(s)[1:-1] in text) for s in secrets_of(cfg)):
         return True
     if cfg.user_litestream_config is not None:
         try:
@@ -124,6 +126,22 @@ def _is_tmpfs(path: str) -> bool:
     return fstype in ("tmpfs", "ramfs")
 
 
+# Private files not yet removed: each is removed by `remove_private` or at exit. A set, not
+# one atexit handler per file: the daemon renders one per tenant it verifies.
+_private: set[Path] = set()
+
+
+@atexit.register
+def _remove_private_files() -> None:
+    for path in list(_private):
+        remove_private(path)
+
+
+def remove_private(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _private.discard(path)
+
+
 def private_file(name: str) -> Path:
     """Create an empty 0600 file on a tmpfs (O_EXCL|O_NOFOLLOW, a random name), removed when
     the process exits. Raises PreflightError when no tmpfs is writable."""
@@ -138,7 +156,7 @@ def private_file(name: str) -> Path:
         except OSError:
             continue
         os.close(fd)
-        atexit.register(path.unlink, missing_ok=True)
+        _private.add(path)
         return path
     raise PreflightError(
         "cannot render the Litestream config: it holds a secret (or needs variables expanded) "

@@ -3,6 +3,7 @@ databases `sidecar verify` covers, and its exit code."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -36,6 +37,24 @@ def test_stall_fires_only_when_the_output_stops_growing(tmp_path: Path) -> None:
     assert not watch()
     clock.now += 0.2
     assert watch() and watch.stalled  # 3.1 s without growth
+
+
+def test_stall_counts_in_place_writes_to_the_wal_as_progress(tmp_path: Path) -> None:
+    """Replaying a 0.3 backup's WAL rewrites pages of `<output>.tmp-wal` in place: its size
+    stays, its mtime moves. That is progress, not a dead bucket."""
+    out = tmp_path / "copy.db"
+    (tmp_path / "copy.db.tmp").write_bytes(b"x" * 10)
+    wal = tmp_path / "copy.db.tmp-wal"
+    wal.write_bytes(b"w" * 100)
+    clock = Clock()
+    watch = Stall(out, 3.0, clock=clock)
+    assert not watch()
+    for step in range(1, 5):
+        clock.now += 2.9
+        os.utime(wal, ns=(step * 10**9, step * 10**9))  # the same size, rewritten
+        assert not watch() and not watch.stalled
+    clock.now += 3.1
+    assert watch() and watch.stalled
 
 
 def test_stall_never_fires_once_litestream_put_the_output_in_place(tmp_path: Path) -> None:

@@ -192,3 +192,21 @@ def test_every_registry_metric_has_its_stand_in() -> None:
     declared = {k for k, v in vars(registry).items() if isinstance(v, MetricWrapperBase)}
     assert declared and declared <= set(vars(metrics))
     assert metrics.CONTENT_TYPE == registry.CONTENT_TYPE
+
+
+def test_a_bad_recorded_metric_call_is_logged_and_the_rest_replayed_once() -> None:
+    """A call that fails on the real metric (a wrong label) is logged; the calls around it
+    still land, each exactly once, and nothing stays queued: a second load or scrape does
+    not replay them again."""
+    code = ("from sidecar.daemon import metrics as m\n"
+            "m.RESTORES.labels(trigger='startup', outcome='restored').inc()\n"
+            "m.RESTORES.labels(no_such_label='x').inc()\n"
+            "m.APP_UP.set(1)\n"
+            "m.load(); m.load()\n"
+            "assert m.loaded() and not m._pending\n"
+            "import sys; sys.stdout.write(m.render(None).decode())\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert 'sidecar_restores_total{outcome="restored",trigger="startup"} 1.0' in res.stdout
+    assert "sidecar_app_up 1.0" in res.stdout
+    assert '"metric call failed"' in res.stderr and "RESTORES" in res.stderr
