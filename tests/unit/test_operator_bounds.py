@@ -110,3 +110,21 @@ def test_a_killed_tenant_verification_is_cleaned_by_the_next(
     left.mkdir()
     assert scratch.clean_verify_leftovers(cfg) == [] and left.exists()
     assert scratch.clean_verify_leftovers(cfg, [t1]) == [left] and not left.exists()
+
+
+def test_verifications_side_by_side_count_the_space_promised_to_each_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two copies that each fit the free space but not together: the second is refused until
+    the first gives its directory back (the free space does not yet show what it will write)."""
+    cfg = config.load({"SIDECAR_DB_PATH": str(tmp_path / "app.db"), "PATH": "/usr/bin:/bin"},
+                      app_command=["true"], cwd=tmp_path)
+    db = cfg.databases[0]
+    monkeypatch.setattr(scratch, "places",
+                        lambda cfg, db: [scratch.Place(tmp_path, 100 << 20, False)])
+    first = scratch.verify_dir(cfg, db, 60 << 20)
+    with pytest.raises(scratch.OperatorError, match="not enough free space"):
+        scratch.verify_dir(cfg, db, 60 << 20)
+    scratch.release(first)
+    second = scratch.verify_dir(cfg, db, 60 << 20)
+    scratch.release(second)
+    assert not scratch._promised
