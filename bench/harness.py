@@ -271,6 +271,16 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
+def cpu_percent(pid: int, seconds: float) -> float | None:
+    """CPU use of `pid` over the next `seconds`, % of one core; None when it is gone."""
+    try:
+        c0 = cpu_ticks(pid)
+        time.sleep(seconds)
+        return 100.0 * (cpu_ticks(pid) - c0) / os.sysconf("SC_CLK_TCK") / seconds
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -163,6 +163,27 @@ def raw_restore(s3: h.S3, work: Path, seed_bucket: str, expect_rows: int) -> flo
 
 # ------------------------------------------------------------------ data loss
 
+# Verification restores that the S3 server left hanging: `rclone serve s3` was seen spinning at
+# 65-150 % CPU and never answering one request of a tiny restore (seconds of work), in about
+# one bench run in three. That is the test server's fault, not the entrypoint's: the server is
+# restarted and the verification repeated once, and each occurrence is listed in the results.
+SERVER_HANGS: list[str] = []
+VERIFY_TIMEOUT = 120.0
+
+
+def restore_checking_server(s3: h.S3, bucket: str, out: Path) -> None:
+    try:
+        h.restore(s3, bucket, out, timeout=VERIFY_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        cpu = h.cpu_percent(s3.proc.pid, 1.0) if s3.proc else None
+        SERVER_HANGS.append(f"a verification restore of bucket {bucket} got no answer for "
+                            f"{VERIFY_TIMEOUT:g} s (rclone serve s3 at "
+                            f"{'?' if cpu is None else f'{cpu:.0f}'} % CPU); the server was "
+                            "restarted and the verification repeated")
+        log(f"S3 server hung: {SERVER_HANGS[-1]}")
+        s3.restart()
+        h.restore(s3, bucket, out, timeout=VERIFY_TIMEOUT)
+
 
 def shutdown_loss(ep: h.Entrypoint, s3: h.S3, work: Path, seconds: float, exit_code: int,
                   crash: bool) -> dict[str, Any]:
@@ -196,7 +217,7 @@ def shutdown_loss(ep: h.Entrypoint, s3: h.S3, work: Path, seconds: float, exit_c
     out = d / "restored.db"
     try:
         try:
-            h.restore(s3, bucket, out)  # raises when it fails quick_check
+            restore_checking_server(s3, bucket, out)  # raises when it fails quick_check
             restored = dict(h.table_rows(out))
         except RuntimeError as exc:
             # A bucket that holds nothing at all for the DB (the tree died before its first
@@ -583,6 +604,9 @@ def render(rows: list[Row], plan: Plan, command: str, elapsed: float,
     notes = [f"- {r.measure}: {r.note}" for r in rows if r.note]
     if notes:
         lines += ["## Notes", "", *notes, ""]
+    if SERVER_HANGS:
+        lines += ["## The S3 server hung (not a result of either entrypoint)", "",
+                  *[f"- {x}" for x in SERVER_HANGS], ""]
     failed = [f"- {r.measure}: {f}" for r in rows for f in r.failures]
     if failed:
         lines += ["## Runs that failed (findings)", "", *failed, ""]
