@@ -10,10 +10,13 @@ requests across an outage. `throttle(rate)` caps the bytes per second sent back 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
 import time
+from collections import Counter
+from urllib.parse import parse_qs, unquote, urlsplit
 
 ERROR_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
               b"<Message>We encountered an internal error. Please try again.</Message></Error>")
@@ -22,9 +25,63 @@ ERROR_RESPONSE = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: applicat
                   + b"\r\n\r\n" + ERROR_BODY)
 
 
+_METHODS = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ")
+_NUMBERS = re.compile(r"[0-9a-f]{16}|(?<=[a-z])\d+")
+
+
+def shape(method: str, target: str) -> str:
+    """`GET /<bucket>/tenants/t0042.db/0001/<16 hex>-<16 hex>.ltx` -> `GET tenants/tN.db/0001/X-X
+    .ltx`: the bucket dropped, names' numbers and TXIDs folded, a listing shown as LIST with
+    its prefix."""
+    url = urlsplit(target)
+    parts = unquote(url.path).lstrip("/").split("/", 1)
+    key = parts[1] if len(parts) > 1 else ""
+    query = parse_qs(url.query, keep_blank_values=True)
+    if method == "GET" and query.get("list-type") == ["2"]:
+        method, key = "LIST", query.get("prefix", [""])[0]
+        if "delimiter" in query:
+            key += " (delimiter)"
+    elif url.query:
+        key += "?" + "&".join(sorted(query))  # e.g. multipart uploads
+    return f"{method} {_NUMBERS.sub(lambda m: 'X' if len(m[0]) == 16 else 'N', key)}"
+
+
+class RequestCounter:
+    """Counts HTTP requests in the bytes clients send: a request line at the start of a
+    chunk or right after the blank line that ends a head (Litestream's and boto3's requests
+    each start a send; object bodies here are small LTX files). Cheap: a few `find`s a chunk."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_shape: Counter[str] = Counter()
+
+    def feed(self, data: bytes) -> None:
+        pos, found = 0, []
+        while pos >= 0:
+            if data.startswith(_METHODS, pos):
+                end = data.find(b" HTTP/1.1\r\n", pos, pos + 4096)
+                if end > 0:
+                    method, target = data[pos:end].decode("latin-1").split(" ", 1)
+                    found.append(shape(method, target))
+            nxt = data.find(b"\r\n\r\n", pos)
+            pos = nxt + 4 if nxt >= 0 else -1
+        if found:
+            with self._lock:
+                self.by_shape.update(found)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.by_shape.values())
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.by_shape)
+
+
 class S3Proxy:
-    def __init__(self, upstream_port: int):
+    def __init__(self, upstream_port: int, counter: RequestCounter | None = None):
         self.upstream = ("127.0.0.1", upstream_port)
+        self.counter = counter
         self.mode = "pass"
         self.rate: float | None = None  # bytes/s from the server to the clients, None: no cap
         self._sent = 0
@@ -122,12 +179,15 @@ class S3Proxy:
                 return
             self._open |= {conn, up}
 
-        def pipe(a: socket.socket, b: socket.socket, paced: bool = False) -> None:
+        def pipe(a: socket.socket, b: socket.socket, paced: bool = False,
+                 counter: RequestCounter | None = None) -> None:
             try:
                 while True:
                     data = a.recv(8192 if paced and self.rate else 65536)
                     if not data:
                         break
+                    if counter is not None:
+                        counter.feed(data)
                     if paced:
                         self._pace(len(data))
                     b.sendall(data)
@@ -139,7 +199,7 @@ class S3Proxy:
 
         t = threading.Thread(target=pipe, args=(up, conn, True), daemon=True)
         t.start()
-        pipe(conn, up)
+        pipe(conn, up, counter=self.counter)
         t.join()
         with self._lock:
             self._open -= {conn, up}
