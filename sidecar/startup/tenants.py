@@ -152,6 +152,7 @@ def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
             return out
         except replica.ReplicaUnreachable as exc:
             if not retry or exc.kind != "unreachable" or time.monotonic() + delay > end:
+                exc.requests = store.requests  # a failed lag check's requests count too
                 raise
         sleep(delay)
         delay = min(delay * 2, 5.0)
