@@ -64,6 +64,8 @@ class ReplicaUnreachable(RestoreError):
     can go on without the replica (check, lag, the scratch sweep) catch it; elsewhere it
     stops the command with exit 4."""
 
+    requests = 0  # S3 requests made before it was raised, where a caller counts them
+
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind

@@ -11,8 +11,10 @@ endpoint, credentials given to sidecar or in the AWS_* variables, no proxy or pr
 Anywhere else (AWS's own endpoints, profiles, instance roles, proxies) they use boto3 as every
 other S3 call does.
 
-`list_objects_v2` takes and returns the subset of boto3's shapes that replica.S3Store reads, so
-the store does not care which client it holds.
+`list_objects_v2` takes and returns the subset of boto3's shapes that replica.S3Store reads
+(pages too: `ContinuationToken` in, `IsTruncated` and `NextContinuationToken` out, so a
+directory entry's listing of many thousand keys stays on this client), so the store does not
+care which client it holds.
 """
 
 from __future__ import annotations
@@ -100,13 +102,15 @@ class Client:
 
     def list_objects_v2(self, *, Bucket: str, Prefix: str = "", MaxKeys: int = 1000,
                         Delimiter: str | None = None, StartAfter: str | None = None,
-                        ) -> dict[str, Any]:
+                        ContinuationToken: str | None = None) -> dict[str, Any]:
         assert Bucket == self.bucket
         query = {"list-type": "2", "prefix": Prefix, "max-keys": str(MaxKeys)}
         if Delimiter is not None:
             query["delimiter"] = Delimiter
         if StartAfter is not None:
             query["start-after"] = StartAfter
+        if ContinuationToken is not None:
+            query["continuation-token"] = ContinuationToken
         status, body = self._get(query)
         if status != 200:
             code = ""
@@ -137,11 +141,18 @@ class Client:
         except ValueError:
             raise Unreachable("the answer is not a well-formed S3 listing") from None
         prefixes = [{"Prefix": p.findtext("Prefix") or ""} for p in root.iter("CommonPrefixes")]
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"IsTruncated": root.findtext("IsTruncated") == "true"}
         if contents:
             out["Contents"] = contents
         if prefixes:
             out["CommonPrefixes"] = prefixes
+        if out["IsTruncated"]:
+            # A truncated page without a token to go on would end a listing early, and a
+            # short listing reads as backups that are not there: an error, never a stop.
+            token = root.findtext("NextContinuationToken")
+            if not token:
+                raise Unreachable("a truncated S3 listing without NextContinuationToken")
+            out["NextContinuationToken"] = token
         return out
 
     def _get(self, query: dict[str, str]) -> tuple[int, bytes]:

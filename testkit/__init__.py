@@ -5,7 +5,7 @@ process, and the rule that a missing real part fails in CI instead of skipping.
 pytest finds this package through `pythonpath` in pyproject.toml; bench/harness.py puts the
 repository root on sys.path itself."""
 
-from testkit.db import make_db, rows
+from testkit.db import make_db, make_tenants, rows
 from testkit.net import free_port, wait_for
 from testkit.procs import descendants
 from testkit.require import in_ci, need
@@ -25,6 +25,6 @@ from testkit.sidecar import (
 
 __all__ = [
     "BIN", "S3_KEY", "S3_SECRET", "WRITER_APP", "S3Server", "Sidecar", "base_env", "descendants",
-    "free_port", "in_ci", "make_db", "need", "rows", "run_sidecar", "s3_env", "seed_bucket",
+    "free_port", "in_ci", "make_db", "make_tenants", "need", "rows", "run_sidecar", "s3_env", "seed_bucket",
     "side_restore", "tool", "wait_for", "write_app",
 ]

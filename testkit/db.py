@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar import dbfile
@@ -29,3 +30,26 @@ def rows(db: Path, where: str = "") -> list[str]:
         return [r[0] for r in con.execute(f"SELECT v FROM rows {where} ORDER BY id")]
     finally:
         con.close()
+
+
+def make_tenants(directory: Path, n: int, width: int = 4,
+                 rows_of: Callable[[int], int] = lambda i: 3) -> dict[str, list[str]]:
+    """`n` small WAL-mode databases `t<i>.db` (i zero-padded to `width`) in `directory`, each
+    with table rows(id, v, at) holding `rows_of(i)` values `t<i>-<j>`, written in one
+    transaction. Returns {file name: its values, in order}: what a restore must bring back."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[str, list[str]] = {}
+    for i in range(n):
+        name, values = f"t{i:0{width}d}.db", [f"t{i:0{width}d}-{j}" for j in range(rows_of(i))]
+        con = sqlite3.connect(directory / name, isolation_level=None, timeout=10)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT, at REAL)")
+            con.execute("BEGIN")
+            con.executemany("INSERT INTO rows(v, at) VALUES (?, ?)",
+                            [(v, time.time()) for v in values])
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        out[name] = values
+    return out

@@ -10,10 +10,15 @@ requests across an outage. `throttle(rate)` caps the bytes per second sent back 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 ERROR_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
               b"<Message>We encountered an internal error. Please try again.</Message></Error>")
@@ -22,9 +27,81 @@ ERROR_RESPONSE = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: applicat
                   + b"\r\n\r\n" + ERROR_BODY)
 
 
+_NUMBERS = re.compile(r"[0-9a-f]{16}|(?<=[a-z])\d+")
+
+
+def shape(method: str, target: str) -> str:
+    """`GET /<bucket>/tenants/t0042.db/0001/<16 hex>-<16 hex>.ltx` -> `GET tenants/tN.db/0001/X-X
+    .ltx`: the bucket dropped, names' numbers and TXIDs folded, a listing shown as LIST with
+    its prefix."""
+    url = urlsplit(target)
+    parts = unquote(url.path).lstrip("/").split("/", 1)
+    key = parts[1] if len(parts) > 1 else ""
+    query = parse_qs(url.query, keep_blank_values=True)
+    if method == "GET" and query.get("list-type") == ["2"]:
+        method, key = "LIST", query.get("prefix", [""])[0]
+        if "delimiter" in query:
+            key += " (delimiter)"
+    elif url.query:
+        key += "?" + "&".join(sorted(query))  # e.g. multipart uploads
+    return f"{method} {_NUMBERS.sub(lambda m: 'X' if len(m[0]) == 16 else 'N', key)}"
+
+
+class RequestCounter:
+    """Counts the HTTP requests clients send, by `shape`. Each connection's bytes are read as
+    HTTP/1.1: a head up to its blank line, then `Content-Length` bytes of body skipped
+    unread, so an object body is never taken for a request. Cheap: a `find` per head."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_shape: Counter[str] = Counter()
+
+    def stream(self) -> Callable[[bytes], None]:
+        """A feeder for one connection's client-to-server bytes."""
+        state = {"buf": b"", "skip": 0}
+
+        def feed(data: bytes) -> None:
+            while data:
+                if state["skip"]:
+                    n = min(state["skip"], len(data))
+                    state["skip"] -= n
+                    data = data[n:]
+                    continue
+                buf = state["buf"] + data
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    state["buf"] = buf[-65536:]
+                    return
+                head, data, state["buf"] = buf[:end], buf[end + 4:], b""
+                self._head(head, state)
+
+        return feed
+
+    def _head(self, head: bytes, state: dict[str, Any]) -> None:
+        line, _, fields = head.partition(b"\r\n")
+        parts = line.decode("latin-1").split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return  # not a request head (the end of a chunked body, say)
+        for f in fields.split(b"\r\n"):
+            name, _, value = f.partition(b":")
+            if name.strip().lower() == b"content-length":
+                state["skip"] = int(value.strip() or 0)
+        with self._lock:
+            self.by_shape[shape(parts[0], parts[1])] += 1
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.by_shape.values())
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.by_shape)
+
+
 class S3Proxy:
-    def __init__(self, upstream_port: int):
+    def __init__(self, upstream_port: int, counter: RequestCounter | None = None):
         self.upstream = ("127.0.0.1", upstream_port)
+        self.counter = counter
         self.mode = "pass"
         self.rate: float | None = None  # bytes/s from the server to the clients, None: no cap
         self._sent = 0
@@ -122,12 +199,15 @@ class S3Proxy:
                 return
             self._open |= {conn, up}
 
-        def pipe(a: socket.socket, b: socket.socket, paced: bool = False) -> None:
+        def pipe(a: socket.socket, b: socket.socket, paced: bool = False,
+                 counter: Callable[[bytes], None] | None = None) -> None:
             try:
                 while True:
                     data = a.recv(8192 if paced and self.rate else 65536)
                     if not data:
                         break
+                    if counter is not None:
+                        counter(data)
                     if paced:
                         self._pace(len(data))
                     b.sendall(data)
@@ -139,7 +219,7 @@ class S3Proxy:
 
         t = threading.Thread(target=pipe, args=(up, conn, True), daemon=True)
         t.start()
-        pipe(conn, up)
+        pipe(conn, up, counter=self.counter.stream() if self.counter else None)
         t.join()
         with self._lock:
             self._open -= {conn, up}

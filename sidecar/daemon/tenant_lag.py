@@ -85,6 +85,7 @@ class DirLag:
             self.remote = dict(listing.positions)
         except ReplicaUnreachable as exc:
             res.error = exc.message  # keep the last known positions: the lag keeps growing
+            res.requests = exc.requests  # a timed-out listing was still a request
         local = tenants.local_members(self.entry)
         with self._lock:
             for rel in local:

@@ -128,9 +128,11 @@ def remote_members_positions(entry: DbDir, timeout: float) -> Listing:
 
 
 def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
-                   sleep: Callable[[float], None] = time.sleep, retry: bool = True) -> Listing:
-    """One paginated listing of the entry's prefix. Connection failures are retried until
-    `deadline_s`; denied and missing-bucket answers are final. Raises ReplicaUnreachable."""
+                   sleep: Callable[[float], None] = time.sleep, retry: bool = True,
+                   page: int = 1000) -> Listing:
+    """One paginated listing of the entry's prefix (`page` keys a request, S3's most).
+    Connection failures are retried until `deadline_s`; denied and missing-bucket answers
+    are final. Raises ReplicaUnreachable."""
     from sidecar import replica
 
     rep = entry.replica
@@ -143,13 +145,17 @@ def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
         return classify(entry, keys)
     end = time.monotonic() + deadline_s
     delay = 0.5
-    store = replica.S3Store(rep, timeout=deadline_s, client=client)
+    # The small client where it is boto3's equal (s3list pages too): a lag check of a
+    # directory must not load boto3 (~24 MB of an idle sidecar's RSS) for one listing.
+    store = (replica.S3Store(rep, timeout=deadline_s, client=client) if client is not None
+             else replica.listing_store(rep, deadline_s))
+    assert isinstance(store, replica.S3Store)
     while True:
         try:
             keys, token = [], None
             while True:
                 kwargs: dict[str, Any] = {"Bucket": store.bucket, "Prefix": store.prefix,
-                                          "MaxKeys": 1000}
+                                          "MaxKeys": page}
                 if token:
                     kwargs["ContinuationToken"] = token
                 resp = store._call(store._client.list_objects_v2, **kwargs)
@@ -162,6 +168,7 @@ def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
             return out
         except replica.ReplicaUnreachable as exc:
             if not retry or exc.kind != "unreachable" or time.monotonic() + delay > end:
+                exc.requests = store.requests  # a failed lag check's requests count too
                 raise
         sleep(delay)
         delay = min(delay * 2, 5.0)

@@ -18,6 +18,7 @@ from testkit import (
     S3_SECRET,
     base_env,
     free_port,
+    make_tenants,
     rows,
     run_sidecar,
     s3_env,
@@ -60,14 +61,8 @@ def _tenant_env(tmp_path: Path, s3, bucket: str, **extra: str) -> dict[str, str]
 
 
 def _seed(directory: Path, n: int) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        con = sqlite3.connect(directory / f"t{i:02d}.db", isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT)")
-        con.executemany("INSERT INTO rows(v) VALUES (?)", [(f"t{i:02d}-{j}",) for j in
-                                                              range(i % 5 + 1)])
-        con.close()
+    """t00.db .. t<n-1>.db, tenant i holding i % 5 + 1 rows (`t<i>-<j>`)."""
+    make_tenants(directory, n, width=2, rows_of=lambda i: i % 5 + 1)
 
 
 def _backed_up(s3, bucket: str) -> set[str]:

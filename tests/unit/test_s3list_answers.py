@@ -47,7 +47,35 @@ def test_a_listing_is_read_with_or_without_s3s_namespace(monkeypatch: pytest.Mon
 def test_an_empty_listing_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     """A real listing with no keys is the one answer that means empty."""
     body = f"<ListBucketResult {NS}><Name>bkt</Name><KeyCount>0</KeyCount></ListBucketResult>"
-    assert client(monkeypatch, body.encode()).list_objects_v2(Bucket="bkt", Prefix="x/") == {}
+    assert client(monkeypatch, body.encode()).list_objects_v2(Bucket="bkt", Prefix="x/") == {
+        "IsTruncated": False}
+
+
+def test_a_truncated_page_gives_its_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page with more to come says so and hands on the token, as boto3's answer does."""
+    body = (f"<ListBucketResult {NS}><IsTruncated>true</IsTruncated><NextContinuationToken>"
+            f"1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</NextContinuationToken><Contents>"
+            f"<Key>k</Key><Size>1</Size></Contents></ListBucketResult>").encode()
+    out = client(monkeypatch, body).list_objects_v2(Bucket="bkt", Prefix="")
+    assert out["IsTruncated"] is True
+    assert out["NextContinuationToken"] == "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM="
+
+
+def test_a_truncated_page_without_a_token_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping there would be a short listing (backups read as missing): an error instead."""
+    body = (f"<ListBucketResult {NS}><IsTruncated>true</IsTruncated><Contents><Key>k</Key>"
+            f"<Size>1</Size></Contents></ListBucketResult>").encode()
+    with pytest.raises(s3list.Unreachable):
+        client(monkeypatch, body).list_objects_v2(Bucket="bkt", Prefix="")
+
+
+def test_the_token_goes_out_as_continuation_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next page is asked for with the token (and signed with it: test_s3list_sign)."""
+    c = client(monkeypatch, f"<ListBucketResult {NS}/>".encode())
+    seen: list[dict[str, str]] = []
+    monkeypatch.setattr(c, "_get", lambda query: (seen.append(query), (200, b"<ListBucketResult/>"))[1])
+    c.list_objects_v2(Bucket="bkt", Prefix="p/", ContinuationToken="a/b+c=")
+    assert seen[0]["continuation-token"] == "a/b+c="
 
 
 def test_a_garbled_size_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:

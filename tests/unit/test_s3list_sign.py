@@ -26,8 +26,10 @@ def replica(endpoint: str, path_style: bool, region: str = "auto") -> config.Rep
     ("http://127.0.0.1:9000", True, None), ("http://storage.example:9000", False, None),
     ("http://storage.example", False, "FwoGZXIvYXdzE/+token="), ("http://127.0.0.1:80", True,
                                                                 "tok")])
+@pytest.mark.parametrize("continuation", [None, "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM="])
 def test_signature_is_botocores(monkeypatch: pytest.MonkeyPatch, endpoint: str,
-                                path_style: bool, token: str | None) -> None:
+                                path_style: bool, token: str | None,
+                                continuation: str | None) -> None:
     r = replica(endpoint, path_style)
     env = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
            "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
@@ -36,6 +38,8 @@ def test_signature_is_botocores(monkeypatch: pytest.MonkeyPatch, endpoint: str,
     query = {"list-type": "2", "prefix": "app.db/0000/", "max-keys": "1",
              "start-after": "app.db/0000/0000000000000001-0000000000000001.ltx",
              "delimiter": "/"}
+    if continuation:  # a next page: S3's tokens hold "/", "+" and "="
+        query["continuation-token"] = continuation
     ours = client.sign("GET", query, NOW)
 
     scheme_host = f"http://{client.host_header}"

@@ -214,3 +214,28 @@ def test_the_volume_check_covers_directories(tmp_path: Path) -> None:
     assert bad.fix == f"set SIDECAR_DB_DIR to {vol / 'tenants'}"
     (c,) = preflight.check_db_dir(inside.directories[0])
     assert c.ok and "can be created" in c.detail
+
+
+def test_a_failed_directory_check_still_counts_its_requests(tmp_path: Path) -> None:
+    """A listing that timed out was a request to the bucket: sidecar_replica_requests_total
+    counts it (the bench read 0 requests per minute while every check was timing out)."""
+    from sidecar.daemon import metrics
+    from sidecar.daemon.tenant_lag import DirLag
+    from sidecar.errors import ReplicaUnreachable
+
+    cfg = config.load(_env(tmp_path), need_app=False, cwd=tmp_path)
+    entry = cfg.directories[0]
+
+    def lister() -> tenants.Listing:
+        exc = ReplicaUnreachable("unreachable", "cannot reach http://s3.test: ReadTimeoutError")
+        exc.requests = 1
+        raise exc
+
+    def counted() -> float:
+        return metrics.load().REPLICA_REQUESTS.labels(
+            db=str(entry.dir), operation="list_objects_v2")._value.get()
+
+    before = counted()
+    res = DirLag(entry, None, 1.0, 10, lister=lister).check()
+    assert not res.reachable and res.requests == 1
+    assert counted() == before + 1

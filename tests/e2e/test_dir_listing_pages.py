@@ -1,0 +1,87 @@
+"""A directory entry's listing pages through the small S3 client (ListObjectsV2 continuation
+tokens) against the real rclone server: past 1,000 keys it lists what boto3's paginator
+lists, and the directory lag check never imports boto3 for it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar import config, replica, s3list
+from sidecar.startup import tenants
+from testkit import S3Server, base_env, s3_env
+
+pytestmark = pytest.mark.slow
+
+N_DBS = 1234  # one 0.5 object each, plus a level-1 object for every third: > 1,000 keys
+
+
+def fill(s3: S3Server, bucket: str) -> set[str]:
+    """Objects written straight into the server's directory (fast; rclone serves files)."""
+    keys = set()
+    for i in range(N_DBS):
+        names = [f"0000/{1:016x}-{i + 1:016x}.ltx"]
+        if i % 3 == 0:
+            names.append(f"0001/{1:016x}-{i + 2:016x}.ltx")
+        for name in names:
+            path = s3.root / bucket / "tenants" / f"t{i:04d}.db" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+            keys.add(f"tenants/t{i:04d}.db/{name}")
+    time.sleep(1.5)  # the server's directory cache (1 s)
+    return keys
+
+
+def entry(tmp_path: Path, s3: S3Server, bucket: str) -> tuple[config.DbDir, dict[str, str]]:
+    env = base_env(tmp_path, **s3_env(s3, bucket, "tenants"),
+                   SIDECAR_DB_DIR=str(tmp_path / "data" / "tenants"))
+    del env["SIDECAR_DB_PATH"]
+    cfg = config.load(env, app_command=["true"], cwd=tmp_path)
+    return cfg.directories[0], env
+
+
+def boto_keys(s3: S3Server, bucket: str) -> set[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                   Prefix="tenants/")
+    return {o["Key"] for p in pages for o in p.get("Contents", [])}
+
+
+@pytest.mark.parametrize("page", [1000, 97])
+def test_paged_listing_equals_boto3s(tmp_path: Path, s3: S3Server, bucket: str,
+                                     monkeypatch: pytest.MonkeyPatch, page: int) -> None:
+    """Every key, every member and every newest TXID, in ceil(keys / page) requests, the
+    same as through boto3 (and as the files written)."""
+    want = fill(s3, bucket)
+    assert boto_keys(s3, bucket) == want
+    e, env = entry(tmp_path, s3, bucket)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, env[name])
+    assert s3list.usable(e.replica)
+    small = tenants.remote_members(e, 10, page=page)
+    boto = tenants.remote_members(e, 10, client=replica.make_client(e.replica), page=page)
+    assert small.members == boto.members and small.positions == boto.positions
+    assert len(small.members) == N_DBS and small.unknown == []
+    assert small.positions["t0000.db"] == 2 and small.positions["t0001.db"] == 2
+    assert small.requests == boto.requests == -(-len(want) // page)
+
+
+def test_directory_lag_listing_never_imports_boto3(tmp_path: Path, s3: S3Server,
+                                                   bucket: str) -> None:
+    """In a process of its own: a lag check's listing of > 1,000 keys, no boto3 loaded."""
+    fill(s3, bucket)
+    _, env = entry(tmp_path, s3, bucket)
+    code = ("import json, sys; from pathlib import Path; from sidecar import config\n"
+            "from sidecar.startup import tenants\n"
+            "cfg = config.load(json.loads(sys.argv[1]), app_command=['true'], cwd=Path('/tmp'))\n"
+            "out = tenants.remote_members_positions(cfg.directories[0], 10)\n"
+            "print(json.dumps([len(out.members), out.requests, 'boto3' in sys.modules,"
+            " 'botocore' in sys.modules]))")
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(env)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == [N_DBS, 2, False, False]
