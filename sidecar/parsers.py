@@ -5,6 +5,7 @@ message says more: a range, the parser's reason).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shlex
@@ -77,11 +78,19 @@ def parse_bool(text: str) -> bool:
     raise ValueError
 
 
+# Files beside the databases that a pattern must never take for one: SQLite's own (Litestream
+# would open a -wal as a database of its own and replicate it) and sidecar's directory lock.
+_NOT_DATABASES = ("t1.db-wal", "t1.db-shm", "t1.db-journal", ".sidecar.lock")
+
+
 def pattern_problem(pattern: str) -> str | None:
     """Why a directory entry's file-name pattern cannot be used, or None."""
     if not pattern.strip() or "/" in pattern or pattern.strip().startswith("."):
         return ("must be a file-name pattern like *.db (no `/`, not starting with `.`: "
                 "sidecar's own files beside the databases start with `.`)")
+    if pattern[-1] in "*?]" or any(fnmatch.fnmatchcase(n, pattern) for n in _NOT_DATABASES):
+        return ("must end in a fixed suffix like *.db, so that it never matches SQLite's "
+                "-wal/-shm/-journal files or sidecar's .sidecar.lock beside the databases")
     return None
 
 

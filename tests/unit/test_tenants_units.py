@@ -130,6 +130,7 @@ def test_litestream_yml_dir_entry_keeps_its_replica_settings(tmp_path: Path) -> 
 @pytest.mark.parametrize("entry,expected", [
     ({"dir": "/d"}, "pattern"),
     ({"dir": "/d", "pattern": "a/*.db"}, "pattern"),
+    ({"dir": "/d", "pattern": "*"}, "pattern"),
     ({"dir": "/d", "pattern": "*.db", "watch": "yes"}, "watch"),
     ({"dir": "/d", "pattern": "*.db", "replica": {"type": "file", "path": "/r"}}, "s3 replica"),
 ])
@@ -152,6 +153,11 @@ def test_db_dir_and_db_path_together_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("var,value,expected", [
     ("SIDECAR_DB_PATTERN", ".hidden*", "file-name pattern"),
     ("SIDECAR_DB_PATTERN", "a/*.db", "file-name pattern"),
+    ("SIDECAR_DB_PATTERN", "*", "fixed suffix"),
+    ("SIDECAR_DB_PATTERN", "t*", "fixed suffix"),
+    ("SIDECAR_DB_PATTERN", "*.db*", "fixed suffix"),
+    ("SIDECAR_DB_PATTERN", "*-wal", "fixed suffix"),
+    ("SIDECAR_DB_PATTERN", "*.lock", "fixed suffix"),
     ("SIDECAR_DB_RECURSIVE", "maybe", "1/0 or true/false"),
     ("SIDECAR_RESTORE_PARALLELISM", "65", "from 1 to 64"),
     ("SIDECAR_DB_METRICS_LIMIT", "10001", "from 0 to 10000"),
