@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,18 +84,27 @@ def _backed_up(s3, bucket: str) -> set[str]:
             return out
 
 
+def _run_until_backed_up(sidecars, env: dict[str, str], app: Any, tmp_path: Path, s3,
+                         bucket: str, want: set[str], timeout: float, what: str) -> Any:
+    """A first sidecar run: the app up, every database in `want` backed up, then a clean stop
+    (exit 0). Returns the run, for its output."""
+    first = sidecars(env, app, tmp_path)
+    first.wait_stdout("app up", timeout=60)
+    wait_for(lambda: want <= _backed_up(s3, bucket), timeout, what=what)
+    first.signal()
+    assert first.wait(60) == 0, first.output()
+    return first
+
+
 def test_directory_of_50_replicates_and_comes_back_whole(tmp_path: Path, s3, bucket,
                                                          sidecars) -> None:
     tenants = tmp_path / "data" / "tenants"
     _seed(tenants, N)
     app = write_app(tmp_path, TENANT_APP)
     env = _tenant_env(tmp_path, s3, bucket, CREATE="new.db")
-    first = sidecars(env, app, tmp_path)
-    first.wait_stdout("app up", timeout=60)
     want = {f"t{i:02d}.db" for i in range(N)} | {"new.db"}
-    wait_for(lambda: _backed_up(s3, bucket) >= want, 60, what="all 51 databases backed up")
-    first.signal()
-    assert first.wait(60) == 0, first.output()
+    first = _run_until_backed_up(sidecars, env, app, tmp_path, s3, bucket, want, 60,
+                                 "all 51 databases backed up")
     assert S3_SECRET not in "\n".join(first.lines)
 
     shutil.rmtree(tmp_path / "data")  # the volume is lost, sidecar's state dir with it
@@ -170,12 +180,8 @@ def test_a_damaged_tenant_is_not_replaced_and_stops_the_start(tmp_path: Path, s3
     _seed(tmp_path / "data" / "tenants", 3)
     env = _tenant_env(tmp_path, s3, bucket)
     app = write_app(tmp_path, TENANT_APP)
-    first = sidecars(env, app, tmp_path)
-    first.wait_stdout("app up", timeout=60)
-    wait_for(lambda: {"t00.db", "t01.db", "t02.db"} <= _backed_up(s3, bucket), 30,
-             what="backups")
-    first.signal()
-    assert first.wait(60) == 0, first.output()
+    _run_until_backed_up(sidecars, env, app, tmp_path, s3, bucket,
+                         {"t00.db", "t01.db", "t02.db"}, 30, "backups")
     damaged = tmp_path / "data" / "tenants" / "t01.db"
     damaged.write_bytes(b"garbage, not SQLite" * 100)
     (tmp_path / "probe.txt").unlink(missing_ok=True)
@@ -340,12 +346,9 @@ def test_a_dot_named_tenant_is_a_tenant_like_the_others(tmp_path: Path, s3, buck
     con.close()
     env = _tenant_env(tmp_path, s3, bucket)
     app = write_app(tmp_path, TENANT_APP)
-    first = sidecars(env, app, tmp_path)
-    first.wait_stdout("app up", timeout=60)
-    wait_for(lambda: {"t00.db", "t01.db", ".dot.db"} <= _backed_up(s3, bucket), 60,
-             what="every tenant backed up, the dot-named one too")
-    first.signal()
-    assert first.wait(60) == 0, first.output()
+    _run_until_backed_up(sidecars, env, app, tmp_path, s3, bucket,
+                         {"t00.db", "t01.db", ".dot.db"}, 60,
+                         "every tenant backed up, the dot-named one too")
 
     second = sidecars(env, app, tmp_path)
     second.wait_stdout("app up", timeout=60)
