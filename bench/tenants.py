@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import BIN, S3, Proc, base_env, descendants, free_port, tool
 from tenants_report import PARALLELISM, report, write_section
 
-from testkit.db import make_tenants
+from testkit.db import make_tenants, write_tenant_config
 from testkit.s3proxy import RequestCounter, S3Proxy
 
 APP = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n" \
@@ -80,22 +80,6 @@ def wait_backed_up(s3: S3, bucket: str, n: int, proc: Proc, timeout: float) -> f
             raise RuntimeError(f"only {backed_up(s3, bucket)} of {n} backed up")
         time.sleep(0.5)
     return time.monotonic() - t0
-
-
-def project_config(path: Path, directory: Path, bucket: str, endpoint: str) -> None:
-    """The one litestream.yml both sides run with (Litestream's defaults otherwise)."""
-    path.write_text(f"""dbs:
-  - dir: {directory}
-    pattern: "*.db"
-    watch: true
-    replica:
-      type: s3
-      bucket: {bucket}
-      path: tenants
-      endpoint: {endpoint}
-      region: us-east-1
-      force-path-style: true
-""")
 
 
 def litestream_env() -> dict[str, str]:
@@ -243,7 +227,7 @@ def run_size(n: int, s3: S3, counter: RequestCounter, proxy: S3Proxy, work: Path
     make_tenants(plain_dir, n)
     b_plain = s3.make_bucket()
     cfg = work / f"plain-{n}.yml"
-    project_config(cfg, plain_dir, b_plain, proxy.endpoint)
+    write_tenant_config(cfg, plain_dir, b_plain, proxy.endpoint)
     p = Proc([tool("litestream"), "replicate", "-config", str(cfg)], litestream_env(), work)
     row["plain_backup_s"] = wait_backed_up(s3, b_plain, n, p, 900)
     measure("plain", row, counter, {"litestream": p.pid}, plain_dir, n, idle, writes, rclone)
@@ -254,7 +238,7 @@ def run_size(n: int, s3: S3, counter: RequestCounter, proxy: S3Proxy, work: Path
     want = make_tenants(sc_dir, n)
     b_sc = s3.make_bucket()
     cfg = work / f"sidecar-{n}.yml"
-    project_config(cfg, sc_dir, b_sc, proxy.endpoint)
+    write_tenant_config(cfg, sc_dir, b_sc, proxy.endpoint)
     port = free_port()
     app = work / "app.py"
     app.write_text(APP)

@@ -53,3 +53,22 @@ def make_tenants(directory: Path, n: int, width: int = 4,
             con.close()
         out[name] = values
     return out
+
+
+def write_tenant_config(path: Path, directory: Path, bucket: str, endpoint: str) -> Path:
+    """A project litestream.yml with one `dir:` entry for `directory` (`*.db`, watched), each
+    database under `tenants/<name>` in `bucket` on the S3 server at `endpoint`; Litestream's
+    defaults otherwise. Returns `path`."""
+    path.write_text(f"""dbs:
+  - dir: {directory}
+    pattern: "*.db"
+    watch: true
+    replica:
+      type: s3
+      bucket: {bucket}
+      path: tenants
+      endpoint: {endpoint}
+      region: us-east-1
+      force-path-style: true
+""")
+    return path

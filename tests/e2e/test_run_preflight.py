@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from testkit import BIN, base_env, run_sidecar, s3_env
+from testkit.db import write_tenant_config
 
 pytestmark = pytest.mark.slow
 
@@ -198,18 +199,7 @@ def _dir_env(tmp_path: Path, s3, bucket: str, vol: Path, db_dir: Path) -> dict[s
 
 def _yml_env(tmp_path: Path, s3, bucket: str, vol: Path, db_dir: Path) -> dict[str, str]:
     """The directory as a `dir:` entry of a project litestream.yml."""
-    yml = tmp_path / "litestream.yml"
-    yml.write_text(f"""dbs:
-  - dir: {db_dir}
-    pattern: "*.db"
-    watch: true
-    replica:
-      type: s3
-      bucket: {bucket}
-      path: tenants
-      endpoint: {s3.endpoint}
-      region: us-east-1
-""")
+    yml = write_tenant_config(tmp_path / "litestream.yml", db_dir, bucket, s3.endpoint)
     env = _dir_env(tmp_path, s3, bucket, vol, db_dir)
     for name in ("SIDECAR_DB_DIR", "SIDECAR_REPLICA_URL", "SIDECAR_S3_ENDPOINT",
                  "SIDECAR_S3_REGION"):
