@@ -1,11 +1,19 @@
 """Lag of a directory entry's databases at a cost that does not grow with idle databases.
 
-Per check: one listing of the entry's prefix (a request per 1,000 objects; Litestream keeps a
-few objects per database once it has compacted, so one request covers a couple of hundred
-databases) gives every database's newest TXID in the bucket; Litestream's control socket is
-asked for the local TXID only of the databases whose files changed (one watcher on the
-directory reports them) or that still have changes the bucket lacks. An idle database costs
-no request of its own. Each database's lag is lag.py's definition (ChangeLog); the entry
+A database's lag is lag.py's definition (ChangeLog): the age of the oldest local change the
+bucket does not hold. Once the bucket holds a database's newest local TXID, the database
+needs nothing from the bucket again until it changes (one watcher on the directory reports
+changes; Litestream's control socket gives the local TXID). So per check:
+
+- the first check (and any check while the positions are not known yet) lists the entry's
+  whole prefix once (a request per 1,000 keys) for every database's newest TXID there;
+- every later check reads ONE page of that prefix, continuing where the previous check's page
+  ended (S3's start-after), and starts over at the end: that request is the reachability
+  check, and it refreshes the known positions a page at a time;
+- the databases that still have changes the bucket lacks (and only those) have their own
+  prefix listed, or the whole prefix once when that takes fewer requests.
+
+An idle directory costs one request a check, whatever the number of databases. The entry
 exports the largest lag, the number of databases behind, and per-database series for at most
 SIDECAR_DB_METRICS_LIMIT databases (sorted by path), so a thousand tenants do not make a
 thousand series of each metric.
@@ -36,17 +44,21 @@ class DirLag:
     def __init__(self, entry: DbDir, control: Control | None, timeout: float,
                  per_db_limit: int, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 lister: Callable[[], tenants.Listing] | None = None):
+                 bucket: tenants.BucketView | None = None):
         self.entry = entry
         self.label = str(entry.dir)
         self.control = control
         self.clock, self.wall = clock, wall
         self.per_db_limit = per_db_limit
-        self._lister = lister or (lambda: tenants.remote_members_positions(entry, timeout))
+        self.bucket = bucket or tenants.BucketView(entry, timeout)
         self._lock = threading.Lock()
         self.changes: dict[str, ChangeLog] = {}
         self._dirty: set[str] = set()
         self.remote: dict[str, int] = {}  # rel -> newest TXID the bucket holds
+        self.known = False  # whether `remote` came from a whole listing yet
+        self._cursor: str | None = None  # the last key the previous page read
+        self._sweep: dict[str, int] = {}  # positions the current sweep has read so far
+        self._sweep_pages = 0  # requests a whole listing took last time (>= 1)
         self.lags: dict[str, float] = {}
         self.result = LagResult(db=self.label)
         self.members = 0
@@ -75,17 +87,54 @@ class DirLag:
         except (ControlError, ValueError, TypeError):
             return None
 
+    def _full(self) -> int:
+        listing = self.bucket.full()
+        self.remote = dict(listing.positions)
+        self.known, self._cursor, self._sweep = True, None, {}
+        self._sweep_pages = max(1, listing.requests)
+        return listing.requests
+
+    def _next_page(self) -> int:
+        page = self.bucket.page(self._cursor)
+        for rel, txid in page.listing.positions.items():
+            # A database's keys can straddle two pages: take the largest TXID seen, and
+            # never lower a known position before the sweep is whole.
+            self._sweep[rel] = max(self._sweep.get(rel, -1), txid)
+            self.remote[rel] = max(self.remote.get(rel, -1), self._sweep[rel])
+        if page.done:
+            # The sweep is whole: its positions replace the known ones (a database gone from
+            # the bucket is gone here too), except where a database's own listing since read
+            # newer ones.
+            self.remote = {rel: max(txid, self.remote.get(rel, -1))
+                           for rel, txid in self._sweep.items()}
+            self._cursor, self._sweep = None, {}
+        else:
+            self._cursor = page.last_key
+        return page.listing.requests
+
+    def _refresh(self, need: list[str]) -> int:
+        """The bucket's positions of the databases in `need`: each one's own prefix, or the
+        whole prefix once when that takes fewer requests."""
+        if len(need) > self._sweep_pages:
+            return self._full()
+        requests = 0
+        for rel in need:
+            try:
+                listing = self.bucket.member(rel)
+            except ReplicaUnreachable as exc:
+                exc.requests += requests
+                raise
+            requests += listing.requests
+            txid = listing.positions.get(rel)
+            if txid is None:
+                self.remote.pop(rel, None)
+            else:
+                self.remote[rel] = txid
+        return requests
+
     def check(self) -> LagResult:
         t0 = self.clock()
         res = LagResult(db=self.label, checks=self.result.checks + 1)
-        try:
-            listing = self._lister()
-            res.reachable = True
-            res.requests = listing.requests
-            self.remote = dict(listing.positions)
-        except ReplicaUnreachable as exc:
-            res.error = exc.message  # keep the last known positions: the lag keeps growing
-            res.requests = exc.requests  # a timed-out listing was still a request
         local = tenants.local_members(self.entry)
         with self._lock:
             for rel in local:
@@ -93,26 +142,49 @@ class DirLag:
                     self.changes[rel] = ChangeLog()
                     self._dirty.add(rel)
             dirty, self._dirty = self._dirty, set()
-        now = self.clock()
-        answered_all = True
-        lags: dict[str, float] = {}
-        behind: list[tuple[str, float]] = []
         present = set(local)
-        for rel, cl in list(self.changes.items()):
-            if rel not in present:
-                with self._lock:
-                    self.changes.pop(rel, None)
-                continue
-            remote = self.remote.get(rel, -1)
-            pending = cl.oldest_pending(remote, now) is not None
-            answered = True
-            if rel in dirty or pending:
+        with self._lock:
+            for rel in [r for r in self.changes if r not in present]:
+                self.changes.pop(rel, None)
+            changes = dict(self.changes)
+        requests = 0
+        whole = False
+        try:
+            if not self.known:
+                requests += self._full()
+                whole = True
+            else:
+                requests += self._next_page()
+            res.reachable = True
+        except ReplicaUnreachable as exc:
+            res.error = exc.message  # keep the last known positions: the lag keeps growing
+            requests += exc.requests  # a timed-out listing was still a request
+        now = self.clock()
+        unanswered: set[str] = set()
+        for rel, cl in changes.items():
+            if rel in dirty or cl.oldest_pending(self.remote.get(rel, -1), now) is not None:
                 txid = self._local_txid(rel)
                 if txid is not None:
                     cl.observe(txid, now)
                 else:
-                    answered = answered_all = False
-            oldest = cl.oldest_pending(remote, now, litestream_answered=answered)
+                    unanswered.add(rel)
+        need = sorted(rel for rel, cl in changes.items()
+                      if cl.oldest_pending(self.remote.get(rel, -1), now,
+                                           litestream_answered=rel not in unanswered)
+                      is not None)
+        if need and res.reachable and not whole:
+            try:
+                requests += self._refresh(need)
+            except ReplicaUnreachable as exc:
+                res.reachable, res.error = False, exc.message
+                requests += exc.requests
+        res.requests = requests
+        now = self.clock()
+        lags: dict[str, float] = {}
+        behind: list[tuple[str, float]] = []
+        for rel, cl in changes.items():
+            oldest = cl.oldest_pending(self.remote.get(rel, -1), now,
+                                       litestream_answered=rel not in unanswered)
             lags[rel] = 0.0 if oldest is None else max(0.0, now - oldest)
             if oldest is not None:
                 behind.append((rel, lags[rel]))
@@ -120,7 +192,7 @@ class DirLag:
         self.members = len(lags)
         self.behind = sorted(behind, key=lambda x: -x[1])
         res.lag_seconds = max(lags.values(), default=0.0)
-        res.local_txid = 0 if answered_all else None
+        res.local_txid = 0 if not unanswered else None
         res.checked_at = self.wall()
         res.check_seconds = self.clock() - t0
         self._export(res)

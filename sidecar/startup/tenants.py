@@ -122,9 +122,38 @@ def classify(entry: DbDir, keys: list[str]) -> Listing:
     return out
 
 
-def remote_members_positions(entry: DbDir, timeout: float) -> Listing:
-    """One attempt at the listing (a lag check): a failure is the check's result."""
-    return remote_members(entry, timeout, retry=False)
+def _file_keys(root: Path, sub: str = "") -> list[str]:
+    """The keys of a file replica (under `sub` of it), relative to its root."""
+    top = root / sub if sub else root
+    keys = [str(p.relative_to(root)).replace(os.sep, "/")
+            for p in sorted(top.rglob("*")) if p.is_file()] if top.is_dir() else []
+    # A file replica lays a database out as <rel>/ltx/<level, decimal>/<ltx>.
+    return [re.sub(r"/ltx/(\d+)/", lambda m: f"/{int(m.group(1)):04x}/", k) for k in keys]
+
+
+def _keys(store: Any, sub: str = "", start_after: str | None = None,
+          max_pages: int | None = None, page: int = 1000) -> tuple[list[str], bool]:
+    """Keys under the store's prefix + `sub` (relative to the store's prefix), from after
+    `start_after` (relative too), at most `max_pages` requests; and whether the listing
+    reached the end."""
+    keys: list[str] = []
+    token: str | None = None
+    pages = 0
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": store.bucket, "Prefix": store.prefix + sub,
+                                  "MaxKeys": page}
+        if token:
+            kwargs["ContinuationToken"] = token
+        elif start_after:
+            kwargs["StartAfter"] = store.prefix + start_after
+        resp = store._call(store._client.list_objects_v2, **kwargs)
+        pages += 1
+        keys += [o["Key"][len(store.prefix):] for o in resp.get("Contents", [])]
+        token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        if not token:
+            return keys, True
+        if max_pages is not None and pages >= max_pages:
+            return keys, False
 
 
 def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
@@ -138,11 +167,7 @@ def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
     rep = entry.replica
     if rep.s3 is None:
         assert rep.dir is not None
-        keys = [str(p.relative_to(rep.dir)).replace(os.sep, "/")
-                for p in sorted(rep.dir.rglob("*")) if p.is_file()] if rep.dir.is_dir() else []
-        # A file replica lays a database out as <rel>/ltx/<level, decimal>/<ltx>.
-        keys = [re.sub(r"/ltx/(\d+)/", lambda m: f"/{int(m.group(1)):04x}/", k) for k in keys]
-        return classify(entry, keys)
+        return classify(entry, _file_keys(rep.dir))
     end = time.monotonic() + deadline_s
     delay = 0.5
     # The small client where it is boto3's equal (s3list pages too): a lag check of a
@@ -152,17 +177,7 @@ def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
     assert isinstance(store, replica.S3Store)
     while True:
         try:
-            keys, token = [], None
-            while True:
-                kwargs: dict[str, Any] = {"Bucket": store.bucket, "Prefix": store.prefix,
-                                          "MaxKeys": page}
-                if token:
-                    kwargs["ContinuationToken"] = token
-                resp = store._call(store._client.list_objects_v2, **kwargs)
-                keys += [o["Key"][len(store.prefix):] for o in resp.get("Contents", [])]
-                token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
-                if not token:
-                    break
+            keys, _ = _keys(store, page=page)
             out = classify(entry, keys)
             out.requests = store.requests
             return out
@@ -172,6 +187,66 @@ def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
                 raise
         sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+@dataclass
+class Page:
+    """One page of a sweep through the entry's prefix: what it held, the last key it read
+    (where the next page starts), and whether it was the sweep's last."""
+
+    listing: Listing
+    last_key: str | None
+    done: bool
+
+
+class BucketView:
+    """The three listings a directory's lag checks make, each one attempt (a failure raises
+    ReplicaUnreachable with the requests it made): the whole prefix, one page of it from a
+    key on, and one database's own prefix. A file replica is read whole every time (it is
+    local: no request to count)."""
+
+    def __init__(self, entry: DbDir, timeout: float, client: Any = None, page: int = 1000):
+        self.entry, self.timeout, self.client, self.page_keys = entry, timeout, client, page
+
+    def _store(self) -> Any:
+        from sidecar import replica
+
+        rep = self.entry.replica
+        if self.client is not None:
+            return replica.S3Store(rep, timeout=self.timeout, client=self.client)
+        return replica.listing_store(rep, self.timeout)
+
+    def _run(self, sub: str = "", start_after: str | None = None,
+             max_pages: int | None = None) -> tuple[Listing, str | None, bool]:
+        from sidecar import replica
+
+        store = self._store()
+        try:
+            keys, done = _keys(store, sub, start_after, max_pages, self.page_keys)
+        except replica.ReplicaUnreachable as exc:
+            exc.requests = store.requests
+            raise
+        out = classify(self.entry, keys)
+        out.requests = store.requests
+        return out, (keys[-1] if keys else None), done
+
+    def full(self) -> Listing:
+        if self.entry.replica.s3 is None:
+            return remote_members(self.entry, self.timeout, retry=False)
+        return self._run()[0]
+
+    def page(self, start_after: str | None) -> Page:
+        if self.entry.replica.s3 is None:
+            return Page(self.full(), None, True)
+        listing, last, done = self._run(start_after=start_after, max_pages=1)
+        return Page(listing, last, done)
+
+    def member(self, rel: str) -> Listing:
+        rep = self.entry.replica
+        if rep.s3 is None:
+            assert rep.dir is not None
+            return classify(self.entry, _file_keys(rep.dir, rel))
+        return self._run(sub=rel + "/")[0]
 
 
 def restore_on_start(cfg: Config, entry: DbDir, binary: str,

@@ -1,6 +1,7 @@
 """A directory entry's listing pages through the small S3 client (ListObjectsV2 continuation
-tokens) against the real rclone server: past 1,000 keys it lists what boto3's paginator
-lists, and the directory lag check never imports boto3 for it."""
+tokens and start-after) against the real rclone server: past 1,000 keys it lists what boto3's
+paginator lists, a lag check's sweep a page at a time reads the same, and the directory lag
+check never imports boto3 for it."""
 
 from __future__ import annotations
 
@@ -78,10 +79,46 @@ def test_directory_lag_listing_never_imports_boto3(tmp_path: Path, s3: S3Server,
     code = ("import json, sys; from pathlib import Path; from sidecar import config\n"
             "from sidecar.startup import tenants\n"
             "cfg = config.load(json.loads(sys.argv[1]), app_command=['true'], cwd=Path('/tmp'))\n"
-            "out = tenants.remote_members_positions(cfg.directories[0], 10)\n"
-            "print(json.dumps([len(out.members), out.requests, 'boto3' in sys.modules,"
-            " 'botocore' in sys.modules]))")
+            "view = tenants.BucketView(cfg.directories[0], 10)\n"
+            "out, page, one = view.full(), view.page(None), view.member('t0007.db')\n"
+            "print(json.dumps([len(out.members), out.requests, page.listing.requests,"
+            " one.requests, 'boto3' in sys.modules, 'botocore' in sys.modules]))")
     res = subprocess.run([sys.executable, "-c", code, json.dumps(env)], env=env,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == [N_DBS, 2, False, False]
+    assert json.loads(res.stdout) == [N_DBS, 2, 1, 1, False, False]
+
+
+@pytest.mark.parametrize("page", [1000, 97])
+@pytest.mark.parametrize("client", ["small", "boto3"])
+def test_a_sweep_page_by_page_reads_what_one_listing_reads(
+        tmp_path: Path, s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch,
+        page: int, client: str) -> None:
+    """The lag checks' sweep: each page starts after the previous page's last key (S3's
+    start-after, which the server must honour), one request each, and together the pages
+    hold every database and newest TXID of the whole listing; one database's own listing
+    holds only it."""
+    want = fill(s3, bucket)
+    e, env = entry(tmp_path, s3, bucket)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, env[name])
+    view = tenants.BucketView(e, 10, page=page, client=(
+        replica.make_client(e.replica) if client == "boto3" else None))
+    whole = view.full()
+    positions: dict[str, int] = {}
+    pages, cursor = 0, None
+    while True:
+        p = view.page(cursor)
+        assert p.listing.requests == 1
+        pages += 1
+        for rel, txid in p.listing.positions.items():
+            positions[rel] = max(positions.get(rel, -1), txid)
+        if p.done:
+            break
+        assert p.last_key is not None and (cursor is None or p.last_key > cursor)
+        cursor = p.last_key
+    assert pages == -(-len(want) // page)
+    assert positions == whole.positions and len(positions) == N_DBS
+    one = view.member("t0003.db")
+    assert one.positions == {"t0003.db": 5} and one.requests == 1
+    assert view.member("t0001.db").positions == {"t0001.db": 2}

@@ -232,16 +232,18 @@ def test_a_failed_directory_check_still_counts_its_requests(tmp_path: Path) -> N
     cfg = config.load(_env(tmp_path), need_app=False, cwd=tmp_path)
     entry = cfg.directories[0]
 
-    def lister() -> tenants.Listing:
-        exc = ReplicaUnreachable("unreachable", "cannot reach http://s3.test: ReadTimeoutError")
-        exc.requests = 1
-        raise exc
+    class Down(tenants.BucketView):
+        def full(self) -> tenants.Listing:
+            exc = ReplicaUnreachable("unreachable",
+                                     "cannot reach http://s3.test: ReadTimeoutError")
+            exc.requests = 1
+            raise exc
 
     def counted() -> float:
         return metrics.load().REPLICA_REQUESTS.labels(
             db=str(entry.dir), operation="list_objects_v2")._value.get()
 
     before = counted()
-    res = DirLag(entry, None, 1.0, 10, lister=lister).check()
+    res = DirLag(entry, None, 1.0, 10, bucket=Down(entry, 1.0)).check()
     assert not res.reachable and res.requests == 1
     assert counted() == before + 1
