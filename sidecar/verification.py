@@ -45,7 +45,7 @@ def verify_all(cfg: Config, dbs: list[Database], tools: Tools, control: Control 
     scratch.clean_verify_leftovers(cfg, dbs)  # once: then the workers' directories live
 
     def one(db: Database) -> dict[str, Any]:
-        res = verify(cfg, db, tools, control, clean=False)
+        res = verify(cfg, db, tools, control)
         if on_result is not None:
             on_result(db, res)
         return res
@@ -65,15 +65,14 @@ def exit_code(results: list[dict[str, Any]]) -> int:
     return 4 if all(r.get("unreachable") for r in failed) else 1
 
 
-def verify(cfg: Config, db: Database, tools: Tools, control: Control | None = None,
-           clean: bool = True) -> dict[str, Any]:
+def verify(cfg: Config, db: Database, tools: Tools, control: Control | None = None
+           ) -> dict[str, Any]:
     """Restore the latest backup into a temporary directory, integrity_check it, and compare its
-    TXID with what Litestream says it has uploaded (asked for with a sync first, when running)."""
+    TXID with what Litestream says it has uploaded (asked for with a sync first, when running).
+    verify_all() calls it, after cleaning what killed verifications left behind."""
     t0 = time.monotonic()
     out: dict[str, Any] = {"db": str(db.path), "replica": db.replica.url if db.replica else None,
                            "ok": False, "checked_at": replica.utc(time.time())}
-    if clean:
-        scratch.clean_verify_leftovers(cfg)
     try:
         if db.replica is None:
             raise OperatorError(f"cannot verify {db.name}: no replica is configured")

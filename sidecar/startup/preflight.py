@@ -88,10 +88,6 @@ def start_version_query(cfg: Config) -> VersionQuery:
     return VersionQuery(find_litestream(cfg.litestream_bin))
 
 
-def litestream_version(binary: str) -> str | None:
-    return VersionQuery(binary).result()
-
-
 def check_litestream(cfg: Config, query: VersionQuery | None = None
                      ) -> tuple[Check, str | None, str | None]:
     if query is None:

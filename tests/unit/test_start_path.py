@@ -145,7 +145,7 @@ def test_the_early_version_query_reads_the_version(tmp_path: Path) -> None:
     old = tmp_path / "old"
     old.write_text("#!/bin/sh\necho v0.3.13 >&2\n")
     old.chmod(0o755)
-    assert preflight.litestream_version(str(old)) == "0.3.13"
+    assert preflight.VersionQuery(str(old)).result() == "0.3.13"
     assert preflight.VersionQuery(str(tmp_path / "missing")).result() is None
     assert preflight.VersionQuery(None).result() is None
 
