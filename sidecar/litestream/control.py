@@ -80,10 +80,13 @@ class Control:
 
         return int((self._ok("GET", f"/txid?path={quote(str(db))}") or {}).get("txid", 0))
 
-    def sync(self, db: Path, wait: bool = True, timeout: float = 10.0) -> dict[str, Any]:
+    def sync(self, db: Path, wait: bool = True, timeout: float = 10.0,
+             slack: float = 5.0) -> dict[str, Any]:
+        """Litestream waits up to `timeout` (whole seconds, at least 1) for the upload; the
+        socket waits `slack` longer for its answer."""
         return dict(self._ok("POST", "/sync", {"path": str(db), "wait": wait,
                                                 "timeout": max(1, int(timeout))},
-                             timeout=timeout + 5) or {})
+                             timeout=max(1, int(timeout)) + slack) or {})
 
     def stop(self, db: Path, timeout: float = 30.0) -> dict[str, Any]:
         return dict(self._ok("POST", "/stop", {"path": str(db), "timeout": max(1, int(timeout))},

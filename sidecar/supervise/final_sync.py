@@ -49,6 +49,15 @@ def tenants_written_since(cfg: Config, since: float) -> list[Database]:
     return [m for _, m in found]
 
 
+SLACK = 1.0  # seconds the socket waits past Litestream's own wait for its answer
+
+
+def _sync(control: Control, db: Database, left: float) -> dict[str, Any]:
+    """One sync that ends within `left` seconds (given at least 2): Litestream's wait is in
+    whole seconds, and the socket waits SLACK past it, both inside what is left."""
+    return control.sync(db.path, wait=True, timeout=max(1, int(left - SLACK)), slack=SLACK)
+
+
 def run(cfg: Config, control: Control, budget: float, since: float, log: Any,
         clock: Callable[[], float], parallelism: int = 8) -> list[str]:
     """Sync; returns the databases that could not be synced (their paths)."""
@@ -58,8 +67,13 @@ def run(cfg: Config, control: Control, budget: float, since: float, log: Any,
     for db in cfg.databases:
         if not db.path.exists():
             continue  # nothing was ever written: nothing to push
+        if end - clock() < 2 * SLACK:
+            log.warning("final sync failed", db=db.name,
+                        error="no time left in the final sync's budget")
+            failed.append(str(db.path))
+            continue
         try:
-            res = control.sync(db.path, wait=True, timeout=max(1.0, end - clock()))
+            res = _sync(control, db, end - clock())
             log.info("final sync", db=db.name, txid=res.get("txid"),
                      replicated_txid=res.get("replicated_txid"),
                      seconds=round(clock() - t0, 3))
@@ -72,10 +86,10 @@ def run(cfg: Config, control: Control, budget: float, since: float, log: Any,
 
     def one(db: Database) -> str | None:
         left = end - clock()
-        if left < 0.5:
+        if left < 2 * SLACK:
             return "no time left in the final sync's budget"
         try:
-            control.sync(db.path, wait=True, timeout=max(1.0, left))
+            _sync(control, db, left)
             return None
         except ControlError as exc:
             return str(exc)

@@ -167,7 +167,8 @@ class FakeControl:
         assert self.world.sup is not None
         return [{"path": str(db.path)} for db in self.world.sup.cfg.databases]
 
-    def sync(self, path: Path, wait: bool = True, timeout: float = 10.0) -> dict[str, Any]:
+    def sync(self, path: Path, wait: bool = True, timeout: float = 10.0,
+             slack: float = 5.0) -> dict[str, Any]:
         if not self._litestream_up():
             raise ControlError("cannot reach the socket")
         self.syncs.append(path)

@@ -29,7 +29,8 @@ class Control:
         self.synced: list[str] = []
         self.fail = fail
 
-    def sync(self, path: Path, wait: bool = True, timeout: float = 10.0) -> dict[str, Any]:
+    def sync(self, path: Path, wait: bool = True, timeout: float = 10.0,
+             slack: float = 5.0) -> dict[str, Any]:
         if path.name in self.fail:
             raise ControlError(f"litestream POST /sync: 500 cannot sync {path.name}")
         self.synced.append(path.name)
@@ -82,7 +83,8 @@ def test_the_budget_bounds_the_tenants(tmp_path: Path) -> None:
     now = [0.0]
 
     class Slow(Control):
-        def sync(self, path: Path, wait: bool = True, timeout: float = 10.0) -> dict[str, Any]:
+        def sync(self, path: Path, wait: bool = True, timeout: float = 10.0,
+                 slack: float = 5.0) -> dict[str, Any]:
             now[0] += 4.0
             return super().sync(path, wait, timeout)
 
@@ -91,3 +93,26 @@ def test_the_budget_bounds_the_tenants(tmp_path: Path) -> None:
                             parallelism=1)
     assert control.synced == ["b.db", "a.db"]
     assert failed == [str(tmp_path / "tenants" / "c.db")]
+
+
+def test_a_hung_litestream_never_holds_the_sync_past_its_budget(tmp_path: Path) -> None:
+    """Each sync's whole wait (Litestream's, then the socket's slack for its answer) fits in
+    what is left of the budget: a Litestream that never answers costs the budget, not more
+    (the socket used to wait 5 s past Litestream's wait of the whole budget)."""
+    cfg = _cfg(tmp_path)
+    now = [0.0]
+    waits: list[float] = []
+
+    class Hung(Control):
+        def sync(self, path: Path, wait: bool = True, timeout: float = 10.0,
+                 slack: float = 5.0) -> dict[str, Any]:
+            waits.append(max(1, int(timeout)) + slack)  # what Control.sync would wait
+            now[0] += waits[-1]
+            raise ControlError(f"cannot reach the socket: timed out ({path.name})")
+
+    for budget in (2.0, 6.0, 6.5, 30.0):
+        now[0], waits[:] = 0.0, []
+        failed = final_sync.run(cfg, Hung(), budget, time.time() - 120, Log(),
+                                lambda: now[0], parallelism=1)
+        assert waits and now[0] <= budget, (budget, waits)
+        assert len(failed) == 3
