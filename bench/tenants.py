@@ -9,7 +9,11 @@ For each size N: N small databases (testkit.db.make_tenants: a table, three rows
 entrypoint replicates them into a bucket of its own until every database is in the bucket;
 then the bench samples CPU time and RSS from /proc and counts the S3 requests that cross the
 proxy by method and path shape, for `--idle` seconds with nothing writing and for `--writes`
-seconds while one row a second goes into each of 1% of the databases (at least one).
+seconds while one row a second goes into each of 1% of the databases (at least one). The idle
+window begins `--settle` seconds (80) after the entrypoint's launch: about a minute after it
+opens a database, Litestream's first checkpoint gives every database a new TXID once, written
+or not (one L0 upload each; a lone idle database replicated for 4 minutes got TXID 2 at 1:04
+and no other), and an idle window over it counts that burst as idle.
 sidecar's lag checks are told apart by shape (a page of the entry's prefix, `LIST tenants/`,
 and a database's own prefix, `LIST tenants/tN.db/`) and cross-checked against its
 `sidecar_replica_requests_total`. Then the
@@ -209,9 +213,13 @@ def raw_restore(directory: Path, bucket: str, endpoint: str, names: list[str]) -
 
 def measure(prefix: str, row: dict[str, object], counter: RequestCounter, pids: dict[str, int],
             directory: Path, n: int, idle: float, writes: float, rclone: int,
-            own: callable | None = None) -> int:
-    """The idle window, then the write window; returns the rows written."""
-    time.sleep(5)
+            own: callable | None = None, started: float = 0.0, settle: float = 0.0) -> int:
+    """The idle window, then the write window; returns the rows written. The idle window
+    begins `settle` seconds after the entrypoint's launch (`started`, monotonic), at least 5 s
+    from now: about a minute after it opens a database, Litestream's first checkpoint gives
+    every database a new TXID once, written or not, and uploads it."""
+    time.sleep(max(5.0, started + settle - time.monotonic()))
+    row[f"{prefix}_idle_from_s"] = time.monotonic() - started
     w = window(counter, pids, idle, rclone, own)
     row.update({f"{prefix}_idle_{k}": v for k, v in w.items()})
     names = [f"t{i:04d}.db" for i in range(0, n, 100)]  # 1%, at least one
@@ -223,7 +231,7 @@ def measure(prefix: str, row: dict[str, object], counter: RequestCounter, pids: 
 
 
 def run_size(n: int, s3: S3, counter: RequestCounter, proxy: S3Proxy, work: Path, idle: float,
-             writes: float) -> dict[str, object]:
+             writes: float, settle: float) -> dict[str, object]:
     row: dict[str, object] = {"n": n}
     rclone = s3.proc.pid  # type: ignore[union-attr]
     # -- plain litestream replicate
@@ -232,9 +240,11 @@ def run_size(n: int, s3: S3, counter: RequestCounter, proxy: S3Proxy, work: Path
     b_plain = s3.make_bucket()
     cfg = work / f"plain-{n}.yml"
     write_tenant_config(cfg, plain_dir, b_plain, proxy.endpoint)
+    t0 = time.monotonic()
     p = Proc([tool("litestream"), "replicate", "-config", str(cfg)], litestream_env(), work)
     row["plain_backup_s"] = wait_backed_up(s3, b_plain, n, p, 900)
-    measure("plain", row, counter, {"litestream": p.pid}, plain_dir, n, idle, writes, rclone)
+    measure("plain", row, counter, {"litestream": p.pid}, plain_dir, n, idle, writes, rclone,
+            started=t0, settle=settle)
     stop(p)
     shutil.rmtree(plain_dir.parent)
     # -- sidecar, the same litestream.yml
@@ -247,13 +257,15 @@ def run_size(n: int, s3: S3, counter: RequestCounter, proxy: S3Proxy, work: Path
     app = work / "app.py"
     app.write_text(APP)
     env = sidecar_env(sc_dir, cfg, port)
+    t0 = time.monotonic()
     sc = Proc([str(BIN / "sidecar"), "run", "--", sys.executable, str(app)], env, work)
     sc.wait_line("app up", 600)
     row["sidecar_backup_s"] = wait_backed_up(s3, b_sc, n, sc, 900)
     ls_pid = next(p for p in descendants(sc.pid)
                   if "litestream" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"))
     written = measure("sidecar", row, counter, {"sidecar": sc.pid, "litestream": ls_pid}, sc_dir,
-                      n, idle, writes, rclone, own=lambda: own_requests(port))
+                      n, idle, writes, rclone, own=lambda: own_requests(port), started=t0,
+                      settle=settle)
     stop(sc)
     for name in [f"t{i:04d}.db" for i in range(0, n, 100)]:
         con = sqlite3.connect(sc_dir / name)  # what the writer added: a restore brings it back
@@ -287,6 +299,9 @@ def main() -> int:
     ap.add_argument("--sizes", default="10,100")
     ap.add_argument("--idle", type=float, default=60.0, help="idle window, seconds")
     ap.add_argument("--writes", type=float, default=60.0, help="write window, seconds")
+    ap.add_argument("--settle", type=float, default=80.0,
+                    help="the idle window begins this long after each entrypoint's launch "
+                         "(past Litestream's first checkpoint), seconds")
     ap.add_argument("--results", type=Path,
                     default=Path(__file__).resolve().parent / "results.md")
     args = ap.parse_args()
@@ -302,7 +317,7 @@ def main() -> int:
     loads = []
     try:
         for n in sizes:
-            row = run_size(n, s3, counter, proxy, work, args.idle, args.writes)
+            row = run_size(n, s3, counter, proxy, work, args.idle, args.writes, args.settle)
             loads.append(os.getloadavg()[0])
             print(row, flush=True)
             rows.append(row)

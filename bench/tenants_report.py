@@ -13,11 +13,14 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, load: str) -
         "## Many databases in one directory (`bench/tenants.py`)",
         "",
         f"`python bench/tenants.py --sizes {','.join(str(r['n']) for r in rows)} --idle "
-        f"{args.idle:g} --writes {args.writes:g}`, one run, 2-core shared machine (load "
+        f"{args.idle:g} --writes {args.writes:g} --settle {args.settle:g}`, one run, 2-core "
+        "shared machine (load "
         f"average {load}), Litestream 0.5.17 with its defaults, the same project "
         "litestream.yml (`dir:` entry) for plain Litestream and for sidecar, rclone serve s3 "
         "behind a request-counting proxy (both entrypoints and the raw restores go through "
-        "it). Idle: every database backed up, nothing writing. Writes: one row a second into "
+        "it). Idle: every database backed up, nothing writing, from "
+        f"{args.settle:g} s after the entrypoint's launch (past Litestream's first checkpoint, "
+        "which gives every database one new TXID). Writes: one row a second into "
         "each of 1% of the databases (at least one). RSS is the peak of the window, CPU the "
         "share of one core over it. Restore: the directory wiped, then sidecar's start from "
         "launch to the app's first line (every database restored first) against raw "
