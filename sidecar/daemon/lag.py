@@ -98,6 +98,12 @@ class ChangeLog:
                     ev.popleft()
             return True
 
+    def unmatched(self) -> bool:
+        """Whether writes were seen that no observed TXID holds yet (Litestream turns them
+        into one on its next sync): Litestream must be asked again."""
+        with self._lock:
+            return bool(self._events)
+
     def oldest_pending(self, replica_txid: int | None, now: float,
                        litestream_answered: bool = True) -> float | None:
         """Time of the oldest change the bucket does not hold, or None when there is none.

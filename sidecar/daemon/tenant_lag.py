@@ -37,6 +37,16 @@ from sidecar.startup import tenants
 TOP = 10  # the databases furthest behind that /status names
 
 
+def _encodable(rel: str) -> bool:
+    """Whether a file name can go into an S3 request (a name that is not UTF-8 on disk
+    comes out of os.walk with surrogates)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class DirLag:
     """One directory entry. `check()` runs in the scheduler's thread, `file_changed()` in
     watchdog's."""
@@ -59,6 +69,8 @@ class DirLag:
         self._cursor: str | None = None  # the last key the previous page read
         self._sweep: dict[str, int] = {}  # positions the current sweep has read so far
         self._sweep_pages = 0  # requests a whole listing took last time (>= 1)
+        self._relist: set[str] = set()  # databases whose position must be read again
+        self._unanswered: set[str] = set()  # Litestream gave no local TXID last check
         self.lags: dict[str, float] = {}
         self.result = LagResult(db=self.label)
         self.members = 0
@@ -72,12 +84,12 @@ class DirLag:
         rel = rel.removesuffix("-wal")
         if not tenants.matches(self.entry, rel):  # a dot-named tenant is one (tenants.py)
             return
-        with self._lock:
+        with self._lock:  # recorded before a check can take the database off _dirty
             cl = self.changes.get(rel)
             if cl is None:
                 cl = self.changes[rel] = ChangeLog()
+            cl.changed(self.clock())
             self._dirty.add(rel)
-        cl.changed(self.clock())
 
     def _local_txid(self, rel: str) -> int | None:
         if self.control is None:
@@ -87,36 +99,42 @@ class DirLag:
         except (ControlError, ValueError, TypeError):
             return None
 
+    def _forget(self, rel: str) -> None:
+        """The bucket's position of `rel` is not known any more (the database was replaced,
+        deleted, or created again under a name the bucket may hold from before)."""
+        self.remote.pop(rel, None)
+        self._sweep.pop(rel, None)
+        self._relist.add(rel)
+
     def _full(self) -> int:
         listing = self.bucket.full()
         self.remote = dict(listing.positions)
         self.known, self._cursor, self._sweep = True, None, {}
+        self._relist.clear()
         self._sweep_pages = max(1, listing.requests)
         return listing.requests
 
     def _next_page(self) -> int:
         page = self.bucket.page(self._cursor)
         for rel, txid in page.listing.positions.items():
-            # A database's keys can straddle two pages: take the largest TXID seen, and
-            # never lower a known position before the sweep is whole.
+            # A database's keys can straddle two pages: take the largest TXID the sweep saw,
+            # and never lower a known position before the sweep is whole.
             self._sweep[rel] = max(self._sweep.get(rel, -1), txid)
             self.remote[rel] = max(self.remote.get(rel, -1), self._sweep[rel])
         if page.done:
             # The sweep is whole: its positions replace the known ones (a database gone from
-            # the bucket is gone here too), except where a database's own listing since read
-            # newer ones.
-            self.remote = {rel: max(txid, self.remote.get(rel, -1))
-                           for rel, txid in self._sweep.items()}
+            # the bucket is gone here too; a database's own listing during the sweep has
+            # already put what it read into the sweep's positions).
+            self.remote = dict(self._sweep)
             self._cursor, self._sweep = None, {}
         else:
             self._cursor = page.last_key
         return page.listing.requests
 
-    def _refresh(self, need: list[str]) -> int:
-        """The bucket's positions of the databases in `need`: each one's own prefix, or the
-        whole prefix once when that takes fewer requests."""
-        if len(need) > self._sweep_pages:
-            return self._full()
+    def _members(self, need: list[str]) -> int:
+        """Each database's own prefix listed: its position as the bucket holds it now."""
+        if any(not _encodable(rel) for rel in need):
+            return self._full()  # a name S3 cannot be asked for: the whole prefix holds it
         requests = 0
         for rel in need:
             try:
@@ -126,58 +144,68 @@ class DirLag:
                 raise
             requests += listing.requests
             txid = listing.positions.get(rel)
+            self._relist.discard(rel)
+            passed = rel in self._sweep  # the sweep read it already: keep what is newer
             if txid is None:
                 self.remote.pop(rel, None)
+                self._sweep.pop(rel, None)
             else:
                 self.remote[rel] = txid
+                if passed:
+                    self._sweep[rel] = txid
         return requests
+
+    def _need(self, changes: dict[str, ChangeLog], now: float) -> list[str]:
+        """The databases whose bucket position must be read: a local change (a TXID Litestream
+        gave) the known position does not hold, or a position not known any more. Writes
+        Litestream has not answered for are not among them: the bucket cannot settle those."""
+        return sorted(rel for rel, cl in changes.items()
+                      if rel in self._relist
+                      or cl.oldest_pending(self.remote.get(rel, -1), now) is not None)
 
     def check(self) -> LagResult:
         t0 = self.clock()
         res = LagResult(db=self.label, checks=self.result.checks + 1)
         local = tenants.local_members(self.entry)
+        present = set(local)
         with self._lock:
             for rel in local:
                 if rel not in self.changes:  # first seen (at start, or created since)
                     self.changes[rel] = ChangeLog()
                     self._dirty.add(rel)
-            dirty, self._dirty = self._dirty, set()
-        present = set(local)
-        with self._lock:
+                    if self.known:
+                        self._forget(rel)
             for rel in [r for r in self.changes if r not in present]:
                 self.changes.pop(rel, None)
+                self._forget(rel)
+                self._relist.discard(rel)
+            dirty, self._dirty = self._dirty, set()
             changes = dict(self.changes)
+        now = self.clock()
+        unanswered: set[str] = set()
+        for rel, cl in changes.items():
+            if (rel in dirty or rel in self._unanswered or cl.unmatched()
+                    or cl.oldest_pending(self.remote.get(rel, -1), now) is not None):
+                txid = self._local_txid(rel)
+                if txid is None:
+                    unanswered.add(rel)
+                elif not cl.observe(txid, now):
+                    self._forget(rel)  # replaced (its TXID went back): read its position again
+        self._unanswered = unanswered
         requests = 0
-        whole = False
         try:
-            if not self.known:
-                requests += self._full()
-                whole = True
+            need = self._need(changes, now)
+            if not self.known or len(need) > self._sweep_pages:
+                requests += self._full()  # fewer requests than each one's own listing
             else:
                 requests += self._next_page()
+                need = self._need(changes, now)  # the page may have read some of them
+                if need:
+                    requests += self._members(need)
             res.reachable = True
         except ReplicaUnreachable as exc:
             res.error = exc.message  # keep the last known positions: the lag keeps growing
             requests += exc.requests  # a timed-out listing was still a request
-        now = self.clock()
-        unanswered: set[str] = set()
-        for rel, cl in changes.items():
-            if rel in dirty or cl.oldest_pending(self.remote.get(rel, -1), now) is not None:
-                txid = self._local_txid(rel)
-                if txid is not None:
-                    cl.observe(txid, now)
-                else:
-                    unanswered.add(rel)
-        need = sorted(rel for rel, cl in changes.items()
-                      if cl.oldest_pending(self.remote.get(rel, -1), now,
-                                           litestream_answered=rel not in unanswered)
-                      is not None)
-        if need and res.reachable and not whole:
-            try:
-                requests += self._refresh(need)
-            except ReplicaUnreachable as exc:
-                res.reachable, res.error = False, exc.message
-                requests += exc.requests
         res.requests = requests
         now = self.clock()
         lags: dict[str, float] = {}

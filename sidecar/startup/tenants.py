@@ -209,12 +209,16 @@ class BucketView:
         self.entry, self.timeout, self.client, self.page_keys = entry, timeout, client, page
 
     def _store(self) -> Any:
+        """A store counting this listing's requests, over one client kept for every listing
+        (the small client opens a connection a request; a boto3 one is costly to make)."""
         from sidecar import replica
 
         rep = self.entry.replica
-        if self.client is not None:
-            return replica.S3Store(rep, timeout=self.timeout, client=self.client)
-        return replica.listing_store(rep, self.timeout)
+        if self.client is None:
+            store = replica.listing_store(rep, self.timeout)
+            self.client = store._client
+            return store
+        return replica.S3Store(rep, timeout=self.timeout, client=self.client)
 
     def _run(self, sub: str = "", start_after: str | None = None,
              max_pages: int | None = None) -> tuple[Listing, str | None, bool]:

@@ -50,12 +50,15 @@ def tenants_written_since(cfg: Config, since: float) -> list[Database]:
 
 
 SLACK = 1.0  # seconds the socket waits past Litestream's own wait for its answer
+MIN_LEFT = 1.1  # Litestream's shortest wait (1 s) and a moment for its answer
 
 
 def _sync(control: Control, db: Database, left: float) -> dict[str, Any]:
-    """One sync that ends within `left` seconds (given at least 2): Litestream's wait is in
-    whole seconds, and the socket waits SLACK past it, both inside what is left."""
-    return control.sync(db.path, wait=True, timeout=max(1, int(left - SLACK)), slack=SLACK)
+    """One sync that ends within `left` seconds (at least MIN_LEFT): Litestream's wait is in
+    whole seconds, and the socket waits up to SLACK past it for the answer, both inside what
+    is left."""
+    wait = max(1, int(left - SLACK))
+    return control.sync(db.path, wait=True, timeout=wait, slack=min(SLACK, left - wait))
 
 
 def run(cfg: Config, control: Control, budget: float, since: float, log: Any,
@@ -67,7 +70,7 @@ def run(cfg: Config, control: Control, budget: float, since: float, log: Any,
     for db in cfg.databases:
         if not db.path.exists():
             continue  # nothing was ever written: nothing to push
-        if end - clock() < 2 * SLACK:
+        if end - clock() < MIN_LEFT:
             log.warning("final sync failed", db=db.name,
                         error="no time left in the final sync's budget")
             failed.append(str(db.path))
@@ -86,7 +89,7 @@ def run(cfg: Config, control: Control, budget: float, since: float, log: Any,
 
     def one(db: Database) -> str | None:
         left = end - clock()
-        if left < 2 * SLACK:
+        if left < MIN_LEFT:
             return "no time left in the final sync's budget"
         try:
             _sync(control, db, left)

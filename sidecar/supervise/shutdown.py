@@ -54,7 +54,9 @@ class Shutdown:
         return self.phase is not None
 
     def final_sync_budget(self) -> float:
-        return max(1.0, min(self.litestream_stop_timeout, FINAL_SYNC_MAX))
+        # At least one sync's shortest wait (final_sync.MIN_LEFT: Litestream's 1 s and its
+        # answer), so a short stop timeout still pushes the first database.
+        return max(1.5, min(self.litestream_stop_timeout, FINAL_SYNC_MAX))
 
     def begin(self, now: float, signum: int, *, app_alive: bool, litestream_alive: bool,
               exit_code: int | None = None) -> list[Action]:

@@ -110,9 +110,29 @@ def test_a_hung_litestream_never_holds_the_sync_past_its_budget(tmp_path: Path) 
             now[0] += waits[-1]
             raise ControlError(f"cannot reach the socket: timed out ({path.name})")
 
-    for budget in (2.0, 6.0, 6.5, 30.0):
+    for budget in (1.1, 1.5, 2.0, 6.0, 6.5, 30.0):
         now[0], waits[:] = 0.0, []
         failed = final_sync.run(cfg, Hung(), budget, time.time() - 120, Log(),
                                 lambda: now[0], parallelism=1)
         assert waits and now[0] <= budget, (budget, waits)
         assert len(failed) == 3
+
+
+def test_the_control_sockets_wait_is_litestreams_and_the_slack(monkeypatch) -> None:
+    """What the test above assumes of Control.sync: Litestream is told whole seconds (at
+    least 1), and the socket waits that plus the slack, no more."""
+    from sidecar.litestream import control as control_mod
+
+    seen: list[tuple[dict[str, Any], float]] = []
+
+    def fake(path: Path, method: str, url: str, body: Any = None, timeout: float = 5.0,
+             headers: Any = None) -> tuple[int, Any]:
+        seen.append((body, timeout))
+        return 200, {"txid": 1}
+
+    monkeypatch.setattr(control_mod, "unix_request", fake)
+    c = control_mod.Control(Path("/nonexistent.sock"))
+    c.sync(Path("/data/a.db"), timeout=4, slack=0.5)
+    c.sync(Path("/data/a.db"), timeout=0.2, slack=0.1)
+    c.sync(Path("/data/a.db"), timeout=7.9)
+    assert [(b["timeout"], t) for b, t in seen] == [(4, 4.5), (1, 1.1), (7, 12.0)]

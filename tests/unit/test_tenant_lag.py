@@ -78,6 +78,10 @@ class Rig:
     def write(self, rel: str) -> None:
         """A write Litestream turned into the next TXID, seen by the watcher."""
         self.control.txids[rel] += 1
+        self.touch(rel)
+
+    def touch(self, rel: str) -> None:
+        """A write the watcher saw (Litestream makes its TXID on its next sync)."""
         self.lag.file_changed(str(self.entry.dir / rel))
         self.clock.t += 0.1
 
@@ -155,18 +159,21 @@ def test_more_databases_behind_than_pages_read_the_whole_prefix_once(tmp_path: P
         r.write(f"t{i * 97:04d}.db")
     r.clock.t += 10
     res = r.lag.check()
-    assert res.requests == 1 + 3  # the page, then the whole prefix (3 < 10 of their own)
+    assert res.requests == 3  # the whole prefix alone (3 pages < 10 own listings), no page
     assert len(r.lag.behind) == 10
 
 
 def test_a_page_ending_inside_a_database_never_lowers_its_position(tmp_path: Path) -> None:
     r = _setup(tmp_path, 3, page=4)
     r.lag.check()
-    assert r.lag.remote == {"t0000.db": 3, "t0001.db": 3, "t0002.db": 3}
+    want = {"t0000.db": 3, "t0001.db": 3, "t0002.db": 3}
+    assert r.lag.remote == want
     r.lag.check()  # keys 1-4: t0000.db whole, t0001.db's level 0 only (TXID 3)
-    r.lag.check()  # keys 5-8: t0001.db's levels 1 and 9 (TXIDs 2, 1)
-    assert r.lag.remote["t0001.db"] == 3
-    assert r.lag.check().lag_seconds == 0.0
+    assert r.lag.remote == want
+    r.lag.check()  # keys 5-8: t0001.db's levels 1 and 9 (TXIDs 2, 1), t0002.db's level 0
+    assert r.lag.remote == want
+    r.lag.check()  # key 9: t0002.db's level 9 (TXID 1), the sweep's end
+    assert r.lag.remote == want and r.lag._cursor is None
 
 
 def test_a_database_gone_from_the_bucket_leaves_the_positions_after_a_sweep(
@@ -227,3 +234,112 @@ def test_a_database_created_while_running_is_checked_in_the_next_check(tmp_path:
     r.bucket.put("new.db", 1)
     r.clock.t += 10
     assert r.lag.check().lag_seconds == 0.0 and not r.lag.behind
+
+
+def test_a_write_litestream_has_not_turned_into_a_txid_yet_is_not_forgotten(
+        tmp_path: Path) -> None:
+    """A check between a write and Litestream's next sync sees the old TXID: the next check
+    asks Litestream again, and the new TXID the bucket lacks shows as lag."""
+    r = _setup(tmp_path, 10)
+    r.lag.check()
+    r.touch("t0004.db")  # written; Litestream's TXID is still 3
+    res = r.lag.check()
+    assert res.lag_seconds == 0.0  # nothing Litestream counted yet, and within GRACE
+    r.control.txids["t0004.db"] = 4  # its sync, which the bucket never gets
+    r.clock.t += 10
+    res = r.lag.check()
+    assert [rel for rel, _ in r.lag.behind] == ["t0004.db"]
+    assert res.lag_seconds == pytest.approx(10.1)
+
+
+def test_a_tenant_written_while_litestream_does_not_answer_stays_behind(
+        tmp_path: Path) -> None:
+    r = _setup(tmp_path, 10)
+    r.lag.check()
+    r.lag.control = None  # the control socket is gone
+    r.touch("t0004.db")
+    lags = []
+    for _ in range(3):
+        r.clock.t += 5
+        res = r.lag.check()
+        lags.append(round(res.lag_seconds, 1))
+        assert res.local_txid is None
+    assert lags == [5.1, 10.1, 15.1]
+    assert res.requests == 1  # the bucket cannot settle what Litestream did not answer
+
+
+def test_a_database_deleted_and_created_again_has_its_position_read_again(
+        tmp_path: Path) -> None:
+    """t0905.db is deleted, its backup purged, and a new one made under the same name: the
+    old position (TXID 3) must not make its new TXIDs look uploaded."""
+    r = _setup(tmp_path, 1000)
+    r.lag.check()
+    (r.entry.dir / "t0905.db").unlink()
+    r.clock.t += 10
+    r.lag.check()
+    assert "t0905.db" not in r.lag.remote
+    r.bucket.drop("t0905.db")
+    (r.entry.dir / "t0905.db").write_bytes(b"x")
+    r.control.txids["t0905.db"] = 2  # below the old 3, never uploaded
+    r.clock.t += 10
+    res = r.lag.check()
+    assert [rel for rel, _ in r.lag.behind] == ["t0905.db"] and res.requests == 2
+
+
+def test_a_replaced_database_has_its_position_read_again(tmp_path: Path) -> None:
+    """Its local TXID goes back (a restore put another file in place): the known position is
+    dropped and its own prefix listed, as a single database's tracker is reset."""
+    r = _setup(tmp_path, 1000)
+    r.lag.check()
+    r.bucket.drop("t0950.db")
+    r.bucket.put("t0950.db", 1)  # the bucket as the replacing restore left it
+    r.control.txids["t0950.db"] = 2
+    r.touch("t0950.db")
+    r.clock.t += 10
+    res = r.lag.check()
+    assert r.lag.remote["t0950.db"] == 1 and [b for b, _ in r.lag.behind] == ["t0950.db"]
+    assert r.bucket.calls[-1]["Prefix"] == "tenants/t0950.db/" and res.requests == 2
+
+
+def test_a_databases_own_listing_outlasts_the_sweep_that_read_it_before(
+        tmp_path: Path) -> None:
+    """Its own listing (lower: the bucket was rewritten) after the sweep's page read the old
+    position: the sweep's end keeps the newer reading."""
+    r = _setup(tmp_path, 1000)
+    r.lag.check()
+    r.lag.check()  # page 1: t0000.db .. t0333.db
+    r.bucket.drop("t0100.db")
+    r.bucket.put("t0100.db", 1)
+    r.control.txids["t0100.db"] = 2
+    r.touch("t0100.db")  # TXID 2 < the known 3: replaced, listed on its own
+    r.lag.check()  # page 2, then t0100.db's own prefix
+    assert r.lag.remote["t0100.db"] == 1
+    r.lag.check()  # page 3: the sweep's end
+    assert r.lag._cursor is None and r.lag.remote["t0100.db"] == 1
+    assert [b for b, _ in r.lag.behind] == ["t0100.db"]
+
+
+def test_a_database_dropped_from_the_bucket_mid_sweep_is_gone_at_its_end(
+        tmp_path: Path) -> None:
+    r = _setup(tmp_path, 1000)
+    r.lag.check()
+    r.lag.check()  # page 1
+    r.bucket.drop("t0500.db")  # on page 2, not read yet
+    r.bucket.drop("t0010.db")  # on page 1, read already: the next sweep sees it gone
+    r.lag.check()
+    r.lag.check()
+    assert r.lag._cursor is None
+    assert "t0500.db" not in r.lag.remote and r.lag.remote["t0010.db"] == 3
+    for _ in range(3):
+        r.lag.check()
+    assert "t0010.db" not in r.lag.remote and len(r.lag.remote) == 998
+
+
+def test_a_name_s3_cannot_be_asked_for_is_read_from_the_whole_prefix(
+        tmp_path: Path) -> None:
+    """A file name that is not UTF-8 on disk (os.walk gives it with surrogates) cannot go
+    into a request's prefix: the whole prefix is listed instead of failing the check."""
+    r = _setup(tmp_path, 10)
+    r.lag.check()
+    assert r.lag._members(["t\udcff.db", "t0002.db"]) == 1  # 30 keys: one whole listing
+    assert [c["Prefix"] for c in r.bucket.calls[-1:]] == ["tenants/"]
