@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import harness as h
 
+ROOT = Path(__file__).resolve().parents[1]
 
 def log(msg: str) -> None:
     print(msg, flush=True)
@@ -353,9 +354,10 @@ def phases_profile(size: int, reps: int, baseline: Path | None) -> None:
                         app = d / "first.py"
                         app.write_text(h.FIRST_LINE)
                         argv, env = ep.command(bucket, db, [py, str(app)])
-                        if v == "old":
-                            assert baseline is not None
-                            env["PYTHONPATH"] = str(baseline)
+                        # This checkout's sidecar is the one beside this script (whatever
+                        # is installed), so a copy of the tree can be measured while the
+                        # checkout changes.
+                        env["PYTHONPATH"] = str(baseline if v == "old" else ROOT)
                         p = h.Proc([py, "-m", "sidecar", *argv[1:]], env, d)
                         try:
                             first = p.wait_line("app up", timeout=1800)
