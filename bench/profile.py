@@ -308,6 +308,9 @@ def _timeline(p: h.Proc, first: float) -> dict[str, float]:
         ev = rec.get("event")
         if ev in PHASES and ev not in at:
             at[ev] = t - p.t0
+            for k in ("duration_seconds", "running_seconds", "waited_seconds"):
+                if isinstance(rec.get(k), (int, float)):
+                    at[f"{ev}: {k}"] = float(rec[k])
             if ev == "restored file checked" and "litestream restore exited" not in at:
                 at["litestream restore exited"] = at[ev] - float(rec.get("duration_seconds", 0))
     at["app first line"] = first
@@ -384,6 +387,16 @@ def phases_profile(size: int, reps: int, baseline: Path | None) -> None:
                 xs = [r[ev] for r in runs[v] if ev in r]
                 cells.append(f"{statistics.median(xs):.3f}" if xs else "-")
             log(f"| {ev} | " + " | ".join(cells) + " |")
+        logged = sorted({k for v in cols for r in runs[v] for k in r if ": " in k})
+        if logged:
+            log("\n| as logged (median, s) | " + " | ".join(cols) + " |")
+            log("|---|" + "---|" * len(cols))
+            for k in logged:
+                cells = []
+                for v in cols:
+                    xs = [r[k] for r in runs[v] if k in r]
+                    cells.append(f"{statistics.median(xs):.3f} ({len(xs)})" if xs else "-")
+                log(f"| {k} | " + " | ".join(cells) + " |")
     finally:
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)
