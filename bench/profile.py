@@ -3,7 +3,7 @@ against a real S3 server (rclone serve s3 on loopback), without changing sidecar
 
     python bench/profile.py start              # imports and the start timeline, empty bucket
     python bench/profile.py restore --size 300 # each restore phase on a ~300 MB database
-    python bench/profile.py phases --size 300 --reps 6 [--baseline /tmp/old]
+    python bench/profile.py phases --size 300 --reps 6 [--baseline /tmp/old ...]
 
 `start` runs `python -X importtime -m sidecar run -- app` and prints the slowest imports and
 the time each JSON log event arrived, plus the same start without -X importtime.
@@ -12,7 +12,7 @@ command line, raw `litestream restore` (config and URL forms, and with
 `-integrity-check quick`), and the steps sidecar adds: the bucket probe (boto3 import, client,
 listing), quick_check, the checkpoint, the fsync, the rename.
 `phases` runs raw `litestream restore`, `sidecar run` of this checkout and (with `--baseline`,
-a `git archive` of another commit) the other sidecar, interleaved in rotated order, and prints
+each a `git archive` of another commit) the other sidecars, interleaved in rotated order, and prints
 when each step of the restoring start arrived. bench/PROFILE.md holds findings.
 """
 
@@ -317,9 +317,9 @@ def _timeline(p: h.Proc, first: float) -> dict[str, float]:
     return at
 
 
-def phases_profile(size: int, reps: int, baseline: Path | None) -> None:
+def phases_profile(size: int, reps: int, baselines: list[Path]) -> None:
     """Rotated runs of raw `litestream restore`, `sidecar run` of this checkout and, with
-    `baseline`, `sidecar run` of that tree (a `git archive` of another commit, put first on
+    each of `baselines`, `sidecar run` of that tree (a `git archive` of another commit, put first on
     PYTHONPATH); every run restores a fresh copy of one seeded bucket and is verified."""
     work = Path(tempfile.mkdtemp(prefix="sidecar-phases-"))
     s3 = h.S3(work / "s3")
@@ -338,7 +338,11 @@ def phases_profile(size: int, reps: int, baseline: Path | None) -> None:
         s3.restart()
         h.restore(s3, seed, work / "warm.db")  # warm-up, not counted
         (work / "warm.db").unlink()
-        variants = ["raw", "new"] + (["old"] if baseline else [])
+        trees = {"new": ROOT} | {("old" if i == 0 else f"old{i + 1}"): b
+                                 for i, b in enumerate(baselines)}
+        variants = ["raw", *trees]
+        for name, tree in trees.items():
+            log(f"{name}: sidecar from {tree}")
         runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
         d = work / "run"
         for i in range(reps):
@@ -360,7 +364,7 @@ def phases_profile(size: int, reps: int, baseline: Path | None) -> None:
                         # This checkout's sidecar is the one beside this script (whatever
                         # is installed), so a copy of the tree can be measured while the
                         # checkout changes.
-                        env["PYTHONPATH"] = str(baseline if v == "old" else ROOT)
+                        env["PYTHONPATH"] = str(trees[v])
                         p = h.Proc([py, "-m", "sidecar", *argv[1:]], env, d)
                         try:
                             first = p.wait_line("app up", timeout=1800)
@@ -409,15 +413,16 @@ def main() -> int:
     ap.add_argument("--size", type=int, help="restore: database size in MB (default 300); "
                     "start: restore a bucket of this size on every start (default: empty)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--baseline", type=Path, help="phases: a tree of another sidecar commit "
+    ap.add_argument("--baseline", type=Path, action="append", default=[],
+                    help="phases, repeatable: a tree of another sidecar commit "
                     "(git archive) to run beside this checkout, interleaved")
     args = ap.parse_args()
     args.size_given = args.size is not None
     args.size = args.size or 300
     h.compile_sidecar()
-    if args.baseline:
+    for tree in args.baseline:
         subprocess.run([sys.executable, "-m", "compileall", "-q",
-                        str(args.baseline / "sidecar")], check=True, stdout=subprocess.DEVNULL)
+                        str(tree / "sidecar")], check=True, stdout=subprocess.DEVNULL)
     if args.what == "phases":
         phases_profile(args.size, args.reps, args.baseline)
     elif args.what == "start":
