@@ -421,7 +421,9 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
                 layout=contents.layout,
                 **({"running_seconds": round(time.monotonic() - running.started, 3)}
                    if overlapped else {}))
-    summary = running.finish(should_stop, check_early=contents.layout == "0.5")
+    # The early check is for the start of configured databases (a directory entry's members,
+    # restored many at a time, keep the check after Litestream).
+    summary = running.finish(should_stop, check_early=overlapped and contents.layout == "0.5")
     kept = swap_in(tmp, db.path, aside_dir(cfg, "pre-restore"),
                    dbfile.copy_base(db, cfg.databases))
     return RestoreResult(db.name, "restored",
