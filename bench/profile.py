@@ -3,13 +3,17 @@ against a real S3 server (rclone serve s3 on loopback), without changing sidecar
 
     python bench/profile.py start              # imports and the start timeline, empty bucket
     python bench/profile.py restore --size 300 # each restore phase on a ~300 MB database
+    python bench/profile.py phases --size 300 --reps 6 [--baseline /tmp/old ...]
 
 `start` runs `python -X importtime -m sidecar run -- app` and prints the slowest imports and
 the time each JSON log event arrived, plus the same start without -X importtime.
 `restore` seeds a bucket, then in rotated order times sidecar's own `litestream restore`
 command line, raw `litestream restore` (config and URL forms, and with
 `-integrity-check quick`), and the steps sidecar adds: the bucket probe (boto3 import, client,
-listing), quick_check, the checkpoint, the fsync, the rename. bench/PROFILE.md holds findings.
+listing), quick_check, the checkpoint, the fsync, the rename.
+`phases` runs raw `litestream restore`, `sidecar run` of this checkout and (with `--baseline`,
+each a `git archive` of another commit) the other sidecars, interleaved in rotated order, and prints
+when each step of the restoring start arrived. bench/PROFILE.md holds findings.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import harness as h
 
+ROOT = Path(__file__).resolve().parents[1]
 
 def log(msg: str) -> None:
     print(msg, flush=True)
@@ -281,18 +286,146 @@ def restore_profile(size: int, reps: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ phases, old against new
+
+# The events of a restoring start, in order; "litestream restore exited" is derived for code
+# that does not log it (the check's arrival minus its logged duration).
+PHASES = ["config loaded", "preflight passed", "http listening", "restore started",
+          "litestream restore exited", "restored file checked", "restore decided",
+          "litestream started", "replication started", "app first line"]
+
+
+def _timeline(p: h.Proc, first: float) -> dict[str, float]:
+    """Arrival of each phase's event, seconds from launch (first arrival of each name)."""
+    at: dict[str, float] = {}
+    for t, line in p.err:
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        ev = rec.get("event")
+        if ev in PHASES and ev not in at:
+            at[ev] = t - p.t0
+            for k in ("duration_seconds", "running_seconds", "waited_seconds"):
+                if isinstance(rec.get(k), (int, float)):
+                    at[f"{ev}: {k}"] = float(rec[k])
+            if ev == "restored file checked" and "litestream restore exited" not in at:
+                at["litestream restore exited"] = at[ev] - float(rec.get("duration_seconds", 0))
+    at["app first line"] = first
+    return at
+
+
+def phases_profile(size: int, reps: int, baselines: list[Path]) -> None:
+    """Rotated runs of raw `litestream restore`, `sidecar run` of this checkout and, with
+    each of `baselines`, `sidecar run` of that tree (a `git archive` of another commit, put first on
+    PYTHONPATH); every run restores a fresh copy of one seeded bucket and is verified."""
+    work = Path(tempfile.mkdtemp(prefix="sidecar-phases-"))
+    s3 = h.S3(work / "s3")
+    s3.start()
+    ep = h.Sidecar(s3, work)
+    py = sys.executable
+    try:
+        src = work / "seed" / "app.db"
+        src.parent.mkdir()
+        h.make_db(src, size)
+        mb = src.stat().st_size / 1e6
+        expect = h.count_rows(src)
+        seed = s3.bucket()
+        h.seed(s3, src, seed)
+        shutil.rmtree(src.parent)
+        s3.restart()
+        h.restore(s3, seed, work / "warm.db")  # warm-up, not counted
+        (work / "warm.db").unlink()
+        trees = {"new": ROOT} | {("old" if i == 0 else f"old{i + 1}"): b
+                                 for i, b in enumerate(baselines)}
+        variants = ["raw", *trees]
+        for name, tree in trees.items():
+            log(f"{name}: sidecar from {tree}")
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+        d = work / "run"
+        for i in range(reps):
+            order = variants[i % len(variants):] + variants[:i % len(variants)]
+            for v in order:
+                h.clean_dir(d)
+                bucket = s3.bucket(copy_of=seed)
+                db = d / "app.db"
+                try:
+                    if v == "raw":
+                        t0 = time.monotonic()
+                        subprocess.run(h.raw_restore_argv(s3, bucket, db), env=h.base_env(),
+                                       cwd=d, check=True, capture_output=True)
+                        runs[v].append({"app first line": time.monotonic() - t0})
+                    else:
+                        app = d / "first.py"
+                        app.write_text(h.FIRST_LINE)
+                        argv, env = ep.command(bucket, db, [py, str(app)])
+                        # This checkout's sidecar is the one beside this script (whatever
+                        # is installed), so a copy of the tree can be measured while the
+                        # checkout changes.
+                        env["PYTHONPATH"] = str(trees[v])
+                        p = h.Proc([py, "-m", "sidecar", *argv[1:]], env, d)
+                        try:
+                            first = p.wait_line("app up", timeout=1800)
+                        finally:
+                            p.kill_tree()
+                        runs[v].append(_timeline(p, first))
+                finally:
+                    s3.drop(bucket)
+                h.verify(db, expect)
+            log(f"run {i + 1} ({', '.join(order)}, load {os.getloadavg()[0]:.1f}): "
+                + ", ".join(f"{v} {runs[v][-1]['app first line']:.3f}" for v in variants))
+        log(f"\n{mb:.0f} MB, {reps} runs each; launch to the app's first line (raw: to exit)")
+        for v in variants:
+            xs = [r["app first line"] for r in runs[v]]
+            raw = statistics.median(r["app first line"] for r in runs["raw"])
+            log(f"  {v}: median {statistics.median(xs):.3f} s ({raw / statistics.median(xs):.2f}x"
+                f" raw) {[round(x, 3) for x in xs]}")
+        cols = [v for v in variants if v != "raw"]
+        log("\n| event (median arrival, s from launch) | " + " | ".join(cols) + " |")
+        log("|---|" + "---|" * len(cols))
+        for ev in PHASES:
+            cells = []
+            for v in cols:
+                xs = [r[ev] for r in runs[v] if ev in r]
+                cells.append(f"{statistics.median(xs):.3f}" if xs else "-")
+            log(f"| {ev} | " + " | ".join(cells) + " |")
+        logged = sorted({k for v in cols for r in runs[v] for k in r if ": " in k})
+        if logged:
+            log("\n| as logged (median, s) | " + " | ".join(cols) + " |")
+            log("|---|" + "---|" * len(cols))
+            for k in logged:
+                cells = []
+                for v in cols:
+                    xs = [r[k] for r in runs[v] if k in r]
+                    cells.append(f"{statistics.median(xs):.3f} ({len(xs)})" if xs else "-")
+                log(f"| {k} | " + " | ".join(cells) + " |")
+    finally:
+        s3.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["start", "restore"])
+    ap.add_argument("what", choices=["start", "restore", "phases"])
     ap.add_argument("--size", type=int, help="restore: database size in MB (default 300); "
                     "start: restore a bucket of this size on every start (default: empty)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, action="append", default=[],
+                    help="phases, repeatable: a tree of another sidecar commit "
+                    "(git archive) to run beside this checkout, interleaved")
     args = ap.parse_args()
     args.size_given = args.size is not None
     args.size = args.size or 300
     h.compile_sidecar()
-    if args.what == "start":
+    for tree in args.baseline:
+        subprocess.run([sys.executable, "-m", "compileall", "-q",
+                        str(tree / "sidecar")], check=True, stdout=subprocess.DEVNULL)
+    if args.what == "phases":
+        phases_profile(args.size, args.reps, args.baseline)
+    elif args.what == "start":
         start_profile(args.reps, args.size if args.size_given else None)
     else:
         restore_profile(args.size, args.reps)

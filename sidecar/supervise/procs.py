@@ -165,47 +165,80 @@ def _wait_exit(proc: subprocess.Popen[bytes], fd: int | None, seconds: float) ->
     return status
 
 
+class Helper:
+    """A helper command started now and waited for later (`wait`), or killed unwaited-for
+    (`kill`); its output goes line by line to `on_line` as it comes. It dies with the thread
+    that started it, so that thread must be the one that waits for it or outlives it."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None, *,
+                 on_line: Callable[[str], None] | None = None,
+                 cwd: str | Path | None = None):
+        self.proc = spawn(argv, env, capture=True, cwd=cwd)
+        self.lines: list[str] = []
+        self._on_line = on_line
+        self._fd = pidfd(self.proc.pid)
+        self._status: int | None = None
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            if self._on_line:
+                self._on_line(line)
+
+    def wait(self, should_stop: Callable[[], bool] | None = None,
+             timeout: float | None = None) -> tuple[int, str]:
+        """Its exit code and output; killed (group) when `should_stop()` turns true or
+        `timeout` passes."""
+        end = None if timeout is None else time.monotonic() + timeout
+        try:
+            while self._status is None:
+                # should_stop is a question, not an event: ask it every 0.1 s; the exit itself
+                # wakes us at once through the pidfd.
+                self._status = _wait_exit(self.proc, self._fd, 0.1)
+                if self._status is not None:
+                    break
+                if (should_stop and should_stop()) or (end is not None
+                                                       and time.monotonic() > end):
+                    self._killed()
+        finally:
+            self._release()
+        self._reader.join(timeout=5)
+        return exit_code(self._status if self._status is not None else -1), \
+            "\n".join(self.lines)
+
+    def kill(self) -> None:
+        """SIGKILL its group and wait for it to be gone."""
+        try:
+            if self._status is None:
+                self._killed()
+        finally:
+            self._release()
+        self._reader.join(timeout=5)
+
+    def _killed(self) -> None:
+        signal_group(self.proc.pid, signal.SIGKILL)
+        while self._status is None:
+            self._status = _wait_exit(self.proc, self._fd, 1.0)
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        release(self.proc.pid)
+        self.proc.returncode = exit_code(self._status) if self._status is not None else -1
+
+
 def run(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
         on_line: Callable[[str], None] | None = None, timeout: float | None = None,
         should_stop: Callable[[], bool] | None = None,
         cwd: str | Path | None = None) -> tuple[int, str]:
     """Run a helper command to completion; its output goes line by line to `on_line` (and is
     returned). Killed (group) when `should_stop()` turns true or `timeout` passes."""
-    proc = spawn(argv, env, capture=True, cwd=cwd)
-    lines: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            lines.append(line)
-            if on_line:
-                on_line(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    end = None if timeout is None else time.monotonic() + timeout
-    status = None
-    fd = pidfd(proc.pid)
-    try:
-        while status is None:
-            # should_stop is a question, not an event: ask it every 0.1 s; the exit itself
-            # wakes us at once through the pidfd.
-            status = _wait_exit(proc, fd, 0.1)
-            if status is not None:
-                break
-            if (should_stop and should_stop()) or (end is not None and time.monotonic() > end):
-                signal_group(proc.pid, signal.SIGKILL)
-                while status is None:
-                    status = _wait_exit(proc, fd, 1.0)
-                break
-    finally:
-        release(proc.pid)
-        if fd is not None:
-            os.close(fd)
-        proc.returncode = exit_code(status) if status is not None else -1
-    reader.join(timeout=5)
-    return exit_code(status), "\n".join(lines)
+    return Helper(argv, env, on_line=on_line, cwd=cwd).wait(should_stop, timeout)
 
 
 def is_pid1() -> bool:
