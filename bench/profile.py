@@ -68,13 +68,7 @@ def start_profile(reps: int, size: int | None) -> None:
     try:
         py = sys.executable
         if size:
-            src = work / "seed" / "app.db"
-            src.parent.mkdir()
-            h.make_db(src, size)
-            seed = s3.bucket()
-            h.seed(s3, src, seed)
-            shutil.rmtree(src.parent)
-            s3.restart()
+            seed, _, _ = seeded_bucket(s3, work, size)
             h.restore(s3, seed, work / "warm.db")  # warm-up, not counted
         for label, argv in (("python -c pass", [py, "-c", "pass"]),
                             ("python -c 'import sidecar.cli'", [py, "-c", "import sidecar.cli"]),
@@ -178,6 +172,20 @@ PROBE = textwrap.dedent("""\
 """)
 
 
+def seeded_bucket(s3: h.S3, work: Path, size: int) -> tuple[str, float, int]:
+    """A bucket holding Litestream's backup of a fresh `size` MB database (the source file
+    removed, the S3 server restarted so nothing of it is cached): (bucket, MB, rows)."""
+    src = work / "seed" / "app.db"
+    src.parent.mkdir()
+    h.make_db(src, size)
+    mb, rows = src.stat().st_size / 1e6, h.count_rows(src)
+    bucket = s3.bucket()
+    h.seed(s3, src, bucket)
+    shutil.rmtree(src.parent)
+    s3.restart()
+    return bucket, mb, rows
+
+
 def timed(argv: list[str], env: dict[str, str]) -> float:
     t0 = time.monotonic()
     res = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -196,15 +204,7 @@ def restore_profile(size: int, reps: int) -> None:
     s3 = h.S3(work / "s3")
     s3.start()
     try:
-        src = work / "seed" / "app.db"
-        src.parent.mkdir()
-        h.make_db(src, size)
-        mb = src.stat().st_size / 1e6
-        expect = h.count_rows(src)
-        bucket = s3.bucket()
-        h.seed(s3, src, bucket)
-        shutil.rmtree(src.parent)
-        s3.restart()
+        bucket, mb, expect = seeded_bucket(s3, work, size)
         d = work / "out"
         d.mkdir()
         db = d / "app.db"
@@ -327,15 +327,7 @@ def phases_profile(size: int, reps: int, baselines: list[Path]) -> None:
     ep = h.Sidecar(s3, work)
     py = sys.executable
     try:
-        src = work / "seed" / "app.db"
-        src.parent.mkdir()
-        h.make_db(src, size)
-        mb = src.stat().st_size / 1e6
-        expect = h.count_rows(src)
-        seed = s3.bucket()
-        h.seed(s3, src, seed)
-        shutil.rmtree(src.parent)
-        s3.restart()
+        seed, mb, expect = seeded_bucket(s3, work, size)
         h.restore(s3, seed, work / "warm.db")  # warm-up, not counted
         (work / "warm.db").unlink()
         trees = {"new": ROOT} | {("old" if i == 0 else f"old{i + 1}"): b

@@ -99,11 +99,14 @@ class DirLag:
         except (ControlError, ValueError, TypeError):
             return None
 
-    def _forget(self, rel: str) -> None:
-        """The bucket's position of `rel` is not known any more (the database was replaced,
-        deleted, or created again under a name the bucket may hold from before)."""
+    def _drop(self, rel: str) -> None:
         self.remote.pop(rel, None)
         self._sweep.pop(rel, None)
+
+    def _forget(self, rel: str) -> None:
+        """The bucket's position of `rel` is not known any more (the database was replaced,
+        or created again under a name the bucket may hold from before): read it again."""
+        self._drop(rel)
         self._relist.add(rel)
 
     def _full(self) -> int:
@@ -177,7 +180,7 @@ class DirLag:
                         self._forget(rel)
             for rel in [r for r in self.changes if r not in present]:
                 self.changes.pop(rel, None)
-                self._forget(rel)
+                self._drop(rel)  # deleted here: nothing to read for it
                 self._relist.discard(rel)
             dirty, self._dirty = self._dirty, set()
             changes = dict(self.changes)

@@ -93,9 +93,9 @@ def _expected_size(path: Path) -> int | None:
     return page * pages
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == \
-        (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a file is the same one, unchanged: device, inode, size, modification time."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class _EarlyCheck(threading.Thread):
@@ -152,7 +152,7 @@ class _EarlyCheck(threading.Thread):
                     return None
                 last = None
                 continue
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            key = _identity(st)
             now = time.monotonic()
             if last is None or last[0] != key:
                 last = (key, now)
@@ -272,7 +272,7 @@ class Restoring:
         if early is not None:
             early.join()
             if early.result == "ok" and early.seen is not None \
-                    and _same_file(early.seen, output.stat()):
+                    and _identity(early.seen) == _identity(output.stat()):
                 result, took = "ok", early.duration
         overlapped = result is not None
         if result is None:

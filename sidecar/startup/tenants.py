@@ -164,26 +164,19 @@ def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
     are final. Raises ReplicaUnreachable."""
     from sidecar import replica
 
-    rep = entry.replica
-    if rep.s3 is None:
-        assert rep.dir is not None
-        return classify(entry, _file_keys(rep.dir))
+    view = BucketView(entry, deadline_s, client=client, page=page)
     end = time.monotonic() + deadline_s
     delay = 0.5
-    # The small client where it is boto3's equal (s3list pages too): a lag check of a
-    # directory must not load boto3 (~24 MB of an idle sidecar's RSS) for one listing.
-    store = (replica.S3Store(rep, timeout=deadline_s, client=client) if client is not None
-             else replica.listing_store(rep, deadline_s))
-    assert isinstance(store, replica.S3Store)
+    spent = 0  # requests of the attempts that failed
     while True:
         try:
-            keys, _ = _keys(store, page=page)
-            out = classify(entry, keys)
-            out.requests = store.requests
+            out = view.full()
+            out.requests += spent
             return out
         except replica.ReplicaUnreachable as exc:
+            spent += exc.requests
             if not retry or exc.kind != "unreachable" or time.monotonic() + delay > end:
-                exc.requests = store.requests  # a failed lag check's requests count too
+                exc.requests = spent  # a failed lag check's requests count too
                 raise
         sleep(delay)
         delay = min(delay * 2, 5.0)
@@ -235,8 +228,10 @@ class BucketView:
         return out, (keys[-1] if keys else None), done
 
     def full(self) -> Listing:
-        if self.entry.replica.s3 is None:
-            return remote_members(self.entry, self.timeout, retry=False)
+        rep = self.entry.replica
+        if rep.s3 is None:
+            assert rep.dir is not None
+            return classify(self.entry, _file_keys(rep.dir))
         return self._run()[0]
 
     def page(self, start_after: str | None) -> Page:
