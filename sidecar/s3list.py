@@ -24,7 +24,9 @@ import hashlib
 import hmac
 import http.client
 import os
+import socket
 import ssl
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,6 +36,8 @@ from urllib.parse import quote, urlsplit
 from sidecar.config import Replica
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# A page of 1,000 keys is a few hundred KB; anything far larger is not a listing.
+MAX_BODY = 16 * 1024 * 1024
 # Variables that change how boto3 reaches or authenticates to S3 in ways this client does not
 # copy: when one is set, the listing callers use boto3.
 _BOTO_ONLY = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "AWS_PROFILE",
@@ -166,16 +170,45 @@ class Client:
                                                context=ctx)
         else:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+        # A socket timeout bounds each read, not the answer: a server that sends a byte now
+        # and then would hold a probe (and the start behind it) for ever. The whole request
+        # is cut off at its deadline instead, and is then unreachable, whatever arrived.
+        limit = self.connect_timeout + self.read_timeout
+        cut = threading.Event()
+
+        def cut_off() -> None:
+            cut.set()
+            sock = conn.sock
+            if sock is not None:  # the plain socket's shutdown, under TLS too: ends any read
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+        timer = threading.Timer(limit, cut_off)
+        timer.daemon = True
+        timer.start()
         try:
             conn.connect()
             assert conn.sock is not None
+            if cut.is_set():  # the deadline passed while connecting (a slow name lookup)
+                raise OSError
             conn.sock.settimeout(self.read_timeout)
             conn.request("GET", target, headers=headers)
             resp = conn.getresponse()
-            return resp.status, resp.read()
+            body = bytearray()
+            while chunk := resp.read(65536):
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise Unreachable(f"an answer larger than {MAX_BODY // 2**20} MB is not "
+                                      "an S3 listing")
+            if cut.is_set():
+                raise OSError
+            return resp.status, bytes(body)
         except (OSError, http.client.HTTPException) as exc:
+            if cut.is_set():
+                raise Unreachable(f"no whole answer within {limit:g}s") from None
             raise Unreachable(type(exc).__name__) from None
         finally:
+            timer.cancel()
             conn.close()
 
     def sign(self, method: str, query: dict[str, str], now: datetime) -> dict[str, str]:
