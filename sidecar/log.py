@@ -1,48 +1,50 @@
-"""Logging, configured once: events with key/values, JSON in containers, plain on a terminal.
+"""Logging, configured once through structlog: events with key/values, JSON in containers,
+plain on a terminal.
 
 Events are short lowercase phrases with key/values (`"restore completed", path=...`).
-All sidecar logs go to stderr so the app's stdout stays the app's. The standard library's
-loggers (apscheduler, botocore, watchdog, Python's warnings) are routed through the same
-renderer, so in JSON mode every line sidecar writes to stderr is one JSON object.
+All sidecar logs go to stderr so the app's stdout stays the app's. sidecar's own loggers and
+the standard library's (apscheduler, botocore, watchdog, Python's warnings) go through one
+handler and one structlog `ProcessorFormatter`, so in JSON mode every line sidecar writes to
+stderr is one JSON object.
 
-A JSON line holds the bound `component`, the event's key/values, `event`, `level` and
-`timestamp` (ISO 8601, UTC, `Z`), with `exception` (the traceback) when `exc_info` is given,
-in that order: the fields structlog's JSON renderer wrote before this module replaced it.
-Written with the standard library only: structlog and the asyncio it imports were a quarter
-of the imports on the path from launch to the app's first line.
+A JSON line is what Railway's log explorer reads as a structured log: `message` (the event,
+never empty), `level` in Railway's words (`debug`, `info`, `warn`, `error`), `timestamp`
+(ISO 8601, UTC, `Z`), `component`, then the event's key/values, then `exception` (the
+traceback) when there is one. The README's "Log lines" section documents the same.
+Tests assert on events with `structlog.testing.capture_logs()` (the keys there are
+structlog's own: `event`, `log_level`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import re
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from typing import Any, TextIO
+
+import structlog
 
 from sidecar.errors import redact
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
+# Railway shows a JSON line as a structured log only when `level` is one of its four words;
+# anything else (Python's `warning`, `critical`) is shown as an error.
+RAILWAY_LEVEL = {"debug": "debug", "info": "info", "warning": "warn", "warn": "warn",
+                 "error": "error", "exception": "error", "critical": "error", "fatal": "error"}
+
+# A JSON line's first keys, in this order; the event's own key/values follow.
+HEAD = ("message", "level", "timestamp", "component")
+
+# Third-party libraries talk a lot at INFO (apscheduler's "Added job", botocore's retries);
+# their warnings and errors are what an operator needs.
+STDLIB_LEVEL = logging.WARNING
+
 _configured = False
-_state: dict[str, Any] = {"fmt": "json", "min": 20}
-_lock = threading.Lock()
-_captured: list[list[dict[str, Any]]] = []  # capture(): events go to these lists instead
 
 
-def _timestamp() -> str:
-    """What `datetime.now(timezone.utc).isoformat()` gives, with `Z` (no datetime import)."""
-    now = time.time()
-    sec = int(now)
-    us = int((now - sec) * 1_000_000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{base}.{us:06d}Z" if us else f"{base}Z"
-
-
-def _redact_urls(event: dict[str, Any]) -> dict[str, Any]:
+def _redact_urls(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     """Mask the userinfo of every URL in every string value (a last line of defence)."""
     for key, value in event.items():
         if isinstance(value, str) and "@" in value:
@@ -50,127 +52,70 @@ def _redact_urls(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def _exc_info(event: dict[str, Any]) -> None:
-    exc = event.pop("exc_info", None)
-    if not exc:
-        return
-    if isinstance(exc, BaseException):
-        exc = (type(exc), exc, exc.__traceback__)
-    elif not isinstance(exc, tuple):
-        exc = sys.exc_info()
-    if exc[0] is not None:
-        import traceback
-
-        event["exception"] = "".join(traceback.format_exception(*exc)).rstrip("\n")
+def _component(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A standard-library record's component is its top logger (`botocore`), and its logger."""
+    record = event.get("_record")
+    if record is not None:
+        event.setdefault("component", record.name.split(".")[0])
+        event.setdefault("logger", record.name)
+    return event
 
 
-def _fallback(obj: Any) -> Any:
-    return repr(obj)
+def _railway_shape(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """`message` never empty, `level` in Railway's words, the head keys first, the traceback
+    last."""
+    message = event.pop("message", None)
+    text = message if isinstance(message, str) else ("" if message is None else str(message))
+    out: dict[str, Any] = {
+        "message": text or "(no message)",
+        "level": RAILWAY_LEVEL.get(str(event.pop("level", "info")).lower(), "info"),
+    }
+    for key in HEAD[2:]:
+        if key in event:
+            out[key] = event.pop(key)
+    exception = event.pop("exception", None)
+    out.update(event)
+    if exception:
+        out["exception"] = exception
+    return out
 
 
-def _console(event: dict[str, Any]) -> str:
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(text: str, keep_newlines: bool = False) -> str:
+    """Control characters as escapes (`\\x1b`, `\\n`): a request path or a file name cannot
+    move a terminal's cursor or forge a second line."""
+    def one(m: re.Match[str]) -> str:
+        ch = m.group()
+        return ch if keep_newlines and ch == "\n" else repr(ch)[1:-1]
+
+    return _CONTROL.sub(one, text)
+
+
+def _console(_logger: Any, _name: str, event: dict[str, Any]) -> str:
+    """`time [level] event key=value ...`: keys sorted, non-text values as JSON, no colours."""
     ev = dict(event)
     ts, level, msg = ev.pop("timestamp", ""), ev.pop("level", ""), ev.pop("event", "")
     exc = ev.pop("exception", None)
-    line = f"{ts} [{level:<9}] {msg:<30} " + " ".join(
-        f"{k}={v if isinstance(v, str) else json.dumps(v, default=_fallback)}"
+    line = f"{ts} [{level:<9}] {_escape(str(msg)):<30} " + " ".join(
+        f"{_escape(str(k))}="
+        f"{_escape(v) if isinstance(v, str) else json.dumps(v, default=repr)}"
         for k, v in sorted(ev.items()))
-    return line.rstrip() + (f"\n{exc}" if exc else "")
+    return line.rstrip() + (f"\n{_escape(exc, keep_newlines=True)}" if exc else "")
 
 
-def _render(event: dict[str, Any]) -> str:
-    _exc_info(event)
-    _redact_urls(event)
-    if _state["fmt"] == "console":
-        return _console(event)
-    return json.dumps(event, default=_fallback)
-
-
-def _emit(event: dict[str, Any]) -> None:
-    if _captured:
-        for sink in _captured:
-            sink.append({**event, "log_level": event.get("level")})
-        return
-    line = _render(event)
-    out: TextIO = sys.stderr  # looked up per line: whatever stderr is now (tests swap it)
-    with _lock:
-        out.write(line + "\n")
-        out.flush()
-
-
-class Logger:
-    """A logger bound to key/values: `info(event, **kw)` and friends, `bind(**kw)`."""
-
-    __slots__ = ("_context",)
-
-    def __init__(self, context: dict[str, Any]):
-        self._context = context
-
-    def bind(self, **kw: Any) -> Logger:
-        return Logger({**self._context, **kw})
-
-    def _log(self, level: str, event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
-        if LEVELS[level] < _state["min"]:
-            return
-        ev = {**self._context, **kw}
-        ev["event"] = event % args if args else event
-        ev["level"] = level
-        ev["timestamp"] = _timestamp()
-        _emit(ev)
-
-    def debug(self, event: str, *args: Any, **kw: Any) -> None:
-        self._log("debug", event, args, kw)
-
-    def info(self, event: str, *args: Any, **kw: Any) -> None:
-        self._log("info", event, args, kw)
-
-    def warning(self, event: str, *args: Any, **kw: Any) -> None:
-        self._log("warning", event, args, kw)
-
-    warn = warning
-
-    def error(self, event: str, *args: Any, **kw: Any) -> None:
-        self._log("error", event, args, kw)
-
-    def critical(self, event: str, *args: Any, **kw: Any) -> None:
-        self._log("critical", event, args, kw)
-
-    def exception(self, event: str, *args: Any, **kw: Any) -> None:
-        kw.setdefault("exc_info", True)
-        self._log("error", event, args, kw)
-
-
-def setup(fmt: str | None = None, level: str = "info") -> None:
-    """Configure logging for the process; `fmt` is "json", "console" or None (auto)."""
-    global _configured
-    if fmt is None:
-        fmt = "console" if sys.stderr.isatty() else "json"
-    _state.update(fmt=fmt, min=LEVELS.get(level.lower(), 20))
-    _route_stdlib(level)
-    _configured = True
-
-
-# Third-party libraries talk a lot at INFO (apscheduler's "Added job", botocore's retries);
-# their warnings and errors are what an operator needs.
-STDLIB_LEVEL = logging.WARNING
-
-
-class _Formatter(logging.Formatter):
-    """A stdlib record rendered like sidecar's own events."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        level = record.levelname.lower()
-        event: dict[str, Any] = {"event": record.getMessage(),
-                                 "level": "warning" if level == "warn" else level,
-                                 "timestamp": _timestamp(),
-                                 "component": record.name.split(".")[0], "logger": record.name}
-        if record.exc_info:
-            event["exc_info"] = record.exc_info
-        return _render(event)
+def _final_processors(fmt: str) -> list[Any]:
+    tail: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                       structlog.processors.format_exc_info, _redact_urls]
+    if fmt == "console":
+        return [*tail, _console]
+    return [*tail, structlog.processors.EventRenamer("message"), _railway_shape,
+            structlog.processors.JSONRenderer()]
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is when the record comes."""
+    """Writes to whatever sys.stderr is when the record comes (tests swap it)."""
 
     _sidecar = True
 
@@ -183,33 +128,55 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def _route_stdlib(level: str) -> None:
-    """One handler on the root logger that renders stdlib records like sidecar's own events."""
+def setup(fmt: str | None = None, level: str = "info") -> None:
+    """Configure logging for the process; `fmt` is "json", "console" or None (auto).
+
+    Called again (a test, a second format), it swaps the renderer and the level and keeps
+    structlog's processor list itself, so a `capture_logs()` around it stays in force."""
+    global _configured
+    if fmt is None:
+        fmt = "console" if sys.stderr.isatty() else "json"
+    wanted = LEVELS.get(level.lower(), logging.INFO)
+    if not _configured:
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            ],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            cache_logger_on_first_use=False,
+        )
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(wanted))
+    _route_stdlib(fmt, wanted)
+    _configured = True
+
+
+def _route_stdlib(fmt: str, wanted: int) -> None:
+    """One handler on the root logger; sidecar's events and the libraries' records both reach
+    it and are rendered by the same processors."""
     handler = _Handler()
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True),
+                           _component],
+        processors=_final_processors(fmt),
+    ))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_sidecar", False)]:
-        root.removeHandler(old)  # setup() again (a test, a second format): one handler only
+        root.removeHandler(old)  # one handler only, whatever the number of setup() calls
     root.addHandler(handler)
-    wanted = LEVELS.get(level.lower(), logging.INFO)
     root.setLevel(max(STDLIB_LEVEL, wanted))
+    # sidecar's own events are filtered by structlog's bound logger; its stdlib logger passes
+    # them all on.
+    logging.getLogger("sidecar").setLevel(logging.DEBUG)
     logging.captureWarnings(True)  # `warnings.warn` from a library: one JSON line too
 
 
-def get(name: str = "sidecar") -> Logger:
-    """A logger bound to a component name."""
+def get(name: str = "sidecar") -> Any:
+    """A logger bound to a component name. Lazy: each call uses the configuration in force
+    then, so a logger kept in an attribute follows `setup()` and `capture_logs()`."""
     if not _configured:
         setup()
-    return Logger({"component": name})
-
-
-@contextlib.contextmanager
-def capture() -> Iterator[list[dict[str, Any]]]:
-    """For tests: the events logged inside the block, as dicts (`event`, `log_level`, the
-    key/values), instead of written out."""
-    sink: list[dict[str, Any]] = []
-    _captured.append(sink)
-    try:
-        yield sink
-    finally:
-        _captured.remove(sink)
+    return structlog.get_logger("sidecar", component=name)

@@ -145,7 +145,7 @@ class Sidecar:
 
     def event(self, name: str) -> dict[str, Any] | None:
         for rec in self.events:
-            if rec.get("event") == name:
+            if rec.get("message") == name:
                 return rec
         return None
 

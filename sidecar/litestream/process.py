@@ -54,23 +54,44 @@ def restore_argv(binary: str, config_path: Path, db: Database, output: Path,
     return argv
 
 
+# Litestream's slog levels, as the logger method that writes them in sidecar's stream (where
+# sidecar/log.py turns `warning` into Railway's `warn`).
+_LEVEL_METHOD = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning",
+                 "error": "error"}
+# Keys of a Litestream line that would collide with the fields of ours (or with structlog's
+# own `event` argument): kept, under `ls_`.
+_OURS = ("event", "message", "level", "timestamp", "component", "logger", "exception",
+         "exc_info")
+
+
+def log_line(line: str, logger: Any, on_error: Callable[[str], None] | None = None,
+             **extra: Any) -> None:
+    """One of Litestream's lines as one of ours: its `msg` as our message, its level mapped
+    (`WARN` is a warning, `ERROR` an error), its other fields kept; a line that is not
+    Litestream's JSON is logged whole as `litestream output`."""
+    line = line.strip()
+    if not line:
+        return
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        rec = None
+    if not isinstance(rec, dict):
+        logger.info("litestream output", **extra, line=line)
+        return
+    level = str(rec.pop("level", "INFO")).lower()
+    msg = str(rec.pop("msg", "") or "") or "litestream output"
+    rec.pop("time", None)
+    fields = dict(extra)
+    for key, value in rec.items():
+        fields[f"ls_{key}" if key in _OURS or key in extra else key] = value
+    if level == "error" and on_error is not None:
+        on_error(f"{msg}: {rec.get('error', '')}".strip(": "))
+    getattr(logger, _LEVEL_METHOD.get(level, "info"))(msg, **fields)
+
+
 def fold_output(lines: Iterable[bytes], logger: Any, on_error: Callable[[str], None]) -> None:
-    """Fold Litestream's JSON log lines into ours, tagged; each error line also goes to
+    """Fold Litestream's JSON log lines into ours (log_line); each error line also goes to
     `on_error` (the supervisor keeps the last one to explain an exit)."""
     for raw in lines:
-        line = raw.decode(errors="replace").strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-            level = str(rec.pop("level", "INFO")).lower() or "info"
-            msg = rec.pop("msg", "")
-            rec.pop("time", None)
-            fields = {k if k not in ("event", "level", "component") else f"ls_{k}": v
-                      for k, v in rec.items()}
-            if level == "error":
-                on_error(f"{msg}: {rec.get('error', '')}".strip(": "))
-            getattr(logger, level if level in ("debug", "warning", "error") else "info")(
-                msg, **fields)
-        except (ValueError, AttributeError):
-            logger.info("output", line=line)
+        log_line(raw.decode(errors="replace"), logger, on_error)

@@ -25,7 +25,7 @@ from typing import Any
 from sidecar import dbfile, log, replica
 from sidecar.config import Config, Database
 from sidecar.errors import ExecError, RestoreError
-from sidecar.litestream.process import child_env, restore_argv
+from sidecar.litestream.process import child_env, log_line, restore_argv
 from sidecar.supervise import procs
 
 TMP_MARK = ".sidecar-restore-"
@@ -196,17 +196,12 @@ class Restoring:
                 self._log_line(line)
 
     def _log_line(self, line: str) -> None:
-        logger = log.get("restore")
-        if line.startswith("{") and '"level"' in line:
-            try:
-                rec = json.loads(line)
-                logger.info("litestream", db=self.db.name, msg=rec.get("msg"),
-                            **{k: v for k, v in rec.items() if k not in ("msg", "time", "level")})
-                return
-            except ValueError:
-                pass
-        if line.strip() and not line.strip().startswith(("{", "}", '"')):
-            logger.info("litestream", db=self.db.name, line=line)
+        # Litestream's log lines as ours (message, level); the pretty-printed `-json` summary
+        # that shares the pipe is read from its lines in `finish`, not logged.
+        text = line.strip()
+        if text and ((text.startswith("{") and '"level"' in text)
+                     or not text.startswith(("{", "}", '"'))):
+            log_line(text, log.get("litestream"), db=self.db.name)
 
     def _files(self) -> tuple[Path, ...]:
         out = self.output

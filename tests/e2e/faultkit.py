@@ -117,7 +117,7 @@ def logged_rows(lines: list[str]) -> list[str]:
 
 
 def events(sc: Any, name: str) -> list[dict[str, Any]]:
-    return [e for e in sc.events if e.get("event") == name]
+    return [e for e in sc.events if e.get("message") == name]
 
 
 def _scan_files(root: Path) -> list[str]:
@@ -168,4 +168,4 @@ SCANNED = {"tests": 0, "lines": 0, "records": 0}
 
 
 def dump(sc: Any) -> str:
-    return json.dumps([e.get("event") for e in sc.events])
+    return json.dumps([e.get("message") for e in sc.events])

@@ -60,7 +60,7 @@ def test_litestream_crash_loop_backs_off_counts_and_keeps_the_app_up(
              what="four scheduled litestream restarts")
     backoffs = [e["in_seconds"] for e in events(sc, "litestream restart scheduled")]
     assert backoffs[:4] == sorted(set(backoffs[:4])) and backoffs[3] >= 4 * backoffs[0], backoffs
-    assert any(e.get("event") == "injected crash" for e in sc.events)  # its log is folded in
+    assert any(e.get("message") == "injected crash" for e in sc.events)  # its log is folded in
     assert metric(env, "sidecar_child_restarts_total", child="litestream") >= 3
     assert metric(env, "sidecar_litestream_up") == 0
     status, body = request(env, "GET", "/readyz")

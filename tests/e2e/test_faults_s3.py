@@ -97,7 +97,7 @@ def test_s3_down_during_final_sync_is_bounded_and_next_start_uploads_the_rest(
     assert sc.wait(60) == 0, sc.output()
     took = time.monotonic() - t0
     assert took < 30, f"shutdown took {took:.1f}s with S3 down"
-    names = [e.get("event") for e in sc.events]
+    names = [e.get("message") for e in sc.events]
     assert "final sync failed" in names or "final sync did not finish in time" in names, names
     local = rows(Path(env["SIDECAR_DB_PATH"]))
     assert local[-1] == "f-final"
@@ -172,7 +172,7 @@ def test_s3_answering_500s_when_restore_needed_refuses_and_creates_nothing(
     sc = sidecars(env, write_app(tmp_path), tmp_path)
     assert sc.wait(60) == 4, sc.output()
     err = next(e for e in sc.events if e.get("exit_code") == 4)
-    assert f"s3://{bucket}/app.db" in err["event"] and "500" in err["event"] + str(err)
+    assert f"s3://{bucket}/app.db" in err["message"] and "500" in err["message"] + str(err)
     db = Path(env["SIDECAR_DB_PATH"])
     assert not db.exists() and not db.with_name("app.db-wal").exists()
     assert sc.stdout == []  # the app never ran

@@ -149,7 +149,7 @@ def test_damaged_db_at_start_refuses_and_never_overwrites_it(
     sc = sidecars(env, write_app(tmp_path), tmp_path)
     assert sc.wait(60) == 4, sc.output()
     err = next(e for e in sc.events if e.get("exit_code") == 4)
-    assert str(db) in err["event"] and detail in err["event"], err
+    assert str(db) in err["message"] and detail in err["message"], err
     assert "sidecar restore --output" in err.get("fix", "")
     assert _sha(db) == digest
     assert sorted(p.name for p in db.parent.iterdir()) == listing

@@ -274,5 +274,5 @@ def test_port_in_use_is_one_clear_error_naming_the_variable(
     assert res.returncode == 3, res.stderr
     errors = [json.loads(line) for line in res.stderr.splitlines()
               if line.startswith("{") and '"error"' in line]
-    assert any("SIDECAR_HTTP_ADDR" in e["event"] for e in errors), res.stderr
+    assert any("SIDECAR_HTTP_ADDR" in e["message"] for e in errors), res.stderr
     assert not (tmp_path / "data" / "app.db").exists()

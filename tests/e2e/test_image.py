@@ -83,12 +83,12 @@ class Container:
         for line in self.logs().splitlines():
             with contextlib.suppress(ValueError):
                 rec = json.loads(line)
-                if isinstance(rec, dict) and "event" in rec:
+                if isinstance(rec, dict) and "message" in rec:
                     out.append(rec)
         return out
 
     def event(self, name: str) -> dict[str, Any] | None:
-        return next((e for e in self.events() if e["event"] == name), None)
+        return next((e for e in self.events() if e["message"] == name), None)
 
     def running(self) -> bool:
         res = podman("inspect", "--format", "{{.State.Running}}", self.name, check=False)
@@ -206,7 +206,7 @@ def test_image_boots_serves_stops_and_restores(image: str, own_s3: S3Server, tmp
     _, notes = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
         get(f"http://127.0.0.1:{app_port}/notes")), 60, 0.2, "the app's first answer")
     assert sorted(n["title"] for n in notes) == sorted([*titles, "the last one"])
-    names = [e["event"] for e in second.events()]
+    names = [e["message"] for e in second.events()]
     assert names.index("restore decided") < names.index("app started")
     wait_for(lambda: get(f"http://127.0.0.1:{http_port}/readyz")[0] == 200, 120, 0.5,
              "/readyz 200 after the restore")

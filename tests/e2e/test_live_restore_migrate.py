@@ -161,10 +161,10 @@ def test_pitr_to_before_a_migration_migrates_again_before_the_app(
     assert app_lines(sc)[1].endswith("columns=id,v,at,note"), app_lines(sc)
     assert app_lines(sc)[1].split()[2] != first_pid
     # Order: restore, safety copy, migration, replication, then the app.
-    names = [e.get("event") for e in sc.events[before:]]
+    names = [e.get("message") for e in sc.events[before:]]
     copy_at = names.index("pre-migration copy")
     migrated_at = next(i for i, e in enumerate(sc.events[before:])
-                       if e.get("event") == "migrations finished" and e.get("after") == "restore")
+                       if e.get("message") == "migrations finished" and e.get("after") == "restore")
     app_at = len(names) - 1 - names[::-1].index("app started")
     assert names.index("replication stopped for the restore") < copy_at < migrated_at < app_at
     assert names.index("restored state replicated") < app_at

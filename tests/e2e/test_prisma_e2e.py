@@ -128,7 +128,7 @@ class Deployment:
 
 def migration_lines(sc: Sidecar) -> str:
     return "\n".join(str(e.get("line", "")) for e in sc.events
-                     if e.get("event") == "migration output")
+                     if e.get("message") == "migration output")
 
 
 @pytest.fixture
@@ -237,7 +237,7 @@ def test_failing_migration_stops_the_start_with_exit_5(deployment: Deployment) -
         urllib.request.urlopen(deployment.url("/health"), timeout=2)
     assert "NoSuchTable" in migration_lines(sc)
     assert deployment.query('SELECT title FROM "Note"') == [("kept",)]
-    copies = [e["path"] for e in sc.events if e.get("event") == "pre-migration copy"]
+    copies = [e["path"] for e in sc.events if e.get("message") == "pre-migration copy"]
     assert len(copies) == 1 and Path(copies[0]).is_file()
     con = dbfile.connect_ro(Path(copies[0]))
     try:

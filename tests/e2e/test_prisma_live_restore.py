@@ -59,10 +59,10 @@ def test_pitr_before_a_prisma_migration_migrates_again_before_the_app(
                      "WHERE finished_at IS NOT NULL ORDER BY migration_name") == \
         [("20250601120000_init",), ("20250701120000_user_bio",)]
     after = sc.events[before:]
-    names = [e.get("event") for e in after]
+    names = [e.get("message") for e in after]
     assert "20250701120000_user_bio" in "\n".join(
-        str(e.get("line", "")) for e in after if e.get("event") == "migration output")
-    copy = next(Path(e["path"]) for e in after if e.get("event") == "pre-migration copy")
+        str(e.get("line", "")) for e in after if e.get("message") == "migration output")
+    copy = next(Path(e["path"]) for e in after if e.get("message") == "pre-migration copy")
     assert "bio" not in [r[1] for r in dep.query('PRAGMA table_info("User")', copy)]
     migrated = max(i for i, n in enumerate(names) if n == "migrations finished")
     assert migrated < max(i for i, n in enumerate(names) if n == "app started")

@@ -43,7 +43,7 @@ def test_fresh_start_rows_reach_bucket_and_final_row_survives_nonzero_exit(
     assert restored[-1] == "a-final"
     assert restored == local
     # The app's SIGTERM came from the sidecar, and the order was app first, then Litestream.
-    names = [e.get("event") for e in sc.events]
+    names = [e.get("message") for e in sc.events]
     assert names.index("app exited") < names.index("final sync") < names.index("litestream stopped")
     assert S3_SECRET not in "\n".join(sc.lines + sc.stdout)
 
@@ -101,10 +101,10 @@ def test_on_failure_restarts_the_app_in_place(tmp_path: Path, sidecars) -> None:
     sc = sidecars(env, app, tmp_path)
     assert sc.wait(timeout=30) == 0
     assert marker.read_text() == "xxx"
-    restarts = [e for e in sc.events if e.get("event") == "app restart scheduled"]
+    restarts = [e for e in sc.events if e.get("message") == "app restart scheduled"]
     assert len(restarts) == 2
     assert restarts[1]["in_seconds"] > restarts[0]["in_seconds"]  # backoff grows
-    assert sum(1 for e in sc.events if e.get("event") == "litestream started") == 1
+    assert sum(1 for e in sc.events if e.get("message") == "litestream started") == 1
 
 
 def test_plain_litestream_exec_loses_the_final_row(tmp_path: Path, s3, bucket) -> None:

@@ -40,12 +40,12 @@ def test_litestream_killed_is_restarted_and_the_app_is_undisturbed(tmp_path: Pat
     first = sc.wait_event("replication started")
     os.kill(first["pid"], signal.SIGKILL)
     sc.wait_event("litestream restart scheduled")
-    wait_for(lambda: sum(1 for e in sc.events if e.get("event") == "litestream started") >= 2,
+    wait_for(lambda: sum(1 for e in sc.events if e.get("message") == "litestream started") >= 2,
              20, what="litestream restarted")
     sc.wait_stdout("wrote k-60", timeout=30)
     wait_for(lambda: "k-55" in rows(side_restore(env, tmp_path / f"r{time.time()}.db")), 30,
              interval=1, what="rows after the restart in the bucket")
-    assert not any(e.get("event") == "app exited" for e in sc.events)
+    assert not any(e.get("message") == "app exited" for e in sc.events)
     assert os.path.exists(f"/proc/{started['pid']}")
     sc.signal(signal.SIGTERM)
     assert sc.wait() == 0

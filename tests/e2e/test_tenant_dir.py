@@ -119,7 +119,7 @@ def test_directory_of_50_replicates_and_comes_back_whole(tmp_path: Path, s3, buc
     assert rows(tenants / "t07.db") == ["t07-0", "t07-1", "t07-2"]
     assert rows(tenants / "new.db") == ["created-while-running"]
     decided = [e for e in second.events if e.get("msg") == "restore decided"
-               or e.get("event") == "restore decided"]
+               or e.get("message") == "restore decided"]
     assert decided and decided[-1]["restored"] == N + 1, decided
 
     # Operator commands for one tenant of the directory, while it runs.

@@ -21,7 +21,7 @@ from sidecar import log
 from sidecar.litestream.control import ControlError
 from sidecar.supervise.supervisor import Supervisor
 
-log.get()  # configured before a test's capture_logs(), which a first log.get() would undo
+log.get()  # configured once, before any test's capture_logs()
 HORIZON = 3600.0  # a history that has not ended by then is a hang
 
 

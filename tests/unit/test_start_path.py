@@ -4,7 +4,6 @@ the log lines keep their fields, and `litestream version` started early gives th
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -13,51 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 
-from sidecar import config, log, parsers
+from sidecar import config
 from sidecar.litestream import config as litestream_config
 from sidecar.startup import preflight
-
-
-def _apscheduler_accepts(text: str) -> bool:
-    try:
-        CronTrigger.from_crontab(text, timezone="UTC")
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
-PLAIN = ["17 3 * * *", "0 0 * * *", "59 23 * * 6", "* * * * *", "5 * * * 0", "* 7 * * *",
-         "00 09 * * *", " 17  3 * * * "]
-OTHER = ["*/5 * * * *", "0 3 1 * *", "0 3 * 1 *", "0 3 * * mon", "0-10 3 * * *",
-         "0 3 * * 1-5", "0,30 * * * *"]
-BAD = ["60 3 * * *", "0 24 * * *", "0 3 * * 8", "0 3 32 * *", "abc", "1 2 3", "0 3 * * * *",
-       "٣ 3 * * *"]
-
-
-@pytest.mark.parametrize("text", PLAIN + OTHER + BAD)
-def test_a_cron_schedule_is_accepted_exactly_when_apscheduler_accepts_it(text: str) -> None:
-    """The fast form never lets through a schedule the scheduler would refuse later."""
-    try:
-        got = parsers.cron(text)
-    except (ValueError, TypeError):
-        got = "refused"
-    assert (got != "refused") == _apscheduler_accepts(text.strip())
-    if got != "refused":
-        assert got == text.strip()
-
-
-def test_every_plain_minute_hour_and_weekday_is_one_apscheduler_accepts() -> None:
-    """The whole range the fast form takes without asking apscheduler."""
-    for m in range(60):
-        for h in (0, 23):
-            assert parsers._plain_cron(f"{m} {h} * * *".split())
-            assert _apscheduler_accepts(f"{m} {h} * * *")
-    for h in range(24):
-        for d in range(7):
-            assert parsers._plain_cron(f"0 {h} * * {d}".split())
-            assert _apscheduler_accepts(f"0 {h} * * {d}")
 
 
 def test_a_bad_schedule_is_still_a_configuration_error(tmp_path: Path) -> None:
@@ -67,22 +25,6 @@ def test_a_bad_schedule_is_still_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError) as info:
         config.load(env, app_command=["true"], cwd=tmp_path)
     assert "SIDECAR_VERIFY_SCHEDULE" in str(info.value)
-
-
-def test_sidecar_run_loads_its_config_without_yaml_structlog_or_apscheduler(
-        tmp_path: Path) -> None:
-    """The default config, loaded as `sidecar run` does, imports none of them."""
-    code = ("import sys, os\n"
-            "from sidecar import cli, config\n"
-            "import sidecar.commands.run\n"
-            f"config.load({{'SIDECAR_DB_PATH': {str(tmp_path / 'app.db')!r}, "
-            "'SIDECAR_MIGRATE_COMMAND': '', 'PATH': os.environ['PATH']}, "
-            f"app_command=['true'], cwd=__import__('pathlib').Path({str(tmp_path)!r}))\n"
-            "print(sorted(m for m in ('yaml', 'structlog', 'apscheduler', 'asyncio') "
-            "if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=tmp_path).stdout
-    assert out.strip() == "[]"
 
 
 def test_the_generated_litestream_config_reads_the_same_as_yaml(tmp_path: Path) -> None:
@@ -98,42 +40,6 @@ def test_the_generated_litestream_config_reads_the_same_as_yaml(tmp_path: Path) 
     text = path.read_text()
     assert yaml.safe_load(text) == doc
     assert json.loads(text.split("\n", 1)[1]) == doc  # after the comment line
-
-
-def test_log_lines_keep_their_fields_order_and_redaction() -> None:
-    """component, the key/values, event, level, timestamp; exception; userinfo masked."""
-    buf = io.StringIO()
-    old = sys.stderr
-    sys.stderr = buf
-    try:
-        log.setup("json")
-        lg = log.get("run")
-        lg.info("config loaded", url="https://key:secret@host/x", n=1, p=Path("/a"))
-        try:
-            raise RuntimeError("boom")
-        except RuntimeError:
-            lg.error("internal error", exc_info=True)
-        lg.debug("not shown")
-    finally:
-        sys.stderr = old
-        log.setup("json")
-    first, second, *rest = [json.loads(x) for x in buf.getvalue().splitlines()]
-    assert rest == []
-    assert list(first) == ["component", "url", "n", "p", "event", "level", "timestamp"]
-    assert first["url"] == "https://***@host/x" and first["p"] == "PosixPath('/a')"
-    assert first["level"] == "info" and first["timestamp"].endswith("Z")
-    assert "RuntimeError: boom" in second["exception"] and second["level"] == "error"
-
-
-def test_stdlib_records_are_rendered_as_json_lines(capfd: pytest.CaptureFixture[str]) -> None:
-    """A library's warning is one JSON line naming its logger."""
-    import logging
-
-    log.setup("json")
-    logging.getLogger("botocore.retry").warning("retrying %s", "now")
-    line = json.loads(capfd.readouterr().err.strip().splitlines()[-1])
-    assert line["event"] == "retrying now" and line["logger"] == "botocore.retry"
-    assert line["component"] == "botocore" and line["level"] == "warning"
 
 
 def test_the_early_version_query_reads_the_version(tmp_path: Path) -> None:

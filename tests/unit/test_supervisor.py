@@ -8,10 +8,10 @@ import signal
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 from supervisor_fakes import FakeWorld, Script, make, start_steps
 
 from sidecar.errors import ExecError, MigrationError, StartError
-from sidecar.log import capture as capture_logs
 
 TERM, KILL = "SIGTERM", "SIGKILL"
 
