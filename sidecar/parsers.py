@@ -160,35 +160,13 @@ def command(text: str) -> tuple[str, ...]:
         raise Invalid(f"must be a command line with balanced quotes ({exc})") from None
 
 
-# minute, hour, day of month, month, day of week: `*` or one number in range (day of month
-# and month only `*`). Every such schedule is one apscheduler accepts, so these (the default
-# "17 3 * * *" among them) skip its import, 0.03-0.08 s of every start; any other form is
-# checked by apscheduler itself, as the scheduler will read it.
-_PLAIN_CRON = ((0, 59), (0, 23), None, None, (0, 6))
-
-
-def _plain_cron(fields: list[str]) -> bool:
-    if len(fields) != 5:
-        return False
-    for value, bounds in zip(fields, _PLAIN_CRON, strict=True):
-        if value == "*":
-            continue
-        if bounds is None or not (value.isascii() and value.isdigit() and len(value) <= 2):
-            return False
-        if not bounds[0] <= int(value) <= bounds[1]:
-            return False
-    return True
-
-
 def cron(text: str) -> str | None:
+    """A cron line as crontab(5) reads it (sidecar/cron.py), normalised; empty: None."""
     if text.strip() == "":
         return None
-    if _plain_cron(text.split()):
-        return text.strip()
-    from apscheduler.triggers.cron import CronTrigger
+    from sidecar import cron as crontab  # it needs Invalid from here
 
-    CronTrigger.from_crontab(text.strip(), timezone="UTC")
-    return text.strip()
+    return crontab.parse(text).text
 
 
 def absolute_path(text: str) -> Path:

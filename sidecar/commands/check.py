@@ -8,7 +8,7 @@ import argparse
 import json
 import time
 
-from sidecar import config, replica
+from sidecar import config, cron, replica
 from sidecar.cli import add_settings, settings_from_args
 from sidecar.errors import ConfigError
 from sidecar.startup import preflight, tenants
@@ -87,6 +87,15 @@ def directory_check(entry: config.DbDir, timeout: float) -> Check:
                  f"database(s) ({listing.requests} request(s))")
 
 
+def verification_check(cfg: config.Config) -> Check:
+    """When the scheduled backup verification runs next (the schedule read as cron reads it)."""
+    if not cfg.verify_schedule:
+        return Check("verification", True, "not scheduled (SIDECAR_VERIFY_SCHEDULE is empty)")
+    when = cron.next_run(cfg.verify_schedule)
+    return Check("verification", True, f"schedule '{cfg.verify_schedule}' (UTC); next at "
+                 + (f"{cron.iso(when)} ({when:%A})" if when else "never"))
+
+
 def main(args: argparse.Namespace) -> int:
     env = config.environment_with_flags(settings_from_args(args))
     try:
@@ -100,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
         checks = [Check("config", True, f"{len(cfg.databases)} database(s)"
                         + (f", {len(cfg.directories)} directory(ies)" if cfg.directories else "")
                         + f"; replica {', '.join(urls)}")]
+        checks.append(verification_check(cfg))
         checks += preflight.inspect(cfg).checks
         running = preflight.lock_is_held(cfg)
         checks.append(Check("daemon", True, "a sidecar is running on this database" if running

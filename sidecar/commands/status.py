@@ -66,6 +66,10 @@ def show(doc: dict[str, Any]) -> None:
               + (f": {job['error']}" if job.get("error") else ""))
         for path in job.get("moved_aside") or []:
             _line("  kept", path)
+    sched = doc.get("verification")
+    if isinstance(sched, dict):
+        _line("next verification", f"{sched['next']} ({sched['schedule']}, UTC)"
+              if sched.get("schedule") else "none (SIDECAR_VERIFY_SCHEDULE is empty)")
     ver = doc.get("last_verification")
     if isinstance(ver, dict):
         for res in ver.get("databases") or []:

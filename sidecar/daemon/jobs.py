@@ -4,7 +4,7 @@ Jobs run in the scheduler's worker threads. Like every other thread here they ne
 process: a job that needs the app or Litestream stopped posts an event to the supervisor.
 
     jobs.add_interval(check, seconds=10, name="lag check")
-    jobs.add_cron(verify, "17 3 * * *", name="backup verification")
+    jobs.add_cron(verify, "17 3 * * 0", name="backup verification")  # Sundays
     stop = jobs.start()   # idempotent; `stop()` shuts the scheduler down
 
 A job's exception is logged with the job's name and does not stop later runs. A run that is
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sidecar import log
+from sidecar import cron, log
 
 if TYPE_CHECKING:  # apscheduler is imported on first use: it is not needed to start the app
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -68,12 +68,10 @@ def add_interval(func: Callable[[], Any], seconds: float, name: str,
 
 
 def add_cron(func: Callable[[], Any], crontab: str, name: str) -> Any:
-    """Run `func` on a 5-field cron schedule (UTC), e.g. SIDECAR_VERIFY_SCHEDULE."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    trigger = CronTrigger.from_crontab(crontab, timezone=UTC)
-    return scheduler().add_job(_guarded(func, name), trigger, id=name, name=name,
-                               replace_existing=True)
+    """Run `func` on a cron line (UTC) as crontab(5) reads it (Sunday is 0 and 7), e.g.
+    SIDECAR_VERIFY_SCHEDULE; sidecar/cron.py turns it into apscheduler's explicit fields."""
+    return scheduler().add_job(_guarded(func, name), cron.parse(crontab).trigger(), id=name,
+                               name=name, replace_existing=True)
 
 
 def start() -> Callable[[], None]:

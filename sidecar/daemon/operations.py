@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, log, replica, scratch, verification
+from sidecar import cron, dbfile, log, replica, scratch, verification
 from sidecar.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot
 from sidecar.config import Config, Database
 from sidecar.daemon import jobs, metrics, status
@@ -474,4 +474,5 @@ def schedule_verify(ops: Operations) -> None:
 
     jobs.add_cron(scheduled, schedule, "backup verification")
     jobs.start()
-    ops.log.info("backup verification scheduled", schedule=schedule)
+    ops.log.info("backup verification scheduled", schedule=schedule,
+                 next=cron.iso(cron.next_run(schedule)))

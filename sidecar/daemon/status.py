@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime
 from typing import Any
 
-from sidecar import __version__
+from sidecar import __version__, cron
 from sidecar.config import secrets_of
 from sidecar.daemon.lag import LagResult, file_sizes
 from sidecar.daemon.runtime import Runtime
@@ -56,6 +57,13 @@ def state(rt: Runtime, restoring: bool = False, resuming: bool = False) -> str:
     return sup.phase
 
 
+def verification(rt: Runtime, now: datetime | None = None) -> dict[str, Any]:
+    """The verification schedule and its next run (ISO 8601 UTC), the time the scheduler
+    fires it (the same trigger); both None when disabled."""
+    schedule = rt.cfg.verify_schedule or None
+    return {"schedule": schedule, "next": cron.iso(cron.next_run(schedule, now))}
+
+
 def _as_dict(value: Any) -> Any:
     if value is None:
         return None
@@ -86,6 +94,7 @@ def build(rt: Runtime, state_now: str | None = None,
         "last_restore": {name: _as_dict(r) for name, r in rt.restores.items()} or None,
         "manual_restore": manual_restore,
         "last_migration": _as_dict(rt.migration),
+        "verification": verification(rt),
         "last_verification": _as_dict(rt.verification),
     }
     return scrub(doc, secrets_of(rt.cfg))
