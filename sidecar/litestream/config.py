@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import atexit
 import copy
-import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sidecar.config import Config, Database, Replica, secrets_of
 from sidecar.errors import PreflightError
@@ -90,13 +91,13 @@ def render_config(cfg: Config, metrics_port: int) -> dict[str, Any]:
 _HEADER = "# Written by sidecar at start; edit your litestream.yml or the variables.\n"
 
 
-def needs_private_file(cfg: Config, text: str) -> bool:
+def needs_private_file(cfg: Config, doc: dict[str, Any]) -> bool:
     """Whether the rendered config must not touch the volume: it holds a secret, or it is the
     project's own config and needed `$VAR` expansion (whatever a variable holds, it stays off
     the disk)."""
-    # The rendered text is JSON: a secret holding `"`, `\\` or a control character is in it
-    # escaped, so look for both forms.
-    if any(s and (s in text or json.dumps(s)[1:-1] in text) for s in secrets_of(cfg)):
+    # Looked for in the values themselves, not in the YAML text, where a secret may be
+    # quoted or escaped.
+    if any(s and s in value for value in _strings(doc) for s in secrets_of(cfg)):
         return True
     if cfg.user_litestream_config is not None:
         try:
@@ -104,6 +105,17 @@ def needs_private_file(cfg: Config, text: str) -> bool:
         except OSError:
             return True
     return False
+
+
+def _strings(node: Any) -> list[str]:
+    """Every string in a config document, keys included."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [x for k, v in node.items() for x in (*_strings(k), *_strings(v))]
+    if isinstance(node, (list, tuple)):
+        return [x for v in node for x in _strings(v)]
+    return []
 
 
 def _is_tmpfs(path: str) -> bool:
@@ -199,19 +211,15 @@ def write_config(cfg: Config, metrics_port: int, path: Path | None = None) -> Pa
 
 
 def dump(doc: dict[str, Any]) -> str:
-    """The config as text: JSON, which is YAML (Litestream reads it as such), written without
-    importing a YAML library on the start path; a value JSON cannot hold goes through YAML."""
-    try:
-        return _HEADER + json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    except (TypeError, ValueError):
-        import yaml
-
-        return _HEADER + yaml.safe_dump(doc, sort_keys=False)
+    """The config as YAML, written by the YAML library: block style, keys in the order
+    rendered, no line folding (a long path or URL stays on one line), non-ASCII as is."""
+    return _HEADER + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False,
+                                    allow_unicode=True, width=float("inf"))
 
 
 def write_doc(cfg: Config, doc: dict[str, Any], path: Path) -> Path:
     text = dump(doc)
-    if needs_private_file(cfg, text):
+    if needs_private_file(cfg, doc):
         target = private_file("litestream.yml")
         fd = os.open(target, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
         with os.fdopen(fd, "w") as f:

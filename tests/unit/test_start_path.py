@@ -1,6 +1,6 @@
-"""What the shorter start path must keep: a cron schedule is still a checked setting (the
-fast form and apscheduler agree), the generated Litestream config reads the same as YAML,
-the log lines keep their fields, and `litestream version` started early gives the same answer."""
+"""What start-up keeps as it should: a bad cron schedule is still a configuration error, the
+generated Litestream config is YAML that PyYAML wrote (and a secret in it stays off the volume),
+and `litestream version` started early gives the same answer."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ def test_a_bad_schedule_is_still_a_configuration_error(tmp_path: Path) -> None:
     assert "SIDECAR_VERIFY_SCHEDULE" in str(info.value)
 
 
-def test_the_generated_litestream_config_reads_the_same_as_yaml(tmp_path: Path) -> None:
-    """Written as JSON (which is YAML): a YAML parser reads back exactly the rendered doc."""
-    db = tmp_path / "data dir" / "app é.db"
+def test_the_generated_litestream_config_is_yaml_written_by_pyyaml(tmp_path: Path) -> None:
+    """Block-style YAML from PyYAML (not JSON): read back, it is exactly the rendered doc;
+    a long non-ASCII path stays on one line, as written."""
+    db = tmp_path / ("data dir " + "x" * 90) / "app é.db"
     db.parent.mkdir()
     env = {"SIDECAR_DB_PATH": str(db), "SIDECAR_REPLICA_URL": "s3://bkt/app.db",
            "SIDECAR_S3_ENDPOINT": "http://127.0.0.1:9", "SIDECAR_MIGRATE_COMMAND": "",
@@ -39,7 +40,37 @@ def test_the_generated_litestream_config_reads_the_same_as_yaml(tmp_path: Path) 
     path = litestream_config.write_config(cfg, 9999)
     text = path.read_text()
     assert yaml.safe_load(text) == doc
-    assert json.loads(text.split("\n", 1)[1]) == doc  # after the comment line
+    header, body = text.split("\n", 1)
+    assert header.startswith("# Written by sidecar")
+    assert body == yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=float("inf"))
+    assert body.startswith("dbs:\n") and not body.lstrip().startswith("{")
+    with pytest.raises(ValueError):
+        json.loads(body)
+    assert any(str(db) in line for line in body.splitlines())
+
+
+def test_a_secret_in_the_config_keeps_it_off_the_volume_whatever_its_quoting(
+        tmp_path: Path) -> None:
+    """A project's litestream.yml holding a secret that YAML must quote (`: `, `'`, `#`):
+    rendered into a private file, not the state dir, though the text holds it quoted."""
+    secret = "se: cr'et #\\x" + "y" * 100  # YAML must quote it, doubling its quote
+    db = tmp_path / "app.db"
+    own = tmp_path / "litestream.yml"
+    own.write_text(yaml.safe_dump({"dbs": [{"path": str(db), "replica": {
+        "type": "s3", "bucket": "bkt", "path": "app.db", "endpoint": "http://127.0.0.1:9",
+        "secret-access-key": secret, "access-key-id": "AKIAEXAMPLE"}}]}))
+    env = {"SIDECAR_DB_PATH": str(db), "LITESTREAM_CONFIG": str(own),
+           "SIDECAR_MIGRATE_COMMAND": "", "SIDECAR_STATE_DIR": str(tmp_path / "state"),
+           "AWS_SECRET_ACCESS_KEY": secret, "PATH": os.environ["PATH"]}
+    cfg = config.load(env, app_command=["true"], cwd=tmp_path)
+    path = litestream_config.write_config(cfg, 9999)
+    try:
+        assert not str(path).startswith(str(tmp_path)), path
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        assert yaml.safe_load(path.read_text())["dbs"][0]["replica"]["secret-access-key"] \
+            == secret
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def test_the_early_version_query_reads_the_version(tmp_path: Path) -> None:
