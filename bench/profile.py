@@ -106,7 +106,7 @@ def start_profile(reps: int, size: int | None) -> None:
                             rec = json.loads(line)
                         except ValueError:
                             continue
-                        events.append((t - p.t0, rec.get("event") or rec.get("msg"),
+                        events.append((t - p.t0, rec.get("message") or rec.get("msg"),
                                        rec.get("duration_seconds")))
                 timelines.append(events)
                 imports.append(importtime([line for _, line in p.err]))
@@ -305,7 +305,7 @@ def _timeline(p: h.Proc, first: float) -> dict[str, float]:
             rec = json.loads(line)
         except ValueError:
             continue
-        ev = rec.get("event")
+        ev = rec.get("message")
         if ev in PHASES and ev not in at:
             at[ev] = t - p.t0
             for k in ("duration_seconds", "running_seconds", "waited_seconds"):

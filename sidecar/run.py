@@ -62,7 +62,7 @@ def prepare(cfg: Config, env: dict[str, str],
                        replica=cfg.databases[0].replica.url if cfg.databases[0].replica else None,
                        fix="set SIDECAR_REPLICA_URL=s3://BUCKET/PREFIX for a real backup")
     warn_draining(cfg)
-    metrics.set_build_info(__version__, rt.litestream_version or "unknown")
+    metrics.watch(rt)  # the state families (lag, positions, children, sizes) read from rt
     for db in cfg.databases:
         metrics.init_db(str(db.path))  # the same `db` label value Litestream uses
     port = free_loopback_port()
@@ -249,9 +249,8 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
         schedule_verify(ops)
         monitor.begin_checks()
         jobs.start()
-        metrics.load()  # prometheus_client, once the app is up (or the first scrape did)
 
-    # Once the app is up, in a thread of its own: importing apscheduler and prometheus_client
+    # Once the app is up, in a thread of its own: importing apscheduler
     # and starting the scheduler's thread overlap with the app's own start.
     once = threading.Lock()
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar.daemon import api, metrics
-from sidecar.daemon.lag import refresh_sizes
 from sidecar.daemon.runtime import Runtime
 
 # /healthz fails once the supervisor loop's thread has shown no progress for this long. The
@@ -28,7 +27,6 @@ class Probes:
 
     def metrics(self) -> api.Text:
         rt = self.rt
-        refresh_sizes(rt.cfg.databases)
         sup = rt.supervisor
         # Litestream's endpoint is only asked while it runs; a known-down Litestream is already
         # visible as sidecar_litestream_up 0 and would only add scrape errors.

@@ -387,19 +387,12 @@ class DbLag:
         return res
 
     def _export(self, res: LagResult) -> None:
+        # The check's events; its result (lag, positions) is read at scrape time
+        # (metrics.RuntimeCollector).
         db = self.label
-        metrics.REPLICATION_LAG.labels(db=db).set(res.lag_seconds or 0.0)
-        metrics.REPLICA_REACHABLE.labels(db=db).set(1 if res.reachable else 0)
         metrics.LAG_CHECKS.labels(db=db, outcome="ok" if res.reachable else "failed").inc()
         if res.requests:
             metrics.REPLICA_REQUESTS.labels(db=db, operation="list_objects_v2").inc(res.requests)
-        if res.local_txid is not None:
-            metrics.LOCAL_TXID.labels(db=db).set(res.local_txid)
-        if res.replica_txid is not None:
-            metrics.REPLICA_TXID.labels(db=db).set(res.replica_txid)
-        if res.last_upload:
-            metrics.REPLICA_LAST_UPLOAD.labels(db=db).set(res.last_upload)
-        refresh_sizes([self.db])
 
 
 def file_sizes(db: Database) -> tuple[int | None, int]:
@@ -412,12 +405,6 @@ def file_sizes(db: Database) -> tuple[int | None, int]:
 
     return size(db.path), size(Path(f"{db.path}-wal")) or 0
 
-
-def refresh_sizes(dbs: Iterable[Database]) -> None:
-    for db in dbs:
-        size, wal = file_sizes(db)
-        metrics.DB_SIZE.labels(db=str(db.path)).set(size or 0)
-        metrics.WAL_SIZE.labels(db=str(db.path)).set(wal)
 
 
 # ------------------------------------------------------------------ the monitor

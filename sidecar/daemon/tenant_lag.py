@@ -75,7 +75,6 @@ class DirLag:
         self.result = LagResult(db=self.label)
         self.members = 0
         self.behind: list[tuple[str, float]] = []
-        self._exported: set[str] = set()
         self._log = log.get("lag")
 
     def file_changed(self, path: str) -> None:
@@ -237,20 +236,12 @@ class DirLag:
         return res
 
     def _export(self, res: LagResult) -> None:
+        # The check's events; the entry's lags and counts (the first `per_db_limit` databases
+        # by path) are read at scrape time (metrics.RuntimeCollector).
         d = self.label
-        metrics.REPLICATION_LAG.labels(db=d).set(res.lag_seconds or 0.0)
-        metrics.REPLICA_REACHABLE.labels(db=d).set(1 if res.reachable else 0)
         metrics.LAG_CHECKS.labels(db=d, outcome="ok" if res.reachable else "failed").inc()
         if res.requests:
             metrics.REPLICA_REQUESTS.labels(db=d, operation="list_objects_v2").inc(res.requests)
-        metrics.DIR_DATABASES.labels(dir=d).set(self.members)
-        metrics.DIR_BEHIND.labels(dir=d).set(len(self.behind))
-        shown = {str(self.entry.dir / r) for r in sorted(self.lags)[:self.per_db_limit]}
-        for path in self._exported - shown:  # a database gone, or past the limit now
-            metrics.REPLICATION_LAG.remove(path)
-        for rel in sorted(self.lags)[:self.per_db_limit]:
-            metrics.REPLICATION_LAG.labels(db=str(self.entry.dir / rel)).set(self.lags[rel])
-        self._exported = shown
 
     def summary(self) -> dict[str, Any]:
         """What /status shows for the entry: counts and the furthest behind, not every DB."""

@@ -14,7 +14,6 @@ from typing import Any
 
 from sidecar import log
 from sidecar.config import Config
-from sidecar.daemon import metrics
 from sidecar.errors import ExecError, StartError, exec_code
 from sidecar.litestream.control import Control, ControlError
 from sidecar.litestream.process import child_env, fold_output, replicate_argv
@@ -80,10 +79,6 @@ class Children:
         assert child.proc is not None
         self.log.info(f"{child.name} started", pid=child.proc.pid,
                       command=child.argv[0] if child.name == "app" else "litestream replicate")
-        self._gauge(child).set(1)
-
-    def _gauge(self, child: Child) -> Any:
-        return metrics.APP_UP if child is self.app else metrics.LITESTREAM_UP
 
     def _fold_litestream_output(self, lines: Any) -> None:
         def keep(error: str) -> None:
@@ -124,7 +119,6 @@ class Children:
                 return
             code = self.litestream.poll()
             if code is not None:
-                self._gauge(self.litestream).set(0)
                 raise StartError(
                     f"cannot start: litestream exited with code {code} during start-up "
                     f"({self.last_litestream_error or 'see its log lines above'})")
@@ -174,7 +168,6 @@ class Children:
             self.beat()
             code = app.poll()
             if code is not None:
-                self._gauge(app).set(0)
                 self.log.info("app exited", code=code, reason=reason)
                 app.last_exit = None  # stopped on purpose: not the sidecar's exit code
                 return
@@ -202,7 +195,6 @@ class Children:
                     child.signal(sig)
                 while child.pid and self.clock() < end:
                     if child.poll() is not None:
-                        self._gauge(child).set(0)
                         break
                     self.waker.wait(fds([child]), min(IDLE_WAKE, end - self.clock()))
 

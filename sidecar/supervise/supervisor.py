@@ -249,7 +249,6 @@ class Supervisor(Children):
             code = child.poll() if child is not None else None
             if child is None or code is None:
                 continue
-            self._gauge(child).set(0)
             if child is self.app:
                 self._on_app_exit(code)
             else:

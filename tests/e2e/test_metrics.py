@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import math
 import os
@@ -15,10 +16,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from sidecar.daemon import metrics
+from sidecar.daemon.lag import LagResult
 from testkit import free_port, tool
 from testkit.procs import stop, wait_serving
 
@@ -69,6 +73,26 @@ def families(body: bytes) -> dict[str, str]:
 def sample(name: str, **labels: str) -> float:
     value = metrics.REGISTRY.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+def runtime(db: str, litestream_version: str = "0.5.17", **result: Any) -> SimpleNamespace:
+    """What metrics.RuntimeCollector reads from a Runtime: one database, its last lag check
+    (LagResult fields; none: no check yet), no supervisor (children down)."""
+    res = LagResult(db=db, **result)
+    return SimpleNamespace(
+        cfg=SimpleNamespace(databases=[SimpleNamespace(path=Path(db))]),
+        lag=SimpleNamespace(dbs=[SimpleNamespace(label=db, result=res)], dirs=[]),
+        supervisor=None, litestream_version=litestream_version)
+
+
+@contextlib.contextmanager
+def watching(rt: Any) -> Iterator[Any]:
+    """metrics.watch(rt) for the block; then back to no runtime."""
+    metrics.watch(rt)
+    try:
+        yield rt
+    finally:
+        metrics.watch(None)
 
 
 @pytest.fixture
@@ -135,7 +159,8 @@ def served_text() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
 def test_every_spec_metric_is_exposed_with_its_labels() -> None:
     """Each SPEC section 3 metric appears in render() with exactly the SPEC's label names."""
     metrics.init_db("/data/spec.db")
-    body = metrics.render(None)
+    with watching(runtime("/data/spec.db")):
+        body = metrics.render(None)
     declared = families(body)
     for name, labels in SPEC_METRICS.items():
         assert name in declared, f"{name} missing from /metrics"
@@ -168,31 +193,82 @@ def test_known_label_values_exist_at_zero_from_the_start() -> None:
         assert f'sidecar_migrations_total{{outcome="{outcome}"}}' in body
 
 
-def test_init_db_starts_from_nothing_known() -> None:
-    """init_db makes lag NaN (unknown), the bucket unreachable and every position 0."""
-    metrics.init_db("/data/fresh.db")
-    lag = sample("sidecar_replication_lag_seconds", db="/data/fresh.db")
-    assert math.isnan(lag)  # no check has measured it yet
-    assert sample("sidecar_replica_reachable", db="/data/fresh.db") == 0
-    assert sample("sidecar_replica_txid", db="/data/fresh.db") == 0
-    assert sample("sidecar_backup_verify_last_success_timestamp_seconds", db="/data/fresh.db") == 0
-    body = metrics.render(None).decode()
-    assert 'sidecar_lag_checks_total{db="/data/fresh.db",outcome="failed"} 0.0' in body
-
-
-def test_set_build_info_keeps_one_series() -> None:
-    """set_build_info replaces the earlier series rather than adding a second one."""
-    (family,) = [m for m in metrics.REGISTRY.collect() if m.name == "sidecar_build_info"]
-    (previous,) = [s.labels for s in family.samples]
-    try:
-        metrics.set_build_info("9.9.9", "0.5.17")
-        metrics.set_build_info("1.2.3", "0.5.17")
+def test_a_database_starts_from_nothing_known(tmp_path: Path) -> None:
+    """Before any lag check: lag NaN (unknown), the bucket unreachable, every position 0, the
+    lag-check counters at 0; the file sizes are the files' own, read at the scrape."""
+    db = tmp_path / "fresh.db"
+    db.write_bytes(b"x" * 4096)
+    metrics.init_db(str(db))
+    with watching(runtime(str(db))):
+        assert math.isnan(sample("sidecar_replication_lag_seconds", db=str(db)))
+        assert sample("sidecar_replica_reachable", db=str(db)) == 0
+        assert sample("sidecar_replica_txid", db=str(db)) == 0
+        assert sample("sidecar_local_txid", db=str(db)) == 0
+        assert sample("sidecar_db_size_bytes", db=str(db)) == 4096
+        assert sample("sidecar_wal_size_bytes", db=str(db)) == 0
         body = metrics.render(None).decode()
-        assert re.findall(r"^sidecar_build_info\{.*$", body, re.MULTILINE) == [
-            'sidecar_build_info{litestream_version="0.5.17",version="1.2.3"} 1.0'
-        ]
-    finally:
-        metrics.set_build_info(previous["version"], previous["litestream_version"])
+    assert sample("sidecar_backup_verify_last_success_timestamp_seconds", db=str(db)) == 0
+    assert f'sidecar_lag_checks_total{{db="{db}",outcome="failed"}} 0.0' in body
+
+
+def test_state_is_read_from_the_runtime_at_scrape_time(tmp_path: Path) -> None:
+    """The lag and positions are the last check's, read when scraped (no copy to fall
+    behind); a check that could not ask Litestream keeps the last known position; the build
+    info follows the Litestream version preflight found, in one series."""
+    db = str(tmp_path / "app.db")
+    with watching(runtime(db, checks=1, lag_seconds=2.5, local_txid=7, replica_txid=6,
+                          last_upload=1_700_000_000.0, reachable=True)) as rt:
+        assert sample("sidecar_replication_lag_seconds", db=db) == 2.5
+        assert sample("sidecar_local_txid", db=db) == 7
+        assert sample("sidecar_replica_txid", db=db) == 6
+        assert sample("sidecar_replica_reachable", db=db) == 1
+        assert sample("sidecar_replica_last_upload_timestamp_seconds", db=db) == 1_700_000_000
+        rt.lag.dbs[0].result = LagResult(db=db, checks=2, lag_seconds=0.0, replica_txid=8,
+                                         reachable=True)
+        assert sample("sidecar_local_txid", db=db) == 7  # unknown this time: the last known
+        assert sample("sidecar_replica_txid", db=db) == 8
+        assert sample("sidecar_replication_lag_seconds", db=db) == 0
+        rt.litestream_version = "0.5.99"
+        body = metrics.render(None).decode()
+    assert re.findall(r"^sidecar_build_info\{.*$", body, re.MULTILINE) == [
+        f'sidecar_build_info{{litestream_version="0.5.99",version="{metrics.__version__}"}} 1.0']
+
+
+def test_children_are_up_while_the_supervisor_says_they_run() -> None:
+    """sidecar_app_up and sidecar_litestream_up are the supervisor's own view."""
+    class Sup:
+        app, litestream = True, False
+
+        def app_running(self) -> bool:
+            return self.app
+
+        def litestream_running(self) -> bool:
+            return self.litestream
+
+    rt = runtime("/data/kids.db")
+    rt.supervisor = Sup()
+    with watching(rt):
+        assert (sample("sidecar_app_up"), sample("sidecar_litestream_up")) == (1, 0)
+        rt.supervisor.app, rt.supervisor.litestream = False, True
+        assert (sample("sidecar_app_up"), sample("sidecar_litestream_up")) == (0, 1)
+    assert (sample("sidecar_app_up"), sample("sidecar_litestream_up")) == (0, 0)
+
+
+def test_each_metric_is_declared_once_and_nothing_is_replayed() -> None:
+    """metrics.py holds prometheus_client's own objects: no stand-in, no queue, no second
+    module declaring them again."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import sidecar.daemon as daemon
+
+    src = Path(metrics.__file__).read_text()
+    assert "_pending" not in src and "replay" not in src.lower()
+    assert not (Path(daemon.__file__).parent / "registry.py").exists()
+    names = [v._name for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
+    names += list(metrics.STATE)
+    assert len(names) == len(set(names))
+    assert set(SPEC_METRICS) <= {n + "_total" if n + "_total" in SPEC_METRICS else n
+                                 for n in names}
 
 
 def test_content_type_is_classic_text_format() -> None:

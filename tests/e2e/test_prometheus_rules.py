@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from test_metrics import runtime
 
 from sidecar.daemon import metrics
 from testkit import free_port
@@ -312,13 +313,16 @@ def api(url: str, path: str, **params: str) -> Any:
 
 
 @needs_prometheus
-def test_dashboard_queries_return_data_from_a_real_scrape(prometheus: str) -> None:
+def test_dashboard_queries_return_data_from_a_real_scrape(prometheus: str,
+                                                          request: pytest.FixtureRequest) -> None:
     """A real Prometheus scraping render() answers every panel query with series, and every
     alert rule evaluates without error."""
     db = "/data/dashboard.db"
     metrics.init_db(db)
     now = time.time()
-    metrics.REPLICA_LAST_UPLOAD.labels(db=db).set(now - 5)
+    request.addfinalizer(lambda: metrics.watch(None))
+    metrics.watch(runtime(db, checks=1, lag_seconds=0.5, last_upload=now - 5, local_txid=3,
+                          replica_txid=3, reachable=True))
     metrics.BACKUP_VERIFY_LAST_SUCCESS.labels(db=db).set(now - 60)
     metrics.REPLICA_REQUESTS.labels(db=db, operation="list_objects_v2").inc()
     metrics.LAG_CHECKS.labels(db=db, outcome="ok").inc()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -85,65 +83,3 @@ def test_the_early_version_query_reads_the_version(tmp_path: Path) -> None:
     assert preflight.VersionQuery(str(old)).result() == "0.3.13"
     assert preflight.VersionQuery(str(tmp_path / "missing")).result() is None
     assert preflight.VersionQuery(None).result() is None
-
-
-OPS = """
-m.set_build_info("1.2.3", "0.5.17")
-m.init_db("/data/app.db")
-m.RESTORES.labels(trigger="startup", outcome="restored").inc()
-m.RESTORE_DURATION.set(3.25)
-m.MIGRATIONS.labels(outcome="skipped").inc()
-m.LITESTREAM_UP.set(1)
-m.APP_UP.set(1)
-m.REPLICA_REQUESTS.labels(db="/data/app.db", operation="list_objects_v2").inc(2)
-m.LAG_CHECKS.labels(db="/data/b.db", outcome="ok")
-m.REPLICATION_LAG.labels("/data/gone.db").set(1)
-m.REPLICATION_LAG.remove("/data/gone.db")
-"""
-
-
-def _render_after_ops(module: str) -> str:
-    code = (f"from sidecar.daemon import {module} as m\n{OPS}\n"
-            + ("assert not m.loaded()\n" if module == "metrics" else "")
-            + "import sys; sys.stdout.write(m.render(None).decode())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    return "\n".join(x for x in out.splitlines() if not x.startswith(("process_", "# HELP process_",
-                                                                      "# TYPE process_")))
-
-
-def test_metrics_recorded_before_the_registry_loads_are_all_there() -> None:
-    """Set and counted before prometheus_client is loaded, scraped after: the same text as
-    when the same calls go straight to the registry."""
-    direct = _render_after_ops("registry")
-    assert 'sidecar_restores_total{outcome="restored",trigger="startup"} 1.0' in direct
-    assert _render_after_ops("metrics") == direct
-
-
-def test_every_registry_metric_has_its_stand_in() -> None:
-    """A metric declared in registry.py is reachable under the same name in metrics."""
-    from prometheus_client.metrics import MetricWrapperBase
-
-    from sidecar.daemon import metrics, registry
-
-    declared = {k for k, v in vars(registry).items() if isinstance(v, MetricWrapperBase)}
-    assert declared and declared <= set(vars(metrics))
-    assert metrics.CONTENT_TYPE == registry.CONTENT_TYPE
-
-
-def test_a_bad_recorded_metric_call_is_logged_and_the_rest_replayed_once() -> None:
-    """A call that fails on the real metric (a wrong label) is logged; the calls around it
-    still land, each exactly once, and nothing stays queued: a second load or scrape does
-    not replay them again."""
-    code = ("from sidecar.daemon import metrics as m\n"
-            "m.RESTORES.labels(trigger='startup', outcome='restored').inc()\n"
-            "m.RESTORES.labels(no_such_label='x').inc()\n"
-            "m.APP_UP.set(1)\n"
-            "m.load(); m.load()\n"
-            "assert m.loaded() and not m._pending\n"
-            "import sys; sys.stdout.write(m.render(None).decode())\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert 'sidecar_restores_total{outcome="restored",trigger="startup"} 1.0' in res.stdout
-    assert "sidecar_app_up 1.0" in res.stdout
-    assert '"metric call failed"' in res.stderr and "RESTORES" in res.stderr

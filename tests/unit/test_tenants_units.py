@@ -240,7 +240,7 @@ def test_a_failed_directory_check_still_counts_its_requests(tmp_path: Path) -> N
             raise exc
 
     def counted() -> float:
-        return metrics.load().REPLICA_REQUESTS.labels(
+        return metrics.REPLICA_REQUESTS.labels(
             db=str(entry.dir), operation="list_objects_v2")._value.get()
 
     before = counted()
