@@ -9,6 +9,7 @@ one implementation of each.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import re
 import sqlite3
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, reachable, replica
+from sidecar import dbfile, names, reachable, replica
 from sidecar.config import Config, Database
 from sidecar.daemon.api import (
     Target,
@@ -59,9 +60,13 @@ def pick_database(cfg: Config, name: str | None) -> Database:
             return db
     for entry in cfg.directories:
         p = Path(name)
-        rel = str(p.relative_to(entry.dir)) if p.is_absolute() and p.is_relative_to(
-            entry.dir) else name
-        if tenants.matches(entry, rel):
+        rel = name[len(str(entry.dir)) + 1:] if p.is_absolute() and name.startswith(
+            str(entry.dir) + "/") else name
+        # The one rule for a database name (names.py), as for the bucket's names.
+        why = names.problem(rel)
+        if why is not None and fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], entry.pattern):
+            raise OperatorError(f"cannot choose a database: --db: the name {rel!r} {why}")
+        if why is None and tenants.fits(entry, rel):
             return tenants.member(entry, rel)
     raise OperatorError(f"cannot choose a database: --db: {name!r} is not one of "
                         + _choices(cfg))
