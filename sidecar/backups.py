@@ -267,6 +267,10 @@ def check_output(cfg: Config, output: Path, force: bool, verb: str, live_hint: s
     if not output.parent.is_dir():
         raise OperatorError(f"cannot {verb}: --output: the directory {output.parent} "
                             "does not exist")
+    if output.is_dir():  # --force replaces a file, never a directory (rename cannot)
+        raise OperatorError(f"cannot {verb}: --output: {output} is a directory; nothing was "
+                            "written",
+                            hint=f"name a file, such as {output / 'copy.db'}")
     if output.exists() and not force:
         raise OperatorError(f"cannot {verb}: --output: {output} already exists",
                             hint="choose another path, or add --force to replace it")
