@@ -120,10 +120,14 @@ class Listing:
     # Backups where the entry looks whose name the rule refuses (names.py): rel -> (a key
     # of it, relative to the prefix; why). Never a member: never restored, never a path.
     bad: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # rel -> bytes of its newest snapshot, when the listing gave sizes (what a restore of it
+    # will write, about: the restore cap in restore_on_start).
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
-def classify(entry: DbDir, keys: list[str]) -> Listing:
+def classify(entry: DbDir, keys: list[str], sizes: dict[str, int] | None = None) -> Listing:
     out = Listing()
+    newest: dict[str, int] = {}  # rel -> the max TXID of the snapshot in out.sizes
     for key in keys:
         m = _V5.match(key) or _V3.match(key)
         if m is None:
@@ -140,6 +144,13 @@ def classify(entry: DbDir, keys: list[str]) -> Listing:
         layout = "0.5" if m.re is _V5 else "0.3"
         if layout == "0.5":
             out.positions[rel] = max(out.positions.get(rel, 0), int(m.group(2), 16))
+        if sizes is not None and key in sizes:
+            if layout == "0.5" and key[len(rel):].startswith("/0009/"):
+                txid = int(m.group(2), 16)
+                if txid >= newest.get(rel, -1):
+                    newest[rel], out.sizes[rel] = txid, sizes[key]
+            elif layout == "0.3" and "/snapshots/" in key[len(rel):]:
+                out.sizes[rel] = max(out.sizes.get(rel, 0), sizes[key])
         if out.members.get(rel) != "0.5":
             out.members[rel] = layout
     # A database inside another's path (`t1.db/0009/n.db`) would need `t1.db` as a
@@ -168,10 +179,11 @@ def _file_keys(root: Path, sub: str = "") -> list[str]:
 
 
 def _keys(store: Any, sub: str = "", start_after: str | None = None,
-          max_pages: int | None = None, page: int = 1000) -> tuple[list[str], bool]:
+          max_pages: int | None = None, page: int = 1000,
+          sizes: dict[str, int] | None = None) -> tuple[list[str], bool]:
     """Keys under the store's prefix + `sub` (relative to the store's prefix), from after
     `start_after` (relative too), at most `max_pages` requests; and whether the listing
-    reached the end."""
+    reached the end. Each key's size goes into `sizes` when given."""
     keys: list[str] = []
     token: str | None = None
     pages = 0
@@ -185,6 +197,9 @@ def _keys(store: Any, sub: str = "", start_after: str | None = None,
         resp = store._call(store._client.list_objects_v2, **kwargs)
         pages += 1
         keys += [o["Key"][len(store.prefix):] for o in resp.get("Contents", [])]
+        if sizes is not None:
+            sizes.update((o["Key"][len(store.prefix):], int(o.get("Size") or 0))
+                         for o in resp.get("Contents", []))
         token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
         if not token:
             return keys, True
@@ -254,12 +269,13 @@ class BucketView:
         from sidecar import replica
 
         store = self._store()
+        sizes: dict[str, int] = {}
         try:
-            keys, done = _keys(store, sub, start_after, max_pages, self.page_keys)
+            keys, done = _keys(store, sub, start_after, max_pages, self.page_keys, sizes)
         except replica.ReplicaUnreachable as exc:
             exc.requests = store.requests
             raise
-        out = classify(self.entry, keys)
+        out = classify(self.entry, keys, sizes)
         out.requests = store.requests
         return out, (keys[-1] if keys else None), done
 
@@ -345,6 +361,38 @@ def _refuse_or_skip_bad(cfg: Config, entry: DbDir, listing: Listing, local: set[
              "to start without them; nothing was restored")
 
 
+# What a restore writes beyond its snapshot's size: Litestream's temporary file and the page
+# overhead (as scratch.copy_estimate), and at least this much per database.
+_SIZE_MARGIN = 1.25
+_PER_DB = 1024 * 1024
+
+
+def _check_cap(cfg: Config, entry: DbDir, listing: Listing, needed: list[str]) -> None:
+    """Refuse (RestoreError, exit 4, naming the figures) a directory restore that a bucket
+    could make without bound: more databases than SIDECAR_RESTORE_MAX_DATABASES, or more
+    bytes than the directory's filesystem has free (the newest snapshots' sizes)."""
+    from sidecar import scratch
+    from sidecar.errors import RestoreError
+
+    if len(needed) > cfg.restore_max_databases:
+        raise RestoreError(
+            f"cannot start: the replica {entry.replica.url} holds {len(needed)} databases to "
+            f"restore into {entry.dir}; at most {cfg.restore_max_databases} "
+            "(SIDECAR_RESTORE_MAX_DATABASES)",
+            hint="raise SIDECAR_RESTORE_MAX_DATABASES if the bucket really holds that many "
+                 "tenants, or remove the backups that do not belong there; nothing was "
+                 "restored")
+    need = sum(int(listing.sizes.get(rel, 0) * _SIZE_MARGIN) + _PER_DB for rel in needed)
+    free = scratch.free_bytes(entry.dir)
+    if need > free:
+        raise RestoreError(
+            f"cannot start: restoring {len(needed)} databases into {entry.dir} needs about "
+            f"{scratch.mb(need)} (their newest snapshots in {entry.replica.url}, with a "
+            f"margin) and its filesystem has {scratch.mb(free)} free",
+            hint="make room on the volume (or a larger one), or remove the backups that do "
+                 "not belong there; nothing was restored")
+
+
 def restore_on_start(cfg: Config, entry: DbDir, binary: str,
                      should_stop: Callable[[], bool] | None = None) -> list[RestoreResult]:
     """Restore every database the bucket holds under the entry's prefix and the volume lacks
@@ -396,6 +444,7 @@ def restore_on_start(cfg: Config, entry: DbDir, binary: str,
                for rel in sorted(local) if rel not in needed]
     if not needed:
         return results
+    _check_cap(cfg, entry, listing, needed)
     members = [member(entry, rel) for rel in needed]
     for rel in needed:  # a recursive entry's subdirectories
         (entry.dir / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,10 @@ real tenants come back whole."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sqlite3
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit import S3Server, base_env, rows, run_sidecar, s3_env
+from testkit import BIN, S3Server, base_env, rows, run_sidecar, s3_env
 
 pytestmark = pytest.mark.slow
 
@@ -177,3 +180,61 @@ def _one_start(base: Path, srv: S3Server, rel: str, nested: bool, recursive: str
     assert not (tenants / rel).exists(), what  # never made, not even as a directory
     if state.exists():
         assert not list(state.rglob("*.db*")), what
+
+
+def test_a_directory_left_at_a_databases_path_is_exit_4_not_70(tmp_path: Path,
+                                                               server: S3Server) -> None:
+    """A directory where the bucket's t1.db goes (what an earlier version left after a nested
+    plant, even once the object was deleted): exit 4 naming it (was IsADirectoryError, exit
+    70, at every start); with `skip` the other tenant comes back and the directory stays."""
+    tenants = tmp_path / "data" / "tenants"
+    (tenants / "t1.db" / "0009").mkdir(parents=True)
+    for mode in ("refuse", "skip"):
+        env = _env(tmp_path, server, SIDECAR_DB_RECURSIVE="1", SIDECAR_BUCKET_BAD_NAMES=mode)
+        res = run_sidecar(["run", "--", "true"], env, tmp_path, timeout=180)
+        what = f"{mode}: exit {res.returncode}\n{res.stderr[-3000:]}"
+        assert "Traceback" not in res.stderr, what
+        assert f"{tenants / 't1.db'} is a directory" in res.stderr, what
+        if mode == "refuse":
+            assert res.returncode == 4, what
+            assert not (tenants / "t2.db").exists(), what
+        else:
+            assert res.returncode == 0, what
+            assert rows(tenants / "t2.db") == REAL["t2.db"], what
+        assert (tenants / "t1.db" / "0009").is_dir() and not any((tenants / "t1.db").rglob("*.*"))
+
+
+def test_the_number_of_databases_a_bucket_can_make_sidecar_restore_is_capped(
+        tmp_path: Path, server: S3Server) -> None:
+    """More databases to restore than SIDECAR_RESTORE_MAX_DATABASES: exit 4 naming both
+    figures and the setting, nothing restored; raised to the real count, the start goes on."""
+    tenants = tmp_path / "data" / "tenants"
+    env = _env(tmp_path, server, SIDECAR_RESTORE_MAX_DATABASES="1")
+    res = run_sidecar(["run", "--", "true"], env, tmp_path, timeout=180)
+    assert res.returncode == 4, res.stderr[-3000:]
+    assert "holds 2 databases to restore" in res.stderr and "at most 1" in res.stderr
+    assert "SIDECAR_RESTORE_MAX_DATABASES" in res.stderr
+    assert not list(tenants.glob("*.db"))
+    env["SIDECAR_RESTORE_MAX_DATABASES"] = "2"
+    res = run_sidecar(["run", "--", "true"], env, tmp_path, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {n: rows(tenants / n) for n in REAL} == REAL
+
+
+@pytest.mark.requires(os.geteuid() == 0 and shutil.which("unshare"),
+                      "mount namespaces need root and unshare")
+def test_a_directory_restore_that_does_not_fit_is_refused_with_the_figures(
+        tmp_path: Path, server: S3Server) -> None:
+    """The directory on a 1 MB filesystem (a real tmpfs in a mount namespace): the planned
+    restores do not fit, exit 4 naming what they need and what is free, nothing restored."""
+    data = tmp_path / "data"
+    data.mkdir()
+    env = _env(tmp_path, server)
+    script = (f"mount -t tmpfs -o size=1m tmpfs {data} && \"$@\"; rc=$?; "
+              f"ls -A {data}/tenants; exit $rc")
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                          "sh", str(BIN / "sidecar"), "run", "--", "true"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 4, res.stderr[-3000:]
+    assert "restoring 2 databases into" in res.stderr and "MB free" in res.stderr
+    assert ".db" not in res.stdout.replace(".sidecar", "")  # nothing restored
