@@ -292,7 +292,10 @@ def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
     if db.replica is None:
         raise OperatorError(f"cannot restore {db.name}: no replica is configured")
     reachable.require(cfg, db, "restore")  # before anything is written
-    tmp.unlink(missing_ok=True)
+    # Litestream writes `<tmp>.tmp` first and follows a link there: whatever sits at either
+    # name goes (unlink removes a link itself, never its target).
+    for p in (tmp, tmp.with_name(tmp.name + ".tmp")):
+        p.unlink(missing_ok=True)
     t0 = time.monotonic()
     with standalone_tools(cfg) as tools:
         summary = restore_file(tools, db, target, tmp, stall=cfg.replica_timeout)

@@ -160,3 +160,45 @@ def test_the_fuzzer_can_see_a_wrong_file(tmp_path: Path) -> None:
     finally:
         con.close()
     assert os.path.exists(tmp_path / "A.db")
+
+
+def _dir_cfg(tmp_path: Path, **extra: str) -> config.Config:
+    return config.load({"PATH": "/usr/bin:/bin", "SIDECAR_DB_DIR": str(tmp_path / "t"),
+                        "SIDECAR_REPLICA_URL": "s3://bkt/t", "SIDECAR_DB_RECURSIVE": "1",
+                        "SIDECAR_S3_ENDPOINT": "http://s3.test", **extra},
+                       need_app=False, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["refuse", "skip"])
+def test_a_backup_whose_path_is_no_place_for_a_database_is_refused_or_skipped(
+        tmp_path: Path, mode: str) -> None:
+    """Names the rule accepts but the volume cannot take: inside a (non-hidden) state dir,
+    through a link to elsewhere, under a file. Refused naming each (exit 4) or, with `skip`,
+    taken out of the listing; nothing is created."""
+    from sidecar.errors import RestoreError
+
+    cfg = _dir_cfg(tmp_path, SIDECAR_STATE_DIR=str(tmp_path / "t" / "state"),
+                   SIDECAR_BUCKET_BAD_NAMES=mode)
+    entry = cfg.directories[0]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    entry.dir.mkdir()
+    (entry.dir / "link").symlink_to(elsewhere)
+    (entry.dir / "plain").write_bytes(b"")
+    rels = ["ok.db", "state/x.db", "link/x.db", "plain/x.db"]
+    listing = tenants.classify(entry, [f"{r}/{LTX}" for r in rels])
+    assert set(listing.members) == set(rels)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    if mode == "refuse":
+        with pytest.raises(RestoreError) as err:
+            tenants._refuse_or_skip_bad(cfg, entry, listing, set())
+        text = " ".join([err.value.message, *err.value.problems])
+        assert err.value.exit_code == 4
+        assert "inside sidecar's state dir" in text
+        assert f"{entry.dir / 'link'} on the way to 'link/x.db' is a symbolic link" in text
+        assert f"{entry.dir / 'plain'} on the way to 'plain/x.db' is a file" in text
+        assert "move or delete" in (err.value.hint or "")
+    else:
+        tenants._refuse_or_skip_bad(cfg, entry, listing, set())
+        assert set(listing.members) == {"ok.db"}
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
