@@ -254,7 +254,7 @@ def check_output(cfg: Config, output: Path, force: bool, verb: str, live_hint: s
     directory, and not an existing file unless `force`. Returns it absolute."""
     output = output.absolute()
     for entry in cfg.directories:
-        if output.is_relative_to(entry.dir) and tenants.matches(
+        if output.is_relative_to(entry.dir) and tenants.fits(
                 entry, str(output.relative_to(entry.dir)).removesuffix("-wal")
                 .removesuffix("-shm")):
             raise OperatorError(f"cannot {verb}: --output: {output} is a database of the "

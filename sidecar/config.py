@@ -242,7 +242,9 @@ def _env_directory(env: Mapping[str, str], v: Mapping[str, Any], cwd: Path,
     if path.exists() and not path.is_dir():
         problems.add("SIDECAR_DB_DIR", env["SIDECAR_DB_DIR"], "must be a directory (or not exist yet)")
         ok = False
-    elif (why := path_problem(str(path / ("n" * 64)), "database directory")) is not None:
+    # Every database's path starts with it: the URI rule holds for it too.
+    elif (why := path_problem(str(path / ("n" * 64)), "database directory")
+          or db_path_problem(path)) is not None:
         problems.add("SIDECAR_DB_DIR", env["SIDECAR_DB_DIR"], why)
         ok = False
     rep: Replica | None = None

@@ -245,6 +245,9 @@ def dir_entry(entry: Mapping[str, Any], base: Path, values: Mapping[str, Any], w
     """A `dir:` entry of the project's litestream.yml, read the way Litestream reads it."""
     d = str(entry["dir"])
     path = Path(d) if Path(d).is_absolute() else (base / d).resolve()
+    if (why := db_path_problem(path)) is not None:  # every database's path starts with it
+        problems.note(f"{where}.dir: {why}")
+        return None
     pattern = entry.get("pattern")
     if not isinstance(pattern, str) or pattern_problem(pattern) is not None:
         problems.note(f"{where}.pattern: a `dir` entry needs a file-name pattern like \"*.db\" "

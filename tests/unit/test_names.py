@@ -202,3 +202,20 @@ def test_a_backup_whose_path_is_no_place_for_a_database_is_refused_or_skipped(
         tenants._refuse_or_skip_bad(cfg, entry, listing, set())
         assert set(listing.members) == {"ok.db"}
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_directory_whose_path_litestream_would_decode_is_a_config_error(tmp_path: Path
+                                                                          ) -> None:
+    """SIDECAR_DB_DIR (and a `dir:` entry) is the start of every database's path: `%XX`, `?`
+    or `#` in it would have Litestream open files elsewhere; exit 2 naming it."""
+    from sidecar.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _dir_cfg(tmp_path, SIDECAR_DB_DIR=str(tmp_path / "t%2e%2e"))
+    assert "SIDECAR_DB_DIR: must not contain '%2e'" in " ".join(err.value.problems)
+    (tmp_path / "litestream.yml").write_text(
+        f"dbs:\n  - dir: {tmp_path}/a#b\n    pattern: '*.db'\n    replica:\n"
+        "      type: s3\n      bucket: bkt\n      path: t\n      endpoint: http://s3.test\n")
+    with pytest.raises(ConfigError) as err:
+        config.load({"PATH": "/usr/bin:/bin"}, need_app=False, cwd=tmp_path)
+    assert "dbs[0].dir: must not contain '#'" in " ".join(err.value.problems)
