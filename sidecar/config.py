@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar import names
 from sidecar.errors import ConfigError
 from sidecar.parsers import database_path_from_url, parse_addr, parse_duration, path_problem
 from sidecar.replica_config import (
@@ -50,7 +51,7 @@ __all__ = ["HIDDEN_FROM_CHILDREN", "S3", "SECRET_ENV", "SETTINGS", "Config", "Co
            "Database", "DbDir", "Replica", "database_path_from_url", "describe", "environment_with_flags",
            "for_children", "load", "parse_addr", "parse_duration", "secrets_of"]
 
-DB_NAME_MAX = 200  # a DB's file name leaves room for sidecar's names beside it (.NAME.sidecar-...)
+DB_NAME_MAX = names.NAME_ROOM  # a file name leaves room for sidecar's names beside it
 
 
 @dataclass(frozen=True)
