@@ -9,6 +9,7 @@ one implementation of each.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import re
 import sqlite3
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, reachable, replica
+from sidecar import dbfile, names, reachable, replica
 from sidecar.config import Config, Database
 from sidecar.daemon.api import (
     Target,
@@ -59,9 +60,13 @@ def pick_database(cfg: Config, name: str | None) -> Database:
             return db
     for entry in cfg.directories:
         p = Path(name)
-        rel = str(p.relative_to(entry.dir)) if p.is_absolute() and p.is_relative_to(
-            entry.dir) else name
-        if tenants.matches(entry, rel):
+        rel = name[len(str(entry.dir)) + 1:] if p.is_absolute() and name.startswith(
+            str(entry.dir) + "/") else name
+        # The one rule for a database name (names.py), as for the bucket's names.
+        why = names.problem(rel)
+        if why is not None and fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], entry.pattern):
+            raise OperatorError(f"cannot choose a database: --db: the name {rel!r} {why}")
+        if why is None and tenants.fits(entry, rel):
             return tenants.member(entry, rel)
     raise OperatorError(f"cannot choose a database: --db: {name!r} is not one of "
                         + _choices(cfg))
@@ -249,7 +254,7 @@ def check_output(cfg: Config, output: Path, force: bool, verb: str, live_hint: s
     directory, and not an existing file unless `force`. Returns it absolute."""
     output = output.absolute()
     for entry in cfg.directories:
-        if output.is_relative_to(entry.dir) and tenants.matches(
+        if output.is_relative_to(entry.dir) and tenants.fits(
                 entry, str(output.relative_to(entry.dir)).removesuffix("-wal")
                 .removesuffix("-shm")):
             raise OperatorError(f"cannot {verb}: --output: {output} is a database of the "
@@ -262,6 +267,10 @@ def check_output(cfg: Config, output: Path, force: bool, verb: str, live_hint: s
     if not output.parent.is_dir():
         raise OperatorError(f"cannot {verb}: --output: the directory {output.parent} "
                             "does not exist")
+    if output.is_dir():  # --force replaces a file, never a directory (rename cannot)
+        raise OperatorError(f"cannot {verb}: --output: {output} is a directory; nothing was "
+                            "written",
+                            hint=f"name a file, such as {output / 'copy.db'}")
     if output.exists() and not force:
         raise OperatorError(f"cannot {verb}: --output: {output} already exists",
                             hint="choose another path, or add --force to replace it")
@@ -283,7 +292,10 @@ def restore_to_output(cfg: Config, db: Database, target: Target, output: Path,
     if db.replica is None:
         raise OperatorError(f"cannot restore {db.name}: no replica is configured")
     reachable.require(cfg, db, "restore")  # before anything is written
-    tmp.unlink(missing_ok=True)
+    # Litestream writes `<tmp>.tmp` first and follows a link there: whatever sits at either
+    # name goes (unlink removes a link itself, never its target).
+    for p in (tmp, tmp.with_name(tmp.name + ".tmp")):
+        p.unlink(missing_ok=True)
     t0 = time.monotonic()
     with standalone_tools(cfg) as tools:
         summary = restore_file(tools, db, target, tmp, stall=cfg.replica_timeout)

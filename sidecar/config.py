@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar import names
 from sidecar.errors import ConfigError
 from sidecar.parsers import database_path_from_url, parse_addr, parse_duration, path_problem
 from sidecar.replica_config import (
@@ -50,7 +51,7 @@ __all__ = ["HIDDEN_FROM_CHILDREN", "S3", "SECRET_ENV", "SETTINGS", "Config", "Co
            "Database", "DbDir", "Replica", "database_path_from_url", "describe", "environment_with_flags",
            "for_children", "load", "parse_addr", "parse_duration", "secrets_of"]
 
-DB_NAME_MAX = 200  # a DB's file name leaves room for sidecar's names beside it (.NAME.sidecar-...)
+DB_NAME_MAX = names.NAME_ROOM  # a file name leaves room for sidecar's names beside it
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class Config:
     directories: tuple[DbDir, ...] = ()
     restore_parallelism: int = 8
     db_metrics_limit: int = 100
+    bucket_bad_names: str = "refuse"  # refuse | skip (see names.py)
+    restore_max_databases: int = 10000
     # Temporary credentials' token (AWS_SESSION_TOKEN, or the older AWS_SECURITY_TOKEN): not
     # a setting of sidecar's, read only so that no output ever shows it.
     session_token: str | None = field(default=None, repr=False)
@@ -240,7 +243,9 @@ def _env_directory(env: Mapping[str, str], v: Mapping[str, Any], cwd: Path,
     if path.exists() and not path.is_dir():
         problems.add("SIDECAR_DB_DIR", env["SIDECAR_DB_DIR"], "must be a directory (or not exist yet)")
         ok = False
-    elif (why := path_problem(str(path / ("n" * 64)), "database directory")) is not None:
+    # Every database's path starts with it: the URI rule holds for it too.
+    elif (why := path_problem(str(path / ("n" * 64)), "database directory")
+          or db_path_problem(path)) is not None:
         problems.add("SIDECAR_DB_DIR", env["SIDECAR_DB_DIR"], why)
         ok = False
     rep: Replica | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from sidecar import names
 from sidecar.parsers import pattern_problem
 from sidecar.settings import BY_NAME, Problems, parse, show
 
@@ -75,29 +76,17 @@ class DbDir:
     replica: Replica
 
 
-# Litestream 0.5 opens each database through a SQLite URI it builds from the path without
-# escaping: `?` starts the URI's query, `#` its fragment, and `%XX` is decoded, so a path with
-# them makes Litestream open (and back up) another file while the app writes this one.
-_URI_SPECIAL = re.compile(r"[?#]|%[0-9A-Fa-f]{2}")
-_URI_ROLE = {"?": "starts a URI's query", "#": "starts a URI's fragment"}
-
-
 def db_path_problem(path: Path) -> str | None:
-    """Why this database path cannot be backed up exactly, or None."""
+    """Why this database path cannot be backed up exactly, or None (names.uri_problem: the
+    same words as for a name from a directory or its bucket)."""
     text = str(path)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return ("must be valid UTF-8: Litestream's config and DATABASE_URL are text, so a "
                 "path with other bytes cannot be named exactly")
-    m = _URI_SPECIAL.search(text)
-    if m is None:
-        return None
-    char = m.group(0)
-    role = _URI_ROLE.get(char, "is decoded as a URI escape")
-    return (f"must not contain {char!r}: Litestream opens the database through a SQLite URI, "
-            f"where {char!r} {role}, so it would back up another file; rename the file or "
-            "its directory")
+    why = names.uri_problem(text)
+    return None if why is None else f"{why}; rename the file or its directory"
 
 
 def default_path_style(endpoint: str | None) -> bool:
@@ -142,7 +131,7 @@ def parse_replica_url(url: str, values: Mapping[str, Any], problems: Problems,
     special = next((c for c in "?#" if c in url), None)
     if special is not None:
         # urlparse would cut the prefix at it and back up under a shorter prefix, silently.
-        problems.add(var, url, f"must not contain {special!r}: in a URL it {_URI_ROLE[special]}, "
+        problems.add(var, url, f"must not contain {special!r}: in a URL it {names.URI_ROLE[special]}, "
                      "so the prefix would be cut short there; use a prefix without it")
         return None
     parsed = urlparse(url)
@@ -256,6 +245,9 @@ def dir_entry(entry: Mapping[str, Any], base: Path, values: Mapping[str, Any], w
     """A `dir:` entry of the project's litestream.yml, read the way Litestream reads it."""
     d = str(entry["dir"])
     path = Path(d) if Path(d).is_absolute() else (base / d).resolve()
+    if (why := db_path_problem(path)) is not None:  # every database's path starts with it
+        problems.note(f"{where}.dir: {why}")
+        return None
     pattern = entry.get("pattern")
     if not isinstance(pattern, str) or pattern_problem(pattern) is not None:
         problems.note(f"{where}.pattern: a `dir` entry needs a file-name pattern like \"*.db\" "

@@ -75,6 +75,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SIDECAR_RESTORE_PARALLELISM", "--restore-parallelism",
             "databases of a directory restored at once at start", whole(1, 64),
             "must be a whole number from 1 to 64", "8", field="restore_parallelism"),
+    Setting("SIDECAR_BUCKET_BAD_NAMES", "--bucket-bad-names",
+            "a backup in a directory's prefix whose name breaks the database-name rule: "
+            "refuse the start, or skip it with a warning", choice("refuse", "skip"),
+            "must be `refuse` or `skip`", "refuse", field="bucket_bad_names"),
+    Setting("SIDECAR_RESTORE_MAX_DATABASES", "--restore-max-databases",
+            "databases of a directory restored at start, at most (a bucket holding more "
+            "refuses the start)", whole(1), "must be a whole number >= 1", "10000",
+            field="restore_max_databases"),
     Setting("SIDECAR_DB_METRICS_LIMIT", "--db-metrics-limit",
             "per-database lag series of a directory entry, at most (sorted by path)",
             whole(0, 10000), "must be a whole number from 0 to 10000", "100",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import cron, dbfile, log, replica, scratch, verification
+from sidecar import cron, dbfile, log, nolinks, replica, scratch, verification
 from sidecar.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot
 from sidecar.config import Config, Database
 from sidecar.daemon import jobs, metrics, status
@@ -438,7 +438,7 @@ class Operations:
         db = pick_database(self.cfg, db_name)
         stamp = dbfile.stamp()
         out_dir = self.cfg.state_dir / "snapshots"
-        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        nolinks.private_dir(out_dir, "the directory of the snapshots")
         # These land on the volume: check the copy fits, and keep only the newest few.
         size = sum(p.stat().st_size for p in (db.path, dbfile.wal_path(db.path)) if p.exists())
         scratch.check_room(out_dir, int(size * 1.1) + 1024 * 1024, f"snapshot {db.name}")

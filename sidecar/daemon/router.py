@@ -222,10 +222,58 @@ class Router:
             return Response(500, json_body({"error": "internal error; see the sidecar log"}))
 
 
+# A request is a flat object of a few fields; nothing it takes nests deeper than this.
+MAX_JSON_DEPTH = 32
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object with each key once: with the last of two taken, `{"dry_run": true,
+    "dry_run": false}` would run what the first asked to only plan."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def _depth(body: bytes) -> int:
+    """How deep the body's arrays and objects nest (brackets inside strings not counted),
+    measured before parsing: json's parser recurses once a level."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:  # quote
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
 def _json(body: bytes) -> Any:
     if not body.strip():
         return {}
+    if (deep := _depth(body)) > MAX_JSON_DEPTH:
+        raise api.BadRequest(f"the request body nests {deep} levels deep; at most "
+                             f"{MAX_JSON_DEPTH}")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(body, object_pairs_hook=_unique)
+    except _Duplicate as exc:
+        raise api.BadRequest(f"the request body gives the field {exc.args[0]!r} twice") \
+            from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise api.BadRequest("the request body must be a JSON object") from None

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from sidecar import nolinks
 from sidecar.config import Config, Database, Replica, secrets_of
 from sidecar.errors import PreflightError
 from sidecar.litestream.control import short_socket_path
@@ -225,7 +226,10 @@ def write_doc(cfg: Config, doc: dict[str, Any], path: Path) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         return target
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.parent == cfg.state_dir:
+        nolinks.private_dir(path.parent, "the state directory")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, log
+from sidecar import dbfile, log, nolinks
 from sidecar.config import Config, Database
 from sidecar.errors import MigrationError, exec_reason
 from sidecar.supervise import procs
@@ -35,7 +35,7 @@ def safety_copy(cfg: Config, databases: Sequence[Database] | None = None,
     state_dir/pre-migrate, keeping the newest few of each."""
     out = []
     d = cfg.state_dir / "pre-migrate"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    nolinks.private_dir(d, "the directory of the pre-migration copies")
     stamp = dbfile.stamp()
     for db in cfg.databases if databases is None else databases:
         if not db.path.exists() or db.path.stat().st_size == 0:

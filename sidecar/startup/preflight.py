@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from sidecar import nolinks
 from sidecar.config import Config
 from sidecar.errors import PreflightError
 
@@ -151,7 +152,8 @@ def holders(path: Path) -> list[str]:
 
 
 def _lock(path: Path, what: str) -> IO[bytes]:
-    f = open(path, "a+b")
+    # Never through a link: a link planted here would have sidecar truncate its target.
+    f = nolinks.open_lock(path, f"the lock of {what}")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -173,7 +175,7 @@ def _lock(path: Path, what: str) -> IO[bytes]:
 
 def acquire_lock(state_dir: Path) -> IO[bytes]:
     """An exclusive lock on the state dir: its sockets and copies belong to one sidecar."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    nolinks.private_dir(state_dir, "the state directory")
     return _lock(state_dir / "sidecar.lock", f"the state directory {state_dir}")
 
 
@@ -194,15 +196,15 @@ def acquire_db_locks(cfg: Config) -> list[IO[bytes]]:
 
 
 def _held(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
-    except FileNotFoundError:
+    f = nolinks.open_read(path)
+    if f is None:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
         return False
 
 

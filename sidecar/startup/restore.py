@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, log, replica
+from sidecar import dbfile, log, nolinks, replica
 from sidecar.config import Config, Database
 from sidecar.errors import ExecError, RestoreError
 from sidecar.litestream.process import child_env, log_line, restore_argv
@@ -329,7 +329,7 @@ def swap_in(restored: Path, live: Path, aside: Path, base: str | None = None) ->
                      (dbfile.shm_path(live), copy_shm)):
         if not src.exists():
             continue
-        aside.mkdir(parents=True, exist_ok=True, mode=0o700)
+        nolinks.private_dir(aside, "the directory of the copies kept aside")
         if src == live:
             try:
                 os.link(src, dst)
@@ -342,6 +342,10 @@ def swap_in(restored: Path, live: Path, aside: Path, base: str | None = None) ->
         dbfile.fsync_dir(aside)
     os.replace(restored, live)
     dbfile.fsync_dir(live.parent)
+    # The old files are now reachable only here: the owner's only, as the README says (a
+    # hard link kept the database's mode, and until the rename above it was the live file).
+    for p in kept:
+        nolinks.private_copy(Path(p))
     return kept
 
 

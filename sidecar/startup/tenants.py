@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sidecar import names
 from sidecar.config import Config, Database, DbDir, Replica
 from sidecar.litestream.config import write_member_config
 
@@ -58,11 +60,12 @@ def own_file(name: str) -> bool:
     return name.startswith(".") and any(m in name for m in _OWN_MARKS)
 
 
-def matches(entry: DbDir, rel: str) -> bool:
-    """Whether Litestream would replicate a database at `rel` under this entry, as its pattern
-    does (Go's filepath.Match: `*.db` matches `.hidden.db` too, and Litestream backs it up),
-    sidecar's own files excepted."""
-    if not rel or rel.startswith("/") or ".." in rel.split("/"):
+def fits(entry: DbDir, rel: str) -> bool:
+    """Whether `rel` is where the entry looks for databases: in the directory itself, or any
+    level below with recursion, its file name matching the pattern as Litestream matches it
+    (Go's filepath.Match: `*.db` matches `.hidden.db` too, and Litestream backs it up),
+    sidecar's own files excepted. Says nothing of the name itself (names.problem)."""
+    if not rel or rel.startswith("/"):
         return False
     if "/" in rel and not entry.recursive:
         return False
@@ -70,23 +73,37 @@ def matches(entry: DbDir, rel: str) -> bool:
     return fnmatch.fnmatchcase(name, entry.pattern) and not own_file(name)
 
 
-def local_members(entry: DbDir) -> list[str]:
-    """Relative paths of the files in the directory that match the entry (SQLite or not:
-    a 0-byte ghost is a database to restore; sidecar's own files never match). A file whose
-    name starts with a dot is a database like any other when the pattern matches it, as in
-    Litestream (which backs it up: skipping it here made its backup "missing" at every
-    start); hidden subdirectories (sidecar's state dir) are not searched."""
+def matches(entry: DbDir, rel: str) -> bool:
+    """Whether `rel` is a database of the entry: where it looks (fits), and a name the one
+    rule accepts (names.problem)."""
+    return fits(entry, rel) and names.problem(rel) is None
+
+
+def _local_scan(entry: DbDir) -> tuple[list[str], list[str]]:
+    """The relative paths in the directory the entry takes (fits), split into the databases
+    and the names the rule refuses."""
     out: list[str] = []
+    bad: list[str] = []
     if not entry.dir.is_dir():
-        return out
+        return out, bad
     for root, dirs, files in os.walk(entry.dir):
         base = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if entry.recursive else []
         for f in sorted(files):
             rel = str((base / f).relative_to(entry.dir))
-            if matches(entry, rel):
-                out.append(rel)
-    return out
+            if fits(entry, rel):
+                (out if names.problem(rel) is None else bad).append(rel)
+    return out, bad
+
+
+def local_members(entry: DbDir) -> list[str]:
+    """Relative paths of the files in the directory that match the entry (SQLite or not:
+    a 0-byte ghost is a database to restore; sidecar's own files never match). A file whose
+    name starts with a dot is a database like any other when the pattern matches it, as in
+    Litestream (which backs it up: skipping it here made its backup "missing" at every
+    start); hidden subdirectories (sidecar's state dir) are not searched; a name the rule
+    refuses (names.py) is not one."""
+    return _local_scan(entry)[0]
 
 
 @dataclass
@@ -100,26 +117,56 @@ class Listing:
     ignored: list[str] = field(default_factory=list)  # backups the pattern does not match
     positions: dict[str, int] = field(default_factory=dict)  # rel -> newest TXID (0.5 only)
     requests: int = 0
+    # Backups where the entry looks whose name the rule refuses (names.py): rel -> (a key
+    # of it, relative to the prefix; why). Never a member: never restored, never a path.
+    bad: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # rel -> bytes of its newest snapshot, when the listing gave sizes (what a restore of it
+    # will write, about: the restore cap in restore_on_start).
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
-def classify(entry: DbDir, keys: list[str]) -> Listing:
+def classify(entry: DbDir, keys: list[str], sizes: dict[str, int] | None = None) -> Listing:
     out = Listing()
+    newest: dict[str, int] = {}  # rel -> the max TXID of the snapshot in out.sizes
     for key in keys:
         m = _V5.match(key) or _V3.match(key)
         if m is None:
             out.unknown.append(key)
             continue
         rel = m.group(1)
-        if not matches(entry, rel):
+        if not fits(entry, rel):
             if rel not in out.ignored:
                 out.ignored.append(rel)
+            continue
+        if (why := names.problem(rel)) is not None:
+            out.bad.setdefault(rel, (key, f"the name {rel!r} {why}"))
             continue
         layout = "0.5" if m.re is _V5 else "0.3"
         if layout == "0.5":
             out.positions[rel] = max(out.positions.get(rel, 0), int(m.group(2), 16))
+        if sizes is not None and key in sizes:
+            if layout == "0.5" and key[len(rel):].startswith("/0009/"):
+                txid = int(m.group(2), 16)
+                if txid >= newest.get(rel, -1):
+                    newest[rel], out.sizes[rel] = txid, sizes[key]
+            elif layout == "0.3" and "/snapshots/" in key[len(rel):]:
+                out.sizes[rel] = max(out.sizes.get(rel, 0), sizes[key])
         if out.members.get(rel) != "0.5":
             out.members[rel] = layout
+    # A database inside another's path (`t1.db/0009/n.db`) would need `t1.db` as a
+    # directory: the one that lies inside goes.
+    found = set(out.members)
+    for rel in sorted(found):
+        if (outer := names.nested_in(rel, found)) is not None:
+            del out.members[rel]
+            out.positions.pop(rel, None)
+            out.bad[rel] = (_some_key(keys, rel),
+                            f"the name {rel!r} lies inside the path of the database {outer!r}")
     return out
+
+
+def _some_key(keys: list[str], rel: str) -> str:
+    return next((k for k in keys if k.startswith(rel + "/")), rel)
 
 
 def _file_keys(root: Path, sub: str = "") -> list[str]:
@@ -132,10 +179,11 @@ def _file_keys(root: Path, sub: str = "") -> list[str]:
 
 
 def _keys(store: Any, sub: str = "", start_after: str | None = None,
-          max_pages: int | None = None, page: int = 1000) -> tuple[list[str], bool]:
+          max_pages: int | None = None, page: int = 1000,
+          sizes: dict[str, int] | None = None) -> tuple[list[str], bool]:
     """Keys under the store's prefix + `sub` (relative to the store's prefix), from after
     `start_after` (relative too), at most `max_pages` requests; and whether the listing
-    reached the end."""
+    reached the end. Each key's size goes into `sizes` when given."""
     keys: list[str] = []
     token: str | None = None
     pages = 0
@@ -149,6 +197,9 @@ def _keys(store: Any, sub: str = "", start_after: str | None = None,
         resp = store._call(store._client.list_objects_v2, **kwargs)
         pages += 1
         keys += [o["Key"][len(store.prefix):] for o in resp.get("Contents", [])]
+        if sizes is not None:
+            sizes.update((o["Key"][len(store.prefix):], int(o.get("Size") or 0))
+                         for o in resp.get("Contents", []))
         token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
         if not token:
             return keys, True
@@ -218,12 +269,13 @@ class BucketView:
         from sidecar import replica
 
         store = self._store()
+        sizes: dict[str, int] = {}
         try:
-            keys, done = _keys(store, sub, start_after, max_pages, self.page_keys)
+            keys, done = _keys(store, sub, start_after, max_pages, self.page_keys, sizes)
         except replica.ReplicaUnreachable as exc:
             exc.requests = store.requests
             raise
-        out = classify(self.entry, keys)
+        out = classify(self.entry, keys, sizes)
         out.requests = store.requests
         return out, (keys[-1] if keys else None), done
 
@@ -248,6 +300,99 @@ class BucketView:
         return self._run(sub=rel + "/")[0]
 
 
+def _place_problem(cfg: Config, entry: DbDir, rel: str) -> str | None:
+    """Why the database `rel` of the bucket cannot be put at its path in the directory, or
+    None: its path is sidecar's state dir or inside it, a directory on the way is a file or
+    a link (a link could lead anywhere), or the path itself is a directory or a link to one."""
+    path = entry.dir / rel
+    if path == cfg.state_dir or path.is_relative_to(cfg.state_dir):
+        return f"the name {rel!r} lies inside sidecar's state dir {cfg.state_dir}"
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        p = entry.dir.joinpath(*parts[:i])
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"cannot look at {p}: {exc.strerror}"
+        last = i == len(parts)
+        if stat.S_ISLNK(st.st_mode) and not last:
+            return f"the directory {p} on the way to {rel!r} is a symbolic link"
+        if not last and not stat.S_ISDIR(st.st_mode):
+            return f"{p} on the way to {rel!r} is a file, not a directory"
+        if last and (stat.S_ISDIR(st.st_mode)
+                     or (stat.S_ISLNK(st.st_mode) and os.path.isdir(p))):
+            return f"{p} is a directory"
+    return None
+
+
+def _refuse_or_skip_bad(cfg: Config, entry: DbDir, listing: Listing, local: set[str]) -> None:
+    """The backups whose names break the rule (Listing.bad), and those whose path in the
+    directory is not a place for a database (_place_problem), taken out of the listing's
+    members; then refuse the start naming them (RestoreError, exit 4) or, with
+    SIDECAR_BUCKET_BAD_NAMES=skip, log them as left alone."""
+    from sidecar import log
+    from sidecar.errors import RestoreError
+
+    for rel in sorted(listing.members):
+        if rel in local:
+            continue
+        if (why := _place_problem(cfg, entry, rel)) is not None:
+            del listing.members[rel]
+            listing.positions.pop(rel, None)
+            listing.bad[rel] = (rel + "/", why)
+    if not listing.bad:
+        return
+    url = entry.replica.url.rstrip("/")
+    found = [f"{url}/{key}: {why}" for _, (key, why) in sorted(listing.bad.items())]
+    if cfg.bucket_bad_names == "skip":
+        log.get("restore").warning(
+            "backups whose names break the database-name rule left alone", dir=str(entry.dir),
+            replica=entry.replica.url, count=len(found), found=found[:20])
+        return
+    raise RestoreError(
+        f"cannot start: the replica {entry.replica.url} of {entry.dir} holds "
+        f"{len(found)} backup{'s' if len(found) > 1 else ''} under a name that is not a "
+        f"safe database name: {found[0]}",
+        problems=[f"found: {f}" for f in found[:20]],
+        hint="move or delete these objects in the bucket (a bucket is shared more widely "
+             "than the volume: check who wrote them), or set SIDECAR_BUCKET_BAD_NAMES=skip "
+             "to start without them; nothing was restored")
+
+
+# What a restore writes beyond its snapshot's size: Litestream's temporary file and the page
+# overhead (as scratch.copy_estimate), and at least this much per database.
+_SIZE_MARGIN = 1.25
+_PER_DB = 1024 * 1024
+
+
+def _check_cap(cfg: Config, entry: DbDir, listing: Listing, needed: list[str]) -> None:
+    """Refuse (RestoreError, exit 4, naming the figures) a directory restore that a bucket
+    could make without bound: more databases than SIDECAR_RESTORE_MAX_DATABASES, or more
+    bytes than the directory's filesystem has free (the newest snapshots' sizes)."""
+    from sidecar import scratch
+    from sidecar.errors import RestoreError
+
+    if len(needed) > cfg.restore_max_databases:
+        raise RestoreError(
+            f"cannot start: the replica {entry.replica.url} holds {len(needed)} databases to "
+            f"restore into {entry.dir}; at most {cfg.restore_max_databases} "
+            "(SIDECAR_RESTORE_MAX_DATABASES)",
+            hint="raise SIDECAR_RESTORE_MAX_DATABASES if the bucket really holds that many "
+                 "tenants, or remove the backups that do not belong there; nothing was "
+                 "restored")
+    need = sum(int(listing.sizes.get(rel, 0) * _SIZE_MARGIN) + _PER_DB for rel in needed)
+    free = scratch.free_bytes(entry.dir)
+    if need > free:
+        raise RestoreError(
+            f"cannot start: restoring {len(needed)} databases into {entry.dir} needs about "
+            f"{scratch.mb(need)} (their newest snapshots in {entry.replica.url}, with a "
+            f"margin) and its filesystem has {scratch.mb(free)} free",
+            hint="make room on the volume (or a larger one), or remove the backups that do "
+                 "not belong there; nothing was restored")
+
+
 def restore_on_start(cfg: Config, entry: DbDir, binary: str,
                      should_stop: Callable[[], bool] | None = None) -> list[RestoreResult]:
     """Restore every database the bucket holds under the entry's prefix and the volume lacks
@@ -270,7 +415,13 @@ def restore_on_start(cfg: Config, entry: DbDir, binary: str,
             f"{entry.replica.url} cannot be read: {exc.message}",
             hint="starting with empty databases would replace the real backups; fix the "
                  "bucket, endpoint or credentials and start again") from None
-    local = set(local_members(entry))
+    local_list, local_bad = _local_scan(entry)
+    local = set(local_list)
+    if local_bad:
+        logger.warning("files whose names break the database-name rule left alone",
+                       dir=str(entry.dir), files=local_bad[:20],
+                       why=[names.problem(r) for r in local_bad[:3]])
+    _refuse_or_skip_bad(cfg, entry, listing, local)
     # A damaged file goes to restore.on_start too, which refuses it as for one database
     # (sidecar never replaces a damaged database automatically).
     needed = sorted(rel for rel in listing.members
@@ -293,6 +444,7 @@ def restore_on_start(cfg: Config, entry: DbDir, binary: str,
                for rel in sorted(local) if rel not in needed]
     if not needed:
         return results
+    _check_cap(cfg, entry, listing, needed)
     members = [member(entry, rel) for rel in needed]
     for rel in needed:  # a recursive entry's subdirectories
         (entry.dir / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,12 @@ def test_misspelled_and_ill_typed_requests_are_400_naming_the_field_and_change_n
     for raw in (b"[1, 2]", b"not json", b'"dry_run"', b"\xff\xfe"):
         code, doc = http(port, "POST", "/admin/restore", raw)
         assert code == 400 and "JSON object" in doc["error"], (raw, code, doc)
+    # A field given twice (taking the last ran a live restore for a dry run) and brackets
+    # nested past the parser's recursion (was a 500): a 400 naming the problem.
+    code, doc = http(port, "POST", "/admin/restore", b'{"dry_run": true, "dry_run": false}')
+    assert code == 400 and "'dry_run' twice" in doc["error"], (code, doc)
+    code, doc = http(port, "POST", "/admin/restore", b"[" * 4000)  # 4,000 bytes: under the cap
+    assert code == 400 and "4000 levels deep" in doc["error"], (code, doc)
     assert checked >= 40
     assert sc.event("restore requested") is None, "a restore was queued"
     assert app_pids(sc) == pids, "the app was restarted"

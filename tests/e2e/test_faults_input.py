@@ -143,6 +143,9 @@ INVALID: dict[str, st.SearchStrategy[str]] = {
         t.strip().isascii() and t.strip().isdigit() and 1 <= int(t) <= 64)),
     "SIDECAR_DB_METRICS_LIMIT": nonblank.filter(lambda t: not (
         t.strip().isascii() and t.strip().isdigit() and int(t) <= 10000)),
+    "SIDECAR_BUCKET_BAD_NAMES": bad_choice("refuse", "skip"),
+    "SIDECAR_RESTORE_MAX_DATABASES": nonblank.filter(lambda t: not (
+        t.strip().isascii() and t.strip().isdigit() and int(t) >= 1)),
     "SIDECAR_APP_RESTART": bad_choice("no", "on-failure"),
     "SIDECAR_LOG_FORMAT": bad_choice("json", "console"),
     "SIDECAR_ON_START_FAILURE": bad_choice("exit", "hold"),

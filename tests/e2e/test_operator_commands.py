@@ -251,3 +251,21 @@ def test_scheduled_verification_updates_the_metric(tmp_path: Path, s3, bucket, s
     assert sc.event("backup verification scheduled")["schedule"] == "* * * * *"
     sc.wait_event("backup verified", timeout=75)
     assert verify_metric(port, db_path(env)) > 0
+
+
+def test_output_naming_a_directory_is_a_clear_error_leaving_nothing(tmp_path: Path, s3,
+                                                                    bucket) -> None:
+    """`restore --output DIR --force` and `snapshot --output DIR --force`: exit 1 saying the
+    path is a directory, no traceback, and no copy of the database left beside it or in it."""
+    env = base_env(tmp_path, **s3_env(s3, bucket))
+    seed_bucket(env, tmp_path, ["x1", "x2"])
+    out = tmp_path / "out"
+    out.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for cmd in ("restore", "snapshot"):
+        res = run_sidecar([cmd, "--output", str(out), "--force"], env, tmp_path, timeout=120)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert f"--output: {out} is a directory" in res.stderr
+        assert "Traceback" not in res.stderr
+        assert list(out.iterdir()) == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -119,3 +119,23 @@ def test_server_answers_401_before_the_body_and_drops_the_oldest_slow_client() -
         assert _ask(port, b"HEAD /healthz HTTP/1.1\r\n\r\n").endswith(b"\r\n\r\n")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("raw,words", [
+    (b'{"dry_run": true, "dry_run": false}', "'dry_run' twice"),
+    (b'{"a": {"b": 1, "b": 2}}', "'b' twice"),
+    (b"[" * 4000 + b"]" * 4000, "4000 levels deep"),
+    (b"[" * 4000, "4000 levels deep"),
+    (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", "41 levels deep"),
+])
+def test_duplicate_fields_and_deep_nesting_are_refused_by_name(raw: bytes, words: str) -> None:
+    """A request body with a field twice or nested past 32 levels: BadRequest saying so."""
+    with pytest.raises(api.BadRequest) as exc:
+        router._json(raw)
+    assert words in exc.value.message
+
+
+def test_brackets_inside_strings_do_not_count_as_depth() -> None:
+    """Depth is the JSON's, not the brackets a string holds."""
+    assert router._json(b'{"timestamp": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"{{{{"}') == {
+        "timestamp": '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["{{{{'}
