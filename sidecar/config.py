@@ -90,6 +90,7 @@ class Config:
     # Temporary credentials' token (AWS_SESSION_TOKEN, or the older AWS_SECURITY_TOKEN): not
     # a setting of sidecar's, read only so that no output ever shows it.
     session_token: str | None = field(default=None, repr=False)
+    ca_bundle: str | None = None  # AWS_CA_BUNDLE, else SSL_CERT_FILE (a readable PEM file)
 
 
 def find_prisma_schema(cwd: Path) -> Path | None:

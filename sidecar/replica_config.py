@@ -31,6 +31,9 @@ class S3:
     force_path_style: bool
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
+    # The CA bundle boto3 trusts for an HTTPS endpoint (AWS_CA_BUNDLE, else SSL_CERT_FILE);
+    # None: botocore's own. Litestream is given the same CA (bucket/trust.py).
+    ca_bundle: str | None = None
 
     @property
     def addressing(self) -> str:
@@ -133,7 +136,8 @@ def s3_settings(values: Mapping[str, Any], bucket: str, prefix: str, problems: P
     return S3(bucket=bucket, prefix=prefix.strip("/"), endpoint=endpoint,
               region=v["SIDECAR_S3_REGION"],
               force_path_style=default_path_style(endpoint) if path_style is None else path_style,
-              access_key_id=key_id, secret_access_key=secret)
+              access_key_id=key_id, secret_access_key=secret,
+              ca_bundle=v.get("AWS_CA_BUNDLE"))
 
 
 def parse_replica_url(url: str, values: Mapping[str, Any], problems: Problems,

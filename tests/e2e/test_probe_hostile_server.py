@@ -1,8 +1,8 @@
-"""The start-up probe's S3 client against servers that answer badly on purpose: one that sends
-its answer a byte at a time (each read within the socket timeout, the whole never), and one
-whose answer is far larger than any listing. Real sockets on 127.0.0.1; the probe must give up
-within its budget and say why, and `sidecar run` must then refuse to start as for any bucket
-it cannot read."""
+"""sidecar's S3 client (bucket.client: boto3 under a deadline and a cap) against servers that
+answer badly on purpose: one that sends its answer a byte at a time (each read within the
+socket timeout, the whole never), and one whose answer is far larger than any listing. Real
+sockets on 127.0.0.1; the probe must give up within its budget and say why, and `sidecar run`
+must then refuse to start as for any bucket it cannot read."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, replica, s3list
+from sidecar import config, replica
+from sidecar.bucket.client import Client
 from testkit import S3_KEY, S3_SECRET, base_env, run_sidecar
 
 pytestmark = pytest.mark.slow
@@ -89,7 +90,7 @@ def _replica(endpoint: str) -> config.Replica:
            "SIDECAR_S3_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": S3_KEY,
            "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     r = config.load(env, app_command=["true"], cwd=Path("/tmp")).databases[0].replica
-    assert r is not None and s3list.usable(r, env)
+    assert r is not None
     return r
 
 
@@ -99,9 +100,10 @@ def test_an_answer_sent_a_byte_at_a_time_ends_at_the_deadline(mode: str) -> None
     on the whole request ends it: at connect + read timeout (2 s here), not never."""
     server = Hostile(mode)
     try:
-        client = s3list.Client(_replica(server.endpoint), 1.0, env={})
+        client = Client(_replica(server.endpoint), 1.0, env={})
+        client.boto()  # made before the clock starts: the deadline is the request's
         t0 = time.monotonic()
-        with pytest.raises(s3list.Unreachable, match="no whole answer within 2s"):
+        with pytest.raises(replica.ReplicaUnreachable, match="no whole answer within 2s"):
             client.list_objects_v2(Bucket="b", Prefix="app.db/", MaxKeys=1)
         took = time.monotonic() - t0
     finally:
@@ -115,8 +117,8 @@ def test_an_answer_larger_than_any_listing_is_refused_not_held() -> None:
     and the probe (which retries an unreachable bucket until its budget is spent) says so."""
     server = Hostile("huge")
     try:
-        client = s3list.Client(_replica(server.endpoint), 5.0, env={})
-        with pytest.raises(s3list.Unreachable, match="larger than 16 MB"):
+        client = Client(_replica(server.endpoint), 5.0, env={})
+        with pytest.raises(replica.ReplicaUnreachable, match="larger than 16 MB"):
             client.list_objects_v2(Bucket="b", Prefix="app.db/", MaxKeys=1)
         with pytest.raises(replica.ReplicaUnreachable, match="larger than 16 MB"):
             replica.probe(_replica(server.endpoint), 1.0)
