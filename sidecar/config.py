@@ -117,6 +117,8 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
     problems = Problems()
     env = checked_env(env, problems)
     v = {s.env: read(env, s, problems) for s in SETTINGS}
+    # Not a setting (never shown): read so replica_config can tell which keys it goes with.
+    v["AWS_SESSION_TOKEN"] = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN")
     source = {s.env: found[0] for s in SETTINGS if (found := given(env, s))}
 
     # --- the rules that join several settings

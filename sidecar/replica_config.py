@@ -129,6 +129,17 @@ def s3_settings(values: Mapping[str, Any], bucket: str, prefix: str, problems: P
     endpoint = v["SIDECAR_S3_ENDPOINT"]
     path_style = v["SIDECAR_S3_FORCE_PATH_STYLE"]
     key_id, secret = v["AWS_ACCESS_KEY_ID"], v["AWS_SECRET_ACCESS_KEY"]
+    if v.get("AWS_SESSION_TOKEN") and rep and rep.get("access-key-id") and \
+            key_id == values["AWS_ACCESS_KEY_ID"]:
+        # Litestream 0.5.17 signs with the keys its config names and an empty session token
+        # (s3/replica_client.go: NewStaticCredentialsProvider(key, secret, "")), so temporary
+        # keys named there are denied on every upload; from its environment (what it reads
+        # when the config names none) it takes AWS_SESSION_TOKEN too.
+        problems.note(f"{where}.replica.access-key-id: names temporary keys (AWS_SESSION_TOKEN "
+                      "is set for them), which Litestream 0.5 would use without their session "
+                      "token and be denied; remove access-key-id / secret-access-key from the "
+                      "config and let Litestream read AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                      "and AWS_SESSION_TOKEN from the environment")
     if bool(key_id) != bool(secret):
         missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
         problems.note(f"{missing}: must be set too when the other credential is set "
