@@ -25,7 +25,6 @@ from sidecar.errors import ReplicaUnreachable
 LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 
 
-
 @dataclass(frozen=True)
 class LtxObject:
     key: str

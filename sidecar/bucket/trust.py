@@ -48,7 +48,10 @@ def litestream_env(env: MutableMapping[str, str]) -> None:
     if not (ca or "").strip():
         return
     assert ca is not None
-    roots = (env.get("SSL_CERT_FILE") or "").strip() or system_roots() or ""
+    # SSL_CERT_FILE is read only when AWS_CA_BUNDLE is not set, so config has not checked it.
+    own = (env.get("SSL_CERT_FILE") or "").strip()
+    roots = own if own and os.access(own, os.R_OK) and os.path.isfile(own) else (
+        system_roots() or "")
     env["SSL_CERT_FILE"] = str(bundle(ca, roots))
 
 

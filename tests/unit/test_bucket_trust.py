@@ -74,6 +74,10 @@ def test_litestream_gets_ssl_cert_file_with_the_roots_and_the_ca(tmp_path: Path)
     env = child_env({"AWS_CA_BUNDLE": str(ca), "SSL_CERT_FILE": str(own)})
     assert Path(env["SSL_CERT_FILE"]).read_text() == own.read_text() + ca.read_text()
     assert child_env({"SSL_CERT_FILE": str(own)})["SSL_CERT_FILE"] == str(own)
+    # An SSL_CERT_FILE that cannot be read (config reads it only without AWS_CA_BUNDLE): the
+    # system's roots instead, not a failure to start Litestream.
+    env = child_env({"AWS_CA_BUNDLE": str(ca), "SSL_CERT_FILE": str(tmp_path / "gone.pem")})
+    assert Path(env["SSL_CERT_FILE"]).read_bytes().endswith(ca.read_bytes())
     assert "SSL_CERT_FILE" not in child_env({})
 
 
