@@ -26,7 +26,7 @@ class Hostile:
     """Answers every request the way `mode` says: "drip-head" (the status line, then the
     headers a byte every 0.2 s), "drip-body" (whole headers, then the body a byte every
     0.2 s), each for 15 s and then the connection closed; "huge" (a 20 MB body as fast as it
-    goes)."""
+    goes); "drip-tls" (a TLS handshake answered a byte every 0.2 s)."""
 
     def __init__(self, mode: str):
         self.mode = mode
@@ -54,6 +54,17 @@ class Hostile:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             try:
+                if self.mode == "drip-tls":
+                    # A TLS handshake that never ends: the ClientHello is read, then a
+                    # ServerHello record that claims 16 KB arrives a byte every 0.2 s.
+                    conn.recv(65536)
+                    self.requests += 1
+                    conn.sendall(b"\x16\x03\x03\x40\x00")
+                    end = time.monotonic() + 15
+                    while not self._stop.wait(0.2) and time.monotonic() < end:
+                        conn.sendall(b"\x02")
+                        self.sent += 1
+                    return
                 head = b""
                 while b"\r\n\r\n" not in head:
                     chunk = conn.recv(65536)
@@ -110,6 +121,24 @@ def test_an_answer_sent_a_byte_at_a_time_ends_at_the_deadline(mode: str) -> None
         server.close()
     assert 1.9 <= took < 5.0, took
     assert server.sent >= 4  # it was still sending when the client gave up
+
+
+def test_a_tls_handshake_sent_a_byte_at_a_time_ends_at_the_deadline() -> None:
+    """An HTTPS endpoint whose handshake drips: the deadline ends it too (the socket is shut
+    down before TLS is up), and it is unreachable, not a certificate problem."""
+    server = Hostile("drip-tls")
+    try:
+        client = Client(_replica(server.endpoint.replace("http:", "https:")), 1.0, env={})
+        client.boto()
+        t0 = time.monotonic()
+        with pytest.raises(replica.ReplicaUnreachable, match="no whole answer within 2s") as exc:
+            client.list_objects_v2(Bucket="b", Prefix="app.db/", MaxKeys=1)
+        took = time.monotonic() - t0
+    finally:
+        server.close()
+    assert exc.value.kind == "unreachable"
+    assert 1.9 <= took < 5.0, took
+    assert server.sent >= 4
 
 
 def test_an_answer_larger_than_any_listing_is_refused_not_held() -> None:
