@@ -202,6 +202,8 @@ def ca_file(text: str) -> str:
     bundle that cannot be read would fail every HTTPS request later, as a certificate error
     that no longer says why)."""
     try:
+        if os.path.exists(text) and not os.path.isfile(text):  # a FIFO would block the read
+            raise IsADirectoryError(0, "not a regular file")
         with open(text, "rb") as f:
             head = f.read(4 * 1024 * 1024)
     except OSError as exc:

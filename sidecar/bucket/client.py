@@ -263,7 +263,7 @@ def certificate_problem(exc: BaseException) -> str | None:
 def certificate_message(label: str, why: str, ca_bundle: str | None) -> str:
     trusted = (f"the CA bundle {ca_bundle}" if ca_bundle else
                "botocore's default CA bundle (neither AWS_CA_BUNDLE nor SSL_CERT_FILE is set)")
-    why = re.sub(r"\s*\(_ssl\.c:\d+\)", "", why).strip(" ()'\"[]") or "verify failed"
+    why = re.sub(r"\s*\(_ssl\.c:\d+\)?", "", why).strip(" ()'\"[]") or "verify failed"
     return f"the certificate of {label} could not be verified with {trusted}: {why}; {CA_HINT}"
 
 

@@ -183,7 +183,8 @@ def test_an_untrusted_certificate_is_final_at_once(tmp_path: Path, https: HTTPSS
     """Without the CA (no trust variable: the system's roots) or with a CA that did not sign
     the server's certificate: `sidecar run` on an empty volume exits 4 well within 5 s, says
     it is the certificate, names the endpoint and AWS_CA_BUNDLE, starts no app and creates
-    nothing; `sidecar check` fails its replica row the same way (exit 1)."""
+    nothing; `sidecar verify` refuses as fast (exit 4), and `sidecar check` fails its replica
+    row the same way (exit 1)."""
     bucket = bucket_of(https)
     ca = None if trust == "none" else make_ca(tmp_path / "other", "another CA").ca
     env = tls_env(tmp_path, https, bucket, ca, SIDECAR_REPLICA_TIMEOUT="30s")
@@ -196,11 +197,19 @@ def test_an_untrusted_certificate_is_final_at_once(tmp_path: Path, https: HTTPSS
     assert took < 5, took
     assert "certificate" in res.stderr and https.endpoint in res.stderr
     assert "AWS_CA_BUNDLE" in res.stderr and "Traceback" not in res.stderr
+    assert "_ssl.c" not in res.stderr  # the reason, not the ssl module's source position
     assert not marker.exists() and not db.exists()
     # Nothing but sidecar's own lock and state: no database, no restore's files.
     assert sorted(p.name for p in db.parent.iterdir()
                   if p.name not in (".sidecar", ".app.db.sidecar.lock")) == []
     assert https.keys(bucket) == []
+
+    t0 = time.monotonic()
+    res = run_sidecar(["verify"], env, tmp_path, timeout=60)
+    assert res.returncode == 4, res.stdout + res.stderr[-2000:]
+    assert time.monotonic() - t0 < 5
+    out = res.stdout + res.stderr
+    assert "certificate" in out and "SIDECAR_REPLICA_TIMEOUT" not in out, out
 
     res = run_sidecar(["check"], env, tmp_path, timeout=60)
     assert res.returncode == 1, res.stdout

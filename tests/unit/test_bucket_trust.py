@@ -35,7 +35,7 @@ def pem(tmp_path: Path, name: str = "ca.pem", text: str = PEM) -> Path:
 def test_a_ca_bundle_that_cannot_be_used_is_one_config_error_naming_it(tmp_path: Path,
                                                                        var: str) -> None:
     for value, why in ((str(tmp_path / "missing.pem"), "No such file or directory"),
-                       (str(tmp_path), "Is a directory"),
+                       (str(tmp_path), "not a regular file"),
                        (str(pem(tmp_path, "x.pem", "not a certificate")), "BEGIN CERTIFICATE")):
         with pytest.raises(ConfigError) as exc:
             load(tmp_path, **{var: value})
