@@ -167,7 +167,7 @@ class Client:
         listing = resp.status_code == 200 and event_name.endswith(".ListObjectsV2")
         if listing and (tag := _root_tag(body)) != "ListBucketResult":
             raise BadAnswer("the answer is not S3 XML" if tag is None else
-                                f"the answer is not an S3 listing (<{tag[:40]}>)")
+                            f"the answer is not an S3 listing (<{tag[:40]}>)")
         return resp
 
     # -- the one place errors get their meaning
