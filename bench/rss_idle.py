@@ -1,11 +1,9 @@
-"""Idle RSS of sidecar with its lag checks on the small S3 client (sidecar/s3list.py) and on
-boto3, beside the plain run.sh's Litestream, in one run and in rotated order.
+"""Idle RSS of sidecar (its lag checks on its one S3 client, boto3) beside the plain run.sh's
+Litestream, in one run and in rotated order.
 
     python bench/rss_idle.py [--seconds 20] [--reps 3]
 
-The boto3 case is the same sidecar with HTTPS_PROXY set (pointing nowhere: the endpoint is
-plain http, so neither boto3 nor Litestream uses it), which is one of the variables that make
-the small client ineligible (s3list.usable). Sampling is bench/run.py's `resources`.
+Sampling is bench/run.py's `resources`.
 """
 
 from __future__ import annotations
@@ -22,16 +20,6 @@ import harness as h
 import run as r
 
 
-class Boto3Sidecar(h.Sidecar):
-    label = "sidecar, lag checks on boto3 (HTTPS_PROXY set)"
-
-    def command(self, bucket: str, db: Path, app: list[str], **extra: str
-                ) -> tuple[list[str], dict[str, str]]:
-        argv, env = super().command(bucket, db, app, **extra)
-        env["HTTPS_PROXY"] = "http://127.0.0.1:9"
-        return argv, env
-
-
 def label(ep: h.Entrypoint) -> str:
     return getattr(ep, "label", ep.name)
 
@@ -46,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="sidecar-rss-"))
     s3 = h.S3(work / "s3")
     s3.start()
-    eps: list[h.Entrypoint] = [h.Sidecar(s3, work), Boto3Sidecar(s3, work), h.Plain(s3, work)]
+    eps: list[h.Entrypoint] = [h.Sidecar(s3, work), h.Plain(s3, work)]
     out: dict[str, list[dict[str, Any]]] = {label(e): [] for e in eps}
     try:
         s3.restart()

@@ -93,6 +93,7 @@ class Config:
     # Temporary credentials' token (AWS_SESSION_TOKEN, or the older AWS_SECURITY_TOKEN): not
     # a setting of sidecar's, read only so that no output ever shows it.
     session_token: str | None = field(default=None, repr=False)
+    ca_bundle: str | None = None  # AWS_CA_BUNDLE, else SSL_CERT_FILE (a readable PEM file)
 
 
 def find_prisma_schema(cwd: Path) -> Path | None:
@@ -119,6 +120,8 @@ def load(env: Mapping[str, str], app_command: list[str] | None = None,
     problems = Problems()
     env = checked_env(env, problems)
     v = {s.env: read(env, s, problems) for s in SETTINGS}
+    # Not a setting (never shown): read so replica_config can tell which keys it goes with.
+    v["AWS_SESSION_TOKEN"] = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN")
     source = {s.env: found[0] for s in SETTINGS if (found := given(env, s))}
 
     # --- the rules that join several settings

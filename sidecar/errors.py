@@ -60,9 +60,10 @@ class RestoreError(SidecarError):
 
 
 class ReplicaUnreachable(RestoreError):
-    """The replica cannot be read: `kind` is unreachable, denied or no-bucket. Callers that
-    can go on without the replica (check, lag, the scratch sweep) catch it; elsewhere it
-    stops the command with exit 4."""
+    """The replica cannot be read: `kind` is unreachable (the only one worth retrying), denied,
+    no-bucket or certificate (bucket/client.py decides which). Callers that can go on
+    without the replica (check, lag, the scratch sweep) catch it; elsewhere it stops the
+    command with exit 4."""
 
     requests = 0  # S3 requests made before it was raised, where a caller counts them
 

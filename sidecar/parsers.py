@@ -175,6 +175,24 @@ def absolute_path(text: str) -> Path:
     return Path(os.path.normpath(text))
 
 
+def ca_file(text: str) -> str:
+    """A CA bundle: a file that can be read now and holds at least one PEM certificate (a
+    bundle that cannot be read would fail every HTTPS request later, as a certificate error
+    that no longer says why)."""
+    try:
+        if os.path.exists(text) and not os.path.isfile(text):  # a FIFO would block the read
+            raise IsADirectoryError(0, "not a regular file")
+        with open(text, "rb") as f:
+            head = f.read(4 * 1024 * 1024)
+    except OSError as exc:
+        raise Invalid(f"cannot read the CA bundle: {exc.strerror or exc}; it must name a "
+                      "readable PEM file of CA certificates") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise Invalid("must name a PEM file of CA certificates (it holds no "
+                      "-----BEGIN CERTIFICATE----- block)")
+    return text
+
+
 def token(text: str) -> str:
     """An admin token: long enough to guess nothing, and nothing a header would mangle."""
     if len(text) < 16:

@@ -33,6 +33,10 @@ def require(cfg: Config | None, db: Database, verb: str) -> replica.Contents:
     try:
         return replica.probe(db.replica, seconds)
     except replica.ReplicaUnreachable as exc:
+        if exc.kind == "certificate":  # final at once: no timeout was waited for
+            url = db.replica.url
+            raise RestoreError(f"cannot {verb} {db.name}: the replica {url} cannot be read: "
+                               f"{exc.message}", hint="nothing was changed") from None
         raise unreachable(db, verb, exc.message, seconds) from None
 
 

@@ -1,4 +1,4 @@
-"""What is really in the replica: one seam for S3 (boto3) and local-directory replicas.
+"""What is really in the replica: one seam for S3 (bucket.client) and local-directory replicas.
 
 Litestream 0.5 lays an S3 replica out as `<prefix>/<level, 4 hex digits>/<minTXID>-<maxTXID>.ltx`
 and a file replica as `<dir>/ltx/<level, decimal>/<minTXID>-<maxTXID>.ltx` (TXIDs 16 hex
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +23,6 @@ from sidecar.config import Replica
 from sidecar.errors import ReplicaUnreachable
 
 LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
-
-# Error codes that mean "retrying will not help".
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
-           "InvalidToken", "ExpiredToken", "AllAccessDisabled", "AuthorizationHeaderMalformed"}
-_NO_BUCKET = {"NoSuchBucket", "404"}
 
 
 @dataclass(frozen=True)
@@ -163,51 +156,23 @@ def _levels_in(ltx: Path) -> list[int]:
 
 
 class S3Store(Store):
+    """A replica in a bucket, read through bucket.client.Client (boto3 with a deadline on
+    each call, a cap on each answer, and the meaning of every error)."""
+
     def __init__(self, replica: Replica, timeout: float = 5.0, client: Any = None):
+        from sidecar.bucket.client import Client
+
         assert replica.s3 is not None
         self.s3 = replica.s3
         self.bucket = replica.s3.bucket
         self.prefix = replica.s3.prefix.strip("/") + "/"
         self.label = replica.endpoint_label
-        self._client = client or make_client(replica, timeout)
+        self._client = client or Client(replica, timeout)
 
     def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        from sidecar import s3list
-
+        """One request, counted. The client raises ReplicaUnreachable for every failure."""
         self.requests += 1
-        try:
-            return fn(**kwargs)
-        except s3list.Answered as exc:
-            self._answered(exc.code, exc.status)
-        except s3list.Unreachable as exc:
-            raise ReplicaUnreachable("unreachable",
-                                     f"cannot reach {self.label}: {exc}") from None
-        except Exception as exc:
-            # botocore is imported only once a boto3 client has failed: the small client
-            # (s3list) must not pay for it, and without botocore loaded no boto3 client exists.
-            if "botocore" not in sys.modules:
-                raise
-            from botocore.exceptions import BotoCoreError, ClientError
-
-            if isinstance(exc, ClientError):
-                self._answered(str(exc.response.get("Error", {}).get("Code", "")),
-                               exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-            if isinstance(exc, BotoCoreError):
-                raise ReplicaUnreachable(
-                    "unreachable", f"cannot reach {self.label}: {type(exc).__name__}") from None
-            raise
-
-    def _answered(self, code: str, status: int | None) -> None:
-        """Raise what an error answer of the server means."""
-        if code in _NO_BUCKET or (status == 404 and not code):
-            raise ReplicaUnreachable(
-                "no-bucket", f"bucket {self.bucket!r} does not exist at {self.label}") from None
-        if code in _DENIED or status == 403:
-            raise ReplicaUnreachable(
-                "denied", f"access to bucket {self.bucket!r} at {self.label} was denied "
-                f"({code or status}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from None
-        raise ReplicaUnreachable(
-            "unreachable", f"{self.label} answered {code or status}") from None
+        return fn(**kwargs)
 
     def list_ltx(self, level: int, start_after: str | None = None,
                  max_keys: int = 1000) -> list[LtxObject]:
@@ -259,36 +224,6 @@ class S3Store(Store):
         return [item["Key"][len(self.prefix):] for item in resp.get("Contents", [])]
 
 
-_session: Any = None
-_session_lock = threading.Lock()
-
-
-def make_client(replica: Replica, timeout: float = 5.0) -> Any:
-    """An S3 client. Every client comes from one shared session, so botocore parses the S3
-    service model once per process (about 15 MB each time otherwise)."""
-    global _session
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    from sidecar.s3list import credentials
-
-    s3 = replica.s3
-    assert s3 is not None
-    key, secret, token = credentials(replica) or (None, None, None)
-    cfg = BotoConfig(
-        connect_timeout=max(0.5, min(timeout, 5.0)), read_timeout=max(1.0, timeout),
-        retries={"max_attempts": 1, "mode": "standard"},
-        s3={"addressing_style": "path" if s3.force_path_style else "virtual"},
-        signature_version="s3v4",
-    )
-    with _session_lock:  # creating clients from one session is not thread-safe
-        if _session is None:
-            _session = boto3.session.Session()
-        return _session.client(
-            "s3", endpoint_url=s3.endpoint, config=cfg, region_name=s3.region,
-            aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token)
-
-
 def open_store(replica: Replica, timeout: float = 5.0) -> Store:
     if replica.s3 is not None:
         return S3Store(replica, timeout)
@@ -305,9 +240,10 @@ def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = 
     """
     end = clock() + deadline_s
     delay = 0.5
-    # Connecting is bounded at 5 s (make_client) so a down server is retried; an answer may
-    # take the whole budget: a slow listing is not an unreachable bucket.
-    store = listing_store(replica, deadline_s)
+    # Connecting is bounded at 5 s (bucket.client.timeouts) so a down server is retried; an
+    # answer may take the whole budget: a slow listing is not an unreachable bucket. Only an
+    # unreachable bucket is retried: denied, missing and an untrusted certificate are final.
+    store = open_store(replica, deadline_s)
     while True:
         try:
             return store.contents()
@@ -316,19 +252,6 @@ def probe(replica: Replica, deadline_s: float, sleep: Callable[[float], None] = 
                 raise
         sleep(delay)
         delay = min(delay * 2, 5.0)
-
-
-def listing_store(replica: Replica, timeout: float) -> Store:
-    """A store for callers that only list (the start-up probe, the lag checks): boto3-free
-    where the small client is equivalent (s3list.usable decides, for every such caller), so a
-    start with a missing database does not wait for boto3 to load, and an idle `sidecar run`
-    does not hold a boto3 client (about 24 MB of its RSS) for its lag checks."""
-    if replica.s3 is not None:
-        from sidecar import s3list
-
-        if s3list.usable(replica):
-            return S3Store(replica, timeout, client=s3list.Client(replica, timeout))
-    return open_store(replica, timeout=timeout)
 
 
 def latest_position(store: Store) -> LtxObject | None:

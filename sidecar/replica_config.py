@@ -32,6 +32,9 @@ class S3:
     force_path_style: bool
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
+    # The CA bundle boto3 trusts for an HTTPS endpoint (AWS_CA_BUNDLE, else SSL_CERT_FILE);
+    # None: botocore's own. Litestream is given the same CA (bucket/trust.py).
+    ca_bundle: str | None = None
 
     @property
     def addressing(self) -> str:
@@ -115,6 +118,17 @@ def s3_settings(values: Mapping[str, Any], bucket: str, prefix: str, problems: P
     endpoint = v["SIDECAR_S3_ENDPOINT"]
     path_style = v["SIDECAR_S3_FORCE_PATH_STYLE"]
     key_id, secret = v["AWS_ACCESS_KEY_ID"], v["AWS_SECRET_ACCESS_KEY"]
+    if v.get("AWS_SESSION_TOKEN") and rep and rep.get("access-key-id") and \
+            key_id == values["AWS_ACCESS_KEY_ID"]:
+        # Litestream 0.5.17 signs with the keys its config names and an empty session token
+        # (s3/replica_client.go: NewStaticCredentialsProvider(key, secret, "")), so temporary
+        # keys named there are denied on every upload; from its environment (what it reads
+        # when the config names none) it takes AWS_SESSION_TOKEN too.
+        problems.note(f"{where}.replica.access-key-id: names temporary keys (AWS_SESSION_TOKEN "
+                      "is set for them), which Litestream 0.5 would use without their session "
+                      "token and be denied; remove access-key-id / secret-access-key from the "
+                      "config and let Litestream read AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                      "and AWS_SESSION_TOKEN from the environment")
     if bool(key_id) != bool(secret):
         missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
         problems.note(f"{missing}: must be set too when the other credential is set "
@@ -122,7 +136,8 @@ def s3_settings(values: Mapping[str, Any], bucket: str, prefix: str, problems: P
     return S3(bucket=bucket, prefix=prefix.strip("/"), endpoint=endpoint,
               region=v["SIDECAR_S3_REGION"],
               force_path_style=default_path_style(endpoint) if path_style is None else path_style,
-              access_key_id=key_id, secret_access_key=secret)
+              access_key_id=key_id, secret_access_key=secret,
+              ca_bundle=v.get("AWS_CA_BUNDLE"))
 
 
 def parse_replica_url(url: str, values: Mapping[str, Any], problems: Problems,

@@ -59,7 +59,7 @@ def copy_estimate(db: Database, timeout: float = 10.0) -> int:
     remote = 0
     if db.replica is not None:
         with contextlib.suppress(replica.ReplicaUnreachable, OSError):
-            snaps = replica.listing_store(db.replica, timeout).list_ltx(9)
+            snaps = replica.open_store(db.replica, timeout).list_ltx(9)
             if snaps:
                 remote = max(snaps, key=lambda o: o.max_txid).size
     return int(max(local, remote) * 1.25) + 1024 * 1024

@@ -18,6 +18,7 @@ from typing import Any
 from sidecar.parsers import (
     Invalid,
     absolute_path,
+    ca_file,
     choice,
     command,
     cron,
@@ -100,6 +101,12 @@ SETTINGS: tuple[Setting, ...] = (
             fallback="ACCESS_KEY_ID"),
     Setting("AWS_SECRET_ACCESS_KEY", None, "S3 secret key (else SECRET_ACCESS_KEY)",
             fallback="SECRET_ACCESS_KEY", secret=True),
+    # AWS's own variable (boto3, the AWS CLI and SDKs read it); SSL_CERT_FILE is what Python's
+    # ssl and Go read. No flag: other tools read these names as they are.
+    Setting("AWS_CA_BUNDLE", None,
+            "a CA bundle (PEM) to trust for an HTTPS endpoint (else SSL_CERT_FILE)", ca_file,
+            "must name a readable PEM file of CA certificates", field="ca_bundle",
+            fallback="SSL_CERT_FILE", path=True),
     Setting("BUCKET", None, "a Railway Bucket's name: s3://BUCKET/<db file name> as replica"),
     Setting("LITESTREAM_CONFIG", "--litestream-config",
             "use this Litestream config (default ./litestream.yml when present)", path=True),

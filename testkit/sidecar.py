@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from sidecar.bucket.trust import system_roots
 from testkit.net import wait_for
 from testkit.procs import descendants
 from testkit.s3 import S3_KEY, S3_SECRET, S3Server
@@ -57,7 +58,9 @@ def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env["SIDECAR_REPLICA_TIMEOUT"] = "5s"
     env["SIDECAR_APP_STOP_TIMEOUT"] = "5s"
     env["SIDECAR_LITESTREAM_STOP_TIMEOUT"] = "10s"
-    env["AWS_CA_BUNDLE"] = "/nonexistent/ca.pem"  # Litestream must never see it
+    # A real CA bundle (config refuses one it cannot read), which Litestream must never see:
+    # it cannot start with AWS_CA_BUNDLE set (sidecar gives it SSL_CERT_FILE instead).
+    env["AWS_CA_BUNDLE"] = system_roots() or ""
     env.update(extra)
     (tmp_path / "data").mkdir(exist_ok=True)
     return env

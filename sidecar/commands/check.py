@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from collections.abc import Mapping
 
 from sidecar import config, cron, replica
+from sidecar.bucket import trust
+from sidecar.bucket.client import CA_HINT
 from sidecar.cli import add_settings, settings_from_args
 from sidecar.errors import ConfigError
 from sidecar.startup import preflight, tenants
@@ -30,7 +34,26 @@ def addressing_check(db: config.Database, overridden: bool) -> Check:
     return Check(f"addressing ({db.name})", True, f"{s3.addressing} ({where}), {why}")
 
 
-def bucket_checks(cfg: config.Config, timeout: float, path_style_set: bool = False) -> list[Check]:
+def fix_for(exc: replica.ReplicaUnreachable) -> str:
+    if exc.kind == "certificate":
+        return CA_HINT
+    return "check the endpoint, bucket name and credentials"
+
+
+def tls_check(name: str, rep: config.Replica, env: Mapping[str, str]) -> Check | None:
+    """For an HTTPS endpoint the bucket just answered: that its certificate was verified, and
+    with which bundle (a private CA works because this bundle holds it)."""
+    s3 = rep.s3
+    if s3 is None or (s3.endpoint or "https://").split(":", 1)[0] != "https":
+        return None
+    given = trust.given(env)
+    bundle = f"{given[0]}={given[1]}" if given else "botocore's default CA bundle"
+    return Check(f"tls ({name})", True, f"the certificate of {rep.endpoint_label} was verified "
+                 f"with {bundle}")
+
+
+def bucket_checks(cfg: config.Config, timeout: float, path_style_set: bool = False,
+                  env: Mapping[str, str] = os.environ) -> list[Check]:
     out = []
     for db in cfg.databases:
         name = f"replica ({db.name})"
@@ -43,9 +66,10 @@ def bucket_checks(cfg: config.Config, timeout: float, path_style_set: bool = Fal
             store = replica.open_store(db.replica, timeout=timeout)
             contents = store.contents()
         except replica.ReplicaUnreachable as exc:
-            out.append(Check(name, False, exc.message,
-                             "check the endpoint, bucket name and credentials"))
+            out.append(Check(name, False, exc.message, fix_for(exc)))
             continue
+        if (tls := tls_check(db.name, db.replica, env)) is not None:
+            out.append(tls)
         if contents.layout == "empty":
             out.append(Check(name, True, f"{db.replica.url} reachable, no backup yet"))
             continue
@@ -67,7 +91,11 @@ def bucket_checks(cfg: config.Config, timeout: float, path_style_set: bool = Fal
         out.append(Check(name, True, f"{db.replica.url} reachable; latest backup txid "
                          f"{latest.max_txid:016x} at {replica.utc(latest.last_modified)} "
                          f"({age:,.0f}s ago)" if latest else f"{db.replica.url} reachable"))
-    return out + [directory_check(entry, timeout) for entry in cfg.directories]
+    for entry in cfg.directories:
+        out.append(directory_check(entry, timeout))
+        if out[-1].ok and (tls := tls_check(f"{entry.dir.name}/", entry.replica, env)):
+            out.append(tls)
+    return out
 
 
 def directory_check(entry: config.DbDir, timeout: float) -> Check:
@@ -77,7 +105,7 @@ def directory_check(entry: config.DbDir, timeout: float) -> Check:
     try:
         listing = tenants.remote_members(entry, timeout, retry=False)
     except replica.ReplicaUnreachable as exc:
-        return Check(name, False, exc.message, "check the endpoint, bucket name and credentials")
+        return Check(name, False, exc.message, fix_for(exc))
     if listing.unknown:
         return Check(name, False, f"{url} holds objects that are not a Litestream backup: "
                      + ", ".join(f"{url}/{k}" for k in listing.unknown[:3]),
@@ -115,7 +143,8 @@ def main(args: argparse.Namespace) -> int:
         checks.append(Check("daemon", True, "a sidecar is running on this database" if running
                             else "no sidecar is running on this database"))
         checks += bucket_checks(cfg, min(cfg.replica_timeout, 10.0),
-                                path_style_set=bool(env.get("SIDECAR_S3_FORCE_PATH_STYLE")))
+                                path_style_set=bool(env.get("SIDECAR_S3_FORCE_PATH_STYLE")),
+                                env=env)
     if args.json:
         print(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

@@ -34,7 +34,7 @@ from sidecar import log
 from sidecar.config import Config, Database
 from sidecar.daemon import metrics
 from sidecar.litestream.control import Control, ControlError
-from sidecar.replica import DirStore, LtxObject, ReplicaUnreachable, Store, listing_store, utc
+from sidecar.replica import DirStore, LtxObject, ReplicaUnreachable, Store, open_store, utc
 
 PAGE = 1000  # keys per listing request (the S3 maximum)
 MAX_PAGES = 3  # per level and check; more new keys than that are read on the next check
@@ -304,9 +304,8 @@ class DbLag:
         self.store = store
         self.tracker = ReplicaTracker(store) if store is not None else None
         # The store is opened by the first check, in the scheduler's thread, so nothing on the
-        # way to the app waits on it. It only lists, so it is replica.listing_store's: the
-        # small client where that is boto3's equal, else boto3 (its import and a client, about
-        # a second and 24 MB held for good).
+        # way to the app waits on it (boto3's import and a client: a fraction of a second and
+        # about 24 MB, held for good).
         self._opener = opener if store is None else None
         self.control = control
         self.clock, self.wall = clock, wall
@@ -424,7 +423,7 @@ class LagMonitor:
             store = (stores or {}).get(str(db.path))
             opener = None
             if store is None and db.replica is not None:
-                opener = functools.partial(listing_store, db.replica, timeout=timeout)
+                opener = functools.partial(open_store, db.replica, timeout=timeout)
             self.dbs.append(DbLag(db, store, control, opener=opener))
         from sidecar.daemon.tenant_lag import DirLag
 

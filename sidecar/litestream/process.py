@@ -8,22 +8,25 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sidecar.bucket import trust
 from sidecar.config import HIDDEN_FROM_CHILDREN, Database
-
-# Variables Litestream must not see: 0.5 refuses to start with AWS_CA_BUNDLE set; the admin
-# token is for sidecar's own listener only.
-_DROP_ENV = ("AWS_CA_BUNDLE", *HIDDEN_FROM_CHILDREN)
 
 
 def child_env(base: Mapping[str, str]) -> dict[str, str]:
-    """Litestream's environment: no AWS_CA_BUNDLE, no admin token, and the S3 credentials under
-    the names it reads (a Railway Bucket's ACCESS_KEY_ID / SECRET_ACCESS_KEY as fallbacks, as
-    in config)."""
-    env = {k: v for k, v in base.items() if k not in _DROP_ENV}
+    """The environment of every Litestream sidecar runs (replicate, restore, verification,
+    helpers): no admin token (it is for sidecar's own listener only); AWS_CA_BUNDLE's CA
+    given as SSL_CERT_FILE instead (bucket/trust.py: 0.5 cannot start with AWS_CA_BUNDLE
+    set); the S3 credentials under the names it reads (a Railway Bucket's ACCESS_KEY_ID /
+    SECRET_ACCESS_KEY as fallbacks, as in config), and a session token only with the
+    AWS_ACCESS_KEY_ID it was issued with, as sidecar's own client sends it."""
+    env = {k: v for k, v in base.items() if k not in HIDDEN_FROM_CHILDREN}
+    trust.litestream_env(env)
     for aws, railway in (("AWS_ACCESS_KEY_ID", "ACCESS_KEY_ID"),
                          ("AWS_SECRET_ACCESS_KEY", "SECRET_ACCESS_KEY")):
         if not env.get(aws) and env.get(railway):
             env[aws] = env[railway]
+            for token in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+                env.pop(token, None)
     env["AWS_EC2_METADATA_DISABLED"] = "true"
     return env
 

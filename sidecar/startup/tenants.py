@@ -254,15 +254,12 @@ class BucketView:
 
     def _store(self) -> Any:
         """A store counting this listing's requests, over one client kept for every listing
-        (the small client opens a connection a request; a boto3 one is costly to make)."""
+        (a boto3 client is costly to make, and keeps its connections for the next one)."""
         from sidecar import replica
 
-        rep = self.entry.replica
-        if self.client is None:
-            store = replica.listing_store(rep, self.timeout)
-            self.client = store._client
-            return store
-        return replica.S3Store(rep, timeout=self.timeout, client=self.client)
+        store = replica.S3Store(self.entry.replica, timeout=self.timeout, client=self.client)
+        self.client = store._client
+        return store
 
     def _run(self, sub: str = "", start_after: str | None = None,
              max_pages: int | None = None) -> tuple[Listing, str | None, bool]:

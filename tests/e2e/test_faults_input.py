@@ -156,6 +156,8 @@ INVALID: dict[str, st.SearchStrategy[str]] = {
     "SIDECAR_ADMIN_TOKEN": st.text(st.characters(min_codepoint=33, max_codepoint=126),
                                    min_size=1, max_size=15),
     "SIDECAR_ADMIN_TOKEN_FILE": st.from_regex(r"\A/nonexistent-[a-z0-9]{1,12}\Z"),
+    "AWS_CA_BUNDLE": st.one_of(st.from_regex(r"\A/nonexistent-[a-z0-9]{1,12}\.pem\Z"),
+                               st.sampled_from(["/", "/dev/null", "/etc/hostname"])),
     "SIDECAR_ALLOW_NO_BACKUP": bad_bool,
     "SIDECAR_REPLICA_URL": nonblank.filter(lambda t: not t.startswith(("s3:", "file:"))),
     "SIDECAR_S3_ENDPOINT": nonblank.filter(lambda t: not t.startswith(("http:", "https:"))),

@@ -1,8 +1,8 @@
-"""The start-up probe's S3 client against servers that answer badly on purpose: one that sends
-its answer a byte at a time (each read within the socket timeout, the whole never), and one
-whose answer is far larger than any listing. Real sockets on 127.0.0.1; the probe must give up
-within its budget and say why, and `sidecar run` must then refuse to start as for any bucket
-it cannot read."""
+"""sidecar's S3 client (bucket.client: boto3 under a deadline and a cap) against servers that
+answer badly on purpose: one that sends its answer a byte at a time (each read within the
+socket timeout, the whole never), and one whose answer is far larger than any listing. Real
+sockets on 127.0.0.1; the probe must give up within its budget and say why, and `sidecar run`
+must then refuse to start as for any bucket it cannot read."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, replica, s3list
+from sidecar import config, replica
+from sidecar.bucket.client import Client
 from testkit import S3_KEY, S3_SECRET, base_env, run_sidecar
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ class Hostile:
     """Answers every request the way `mode` says: "drip-head" (the status line, then the
     headers a byte every 0.2 s), "drip-body" (whole headers, then the body a byte every
     0.2 s), each for 15 s and then the connection closed; "huge" (a 20 MB body as fast as it
-    goes)."""
+    goes); "drip-tls" (a TLS handshake answered a byte every 0.2 s)."""
 
     def __init__(self, mode: str):
         self.mode = mode
@@ -53,6 +54,17 @@ class Hostile:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             try:
+                if self.mode == "drip-tls":
+                    # A TLS handshake that never ends: the ClientHello is read, then a
+                    # ServerHello record that claims 16 KB arrives a byte every 0.2 s.
+                    conn.recv(65536)
+                    self.requests += 1
+                    conn.sendall(b"\x16\x03\x03\x40\x00")
+                    end = time.monotonic() + 15
+                    while not self._stop.wait(0.2) and time.monotonic() < end:
+                        conn.sendall(b"\x02")
+                        self.sent += 1
+                    return
                 head = b""
                 while b"\r\n\r\n" not in head:
                     chunk = conn.recv(65536)
@@ -89,7 +101,7 @@ def _replica(endpoint: str) -> config.Replica:
            "SIDECAR_S3_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": S3_KEY,
            "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     r = config.load(env, app_command=["true"], cwd=Path("/tmp")).databases[0].replica
-    assert r is not None and s3list.usable(r, env)
+    assert r is not None
     return r
 
 
@@ -99,9 +111,10 @@ def test_an_answer_sent_a_byte_at_a_time_ends_at_the_deadline(mode: str) -> None
     on the whole request ends it: at connect + read timeout (2 s here), not never."""
     server = Hostile(mode)
     try:
-        client = s3list.Client(_replica(server.endpoint), 1.0, env={})
+        client = Client(_replica(server.endpoint), 1.0, env={})
+        client.boto()  # made before the clock starts: the deadline is the request's
         t0 = time.monotonic()
-        with pytest.raises(s3list.Unreachable, match="no whole answer within 2s"):
+        with pytest.raises(replica.ReplicaUnreachable, match="no whole answer within 2s"):
             client.list_objects_v2(Bucket="b", Prefix="app.db/", MaxKeys=1)
         took = time.monotonic() - t0
     finally:
@@ -110,13 +123,31 @@ def test_an_answer_sent_a_byte_at_a_time_ends_at_the_deadline(mode: str) -> None
     assert server.sent >= 4  # it was still sending when the client gave up
 
 
+def test_a_tls_handshake_sent_a_byte_at_a_time_ends_at_the_deadline() -> None:
+    """An HTTPS endpoint whose handshake drips: the deadline ends it too (the socket is shut
+    down before TLS is up), and it is unreachable, not a certificate problem."""
+    server = Hostile("drip-tls")
+    try:
+        client = Client(_replica(server.endpoint.replace("http:", "https:")), 1.0, env={})
+        client.boto()
+        t0 = time.monotonic()
+        with pytest.raises(replica.ReplicaUnreachable, match="no whole answer within 2s") as exc:
+            client.list_objects_v2(Bucket="b", Prefix="app.db/", MaxKeys=1)
+        took = time.monotonic() - t0
+    finally:
+        server.close()
+    assert exc.value.kind == "unreachable"
+    assert 1.9 <= took < 5.0, took
+    assert server.sent >= 4
+
+
 def test_an_answer_larger_than_any_listing_is_refused_not_held() -> None:
     """A 20 MB answer: the client stops reading past 16 MB and calls the bucket unreachable,
     and the probe (which retries an unreachable bucket until its budget is spent) says so."""
     server = Hostile("huge")
     try:
-        client = s3list.Client(_replica(server.endpoint), 5.0, env={})
-        with pytest.raises(s3list.Unreachable, match="larger than 16 MB"):
+        client = Client(_replica(server.endpoint), 5.0, env={})
+        with pytest.raises(replica.ReplicaUnreachable, match="larger than 16 MB"):
             client.list_objects_v2(Bucket="b", Prefix="app.db/", MaxKeys=1)
         with pytest.raises(replica.ReplicaUnreachable, match="larger than 16 MB"):
             replica.probe(_replica(server.endpoint), 1.0)

@@ -96,14 +96,14 @@ def test_force_path_style_overrides_both_defaults(tmp_path: Path, endpoint: str,
 def test_boto3_client_uses_the_chosen_addressing(tmp_path: Path) -> None:
     """The client sidecar builds puts the bucket in the host name for Railway's endpoint and in
     the path elsewhere (the URL is read from botocore's request, nothing is sent)."""
-    from sidecar import replica
+    from sidecar.bucket.client import Client
 
     urls: list[str] = []
     for endpoint, env in (("https://storage.railway.app", {}),
                           ("http://127.0.0.1:9", {}),
                           ("https://storage.railway.app", {"SIDECAR_S3_FORCE_PATH_STYLE": "true"})):
         cfg = load(tmp_path, **railway_bucket_env(endpoint), **env)
-        client = replica.make_client(cfg.databases[0].replica, timeout=1.0)
+        client = Client(cfg.databases[0].replica, timeout=1.0).boto()
         seen: list[str] = []
 
         def capture(request, seen=seen, **_kw):  # type: ignore[no-untyped-def]

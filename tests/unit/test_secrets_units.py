@@ -50,11 +50,18 @@ def test_the_generated_config_holds_no_credential_and_litestream_gets_them_by_en
     text = path.read_text()
     assert SECRET not in text and "key-id" not in text and "access-key" not in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     env = litestream_process.child_env({"ACCESS_KEY_ID": "rk", "SECRET_ACCESS_KEY": "rs",
                                 "SIDECAR_ADMIN_TOKEN": TOKEN, "SIDECAR_ADMIN_TOKEN_FILE": "/f",
-                                "AWS_CA_BUNDLE": "/x"})
+                                "AWS_CA_BUNDLE": str(ca), "AWS_SESSION_TOKEN": "not-theirs"})
     assert env["AWS_ACCESS_KEY_ID"] == "rk" and env["AWS_SECRET_ACCESS_KEY"] == "rs"
-    assert not {"SIDECAR_ADMIN_TOKEN", "SIDECAR_ADMIN_TOKEN_FILE", "AWS_CA_BUNDLE"} & set(env)
+    assert not {"SIDECAR_ADMIN_TOKEN", "SIDECAR_ADMIN_TOKEN_FILE", "AWS_CA_BUNDLE",
+                "AWS_SESSION_TOKEN"} & set(env)
+    # The CA reaches Litestream as Go reads it: SSL_CERT_FILE, a private copy ending in it.
+    bundle = Path(env["SSL_CERT_FILE"])
+    assert bundle.read_text().endswith(ca.read_text()) and not bundle.is_relative_to(tmp_path)
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
     assert config.for_children({"SIDECAR_ADMIN_TOKEN": TOKEN, "A": "1"}) == {"A": "1"}
 
 

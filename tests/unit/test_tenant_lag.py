@@ -37,8 +37,8 @@ class Bucket:
         self.calls.append({"Prefix": Prefix, "StartAfter": StartAfter,
                            "ContinuationToken": ContinuationToken})
         if self.down:
-            from sidecar import s3list
-            raise s3list.Unreachable("timed out")
+            from sidecar.errors import ReplicaUnreachable
+            raise ReplicaUnreachable("unreachable", "cannot reach the bucket: timed out")
         after = ContinuationToken or StartAfter or ""
         keys = sorted(k for k in self.keys if k.startswith(Prefix) and k > after)
         page, rest = keys[:MaxKeys], keys[MaxKeys:]

@@ -185,7 +185,7 @@ class FakeStore(replica.Store):
 def test_probe_retries_unreachable_until_the_deadline(monkeypatch) -> None:
     """Connection failures are retried within the bound; then the last one is raised."""
     store = FakeStore([replica.ReplicaUnreachable("unreachable", "down")] * 100)
-    monkeypatch.setattr(replica, "listing_store", lambda r, timeout: store)
+    monkeypatch.setattr(replica, "open_store", lambda r, timeout: store)
     now = [0.0]
     with pytest.raises(replica.ReplicaUnreachable):
         replica.probe(object(), 5.0, sleep=lambda s: now.__setitem__(0, now[0] + s),
@@ -197,7 +197,7 @@ def test_probe_retries_unreachable_until_the_deadline(monkeypatch) -> None:
 def test_probe_denied_is_final_at_once(monkeypatch) -> None:
     """Access denied is not retried."""
     store = FakeStore([replica.ReplicaUnreachable("denied", "no"), replica.Contents("0.5")])
-    monkeypatch.setattr(replica, "listing_store", lambda r, timeout: store)
+    monkeypatch.setattr(replica, "open_store", lambda r, timeout: store)
     with pytest.raises(replica.ReplicaUnreachable):
         replica.probe(object(), 60.0, sleep=lambda s: None)
     assert store.requests == 1
@@ -207,7 +207,7 @@ def test_probe_recovers_when_the_bucket_comes_back(monkeypatch) -> None:
     """An outage shorter than the bound ends in an answer."""
     store = FakeStore([replica.ReplicaUnreachable("unreachable", "down"),
                        replica.Contents("empty")])
-    monkeypatch.setattr(replica, "listing_store", lambda r, timeout: store)
+    monkeypatch.setattr(replica, "open_store", lambda r, timeout: store)
     assert replica.probe(object(), 60.0, sleep=lambda s: None).layout == "empty"
 
 
@@ -295,7 +295,7 @@ def test_lag_monitor_opens_its_client_in_its_first_check_and_checks_when_told(
     from sidecar.daemon import lag
 
     opened: list[object] = []
-    monkeypatch.setattr(lag, "listing_store", lambda *a, **kw: opened.append(a) or
+    monkeypatch.setattr(lag, "open_store", lambda *a, **kw: opened.append(a) or
                         replica.DirStore(tmp_path / "none"))
     cfg = load(tmp_path, SIDECAR_REPLICA_URL="s3://bkt/app.db",
                SIDECAR_S3_ENDPOINT="http://127.0.0.1:9")
