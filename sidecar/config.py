@@ -87,6 +87,7 @@ class Config:
     directories: tuple[DbDir, ...] = ()
     restore_parallelism: int = 8
     db_metrics_limit: int = 100
+    pitr_window: float = 86400.0
     # Temporary credentials' token (AWS_SESSION_TOKEN, or the older AWS_SECURITY_TOKEN): not
     # a setting of sidecar's, read only so that no output ever shows it.
     session_token: str | None = field(default=None, repr=False)
