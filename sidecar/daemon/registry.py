@@ -109,6 +109,21 @@ REPLICA_REQUESTS = Counter(
     ["db", "operation"],
     registry=REGISTRY,
 )
+RESTORE_WINDOW = Gauge(
+    "sidecar_restore_window_seconds",
+    "How far back the backup can be restored now: now minus the time of the oldest snapshot "
+    "in the bucket (Litestream restores every moment from there on). Refreshed every sixth "
+    "lag check; absent until the first refresh.",
+    ["db"],
+    registry=REGISTRY,
+)
+RESTORE_WINDOW_CONFIGURED = Gauge(
+    "sidecar_restore_window_configured_seconds",
+    "The window the config promises (SIDECAR_PITR_WINDOW, or the project's litestream.yml: "
+    "snapshot retention minus snapshot interval).",
+    ["db"],
+    registry=REGISTRY,
+)
 BACKUP_VERIFY_LAST_SUCCESS = Gauge(
     "sidecar_backup_verify_last_success_timestamp_seconds",
     "Unix time of the last verification that restored the latest backup and found it intact. "

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import textwrap
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,16 @@ from typing import Any
 import pytest
 
 from sidecar.litestream import Control, unix_request
-from testkit import S3_SECRET, base_env, rows, run_sidecar, s3_env, wait_for, write_app
+from testkit import (
+    S3_SECRET,
+    base_env,
+    free_port,
+    rows,
+    run_sidecar,
+    s3_env,
+    wait_for,
+    write_app,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -284,3 +294,64 @@ def _try_sync(env: dict[str, str]) -> bool:
         return synced(env) > 0
     except Exception:
         return False
+
+
+def _metric(port: int, name: str, db: Path) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{db="{db}"}} '):
+            return float(line.split()[-1])
+    return None
+
+
+def test_the_window_metric_reads_shorter_once_the_oldest_snapshot_is_deleted(
+        tmp_path: Path, s3, bucket, sidecars) -> None:
+    """Snapshots every 3 s (kept 1 h): sidecar_restore_window_seconds grows with the oldest
+    one; deleting it from the bucket (a lifecycle rule, a hand) shortens the window in the
+    metric and in /status, and the configured window stays what the config promised."""
+    port = free_port()
+    env = project(tmp_path, s3, bucket, extra="""
+        snapshot:
+          interval: 3s
+          retention: 1h
+    """)
+    env["SIDECAR_HTTP_ADDR"] = f"127.0.0.1:{port}"
+    env["SIDECAR_LAG_CHECK_INTERVAL"] = "500ms"  # the window is refreshed every 3 s
+    sc = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
+    sc.wait_event("app started")
+    writer = Writer(db_path(env))
+    writer.phase("a", 0.5)
+    wait_for(lambda: _try_sync(env), 20, what="litestream to pick up the new database")
+    client = s3.client()
+
+    def snapshots() -> list[str]:
+        resp = client.list_objects_v2(Bucket=bucket, Prefix="app.db/0009/")
+        return sorted(o["Key"] for o in resp.get("Contents", []))
+
+    writer.phase("b", 7, every=0.5)  # snapshots need changes to be taken
+    wait_for(lambda: len(snapshots()) >= 3, 30, what="three snapshots")
+    assert _metric(port, "sidecar_restore_window_configured_seconds", db_path(env)) == 3600 - 3
+    wait_for(lambda: (_metric(port, "sidecar_restore_window_seconds", db_path(env)) or 0) > 6,
+             30, what="the window metric to cover the snapshots")
+    before = _metric(port, "sidecar_restore_window_seconds", db_path(env))
+    assert before is not None
+    code, status = unix_request(state_dir(env) / "sidecar.sock", "GET", "/status")
+    assert code == 200
+    oldest_before = ts(status["databases"][0]["restorable"]["oldest"])
+    assert status["databases"][0]["restorable"]["configured_window_seconds"] == 3600 - 3
+
+    first, second = snapshots()[:2]
+    second_time = client.head_object(Bucket=bucket, Key=second)["LastModified"].timestamp()
+    client.delete_object(Bucket=bucket, Key=first)
+
+    def shorter() -> bool:
+        value = _metric(port, "sidecar_restore_window_seconds", db_path(env))
+        return value is not None and value < time.time() - second_time + 1.5
+    wait_for(shorter, 20, what="the window metric to read shorter")
+    after = _metric(port, "sidecar_restore_window_seconds", db_path(env))
+    assert after is not None and after < before
+    code, status = unix_request(state_dir(env) / "sidecar.sock", "GET", "/status")
+    assert code == 200
+    oldest_after = ts(status["databases"][0]["restorable"]["oldest"])
+    assert oldest_after > oldest_before and abs(oldest_after - second_time) < 1.0
