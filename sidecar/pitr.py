@@ -78,13 +78,11 @@ def configured(cfg: Config) -> dict[str, Any]:
 
 
 def seconds_text(s: float) -> str:
-    if s >= 86400 and s % 3600 == 0:
-        return f"{s / 86400:g}d" if s % 86400 == 0 else f"{s / 3600:g}h"
-    if s >= 3600:
-        return f"{s / 3600:.3g}h"
-    if s >= 60:
-        return f"{s / 60:.3g}m"
-    return f"{s:g}s"
+    """A duration as Go writes one, whole seconds: 36h, 1h30m, 59m57s, 3s."""
+    s = round(s)
+    h, m, sec = s // 3600, s % 3600 // 60, s % 60
+    text = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec else "")
+    return text or "0s"
 
 
 def estimate(window: dict[str, Any], db_bytes: int, write_bytes_per_second: float,
@@ -113,3 +111,22 @@ def estimate(window: dict[str, Any], db_bytes: int, write_bytes_per_second: floa
     nbytes += l0_files * write_bytes_per_second * sync_interval
     return {"objects": objects, "bytes": int(nbytes), "snapshots": snapshots,
             "db_bytes": db_bytes, "write_bytes_per_second": round(write_bytes_per_second, 1)}
+
+
+def write_rate(objs: list[Any]) -> float:
+    """Bytes per second the bucket receives, from one level's files (LtxObject: size and
+    last_modified): what they hold after the first, over the time they span. 0 when fewer
+    than two files are there to measure."""
+    if len(objs) < 2:
+        return 0.0
+    objs = sorted(objs, key=lambda o: o.last_modified)
+    span = objs[-1].last_modified - objs[0].last_modified
+    return sum(o.size for o in objs[1:]) / span if span > 0 else 0.0
+
+
+def bytes_text(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.0f}"

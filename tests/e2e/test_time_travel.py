@@ -355,3 +355,10 @@ def test_the_window_metric_reads_shorter_once_the_oldest_snapshot_is_deleted(
     assert code == 200
     oldest_after = ts(status["databases"][0]["restorable"]["oldest"])
     assert oldest_after > oldest_before and abs(oldest_after - second_time) < 1.0
+
+    # `sidecar check` shows the promised window, how far back the bucket reaches, the cost.
+    res = run_sidecar(["check", "--json"], env, tmp_path, timeout=60)
+    (window,) = [c for c in json.loads(res.stdout) if c["name"] == "restore window (app.db)"]
+    assert window["ok"] and window["detail"].startswith(
+        f"59m57s ({tmp_path / 'litestream.yml'}: snapshots every 3s, kept 1h)"), window
+    assert "reaches back to" in window["detail"] and " objects, " in window["detail"]

@@ -4,6 +4,7 @@ estimate and the undo bookmarks."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -141,3 +142,25 @@ def test_bookmarks_are_kept_per_database(tmp_path: Path) -> None:
     assert (state / bookmarks.FILE).stat().st_mode & 0o777 == 0o600
     (state / bookmarks.FILE).write_text("not json")
     assert bookmarks.get(state, tmp_path / "a.db") is None
+
+
+def test_check_shows_the_window_and_its_cost(tmp_path: Path) -> None:
+    from sidecar.commands.check import window_check
+    from sidecar.replica import DirStore
+
+    (tmp_path / "app.db").write_bytes(b"x" * 4096)
+    cfg = config.load(_env(tmp_path, SIDECAR_PITR_WINDOW="2h"), need_app=False, cwd=tmp_path)
+    c = window_check(cfg, cfg.databases[0], DirStore(tmp_path / "replica"))
+    assert c.ok and c.name == "restore window (app.db)"
+    assert c.detail.startswith("2h (SIDECAR_PITR_WINDOW: snapshots every 1h, kept 3h); "
+                               "no snapshot yet; costs about 4 objects, 16.4 KB"), c.detail
+    ltx = tmp_path / "replica" / "ltx"
+    for level, name, size, mtime in ((9, "0000000000000001-0000000000000001.ltx", 4096, 1000),
+                                     (0, "0000000000000002-0000000000000002.ltx", 500, 2000),
+                                     (0, "0000000000000003-0000000000000003.ltx", 500, 2010)):
+        (ltx / str(level)).mkdir(parents=True, exist_ok=True)
+        (ltx / str(level) / name).write_bytes(b"x" * size)
+        os.utime(ltx / str(level) / name, (mtime, mtime))
+    c = window_check(cfg, cfg.databases[0], DirStore(tmp_path / "replica"))
+    assert "reaches back to 1970-01-01T00:16:40Z" in c.detail, c.detail
+    assert "at 50 B/s of changes" in c.detail, c.detail
