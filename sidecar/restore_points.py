@@ -184,8 +184,8 @@ def stretches(pts: list[Point]) -> list[dict[str, Any]]:
 def stretch_text(s: dict[str, Any]) -> str:
     every = s["every_seconds"]
     if s["points"] == 1:
-        what = f"one point ({s['kind']})"
-    elif s["level"] == 0:
+        return f"one point ({s['kind']}) at {s['from']}"
+    if s["level"] == 0:
         what = f"every sync (~{_seconds_text(every)})"
     else:
         what = f"every {_seconds_text(every)} ({s['kind']})"
