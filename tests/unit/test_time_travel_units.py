@@ -164,3 +164,46 @@ def test_check_shows_the_window_and_its_cost(tmp_path: Path) -> None:
     c = window_check(cfg, cfg.databases[0], DirStore(tmp_path / "replica"))
     assert "reaches back to 1970-01-01T00:16:40Z" in c.detail, c.detail
     assert "at 50 B/s of changes" in c.detail, c.detail
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"timestamp": "2025-01-01T00:00:00Z"}, "timestamp"), ({"txid": "1"}, "txid"),
+    ({"wait": "yes"}, "wait"), ({"timeout": 5}, "timeout"),
+    ({"timeout": -1, "wait": True}, "timeout"), ({"db": 3}, "db"),
+])
+def test_undo_request_is_strict(body: dict[str, object], field: str) -> None:
+    from sidecar.daemon import api
+
+    with pytest.raises(api.BadRequest) as exc:
+        api.UndoRequest.parse(body)
+    assert field in exc.value.message
+    assert api.UndoRequest.parse({"db": "app.db", "wait": True, "timeout": 9}) == \
+        api.UndoRequest(db="app.db", wait=True, timeout=9)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--list", "--limit", "0"], ["--limit 0", "1 or more"]),
+    (["--limit", "3"], ["--limit only applies with --list"]),
+    (["--list", "--output", "x.db"], ["--list takes only"]),
+    (["--undo", "--output", "x.db"], ["--undo takes only"]),
+    (["--undo", "--yes"], ["cannot undo: no sidecar is running here"]),
+])
+def test_restore_list_and_undo_refuse_bad_arguments_touching_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+        words: list[str]) -> None:
+    """One error, exit 1, before the bucket or the daemon is asked anything (the endpoint
+    here answers nothing)."""
+    from sidecar import cli
+
+    env = _env(tmp_path, SIDECAR_S3_ENDPOINT="http://127.0.0.1:9")
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [k for k in os.environ if k.startswith(("SIDECAR_", "AWS_", "DATABASE_URL"))]:
+            mp.delenv(k)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.chdir(tmp_path)
+        code = cli.main(["restore", *args])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert all(w in err for w in words), err
+    assert "Traceback" not in err and not (tmp_path / "x.db").exists()
