@@ -151,12 +151,13 @@ def restored_rows(env: dict[str, str], tmp_path: Path, when: str, name: str) -> 
 
 def sample(points: list[dict[str, Any]], writer: Writer) -> list[dict[str, Any]]:
     """Points to restore, the every-sync stretch first (its level 0 files expire): its newest
-    and middle points; then the oldest point, both sides of each compacted stretch's change
+    point and one a quarter back; then the oldest point, both sides of each compacted stretch's change
     of level and of a compaction boundary inside it, and the middle of each."""
     oldest_first = list(reversed(points))
     l0 = [p for p in oldest_first if p["level"] == 0]
     rest = [p for p in oldest_first if p["level"] != 0]
-    picks = [*l0[-1:], *l0[len(l0) // 2:len(l0) // 2 + 1], oldest_first[0]]
+    # (the older of the two a quarter from the newest: far from expiring while restored)
+    picks = [*l0[-1:], *l0[3 * len(l0) // 4:3 * len(l0) // 4 + 1], oldest_first[0]]
     for a, b in itertools.pairwise(rest):  # both sides of a change of level
         if a["level"] != b["level"]:
             picks += [a, b]
@@ -218,6 +219,27 @@ def test_list_restore_exact_points_live_restore_undo_redo_and_disaster(
     assert chosen[0]["level"] == 0 and len({p["level"] for p in chosen}) >= 2, chosen
     for p in chosen:
         got = restored_rows(env, tmp_path, p["time"], f"at-{p['txid']}")
+        assert got == writer.committed_by(ts(p["time"])), p
+
+    # Once the every-sync stretch has been compacted (its level 0 files expired), the same
+    # moments list at level 1: each compaction boundary keeps its time (a compaction carries
+    # its newest sync's timestamp) and restores exactly, and times between them are gone.
+    def compacted() -> dict[str, Any] | None:
+        doc = listing(env, tmp_path)
+        l1 = [p for p in doc["points"] if p["level"] == 1]
+        return doc if l1 and ts(l1[0]["time"]) > between else None
+    later = wait_for(compacted, 40, interval=2, what="the run to be compacted")
+    before_compaction = {p["txid"]: p["time"] for p in pts}
+    l1 = [p for p in later["points"] if p["level"] == 1]
+    assert len(l1) >= 4, later
+    for p in l1:
+        if p["txid"] in before_compaction:
+            assert p["time"] == before_compaction[p["txid"]], p
+    assert len(later["points"]) < len(pts)
+    again = [p for p in (l1[0], l1[1], l1[len(l1) // 2]) if not writer.ambiguous(ts(p["time"]))]
+    assert again
+    for p in again:
+        got = restored_rows(env, tmp_path, p["time"], f"l1-{p['txid']}")
         assert got == writer.committed_by(ts(p["time"])), p
 
     # A live restore to the newest point before p3 (as listed now: p3's and the pause's level
