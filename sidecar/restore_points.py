@@ -113,8 +113,16 @@ def read_files(db: Database, timeout: float = 10.0) -> list[LtxFile]:
 def _with_metadata(store: replica.S3Store, objs: list[replica.LtxObject]) -> list[LtxFile]:
     client = store._client
 
-    def head(obj: replica.LtxObject) -> LtxFile:
-        resp = store._call(client.head_object, Bucket=store.bucket, Key=store.prefix + obj.key)
+    def head(obj: replica.LtxObject) -> LtxFile | None:
+        try:
+            resp = store._call(client.head_object, Bucket=store.bucket,
+                               Key=store.prefix + obj.key)
+        except ReplicaUnreachable as exc:
+            # A 404 right after the listing answered: Litestream deleted the file meanwhile
+            # (level 0 retention, a compaction), so no restore can use it either.
+            if exc.kind == "no-bucket":
+                return None
+            raise
         meta = {k.lower(): v for k, v in (resp.get("Metadata") or {}).items()}
         ms = _parse_rfc3339(meta.get(METADATA_KEY, ""))
         if ms is None:  # what Litestream falls back to as well
@@ -122,7 +130,7 @@ def _with_metadata(store: replica.S3Store, objs: list[replica.LtxObject]) -> lis
         return LtxFile(obj.level, obj.min_txid, obj.max_txid, ms, obj.size)
 
     with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
-        return list(pool.map(head, objs))
+        return [f for f in pool.map(head, objs) if f is not None]
 
 
 def points(files: list[LtxFile]) -> list[Point]:
