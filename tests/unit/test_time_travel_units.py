@@ -207,3 +207,44 @@ def test_restore_list_and_undo_refuse_bad_arguments_touching_nothing(
     assert code == 1, err
     assert all(w in err for w in words), err
     assert "Traceback" not in err and not (tmp_path / "x.db").exists()
+
+
+def test_read_files_takes_litestreams_timestamp_metadata_and_skips_files_deleted_meanwhile(
+        tmp_path: Path) -> None:
+    """The planner's creation time is the `litestream-timestamp` metadata (else LastModified);
+    a file gone between the listing and its HEAD (a 404) is left out, not a missing bucket."""
+    from datetime import UTC, datetime
+
+    from botocore.exceptions import ClientError
+
+    from sidecar import replica, restore_points
+
+    keys = {"app.db/0000/0000000000000002-0000000000000002.ltx": "2026-12-07T04:00:02.5Z",
+            "app.db/0000/0000000000000003-0000000000000003.ltx": None,  # no metadata
+            "app.db/0000/0000000000000004-0000000000000004.ltx": "gone",
+            "app.db/0009/0000000000000001-0000000000000001.ltx": "2026-12-07T04:00:01.123456789Z"}
+    listed = datetime(2026, 12, 7, 4, 0, 9, tzinfo=UTC)
+
+    class Client:
+        def list_objects_v2(self, **kw: object) -> dict[str, object]:
+            return {"Contents": [{"Key": k, "Size": 10, "LastModified": listed}
+                                 for k in keys if k.startswith(str(kw["Prefix"]))]}
+
+        def head_object(self, Bucket: str, Key: str) -> dict[str, object]:
+            if keys[Key] == "gone":
+                raise ClientError({"Error": {"Code": "404"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 404}}, "HeadObject")
+            return {"Metadata": {"litestream-timestamp": keys[Key]} if keys[Key] else {}}
+
+    cfg = config.load(_env(tmp_path), need_app=False, cwd=tmp_path)
+    db = cfg.databases[0]
+    assert db.replica is not None
+    store = replica.S3Store(db.replica, client=Client())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(replica, "open_store", lambda *a, **k: store)
+        files = restore_points.read_files(db)
+    got = sorted((f.level, f.min_txid, f.created_ms) for f in files)
+    ms = int(listed.timestamp() * 1000)
+    t2 = int(datetime(2026, 12, 7, 4, 0, 2, 500000, tzinfo=UTC).timestamp() * 1000)
+    t1 = int(datetime(2026, 12, 7, 4, 0, 1, 123000, tzinfo=UTC).timestamp() * 1000)
+    assert got == [(0, 2, t2), (0, 3, ms), (9, 1, t1)]
