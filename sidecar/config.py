@@ -90,6 +90,7 @@ class Config:
     db_metrics_limit: int = 100
     bucket_bad_names: str = "refuse"  # refuse | skip (see names.py)
     restore_max_databases: int = 10000
+    pitr_window: float = 86400.0
     # Temporary credentials' token (AWS_SESSION_TOKEN, or the older AWS_SECURITY_TOKEN): not
     # a setting of sidecar's, read only so that no output ever shows it.
     session_token: str | None = field(default=None, repr=False)

@@ -135,6 +135,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SIDECAR_SYNC_INTERVAL", "--sync-interval", "Litestream sync interval",
             litestream_duration, "must be a positive duration like 1s or 500ms", "1s",
             field="sync_interval"),
+    Setting("SIDECAR_PITR_WINDOW", "--pitr-window",
+            "how far back every moment stays restorable (generated config: snapshots every "
+            "half of it, kept for 1.5 times it)", litestream_duration,
+            "must be a positive duration like 24h or 90m", "24h", field="pitr_window"),
     Setting("SIDECAR_VERIFY_SCHEDULE", "--verify-schedule",
             "cron schedule for backup verification; empty disables", cron,
             "must be a 5-field cron expression like '17 3 * * *', or empty", "17 3 * * *",

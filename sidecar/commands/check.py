@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Mapping
 
-from sidecar import config, cron, replica
+from sidecar import config, cron, pitr, replica
 from sidecar.bucket import trust
 from sidecar.bucket.client import CA_HINT
 from sidecar.cli import add_settings, settings_from_args
@@ -91,11 +91,45 @@ def bucket_checks(cfg: config.Config, timeout: float, path_style_set: bool = Fal
         out.append(Check(name, True, f"{db.replica.url} reachable; latest backup txid "
                          f"{latest.max_txid:016x} at {replica.utc(latest.last_modified)} "
                          f"({age:,.0f}s ago)" if latest else f"{db.replica.url} reachable"))
+        out.append(window_check(cfg, db, store))
     for entry in cfg.directories:
         out.append(directory_check(entry, timeout))
         if out[-1].ok and (tls := tls_check(f"{entry.dir.name}/", entry.replica, env)):
             out.append(tls)
     return out
+
+
+def window_check(cfg: config.Config, db: config.Database, store: replica.Store) -> Check:
+    """The point-in-time window: what the config promises, how far back the bucket reaches
+    now, and roughly what keeping it costs at this database's write rate (measured from the
+    bucket's newest files: every sync's files, else the first compactions)."""
+    name = f"restore window ({db.name})"
+    w = pitr.configured(cfg)
+    try:
+        snaps = store.list_ltx(9)
+        rate = pitr.write_rate(store.list_ltx(0)) or pitr.write_rate(store.list_ltx(1))
+    except replica.ReplicaUnreachable as exc:
+        return Check(name, False, exc.message, "check the bucket")
+    try:
+        db_bytes = db.path.stat().st_size
+    except OSError:  # not on this volume: the newest snapshot is a whole copy
+        db_bytes = max((o.size for o in snaps), default=0)
+    cost = pitr.estimate(w, db_bytes, rate, cfg.sync_interval)
+    promised = (f"{pitr.seconds_text(w['window_seconds'])} ({w['source']}: snapshots every "
+                f"{pitr.seconds_text(w['snapshot_interval_seconds'])}, kept "
+                f"{pitr.seconds_text(w['snapshot_retention_seconds'])})")
+    oldest = min((o.last_modified for o in snaps), default=None)
+    now = (f"reaches back to {replica.utc(oldest)} "
+           f"({pitr.seconds_text(round(time.time() - oldest))})" if oldest is not None
+           else "no snapshot yet")
+    detail = (f"{promised}; {now}; costs about {cost['objects']:,} objects, "
+              f"{pitr.bytes_text(cost['bytes'])} in the bucket at "
+              f"{pitr.bytes_text(rate)}/s of changes ({cost['snapshots']} snapshots of "
+              f"{pitr.bytes_text(db_bytes)})")
+    if w["window_seconds"] <= 0:
+        return Check(name, True, detail + "; the snapshot interval is not shorter than its "
+                     "retention, so the window can shrink to the newest snapshot")
+    return Check(name, True, detail)
 
 
 def directory_check(entry: config.DbDir, timeout: float) -> Check:

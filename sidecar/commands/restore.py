@@ -16,6 +16,13 @@ and the database's replication stay stopped until `sidecar resume` or another re
 --dry-run prints the plan (files, TXID, bytes to download). Without --yes the live restore asks
 for confirmation on a terminal and refuses when there is none.
 
+--list prints the moments each database can be restored to, read from the bucket (no daemon
+needed): the oldest and newest, the granularity of each stretch, and the points themselves
+(newest first, --limit N of them). Every listed time restores exactly its TXID.
+
+--undo puts back the database the last live restore (or undo) replaced, through the same
+fenced steps; the database it replaces is kept, so a second --undo redoes.
+
 --dry-run and --output probe the replica within SIDECAR_REPLICA_TIMEOUT first, and --output
 stops a restore whose file has not grown for as long: a dead or black-holed bucket ends them
 with one error and exit 4, leaving nothing behind.
@@ -32,17 +39,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from sidecar import config
+from sidecar import config, reachable, restore_points
 from sidecar.backups import pick_database, plan, restore_to_output, standalone_tools
 from sidecar.cli import add_settings, settings_from_args
-from sidecar.daemon.api import RestoreRequest, RestoreStatusRequest, Target, parse_target
+from sidecar.daemon.api import (
+    RestoreRequest,
+    RestoreStatusRequest,
+    Target,
+    UndoRequest,
+    parse_target,
+)
 from sidecar.daemon.control import NoDaemon, call, socket_path
-from sidecar.errors import OperatorError
+from sidecar.errors import OperatorError, ReplicaUnreachable
 from sidecar.startup import restore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     when = parser.add_mutually_exclusive_group()
+    when.add_argument("--list", action="store_true",
+                      help="list the moments each database can be restored to (from the "
+                           "bucket; no daemon needed)")
+    when.add_argument("--undo", action="store_true",
+                      help="put back the database the last live restore replaced (a second "
+                           "--undo redoes)")
     when.add_argument("--timestamp", metavar="RFC3339",
                       help="restore the state as of this time, e.g. 2025-01-31T13:45:00Z")
     when.add_argument("--txid", metavar="HEX", help="restore up to this transaction (hex)")
@@ -58,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which database, when there are several (a path, or a file of a "
                              "database directory: t1.db)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="with --list: print at most N points per database (newest first)")
     add_settings(parser)
 
 
@@ -103,7 +124,7 @@ def _confirm(db: str, target: Target) -> None:
         raise OperatorError("restore cancelled; nothing was changed")
 
 
-def _request(sock: Path, method: str, url: str, body: RestoreRequest | None = None,
+def _request(sock: Path, method: str, url: str, body: RestoreRequest | UndoRequest | None = None,
              timeout: float = 300) -> dict[str, Any]:
     try:
         code, data = call(sock, method, url, body, timeout=timeout)
@@ -117,13 +138,20 @@ def _request(sock: Path, method: str, url: str, body: RestoreRequest | None = No
     return data
 
 
-def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json: bool
-                 ) -> int:
+def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json: bool,
+                 undo: bool = False) -> int:
     sock = socket_path(cfg)
-    job = _request(sock, "POST", "/restore",
-                   RestoreRequest(txid=target.txid, timestamp=target.timestamp, db=db_arg))
-    print(f"restore {job['id']} of {job['db']} to {target.describe()} (txid {job['txid']}) "
-          "started", file=sys.stderr)
+    if undo:
+        job = _request(sock, "POST", "/undo", UndoRequest(db=db_arg))
+        what = f"the database kept at {job['undo_of']['kept']}"
+        print(f"undo {job['id']} of {job['db']}: putting back {what} (txid "
+              f"{job['txid'] or 'unknown'}, replaced {job['undo_of']['replaced_at']}) started",
+              file=sys.stderr)
+    else:
+        job = _request(sock, "POST", "/restore",
+                       RestoreRequest(txid=target.txid, timestamp=target.timestamp, db=db_arg))
+        print(f"restore {job['id']} of {job['db']} to {target.describe()} (txid "
+              f"{job['txid']}) started", file=sys.stderr)
     last_state, last_print = None, time.monotonic()
     while job["state"] not in ("done", "failed", "held"):
         time.sleep(0.3)
@@ -150,18 +178,101 @@ def live_restore(cfg: config.Config, target: Target, db_arg: str | None, as_json
                             hint="the old database is still in place and the app was restarted "
                                  "on it")
     if not as_json:
-        print(f"restored {job['db']} to txid {job['txid']}; the previous database is kept at:")
+        if undo:
+            print(f"undone: {job['db']} is the database kept at {job['undo_of']['kept']} "
+                  f"again; the database it replaced is kept at:")
+        else:
+            print(f"restored {job['db']} to txid {job['txid']}; the previous database is kept "
+                  "at:")
         for p in job.get("moved_aside") or []:
             print(f"  {p}")
+        mark = job.get("bookmark")
+        if mark:
+            print(f"bookmark:     txid {mark['txid'] or 'unknown'} as of {mark['replaced_at']}, "
+                  f"kept at {mark['kept']}")
+            print(f"undo with:    {mark['undo']}")
         for note in job.get("notes") or []:
             print(f"warning: {note}")
     return 0
 
 
+def undo(cfg: config.Config, args: argparse.Namespace) -> int:
+    if args.output or args.dry_run or args.force or args.timestamp or args.txid:
+        raise OperatorError("cannot undo: --undo takes only --db, --yes and --json (it puts "
+                            "back the database the last live restore replaced)")
+    db = pick_database(cfg, args.db)
+    if not socket_path(cfg).exists():
+        raise OperatorError(f"cannot undo: no sidecar is running here (no control socket at "
+                            f"{socket_path(cfg)})", hint="start the sidecar, then undo")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise OperatorError("cannot undo without --yes: there is no terminal to ask for "
+                                "confirmation", hint="add --yes")
+        answer = input(f"Put back the database the last restore of {db.path} replaced? The "
+                       "app will be stopped while it runs. Type 'yes' to continue: ")
+        if answer.strip().lower() not in ("yes", "y"):
+            raise OperatorError("undo cancelled; nothing was changed")
+    return live_restore(cfg, Target(), args.db, args.json, undo=True)
+
+
+def _list_databases(cfg: config.Config, name: str | None) -> list[config.Database]:
+    if name is not None or (not cfg.databases and cfg.directories):
+        return [pick_database(cfg, name)]
+    return [db for db in cfg.databases if db.replica is not None]
+
+
+def list_points(cfg: config.Config, args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise OperatorError(f"cannot list restore points: --limit {args.limit}: expected a "
+                            "whole number of points, 1 or more")
+    out = []
+    for db in _list_databases(cfg, args.db):
+        if db.replica is None:
+            raise OperatorError(f"cannot list the restore points of {db.name}: no replica is "
+                                "configured")
+        try:
+            files = restore_points.read_files(db, timeout=cfg.replica_timeout)
+        except ReplicaUnreachable as exc:
+            raise reachable.unreachable(db, "list the restore points of", exc.message,
+                                        cfg.replica_timeout) from None
+        out.append(restore_points.listing(db, files, args.limit))
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for n, item in enumerate(out):
+        if n:
+            print()
+        print(f"database:     {item['db']}")
+        print(f"replica:      {item['replica']}")
+        if not item["points"]:
+            print("restorable:   nothing (the replica holds no backup)")
+            continue
+        print(f"oldest:       {item['oldest']}  (txid {item['oldest_txid']})")
+        print(f"newest:       {item['newest']}  (txid {item['newest_txid']})")
+        print("granularity:")
+        for s in reversed(item["stretches"]):
+            print(f"  {restore_points.stretch_text(s)}")
+        shown = len(item["points"])
+        print(f"points ({shown} of {item['count']}, newest first; restore one with "
+              "`sidecar restore --timestamp TIME`):")
+        for p in item["points"]:
+            print(f"  {p['time']}  txid {p['txid']}  level {p['level']}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     os.umask(0o077)  # what this command writes (--output, its temp files) is the owner's only
-    target = parse_target(args.txid, args.timestamp)
     cfg = config.load(config.environment_with_flags(settings_from_args(args)), need_app=False)
+    if args.limit is not None and not args.list:
+        raise OperatorError("cannot restore: --limit only applies with --list")
+    if args.list:
+        if args.output or args.dry_run or args.force:
+            raise OperatorError("cannot list restore points: --list takes only --db, --json "
+                                "and --limit")
+        return list_points(cfg, args)
+    if args.undo:
+        return undo(cfg, args)
+    target = parse_target(args.txid, args.timestamp)
     db = pick_database(cfg, args.db)
     if args.force and not args.output:
         raise OperatorError("cannot restore: --force only applies with --output "

@@ -269,6 +269,24 @@ class RestoreRequest(Request):
 
 
 @dataclass(frozen=True)
+class UndoRequest(Request):
+    """POST /undo: put back the database the last live restore (or undo) replaced, through
+    the same fenced steps as a restore."""
+
+    db: str | None = None
+    wait: bool = False
+    timeout: float | None = None  # with wait: how long to wait for the outcome, seconds
+
+    def check(self) -> None:
+        if self.timeout is not None:
+            if not math.isfinite(self.timeout) or not 0 < self.timeout <= MAX_WAIT:
+                raise BadRequest(f"field 'timeout': must be a number of seconds between 0 and "
+                                 f"{MAX_WAIT:g} (got {_shown(self.timeout)})")
+            if not self.wait:
+                raise BadRequest("field 'timeout': only applies with \"wait\": true")
+
+
+@dataclass(frozen=True)
 class RestoreStatusRequest(Request):
     """GET /restore?id=ID: one restore's progress (the last one without an id)."""
 

@@ -268,6 +268,7 @@ class LagResult:
     checked_at: float | None = None  # unix time
     requests: int = 0
     checks: int = 0
+    restorable_oldest: float | None = None  # unix time of the oldest snapshot in the bucket
 
     @property
     def measured(self) -> bool:
@@ -283,6 +284,10 @@ class LagResult:
             "replica_reachable": self.reachable, "last_check_error": self.error,
             "last_check": utc(self.checked_at) if self.checked_at else None,
             "last_check_requests": self.requests,
+            "restorable": {
+                "oldest": utc(self.restorable_oldest) if self.restorable_oldest else None,
+                "window_seconds": round(time.time() - self.restorable_oldest, 1)
+                if self.restorable_oldest else None},
         }
 
 
@@ -297,7 +302,7 @@ class DbLag:
     def __init__(self, db: Database, store: Store | None, control: Control | None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 opener: Callable[[], Store] | None = None):
+                 opener: Callable[[], Store] | None = None, window_every: float = 60.0):
         self.db = db
         self._check_lock = threading.Lock()
         self.label = str(db.path)
@@ -315,6 +320,11 @@ class DbLag:
         self._next_poll = 0.0
         self._replaced = False
         self._log = log.get("lag")
+        # The restore window changes only when a snapshot is written or deleted (hours apart):
+        # the bucket's snapshot level is listed every `window_every` seconds, not every check.
+        self.window_every = window_every
+        self._next_window = 0.0
+        self.oldest_snapshot: float | None = None
 
     def _local_txid(self) -> int | None:
         if self.control is None:
@@ -364,11 +374,14 @@ class DbLag:
                 res.reachable = True
             except ReplicaUnreachable as exc:
                 res.error = exc.message
+            if res.reachable and local is not None:  # (else the check only probes)
+                self._refresh_window()
             res.requests = self.store.requests - before
             res.replica_txid = self.tracker.txid
             res.last_upload = self.tracker.last_upload
         else:
             res.error = "no replica configured"
+        res.restorable_oldest = self.oldest_snapshot
         now = self.clock()
         # Unknown bucket position (never reached): every change since start counts as pending.
         replica = res.replica_txid if res.replica_txid is not None else -1
@@ -384,6 +397,20 @@ class DbLag:
                                   lag_seconds=round(res.lag_seconds, 1))
         self.result = res
         return res
+
+    def _refresh_window(self) -> None:
+        """The oldest snapshot's upload time (its LastModified: within an upload of the time
+        in its header, which a restore compares): one listing of the snapshot level."""
+        now = self.clock()
+        if now < self._next_window or self.store is None:
+            return
+        self._next_window = now + self.window_every
+        try:
+            snaps = self.store.list_ltx(9)
+        except ReplicaUnreachable as exc:
+            self._log.warning("restore window not refreshed", db=self.label, error=exc.message)
+            return
+        self.oldest_snapshot = min((o.last_modified for o in snaps), default=None)
 
     def _export(self, res: LagResult) -> None:
         # The check's events; its result (lag, positions) is read at scrape time
@@ -424,7 +451,8 @@ class LagMonitor:
             opener = None
             if store is None and db.replica is not None:
                 opener = functools.partial(open_store, db.replica, timeout=timeout)
-            self.dbs.append(DbLag(db, store, control, opener=opener))
+            self.dbs.append(DbLag(db, store, control, opener=opener,
+                                  window_every=6 * cfg.lag_check_interval))
         from sidecar.daemon.tenant_lag import DirLag
 
         self.dirs = [DirLag(e, control, timeout, cfg.db_metrics_limit) for e in cfg.directories]

@@ -25,6 +25,7 @@ import http.client
 import math
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,13 @@ STATE = {
         "Databases of a directory entry whose bucket lacks a local change. The "
         "entry's sidecar_replication_lag_seconds (db label: the directory) is the largest lag.",
         ("dir",)),
+    "sidecar_restore_window_seconds": (
+        "How far back the backup can be restored now: now minus the time of the oldest "
+        "snapshot in the bucket (Litestream restores every moment from there on). Refreshed "
+        "every sixth lag check; absent until the first refresh.", ("db",)),
+    "sidecar_restore_window_configured_seconds": (
+        "The window the config promises (SIDECAR_PITR_WINDOW, or the project's "
+        "litestream.yml: snapshot retention minus snapshot interval).", ("db",)),
     "sidecar_db_size_bytes": ("Size of the database file on the volume.", ("db",)),
     "sidecar_wal_size_bytes": (
         "Size of the database's -wal file on the volume (0 when there is none).", ("db",)),
@@ -139,10 +147,18 @@ class RuntimeCollector(Collector):
         return self._known.get((name, db), 0.0)
 
     def _databases(self, rt: Any, fam: dict[str, GaugeMetricFamily]) -> None:
+        from sidecar import pitr
+
         results = {d.label: d.result for d in rt.lag.dbs} if rt.lag else {}
+        promised = pitr.configured(rt.cfg)["window_seconds"]
+        now = time.time()
         for db in rt.cfg.databases:
             path = str(db.path)  # the same `db` label value Litestream uses
             res = results.get(path)
+            if res is not None and res.restorable_oldest is not None:
+                fam["sidecar_restore_window_seconds"].add_metric(
+                    [path], max(0.0, now - res.restorable_oldest))
+            fam["sidecar_restore_window_configured_seconds"].add_metric([path], promised)
             lag = res.lag_seconds if res is not None and res.checks else None
             fam["sidecar_replication_lag_seconds"].add_metric(
                 [path], math.nan if lag is None else lag)

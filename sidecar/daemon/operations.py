@@ -14,6 +14,7 @@ read top to bottom.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import cron, dbfile, log, nolinks, replica, scratch, verification
+from sidecar import bookmarks, cron, dbfile, log, nolinks, replica, scratch, verification
 from sidecar.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot
 from sidecar.config import Config, Database
 from sidecar.daemon import jobs, metrics, status
@@ -33,6 +34,7 @@ from sidecar.daemon.api import (
     RestoreRequest,
     RestoreStatusRequest,
     Target,
+    UndoRequest,
     VerifyRequest,
     parse_target,
 )
@@ -66,6 +68,13 @@ class RestoreJob:
     requested_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    undo: dict[str, Any] | None = None  # the bookmark an undo puts back
+    bookmark: dict[str, Any] | None = None  # what this restore replaced, for the next undo
+
+    def describe(self) -> str:
+        if self.undo is not None:
+            return f"the database kept at {self.undo['kept']} (undo)"
+        return self.target.describe()
 
     def as_dict(self) -> dict[str, Any]:
         written = 0
@@ -78,7 +87,8 @@ class RestoreJob:
                 "txid": self.txid or self.plan.get("txid"), "moved_aside": self.moved_aside,
                 "notes": self.notes, "download_bytes": self.plan.get("download_bytes"),
                 "bytes_written": written, "requested_at": replica.utc(self.requested_at),
-                "finished_at": replica.utc(self.finished_at) if self.finished_at else None}
+                "finished_at": replica.utc(self.finished_at) if self.finished_at else None,
+                "undo_of": self.undo, "bookmark": self.bookmark}
 
 
 class Operations:
@@ -139,19 +149,44 @@ class Operations:
         if req.dry_run:
             return {"dry_run": True, "plan": p, "moves_aside_to": str(
                 restore.aside_dir(self.cfg, "pre-restore"))}
+        return self._queue(RestoreJob(db=db, target=target, plan=p), req.wait, req.timeout)
+
+    def request_undo(self, req: UndoRequest) -> dict[str, Any] | Accepted:
+        """Put back the database the last live restore (or undo) of `req.db` replaced: the
+        same fenced sequence, with the kept copy instead of the bucket as the source."""
+        db = pick_database(self.cfg, req.db)
+        mark = bookmarks.get(self.cfg.state_dir, db.path)
+        if mark is None:
+            raise NotFound(f"cannot undo: no live restore of {db.path} to undo (nothing was "
+                           "changed)", hint="`sidecar restore --list` shows the moments the "
+                           "backup can be restored to")
+        if not Path(mark["kept"]).is_file():
+            raise NotFound(f"cannot undo: the database the last restore of {db.path} replaced "
+                           f"is no longer kept at {mark['kept']} (nothing was changed)",
+                           hint="restore a point in time from the backup instead: "
+                                "`sidecar restore --list`")
+        state = self.state()
+        if state not in ("running", "held"):
+            raise NotNow(f"cannot undo now: the sidecar is {state}",
+                         hint="wait for the current start, restore or shutdown to finish")
+        return self._queue(RestoreJob(db=db, target=Target(), plan={"txid": mark.get("txid")},
+                                      undo=mark), req.wait, req.timeout)
+
+    def _queue(self, job: RestoreJob, wait: bool, timeout: float | None
+               ) -> dict[str, Any] | Accepted:
         with self._lock:
             if self.busy():
                 raise NotNow("cannot restore now: another restore is running "
                                     f"(id {self.last_job.id if self.last_job else '?'})")
-            job = RestoreJob(db=db, target=target, plan=p)
             self.jobs[job.id] = job
             self.last_job = job
-        self.log.info("restore requested", db=str(db.path), target=target.describe(),
-                      txid=p.get("txid"), download_bytes=p.get("download_bytes"), id=job.id)
+        self.log.info("undo requested" if job.undo else "restore requested",
+                      db=str(job.db.path), target=job.describe(), txid=job.plan.get("txid"),
+                      download_bytes=job.plan.get("download_bytes"), id=job.id)
         assert self.rt.supervisor is not None
         self.rt.supervisor.post("restore", job=job)
-        if req.wait:
-            job.done.wait(req.timeout or 3600)
+        if wait:
+            job.done.wait(timeout or 3600)
             if job.outcome == "restored":
                 return job.as_dict()
             if job.done.is_set():
@@ -194,6 +229,7 @@ class Operations:
         replication_stopped = False
         swapped = False
         migrated = True
+        replaced_txid: int | None = None
         tmp = restore.temp_path(db.path)
         job.tmp = tmp
         try:
@@ -203,6 +239,9 @@ class Operations:
                 self.log.info("app stopped for the restore", id=job.id,
                               was_running=app_was_running)
             if sup.litestream_running() and rt.control is not None:
+                # The bookmark names the TXID of the database this replaces.
+                with contextlib.suppress(ControlError, ValueError, TypeError):
+                    replaced_txid = rt.control.txid(db.path)
                 # (already stopped when held on this DB: Litestream answers already_stopped)
                 job.state = "stopping-replication"
                 rt.control.stop(db.path, timeout=max(5.0, cfg.litestream_stop_timeout))
@@ -210,14 +249,19 @@ class Operations:
                 self.log.info("replication stopped for the restore", db=str(db.path))
             job.state = "restoring"
             restore.clean_leftovers(db.path)
-            summary = restore_file(tools, db, job.target, tmp, should_stop=sup.working)
-            job.txid = summary.get("txid")
+            if job.undo is not None:
+                _copy_kept(Path(job.undo["kept"]), tmp)
+                job.txid = job.undo.get("txid")
+            else:
+                summary = restore_file(tools, db, job.target, tmp, should_stop=sup.working)
+                job.txid = summary.get("txid")
             if sup.stop_requested():
                 raise OperatorError("cannot restore: the sidecar was told to stop")
             job.state = "swapping"
             job.moved_aside = restore.swap_in(tmp, db.path, restore.aside_dir(cfg, "pre-restore"),
                                               dbfile.copy_base(db, cfg.databases))
             swapped = True
+            self._bookmark(job, replaced_txid)
         except Exception as exc:  # whatever it was, the rest of the sequence must run
             tmp.unlink(missing_ok=True)
             tmp.with_name(tmp.name + ".tmp").unlink(missing_ok=True)
@@ -261,13 +305,35 @@ class Operations:
                                 outcome="restored" if swapped else "failed").inc()
         rt.restores[db.name] = restore.RestoreResult(
             db.name, "restored" if swapped else "failed", f"manual restore to "
-            f"{job.target.describe()}" if swapped else (job.error or "failed"), duration,
-            txid=job.txid, trigger="manual", aside=job.moved_aside)
+            f"{job.describe()}" if swapped else (job.error or "failed"), duration,
+            txid=job.txid, trigger="undo" if job.undo else "manual", aside=job.moved_aside)
         if swapped:
             metrics.RESTORE_DURATION.set(duration)
             self.log.info("restore completed", id=job.id, db=str(db.path), txid=job.txid,
-                          target=job.target.describe(), moved_aside=job.moved_aside,
+                          target=job.describe(), moved_aside=job.moved_aside,
+                          bookmark=job.bookmark,
                           migrated=migrated, duration_seconds=round(duration, 3))
+
+    def _bookmark(self, job: RestoreJob, replaced_txid: int | None) -> None:
+        """Record what this restore replaced, for `sidecar restore --undo`. A bookmark that
+        cannot be written does not undo the restore: it is noted instead."""
+        kept = [p for p in job.moved_aside if not p.endswith(("-wal", "-shm"))]
+        if not kept:
+            return  # there was no database to keep (an empty or missing file)
+        several = len(self.cfg.databases) + len(self.cfg.directories) > 1
+        mark = {"db": str(job.db.path), "kept": kept[0],
+                "txid": f"{replaced_txid:016x}" if replaced_txid else None,
+                "replaced_at": replica.utc(time.time()), "by": job.id,
+                "kind": "undo" if job.undo else "restore",
+                "undo": bookmarks.undo_command(job.db.path, several)}
+        try:
+            bookmarks.put(self.cfg.state_dir, job.db.path, mark)
+        except OSError as exc:
+            job.notes.append(f"no undo bookmark was written: {exc}; the replaced database is "
+                             f"kept at {kept[0]}")
+            self.log.error("undo bookmark not written", db=str(job.db.path), error=str(exc))
+            return
+        job.bookmark = mark
 
     def _migrate_restored(self, job: RestoreJob) -> bool:
         """Run the migration command on a freshly restored database (after its safety copy).
@@ -294,7 +360,7 @@ class Operations:
             rt.migration = migrate.MigrationResult("failed", exc.message, time.monotonic() - t0)
             held = MigrationError(
                 f"the migration command failed on the database restored to "
-                f"{job.target.describe()}: {exc.message.removeprefix('cannot start: ')}",
+                f"{job.describe()}: {exc.message.removeprefix('cannot start: ')}",
                 problems=[*exc.problems, "the database as it was before the restore: "
                           + (", ".join(job.moved_aside) or "none")],
                 hint="fix the migration and run `sidecar resume`, or restore another point "
@@ -458,6 +524,24 @@ class Operations:
             self.rt.supervisor.post("resume")
         self.log.info("resume requested")
         return Accepted({"state": "resuming"})
+
+
+def _copy_kept(kept: Path, tmp: Path) -> None:
+    """A consistent copy of a kept database into `tmp` (the kept copy stays: a second undo
+    needs it), in WAL mode as Litestream's restores are, integrity-checked."""
+    if not kept.is_file():
+        raise OperatorError(f"cannot undo: the database to put back is no longer kept at {kept}")
+    dbfile.backup(kept, tmp)
+    con = sqlite3.connect(tmp)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+    result = dbfile.quick_check(tmp)
+    if result != "ok":
+        tmp.unlink(missing_ok=True)
+        raise RestoreError(f"cannot undo: the kept database {kept} fails its integrity check: "
+                           f"{result}")
 
 
 def schedule_verify(ops: Operations) -> None:

@@ -5,6 +5,7 @@ socket.
     GET  /metrics etc.    public                        -
     GET  /status          public, and /admin/status     /status
     POST /restore ...     /admin/restore, bearer token  /restore
+    POST /undo            /admin/undo, bearer token     /undo
 
 A request goes through two steps so the listener never reads a body it will refuse:
 `begin()` looks at the request line and the headers only (the route, the token, the body limit)
@@ -85,6 +86,7 @@ def routes(ops: Operations, probes: Probes) -> list[Route]:
         Route("POST", "/restore", api.RestoreRequest, ops.request_restore, body_limit=4096,
               slow=True),
         Route("GET", "/restore", api.RestoreStatusRequest, ops.restore_status),
+        Route("POST", "/undo", api.UndoRequest, ops.request_undo, body_limit=4096, slow=True),
         Route("POST", "/verify", api.VerifyRequest, ops.verify_request, body_limit=1024,
               slow=True),
         Route("POST", "/snapshot", api.SnapshotRequest, lambda r: ops.snapshot(r.db),

@@ -20,6 +20,7 @@ from sidecar import __version__, cron
 from sidecar.config import secrets_of
 from sidecar.daemon.lag import LagResult, file_sizes
 from sidecar.daemon.runtime import Runtime
+from sidecar.pitr import configured
 from sidecar.replica import utc
 
 MASK = "***"
@@ -27,17 +28,20 @@ MASK = "***"
 
 def databases(rt: Runtime) -> list[dict[str, Any]]:
     results = rt.lag.results() if rt.lag else {}
+    promised = configured(rt.cfg)["window_seconds"]
     out = []
     for db in rt.cfg.databases:
         size, wal = file_sizes(db)
         res = results.get(str(db.path)) or LagResult(db=str(db.path))
-        out.append({
+        entry = {
             "path": str(db.path),
             "replica": db.replica.url if db.replica else None,
             "size_bytes": size,
             "wal_size_bytes": wal,
             **res.as_dict(),
-        })
+        }
+        entry["restorable"]["configured_window_seconds"] = promised
+        out.append(entry)
     return out
 
 

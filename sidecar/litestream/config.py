@@ -23,6 +23,7 @@ from sidecar import nolinks
 from sidecar.config import Config, Database, Replica, secrets_of
 from sidecar.errors import PreflightError
 from sidecar.litestream.control import short_socket_path
+from sidecar.pitr import snapshot_section
 
 # Where a config that holds a secret may be rendered: memory-backed, never the volume.
 TMPFS_CANDIDATES = ("/dev/shm", "/run", "/tmp")
@@ -81,6 +82,8 @@ def render_config(cfg: Config, metrics_port: int) -> dict[str, Any]:
                         "watch": d.watch,
                         "replica": replica_section(d.replica, cfg.sync_interval)}
                        for d in cfg.directories]
+        # SIDECAR_PITR_WINDOW: every moment of the window restorable (see pitr.py).
+        doc["snapshot"] = snapshot_section(cfg.pitr_window)
     doc["addr"] = f"127.0.0.1:{metrics_port}"
     doc["socket"] = {"enabled": True, "path": str(sock), "permissions": 0o600}
     doc["logging"] = {"type": "json", "level": "info", "stderr": False}

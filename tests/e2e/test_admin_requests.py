@@ -33,7 +33,7 @@ RESTORE_ONLY: list[tuple[dict[str, Any], str]] = [
     ({"timeout": -1, "wait": True}, "timeout"),
     ({"timestamp": "2025-01-31 13:45"}, "timestamp"),
 ]
-POST_ROUTES = ("/restore", "/verify", "/snapshot", "/resume")
+POST_ROUTES = ("/restore", "/undo", "/verify", "/snapshot", "/resume")
 GET_ROUTES = ("/restore", "/status")
 
 
@@ -93,6 +93,7 @@ def test_misspelled_and_ill_typed_requests_are_400_naming_the_field_and_change_n
     assert code == 400 and "4000 levels deep" in doc["error"], (code, doc)
     assert checked >= 40
     assert sc.event("restore requested") is None, "a restore was queued"
+    assert sc.event("undo requested") is None, "an undo was queued"
     assert app_pids(sc) == pids, "the app was restarted"
     assert sc.proc is not None and sc.proc.poll() is None
     aside = state_dir(env) / "pre-restore"

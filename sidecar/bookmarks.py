@@ -1,0 +1,57 @@
+"""Undo bookmarks: what the last live restore (or undo) of each database replaced.
+
+Every live restore keeps the database it replaces in the state dir (restore.swap_in). The
+bookmark names that copy with the replaced database's TXID and the time it was replaced, so
+`sidecar restore --undo` can put it back through the same fenced steps, and the undo keeps
+the database it replaces in turn: a second undo is a redo.
+
+One small JSON file in the state dir (0600), written whole to a temporary name and renamed,
+keyed by the database's path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sidecar import dbfile
+
+FILE = "restore-bookmarks.json"
+
+
+def _path(state_dir: Path) -> Path:
+    return state_dir / FILE
+
+
+def _load(state_dir: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(_path(state_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def get(state_dir: Path, db: Path) -> dict[str, Any] | None:
+    mark = _load(state_dir).get(str(db))
+    return mark if isinstance(mark, dict) and mark.get("kept") else None
+
+
+def put(state_dir: Path, db: Path, mark: dict[str, Any]) -> None:
+    doc = _load(state_dir)
+    doc[str(db)] = mark
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = _path(state_dir).with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, _path(state_dir))
+    dbfile.fsync_dir(state_dir)
+
+
+def undo_command(db: Path, several: bool) -> str:
+    return "sidecar restore --undo --yes" + (f" --db {db}" if several else "")
