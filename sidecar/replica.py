@@ -67,6 +67,11 @@ class Store:
 
     requests = 0
 
+    def head(self, key: str) -> dict[str, Any]:
+        """One object's headers and metadata (`key` relative to the prefix); kind "missing"
+        when it was deleted since it was listed."""
+        return self._call(self._client.head_object, Bucket=self.bucket, Key=self.prefix + key)
+
     def list_ltx(self, level: int, start_after: str | None = None,
                  max_keys: int = 1000) -> list[LtxObject]:
         raise NotImplementedError

@@ -111,16 +111,13 @@ def read_files(db: Database, timeout: float = 10.0) -> list[LtxFile]:
 
 
 def _with_metadata(store: replica.S3Store, objs: list[replica.LtxObject]) -> list[LtxFile]:
-    client = store._client
-
     def head(obj: replica.LtxObject) -> LtxFile | None:
         try:
-            resp = store._call(client.head_object, Bucket=store.bucket,
-                               Key=store.prefix + obj.key)
+            resp = store.head(obj.key)
         except ReplicaUnreachable as exc:
             # A 404 right after the listing answered: Litestream deleted the file meanwhile
             # (level 0 retention, a compaction), so no restore can use it either.
-            if exc.kind == "no-bucket":
+            if exc.kind == "missing":
                 return None
             raise
         meta = {k.lower(): v for k, v in (resp.get("Metadata") or {}).items()}

@@ -142,6 +142,22 @@ class Client:
                                      "S3 listing without NextContinuationToken")
         return resp
 
+    def head_object(self, **kwargs: Any) -> dict[str, Any]:
+        """An object's headers and metadata. A 404 here is the object, not the bucket: it was
+        deleted since it was listed (kind "missing")."""
+        deadline = _Deadline(self.limit)
+        try:
+            with deadline:
+                resp: dict[str, Any] = self.boto().head_object(**kwargs)
+        except Exception as exc:
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get(
+                "HTTPStatusCode") if not deadline.cut else None
+            if status == 404:
+                raise ReplicaUnreachable("missing", f"{kwargs.get('Key')!r} is no longer in "
+                                         f"bucket {self.s3.bucket!r}") from None
+            raise self.unreachable(exc, deadline.cut) from None
+        return resp
+
     # -- the answer, read here under the cap
     def _send(self, request: Any, event_name: str = "", **_: Any) -> Any:
         """botocore's before-send hook: send with botocore's own HTTP session (its proxies,

@@ -43,6 +43,15 @@ class Answers:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_HEAD(self) -> None:  # the status only: a HEAD answer has no body
+                url = urlsplit(self.path)
+                answers.seen.append((url.path, {}, {k.lower(): v for k, v in self.headers.items()}))
+                status, _ = (answers.queue.pop(0) if len(answers.queue) > 1 else answers.queue[0])
+                self.send_response(status)
+                self.send_header("x-amz-meta-litestream-timestamp", "2026-12-07T04:00:01Z")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -188,3 +197,20 @@ def test_a_session_token_goes_only_with_the_key_it_was_issued_with(server: Answe
     client(server, empty, env=env, key="another", secret="s").list_objects_v2(
         Bucket="bkt", Prefix="")
     assert "x-amz-security-token" not in server.seen[-1][2]
+
+
+@pytest.mark.parametrize("status,kind", [(404, "missing"), (403, "denied"),
+                                         (500, "unreachable")])
+def test_a_head_404_is_the_object_gone_not_the_bucket(server: Answers, status: int,
+                                                      kind: str) -> None:
+    """HEAD of an object: 404 means it was deleted since it was listed (restore --list skips
+    it), never a missing bucket; other errors keep their meaning."""
+    with pytest.raises(ReplicaUnreachable) as exc:
+        client(server, b"", status).head_object(Bucket="bkt", Key="app.db/0000/x.ltx")
+    assert exc.value.kind == kind, exc.value.message
+
+
+def test_a_head_gives_the_objects_metadata(server: Answers) -> None:
+    """A HEAD's answer carries the object's metadata (Litestream's LTX timestamp)."""
+    resp = client(server, b"", 200).head_object(Bucket="bkt", Key="app.db/0000/x.ltx")
+    assert resp["Metadata"] == {"litestream-timestamp": "2026-12-07T04:00:01Z"}

@@ -215,9 +215,8 @@ def test_read_files_takes_litestreams_timestamp_metadata_and_skips_files_deleted
     a file gone between the listing and its HEAD (a 404) is left out, not a missing bucket."""
     from datetime import UTC, datetime
 
-    from botocore.exceptions import ClientError
-
     from sidecar import replica, restore_points
+    from sidecar.errors import ReplicaUnreachable
 
     keys = {"app.db/0000/0000000000000002-0000000000000002.ltx": "2026-12-07T04:00:02.5Z",
             "app.db/0000/0000000000000003-0000000000000003.ltx": None,  # no metadata
@@ -231,9 +230,8 @@ def test_read_files_takes_litestreams_timestamp_metadata_and_skips_files_deleted
                                  for k in keys if k.startswith(str(kw["Prefix"]))]}
 
         def head_object(self, Bucket: str, Key: str) -> dict[str, object]:
-            if keys[Key] == "gone":
-                raise ClientError({"Error": {"Code": "404"},
-                                   "ResponseMetadata": {"HTTPStatusCode": 404}}, "HeadObject")
+            if keys[Key] == "gone":  # what bucket.client.Client.head_object makes of a 404
+                raise ReplicaUnreachable("missing", f"{Key!r} is no longer in bucket 'bkt'")
             return {"Metadata": {"litestream-timestamp": keys[Key]} if keys[Key] else {}}
 
     cfg = config.load(_env(tmp_path), need_app=False, cwd=tmp_path)
