@@ -325,6 +325,7 @@ class DbLag:
         self.window_every = window_every
         self._next_window = 0.0
         self.oldest_snapshot: float | None = None
+        self.window_promised: float | None = None  # the configured window (LagMonitor sets it)
 
     def _local_txid(self) -> int | None:
         if self.control is None:
@@ -453,6 +454,11 @@ class LagMonitor:
                 opener = functools.partial(open_store, db.replica, timeout=timeout)
             self.dbs.append(DbLag(db, store, control, opener=opener,
                                   window_every=6 * cfg.lag_check_interval))
+        from sidecar.pitr import configured
+
+        promised = configured(cfg)["window_seconds"]
+        for d in self.dbs:
+            d.window_promised = promised
         from sidecar.daemon.tenant_lag import DirLag
 
         self.dirs = [DirLag(e, control, timeout, cfg.db_metrics_limit) for e in cfg.directories]

@@ -147,18 +147,17 @@ class RuntimeCollector(Collector):
         return self._known.get((name, db), 0.0)
 
     def _databases(self, rt: Any, fam: dict[str, GaugeMetricFamily]) -> None:
-        from sidecar import pitr
-
-        results = {d.label: d.result for d in rt.lag.dbs} if rt.lag else {}
-        promised = pitr.configured(rt.cfg)["window_seconds"]
+        lags = {d.label: d for d in rt.lag.dbs} if rt.lag else {}
         now = time.time()
         for db in rt.cfg.databases:
             path = str(db.path)  # the same `db` label value Litestream uses
-            res = results.get(path)
+            d = lags.get(path)
+            res = d.result if d is not None else None
             if res is not None and res.restorable_oldest is not None:
                 fam["sidecar_restore_window_seconds"].add_metric(
                     [path], max(0.0, now - res.restorable_oldest))
-            fam["sidecar_restore_window_configured_seconds"].add_metric([path], promised)
+            if (promised := getattr(d, "window_promised", None)) is not None:
+                fam["sidecar_restore_window_configured_seconds"].add_metric([path], promised)
             lag = res.lag_seconds if res is not None and res.checks else None
             fam["sidecar_replication_lag_seconds"].add_metric(
                 [path], math.nan if lag is None else lag)
