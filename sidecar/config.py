@@ -86,6 +86,7 @@ class Config:
     cwd: Path
     directories: tuple[DbDir, ...] = ()
     restore_parallelism: int = 8
+    restore_concurrency: int = 8
     db_metrics_limit: int = 100
     # Temporary credentials' token (AWS_SESSION_TOKEN, or the older AWS_SECURITY_TOKEN): not
     # a setting of sidecar's, read only so that no output ever shows it.
