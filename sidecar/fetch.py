@@ -414,13 +414,13 @@ class Fetch:
                          name="restore-progress").start()
         try:
             self._connect()
-            plan = self.plan()
-            if not plan:
-                raise Skip("no plan reaches the target", quiet=True)
-            self._space(plan)
-            self.root.mkdir(mode=0o700, exist_ok=True)
             while True:
                 try:
+                    plan = self.plan()
+                    if not plan:
+                        raise Skip("no plan reaches the target", quiet=True)
+                    self._space(plan)
+                    self.root.mkdir(mode=0o700, exist_ok=True)
                     self._fetch(plan)
                     break
                 except Gone:
@@ -431,10 +431,6 @@ class Fetch:
                     self.logger.info("restore plan changed", db=self.db.name,
                                      detail="a planned file is gone (retention): planning "
                                      "again", replans=self.replans)
-                    plan = self.plan()
-                    if not plan:
-                        raise Skip("no plan reaches the target", quiet=True) from None
-                    self._space(plan)
             for ok in self.root.glob("ltx/*/*.ok"):
                 ok.unlink()
             self.logger.info("restore fetched", replans=self.replans, retries=self.retries,

@@ -27,6 +27,8 @@ dbs:
 socket:
   enabled: true
   path: {sock}
+levels:
+  - interval: {l1}
 """
 
 
@@ -39,12 +41,14 @@ def _env(server: S3Server) -> dict[str, str]:
 
 def seed_shaped(server: S3Server, bucket: str, work: Path, *, prefix: str = "app.db",
                 blob_mb: int = 24, small: int = 12, gap: float = 0.35,
-                marks: tuple[int, ...] = ()) -> tuple[list[str], dict[int, str]]:
+                marks: tuple[int, ...] = (), l1: str = "1h"
+                ) -> tuple[list[str], dict[int, str]]:
     """Replicate a database into `bucket`/`prefix` with plain `litestream replicate`
     (sync every 100 ms): `blob_mb` MB of incompressible blobs in one transaction, then
     `small` transactions `gap` seconds apart, each adding one row `s<i>` to table rows.
     Returns (the values of rows, {i: the UTC time (RFC3339, ms) just after row i's upload,
-    for each i in `marks`}); the source is removed."""
+    for each i in `marks`}); the source is removed. `l1`: how often L0 is compacted into L1
+    (an hour by default: the plan then holds every small transaction's own file)."""
     from sidecar.litestream.control import Control
     from testkit.sidecar import tool
 
@@ -61,7 +65,7 @@ def seed_shaped(server: S3Server, bucket: str, work: Path, *, prefix: str = "app
     con.execute("COMMIT")
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     cfg.write_text(CONFIG.format(db=db, bucket=bucket, prefix=prefix, endpoint=server.endpoint,
-                                 sync="100ms", sock=sock))
+                                 sync="100ms", sock=sock, l1=l1))
     proc = subprocess.Popen([tool("litestream"), "replicate", "-config", str(cfg)],
                             env=_env(server), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
