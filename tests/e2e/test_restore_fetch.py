@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -151,26 +152,33 @@ def test_503_answers_are_retried(tmp_path: Path, s3: S3Server,
 
 def test_a_volume_too_small_for_the_mirror_restores_directly(
         tmp_path: Path, s3: S3Server, shapers: Callable[..., Shaper]) -> None:
-    """The data directory is a real 40 MB tmpfs (a mount namespace of the sidecar's own):
-    the 25 MB database fits, the database and a 24 MB mirror do not. The restore goes
-    straight from the bucket, says why, and the app reads every row."""
+    """`sidecar restore --output` onto a real 40 MB tmpfs (a mount namespace of its own): the
+    25 MB database fits, the database and a 24 MB mirror do not. The restore goes straight
+    from the bucket, says why, and the file holds every row. (--output, not a start: after a
+    start Litestream keeps a local copy of its own beside the database, which no 40 MB
+    volume holds either.)"""
     unshare = shutil.which("unshare")
     assert unshare, "util-linux unshare is needed"
     shaper = shapers(s3, delay=0.005)
-    env, app, values, _ = _setup(tmp_path, s3, shaper, small=4)
-    data = tmp_path / "data"
-    argv = [unshare, "--mount", "--propagation", "private", "sh", "-c",
-            'mount -t tmpfs -o size=40m tmpfs "$1" && shift && exec "$@"', "sh", str(data),
-            str(Path(sys.executable).parent / "sidecar"), "run", "--", *app]
-    sc = Sidecar(env, app, tmp_path, argv=argv).start()
-    assert sc.wait(120) == 0, sc.output()
-    printed = [ln for ln in sc.stdout if ln.startswith("[")]
-    assert printed and json.loads(printed[-1]) == values, sc.output()
-    skipped = sc.event("restore fetch skipped")
-    assert skipped is not None, sc.output()
-    assert "bytes free" in skipped["reason"]
-    assert sc.event("restore fetched") is None
-    assert not list(data.iterdir()), "the tmpfs was the sidecar's own"
+    env, _, values, _ = _setup(tmp_path, s3, shaper, small=4)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    script = ('mount -t tmpfs -o size=40m tmpfs "$1" && "$2" restore --output "$1/x.db" && '
+              '"$3" -c "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); '
+              'print(json.dumps([r[0] for r in c.execute(\'SELECT v FROM rows ORDER BY id\')]))" '
+              '"$1/x.db"')
+    res = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c", script,
+                          "sh", str(vol), str(Path(sys.executable).parent / "sidecar"),
+                          sys.executable], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    printed = [ln for ln in res.stdout.splitlines() if ln.startswith("[")]
+    assert printed and json.loads(printed[-1]) == values, res.stdout[-2000:]
+    events = [json.loads(ln) for ln in res.stderr.splitlines() if ln.startswith("{")]
+    skipped = [e for e in events if e.get("event") == "restore fetch skipped"]
+    assert skipped and "bytes free" in skipped[0]["reason"], res.stderr[-3000:]
+    assert not any(e.get("event") == "restore fetched" for e in events)
+    assert not list(vol.iterdir()), "the tmpfs was the restore's own"
 
 
 def test_sigkill_during_the_fetch_leaves_no_database_and_the_mirror_is_cleaned(
