@@ -51,6 +51,13 @@ def active() -> list[dict[str, Any]]:
         return [dict(v) for v in _active.values()]
 
 
+def progress_of(output: Path | None) -> dict[str, Any] | None:
+    """The progress of the fetch restoring into `output`, None when there is none."""
+    with _active_lock:
+        got = _active.get(str(output)) if output is not None else None
+        return {k: v for k, v in got.items() if k != "output"} if got else None
+
+
 class Gone(Exception):
     """A planned file is no longer in the bucket (retention removed it): plan again."""
 

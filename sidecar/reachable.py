@@ -100,4 +100,5 @@ class Stall:
 def fetch_bytes(output: Path) -> int:
     from sidecar import fetch
 
-    return next((p["bytes_fetched"] for p in fetch.active() if p["output"] == str(output)), -1)
+    got = fetch.progress_of(output)
+    return int(got["bytes_fetched"]) if got else -1

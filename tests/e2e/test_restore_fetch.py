@@ -242,3 +242,48 @@ def _values(db: Path) -> list[str]:
     finally:
         con.close()
 
+def test_a_live_restore_shows_the_fetch_progress(
+        tmp_path: Path, s3: S3Server, shapers: Callable[..., Shaper],
+        sidecars: Callable[..., Sidecar]) -> None:
+    """A live restore (POST /restore on the control socket) through a slow bucket (1 MB/s a
+    connection): while it fetches, the job in /restore and /status shows the bytes and files
+    of the plan fetched so far and the rate, and the log has a progress line every few
+    seconds; the database then holds every row."""
+    from sidecar.litestream import unix_request
+
+    shaper = shapers(s3, delay=0.005)
+    env, _app, values, _ = _setup(tmp_path, s3, shaper, small=4)
+    idle = tmp_path / "idle.py"
+    idle.write_text("import signal, sys, time\n"
+                    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+                    "print('app up', flush=True)\nwhile True:\n    time.sleep(0.2)\n")
+    sc = sidecars(env, [sys.executable, str(idle)], tmp_path)
+    decided = sc.wait_event("restore decided", timeout=60)
+    sc.wait_stdout("app up", timeout=60)
+    sock = tmp_path / "data" / ".sidecar" / "sidecar.sock"
+    wait_for(sock.exists, 20, what="control socket")
+    shaper.rate = 1e6
+    code, job = unix_request(sock, "POST", "/restore", {"txid": decided["txid"]})
+    assert code == 202, job
+    seen: list[dict[str, Any]] = []
+
+    def done() -> bool:
+        _c, j = unix_request(sock, "GET", f"/restore?id={job['id']}")
+        if j.get("fetch"):
+            seen.append(j["fetch"])
+            _c, status = unix_request(sock, "GET", "/status")
+            seen.append((status.get("manual_restore") or {}).get("fetch") or {})
+        return j["state"] == "done"
+
+    wait_for(done, 120, interval=0.2, what="the live restore")
+    shaper.rate = None
+    _c, j = unix_request(sock, "GET", f"/restore?id={job['id']}")
+    assert j["outcome"] == "restored", j
+    partial = [p for p in seen if p and 0 < p["bytes_fetched"] < p["bytes_planned"]]
+    assert partial, seen
+    assert all(p["bytes_planned"] > 20_000_000 and p["files_planned"] == len(values) + 1
+               and "rate_mb_s" in p and p["db"] == "app.db" for p in partial), partial
+    assert any(p["bytes_fetched"] > partial[0]["bytes_fetched"] for p in partial), seen
+    lines = [e for e in sc.events if e.get("event") == "restore fetch progress"]
+    assert lines and all(0 <= e["bytes_fetched"] <= e["bytes_planned"] for e in lines)
+    assert _values(tmp_path / "data" / "app.db") == values
