@@ -40,6 +40,10 @@ SNAPSHOT_LEVEL = 9
 MAX_REPLANS = 5
 MARGIN = 4 * 1024 * 1024  # free space kept beyond the mirror and the database
 PROGRESS_EVERY = 5.0  # seconds between progress lines
+# A bucket that answers faster than this is next door (loopback, the same host): Litestream's
+# one-request-at-a-time restore loses nothing there, and its download overlaps its decoding,
+# which the mirror (fetch, then decode) cannot, so such a restore goes direct.
+NEAR_SECONDS = 0.003
 
 _active_lock = threading.Lock()
 _active: dict[str, dict[str, Any]] = {}  # output path -> progress of a running fetch
@@ -420,6 +424,10 @@ class Fetch:
         threading.Thread(target=self._report, args=(done,), daemon=True,
                          name="restore-progress").start()
         try:
+            rtt = round_trip(self.db)
+            if rtt is not None and rtt < NEAR_SECONDS:
+                raise Skip(f"the bucket answers in {rtt * 1000:.1f} ms: Litestream alone "
+                           "restores as fast from so near")
             self._connect()
             while True:
                 try:
@@ -450,6 +458,37 @@ class Fetch:
             done.set()
             with _active_lock:
                 _active.pop(str(self.output), None)
+
+
+def round_trip(db: Database, timeout: float = 2.0) -> float | None:
+    """Seconds one small request to the replica's endpoint takes on an open connection (an
+    unsigned HEAD of the bucket: any answer will do), without loading boto3; None when the
+    endpoint is AWS's own (far by definition) or gives no answer."""
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+
+    s3 = db.replica.s3 if db.replica is not None else None
+    if s3 is None or not s3.endpoint:
+        return None
+    url = urlsplit(s3.endpoint)
+    conn: http.client.HTTPConnection
+    try:
+        if url.scheme == "https":
+            conn = http.client.HTTPSConnection(url.hostname or "", url.port, timeout=timeout,
+                                               context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout)
+        try:
+            conn.connect()
+            t0 = time.monotonic()
+            conn.request("HEAD", f"{url.path.rstrip('/')}/{s3.bucket}")
+            conn.getresponse().read()
+            return time.monotonic() - t0
+        finally:
+            conn.close()
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
 
 
 def _describe(exc: BaseException) -> str:
