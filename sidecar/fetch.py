@@ -427,10 +427,6 @@ class Fetch:
         threading.Thread(target=self._report, args=(done,), daemon=True,
                          name="restore-progress").start()
         try:
-            rtt = round_trip(self.db)
-            if rtt is not None and rtt < NEAR_SECONDS:
-                raise Skip(f"the bucket answers in {rtt * 1000:.1f} ms: Litestream alone "
-                           "restores as fast from so near")
             self._connect()
             while True:
                 try:
@@ -463,7 +459,18 @@ class Fetch:
                 _active.pop(str(self.output), None)
 
 
-def round_trip(db: Database, timeout: float = 2.0) -> float | None:
+def near(db: Database) -> str | None:
+    """Why this restore should go straight from the bucket, when it is next door: Litestream
+    alone is as fast there, and its download overlaps its decoding. Decided before anything
+    starts (a restore that starts early, beside the start's probe, must be writing)."""
+    rtt = round_trip(db)
+    if rtt is not None and rtt < NEAR_SECONDS:
+        return (f"the bucket answers in {rtt * 1000:.1f} ms: Litestream alone restores as "
+                "fast from so near")
+    return None
+
+
+def round_trip(db: Database, timeout: float = 1.0) -> float | None:
     """Seconds a small request to the replica's endpoint takes on an open connection (an
     unsigned HEAD of the bucket: any answer will do), without loading boto3; None when the
     endpoint is AWS's own (far enough by definition) or gives no answer."""

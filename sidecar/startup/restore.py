@@ -193,7 +193,8 @@ class Restoring:
         self._fetch: fetch.Fetch | None = None
         self._fetched: Path | BaseException | None = None
         self._fetching: threading.Thread | None = None
-        if fetch.usable(db, concurrency):
+        self._direct_note = fetch.near(db) if fetch.usable(db, concurrency) else None
+        if fetch.usable(db, concurrency) and self._direct_note is None:
             self._fetch = fetch.Fetch(db, output, concurrency, timeout, txid=txid,
                                       timestamp=timestamp,
                                       dry_run=lambda: self._dry_run(config_path))
@@ -312,6 +313,10 @@ class Restoring:
         Raises RestoreError; leaves no partial file behind. `check_early`: run the check on
         Litestream's temporary file while Litestream syncs it (_EarlyCheck), for a Litestream
         0.5 backup (restored in one sequential pass)."""
+        if self._direct_note is not None:
+            log.get("restore").info("restore fetch skipped", db=self.db.name,
+                                    reason=self._direct_note,
+                                    detail="restoring directly from the bucket")
         try:
             if self._fetching is not None:
                 self._await_fetch(should_stop)
