@@ -227,7 +227,9 @@ class Restoring:
         argv = restore_argv(self.binary, config_path, self.db, Path(self.output.name),
                             txid=txid, timestamp=timestamp, dry_run=True)
         argv.insert(-1, "-json")
-        code, out = procs.run(argv, child_env(os.environ), should_stop=self._stop.is_set)
+        fetching = self._fetch
+        code, out = procs.run(argv, child_env(os.environ), should_stop=lambda: self._stop.is_set()
+                              or (fetching is not None and fetching.stop.is_set()))
         if code != 0:
             raise fetch.Skip(f"litestream restore -dry-run exited {code}")
         return fetch.dry_run_plan(out)
