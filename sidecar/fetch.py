@@ -66,6 +66,10 @@ class Gone(Exception):
     """A planned file is no longer in the bucket (retention removed it): plan again."""
 
 
+class LocalError(Exception):
+    """Writing the mirror failed (the volume, not the bucket): not retried."""
+
+
 class Stopped(Exception):
     """The restore was cancelled."""
 
@@ -285,16 +289,23 @@ class Fetch:
                     if into is None:
                         kept += chunk
                     else:
-                        os.pwrite(into, chunk, pos)
+                        try:
+                            os.pwrite(into, chunk, pos)
+                        except OSError as exc:  # the volume's, not the bucket's: no retry
+                            raise LocalError(f"cannot write the mirror: {exc.strerror}"
+                                             ) from None
                         self._count(len(chunk))
                     pos += len(chunk)
+                if pos != end + 1:
+                    # A short answer is a dropped connection: retried.
+                    raise OSError(f"short read of {f.name}: {pos - start} of "
+                                  f"{end + 1 - start} bytes")
+            except BaseException:
+                if into is not None:
+                    self._count(start - pos)  # what this attempt counted, taken back
+                raise
             finally:
                 body.close()
-            if pos != end + 1:
-                # A short answer is a dropped connection: counted back, and retried.
-                if into is not None:
-                    self._count(start - pos)
-                raise OSError(f"short read of {f.name}: {pos - start} of {end + 1 - start} bytes")
             return kept
 
         return self._with_retries(once, what=f"get {f.s3_key}")  # type: ignore[no-any-return]
