@@ -243,7 +243,7 @@ class Restoring:
             if should_stop is not None and self._fetching.is_alive() and should_stop():
                 assert self._fetch is not None
                 self._fetch.stop.set()
-                self._fetching.join()
+                self._fetching.join(2.0)  # as in cancel()
                 fetch.remove_mirror(self.output)
                 raise RestoreError(f"cannot restore {self.db.name} from "
                                    f"{self.db.replica.url if self.db.replica else '?'}: "
@@ -297,8 +297,11 @@ class Restoring:
         """Kill the restore and remove whatever it wrote (no check, no file left)."""
         try:
             if self._fetching is not None and self._fetch is not None:
+                # A request in flight returns within its own timeout; the fetch then stops
+                # and removes its mirror itself, so a cancel (a dead bucket at start) does
+                # not wait for it longer than this.
                 self._fetch.stop.set()
-                self._fetching.join()
+                self._fetching.join(2.0)
             if self._helper is not None:
                 self._helper.kill()
         finally:
