@@ -220,6 +220,14 @@ def _plan_03(tools: Tools, db: Database, target: Target) -> dict[str, Any] | Non
             "download_bytes": None}
 
 
+def _fetching(cfg: Config | None) -> dict[str, Any]:
+    """How restore_to fetches: in parallel into a mirror as configured (one download at a
+    time, Litestream's own, without a config)."""
+    if cfg is None:
+        return {}
+    return {"concurrency": cfg.restore_concurrency, "timeout": cfg.replica_timeout}
+
+
 def restore_file(tools: Tools, db: Database, target: Target, output: Path,
                  should_stop: Callable[[], bool] | None = None,
                  stall: float | None = None) -> dict[str, Any]:
@@ -232,7 +240,8 @@ def restore_file(tools: Tools, db: Database, target: Target, output: Path,
         with naming(tools, db) as tools:
             summary = restore.restore_to(tools.binary, tools.config_path, db, output,
                                          txid=target.txid, timestamp=target.timestamp,
-                                         should_stop=watch or should_stop)
+                                         should_stop=watch or should_stop,
+                                         **_fetching(tools.cfg))
     except RestoreError as exc:
         if watch is not None and watch.stalled:
             raise reachable.unreachable(db, "restore", "litestream restore wrote nothing for "

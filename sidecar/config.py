@@ -87,6 +87,7 @@ class Config:
     cwd: Path
     directories: tuple[DbDir, ...] = ()
     restore_parallelism: int = 8
+    restore_concurrency: int = 8
     db_metrics_limit: int = 100
     bucket_bad_names: str = "refuse"  # refuse | skip (see names.py)
     restore_max_databases: int = 10000

@@ -81,6 +81,8 @@ class Stall:
                 out.append((st.st_size, st.st_mtime_ns))
             except OSError:
                 out.append((-1, 0))
+        # Bytes a parallel fetch (fetch.py) has brought so far: it writes no file above.
+        out.append((fetch_bytes(self.output), 0))
         return tuple(out)
 
     def __call__(self) -> bool:
@@ -97,3 +99,10 @@ class Stall:
             self.stalled = True
             return True
         return False
+
+
+def fetch_bytes(output: Path) -> int:
+    from sidecar import fetch
+
+    got = fetch.progress_of(output)
+    return int(got["bytes_fetched"]) if got else -1

@@ -84,6 +84,11 @@ SETTINGS: tuple[Setting, ...] = (
             "databases of a directory restored at start, at most (a bucket holding more "
             "refuses the start)", whole(1), "must be a whole number >= 1", "10000",
             field="restore_max_databases"),
+    Setting("SIDECAR_RESTORE_CONCURRENCY", "--restore-concurrency",
+            "downloads at once per restore from S3 (a restore's files and byte ranges fetched "
+            "in parallel into a mirror beside the database); 1 lets Litestream fetch alone",
+            whole(1, 64), "must be a whole number from 1 to 64", "8",
+            field="restore_concurrency"),
     Setting("SIDECAR_DB_METRICS_LIMIT", "--db-metrics-limit",
             "per-database lag series of a directory entry, at most (sorted by path)",
             whole(0, 10000), "must be a whole number from 0 to 10000", "100",

@@ -77,7 +77,7 @@ _session_lock = threading.Lock()
 
 
 def make_boto3_client(replica: Replica, timeout: float = 5.0,
-                      env: Mapping[str, str] = os.environ) -> Any:
+                      env: Mapping[str, str] = os.environ, pool: int = 10) -> Any:
     """A plain boto3 S3 client for the replica. Every client comes from one shared session,
     so botocore parses the S3 service model once per process (about 15 MB each time
     otherwise). Raises what boto3 raises (a profile that does not exist)."""
@@ -93,7 +93,7 @@ def make_boto3_client(replica: Replica, timeout: float = 5.0,
         connect_timeout=connect, read_timeout=read,
         retries={"max_attempts": 1, "mode": "standard"},
         s3={"addressing_style": "path" if s3.force_path_style else "virtual"},
-        signature_version="s3v4",
+        signature_version="s3v4", max_pool_connections=pool,
     )
     with _session_lock:  # creating clients from one session is not thread-safe
         if _session is None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import bookmarks, cron, dbfile, log, nolinks, replica, scratch, verification
+from sidecar import bookmarks, cron, dbfile, fetch, log, nolinks, replica, scratch, verification
 from sidecar.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot
 from sidecar.config import Config, Database
 from sidecar.daemon import jobs, metrics, status
@@ -86,7 +86,11 @@ class RestoreJob:
                 "state": self.state, "outcome": self.outcome, "error": self.error,
                 "txid": self.txid or self.plan.get("txid"), "moved_aside": self.moved_aside,
                 "notes": self.notes, "download_bytes": self.plan.get("download_bytes"),
-                "bytes_written": written, "requested_at": replica.utc(self.requested_at),
+                "bytes_written": written,
+                # A restore from S3 fetches its files first (fetch.py): bytes and files of
+                # the plan fetched so far, and the rate.
+                "fetch": fetch.progress_of(self.tmp) if self.state == "restoring" else None,
+                "requested_at": replica.utc(self.requested_at),
                 "finished_at": replica.utc(self.finished_at) if self.finished_at else None,
                 "undo_of": self.undo, "bookmark": self.bookmark}
 

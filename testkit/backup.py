@@ -1,0 +1,107 @@
+"""A real Litestream backup with a shape: a large snapshot, then many small transactions
+uploaded one sync at a time, so a restore's plan holds a snapshot and many L0/L1 files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from testkit.net import wait_for
+from testkit.s3 import S3Server
+
+CONFIG = """\
+dbs:
+  - path: {db}
+    replica:
+      type: s3
+      bucket: {bucket}
+      path: {prefix}
+      endpoint: {endpoint}
+      region: us-east-1
+      force-path-style: true
+      sync-interval: {sync}
+socket:
+  enabled: true
+  path: {sock}
+levels:
+  - interval: {l1}
+"""
+
+
+def _env(server: S3Server) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LITESTREAM_"))}
+    env.update(AWS_ACCESS_KEY_ID=server.key, AWS_SECRET_ACCESS_KEY=server.secret,
+               AWS_EC2_METADATA_DISABLED="true")
+    return env
+
+
+def seed_shaped(server: S3Server, bucket: str, work: Path, *, prefix: str = "app.db",
+                blob_mb: int = 24, small: int = 12, gap: float = 0.35,
+                marks: tuple[int, ...] = (), l1: str = "1h"
+                ) -> tuple[list[str], dict[int, str]]:
+    """Replicate a database into `bucket`/`prefix` with plain `litestream replicate`
+    (sync every 100 ms): `blob_mb` MB of incompressible blobs in one transaction, then
+    `small` transactions `gap` seconds apart, each adding one row `s<i>` to table rows.
+    Returns (the values of rows, {i: the UTC time (RFC3339, ms) just after row i's upload,
+    for each i in `marks`}); the source is removed. `l1`: how often L0 is compacted into L1
+    (an hour by default: the plan then holds every small transaction's own file)."""
+    from sidecar.litestream.control import Control
+    from testkit.sidecar import tool
+
+    work.mkdir(parents=True, exist_ok=True)
+    db, sock, cfg = work / "seed.db", work / "seed.sock", work / "seed.yml"
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, b BLOB)")
+    con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT, at REAL)")
+    con.execute("BEGIN")
+    con.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < ?) "
+                "INSERT INTO blobs(b) SELECT randomblob(1900) FROM c",
+                (blob_mb * 1024 * 1024 // 2048,))
+    con.execute("COMMIT")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    cfg.write_text(CONFIG.format(db=db, bucket=bucket, prefix=prefix, endpoint=server.endpoint,
+                                 sync="100ms", sock=sock, l1=l1))
+    proc = subprocess.Popen([tool("litestream"), "replicate", "-config", str(cfg)],
+                            env=_env(server), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    values: list[str] = []
+    times: dict[int, str] = {}
+    try:
+        ctl = Control(sock)
+        wait_for(sock.exists, 30, interval=0.05, what=str(sock))
+
+        def synced() -> None:
+            end = time.monotonic() + 120
+            while True:
+                try:
+                    res = ctl.sync(db, wait=True, timeout=60)
+                    if res.get("txid") and res.get("txid") == res.get("replicated_txid"):
+                        return
+                except Exception:
+                    if time.monotonic() > end:
+                        raise
+                time.sleep(0.1)
+
+        synced()
+        for i in range(small):
+            time.sleep(gap)
+            con.execute("INSERT INTO rows(v, at) VALUES (?, ?)", (f"s{i}", time.time()))
+            values.append(f"s{i}")
+            synced()
+            if i in marks:
+                time.sleep(0.05)
+                now = datetime.now(UTC)
+                times[i] = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+                time.sleep(0.05)
+    finally:
+        con.close()
+        proc.terminate()
+        proc.wait(60)
+    for p in work.glob("seed.*"):
+        p.unlink(missing_ok=True)
+    return values, times

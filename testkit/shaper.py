@@ -1,0 +1,195 @@
+"""A shaping TCP proxy in front of a real S3 server, on 127.0.0.1 only: what a real bucket's
+network does to a client, on loopback.
+
+- `delay`: seconds each request waits before it is forwarded (the round trip a real bucket
+  costs every request), and a new connection before its first byte (its handshake);
+- `rate`: bytes per second each connection receives at most (one S3 stream's bandwidth), a
+  token bucket per connection, so parallel connections add up as they do on a real link;
+- `fail(method, target)`: a status to answer instead of forwarding (a 503 SlowDown, say),
+  with an S3 error body, on the same keep-alive connection;
+- `on_request(method, target)`: called (in a worker thread) before a request is forwarded,
+  for a test to change the bucket at an exact moment.
+
+Bytes are forwarded untouched, so request signatures stay valid. Request heads are found
+as in s3proxy.RequestCounter (a head up to its blank line, then `Content-Length` bytes of
+body); a chunked request body is passed through unparsed (tests and the bench upload
+directly, not through the shaper).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+
+_REASONS = {408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
+            503: "Service Unavailable", 404: "Not Found"}
+_CODES = {408: "RequestTimeout", 429: "SlowDown", 500: "InternalError", 503: "SlowDown",
+          404: "NoSuchKey"}
+
+
+def error_response(status: int) -> bytes:
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{_CODES.get(status, "Error")}'
+            f"</Code><Message>shaped answer</Message></Error>").encode()
+    return (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+
+
+class Shaper:
+    def __init__(self, upstream_port: int, delay: float = 0.0, rate: float | None = None,
+                 fail: Callable[[str, str], int | None] | None = None,
+                 on_request: Callable[[str, str], None] | None = None):
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.delay, self.rate = delay, rate
+        self.fail, self.on_request = fail, on_request
+        self.requests: list[tuple[str, str]] = []  # (method, target) forwarded
+        self.answered: list[tuple[int, str]] = []  # (status, target) answered by the shaper
+        self.connections = 0
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._server: asyncio.base_events.Server | None = None
+
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+            ready.set()
+
+        self._thread = threading.Thread(target=self._run, args=(start,), daemon=True,
+                                        name="shaper")
+        self._thread.start()
+        ready.wait(10)
+        assert self._server is not None
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def _run(self, start: Callable[[], object]) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(start())  # type: ignore[arg-type]
+        self._loop.run_forever()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        if self.delay:
+            await asyncio.sleep(self.delay)  # the connection's handshake
+        lock = asyncio.Lock()  # one writer to the client at a time (answers vs. forwarded)
+        down = asyncio.ensure_future(self._down(up_r, writer, lock))
+        try:
+            await self._up(reader, up_w, writer, lock)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                up_w.write_eof()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(down, 60)
+            for w in (up_w, writer):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    async def _down(self, up_r: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    lock: asyncio.Lock) -> None:
+        """Server to client, paced to `rate` bytes/s for this connection."""
+        free_at = time.monotonic()
+        try:
+            while True:
+                rate = self.rate
+                data = await up_r.read(min(65536, int(rate / 50)) if rate else 65536)
+                if not data:
+                    break
+                if rate:
+                    free_at = max(free_at, time.monotonic()) + len(data) / rate
+                    wait = free_at - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                async with lock:
+                    writer.write(data)
+                    await writer.drain()
+        except (OSError, ConnectionError):
+            pass
+        with contextlib.suppress(Exception):
+            writer.close()
+
+    async def _up(self, reader: asyncio.StreamReader, up_w: asyncio.StreamWriter,
+                  writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+        """Client to server: each request head waits `delay`, may be answered here instead."""
+        buf, body, raw, dropping = b"", 0, False, False
+        loop = asyncio.get_running_loop()
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            if raw:
+                up_w.write(data)
+                await up_w.drain()
+                continue
+            while data:
+                if body:
+                    n = min(body, len(data))
+                    if not dropping:
+                        up_w.write(data[:n])
+                    body, data = body - n, data[n:]
+                    continue
+                buf += data
+                data = b""
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    break
+                head, data, buf = buf[:end + 4], buf[end + 4:], b""
+                method, target, length, chunked = _parse(head)
+                body = length
+                if chunked:
+                    raw = True
+                status = self.fail(method, target) if self.fail else None
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                if status:
+                    dropping = True
+                    self.answered.append((status, target))
+                    async with lock:
+                        writer.write(error_response(status))
+                        await writer.drain()
+                    continue
+                dropping = False
+                if self.on_request is not None:
+                    await loop.run_in_executor(None, self.on_request, method, target)
+                self.requests.append((method, target))
+                up_w.write(head)
+                if raw:
+                    up_w.write(data)
+                    data = b""
+            await up_w.drain()
+
+
+def _parse(head: bytes) -> tuple[str, str, int, bool]:
+    line, _, fields = head.partition(b"\r\n")
+    parts = line.decode("latin-1").split(" ")
+    method, target = (parts[0], parts[1]) if len(parts) == 3 else ("?", "?")
+    length, chunked = 0, False
+    for f in fields.split(b"\r\n"):
+        name, _, value = f.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip() or 0)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    return method, target, length, chunked

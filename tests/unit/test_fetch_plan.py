@@ -1,0 +1,81 @@
+"""The restore plan made the way Litestream makes it (fetch.calc_plan, a port of
+CalcRestorePlan), and the LTX header and dry-run answers fetch.py reads."""
+
+from __future__ import annotations
+
+import json
+
+from sidecar.fetch import PlanFile, calc_plan, dry_run_plan, header_info
+
+
+def f(level: int, lo: int, hi: int, size: int = 10) -> PlanFile:
+    return PlanFile(level, lo, hi, size)
+
+
+def names(plan: list[PlanFile]) -> list[tuple[int, int, int]]:
+    return [(p.level, p.min_txid, p.max_txid) for p in plan]
+
+
+def test_newest_snapshot_then_the_files_that_extend_the_chain_furthest() -> None:
+    """The newest snapshot, then an L1 covering several L0 files beats them, then the L0
+    files after it; older files below the snapshot are not taken."""
+    levels = {9: [f(9, 1, 5), f(9, 1, 20)],
+              1: [f(1, 1, 10), f(1, 21, 30)],
+              0: [f(0, 19, 19), f(0, 20, 20), f(0, 21, 21), f(0, 22, 22), f(0, 31, 31),
+                  f(0, 32, 32)]}
+    assert names(calc_plan(levels)) == [(9, 1, 20), (1, 21, 30), (0, 31, 31), (0, 32, 32)]
+
+
+def test_a_txid_target_stops_there_and_picks_the_snapshot_below_it() -> None:
+    levels = {9: [f(9, 1, 5), f(9, 1, 20)], 0: [f(0, 6, 6), f(0, 7, 7), f(0, 8, 8)]}
+    assert names(calc_plan(levels, txid=7)) == [(9, 1, 5), (0, 6, 6), (0, 7, 7)]
+    assert names(calc_plan(levels, txid=5)) == [(9, 1, 5)]
+
+
+def test_a_txid_no_file_reaches_gives_no_plan() -> None:
+    assert calc_plan({9: [f(9, 1, 5)], 0: [f(0, 6, 6)]}, txid=9) == []
+
+
+def test_ties_prefer_the_lower_min_txid_then_the_higher_level() -> None:
+    levels = {9: [f(9, 1, 4)], 2: [f(2, 5, 8)], 1: [f(1, 3, 8), f(1, 5, 8)]}
+    # (1, 3, 8) and (2, 5, 8) reach as far: the lower min TXID wins.
+    assert names(calc_plan(levels)) == [(9, 1, 4), (1, 3, 8)]
+    levels = {9: [f(9, 1, 4)], 2: [f(2, 5, 8)], 0: [f(0, 5, 8)]}
+    assert names(calc_plan(levels)) == [(9, 1, 4), (2, 5, 8)]
+
+
+def test_a_gap_gives_no_plan_for_the_latest_state_but_a_txid_before_it_is_planned() -> None:
+    """Litestream refuses a latest-state restore with files beyond a gap (non-contiguous):
+    no plan, so it restores directly and says so itself; a target before the gap is fine."""
+    levels = {9: [f(9, 1, 4)], 0: [f(0, 5, 5), f(0, 7, 7)]}
+    assert calc_plan(levels) == []
+    assert names(calc_plan(levels, txid=5)) == [(9, 1, 4), (0, 5, 5)]
+
+
+def test_without_a_snapshot_the_chain_starts_at_the_first_transaction() -> None:
+    levels = {0: [f(0, 1, 1), f(0, 2, 2)], 1: [f(1, 1, 2)]}
+    assert names(calc_plan(levels)) == [(1, 1, 2)]
+
+
+def test_the_layouts_of_a_planned_file() -> None:
+    p = f(9, 1, 0x1a)
+    assert p.s3_key == "0009/0000000000000001-000000000000001a.ltx"
+    assert p.local == "ltx/9/0000000000000001-000000000000001a.ltx"
+
+
+def test_the_ltx_header_gives_page_size_count_and_time() -> None:
+    head = (b"LTX1" + (2).to_bytes(4, "big") + (4096).to_bytes(4, "big")
+            + (7).to_bytes(4, "big") + (6).to_bytes(8, "big") + (6).to_bytes(8, "big")
+            + (1796616452558).to_bytes(8, "big") + bytes(60))
+    assert header_info(head) == (4096, 7, 1796616452558)
+    assert header_info(b"SQLite format 3\0" + bytes(84)) is None
+    assert header_info(head[:30]) is None
+
+
+def test_the_dry_run_answer_is_read_for_its_files() -> None:
+    out = "some log line\n" + json.dumps({"files": [
+        {"level": 9, "name": "x", "min_txid": "0000000000000001",
+         "max_txid": "0000000000000002", "size": 5, "timestamp": "2026-01-01T00:00:00Z"}]})
+    assert dry_run_plan(out) == [{"level": 9, "min_txid": "0000000000000001",
+                                  "max_txid": "0000000000000002", "size": 5}]
+    assert dry_run_plan("no json here") == []
