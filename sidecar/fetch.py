@@ -225,17 +225,10 @@ class Fetch:
         self._store = replica.S3Store(self.db.replica, self.timeout)
 
     def _level(self, level: int) -> list[PlanFile]:
-        assert self._store is not None
-        out: list[PlanFile] = []
-        after: str | None = None
-        while True:
-            page = self._with_retries(lambda after=after: self._store.list_ltx(  # type: ignore
-                level, start_after=after, max_keys=1000), what="list")
-            out += [PlanFile(level, o.min_txid, o.max_txid, o.size, o.last_modified)
-                    for o in page]
-            if len(page) < 1000:
-                return out
-            after = page[-1].key
+        store = self._store
+        assert store is not None
+        objs = self._with_retries(lambda: store.list_level(level), what="list")
+        return [PlanFile(level, o.min_txid, o.max_txid, o.size, o.last_modified) for o in objs]
 
     def plan(self) -> list[PlanFile]:
         if self.timestamp:

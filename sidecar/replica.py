@@ -67,14 +67,13 @@ class Store:
 
     requests = 0
 
-    def head(self, key: str) -> dict[str, Any]:
-        """One object's headers and metadata (`key` relative to the prefix); kind "missing"
-        when it was deleted since it was listed."""
-        return self._call(self._client.head_object, Bucket=self.bucket, Key=self.prefix + key)
-
     def list_ltx(self, level: int, start_after: str | None = None,
                  max_keys: int = 1000) -> list[LtxObject]:
         raise NotImplementedError
+
+    def list_level(self, level: int) -> list[LtxObject]:
+        """Every LTX file of a level, however many pages that takes."""
+        return self.list_ltx(level, max_keys=2**62)
 
     def contents(self) -> Contents:
         raise NotImplementedError
@@ -179,13 +178,29 @@ class S3Store(Store):
         self.requests += 1
         return fn(**kwargs)
 
-    def list_ltx(self, level: int, start_after: str | None = None,
-                 max_keys: int = 1000) -> list[LtxObject]:
+    def head(self, key: str) -> dict[str, Any]:
+        """One object's headers and metadata (`key` relative to the prefix); kind "missing"
+        when it was deleted since it was listed."""
+        return self._call(self._client.head_object, Bucket=self.bucket, Key=self.prefix + key)
+
+    def list_level(self, level: int) -> list[LtxObject]:
+        """Every LTX file of a level: pages follow the server's IsTruncated and continuation
+        token, never the count of parsed names (a stray key in a full page would end the
+        listing early, and a plan made from it restores an older state without a word)."""
         prefix = f"{self.prefix}{level:04x}/"
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
-        if start_after:
-            kwargs["StartAfter"] = self.prefix + start_after
-        resp = self._call(self._client.list_objects_v2, **kwargs)
+        out: list[LtxObject] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            resp = self._call(self._client.list_objects_v2, **kwargs)
+            out += self._parse(resp, level)
+            token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+            if not token:
+                return out
+
+    def _parse(self, resp: dict[str, Any], level: int) -> list[LtxObject]:
         out = []
         for item in resp.get("Contents", []):
             key = item["Key"][len(self.prefix):]
@@ -195,6 +210,15 @@ class S3Store(Store):
             if obj:
                 out.append(obj)
         return out
+
+    def list_ltx(self, level: int, start_after: str | None = None,
+                 max_keys: int = 1000) -> list[LtxObject]:
+        prefix = f"{self.prefix}{level:04x}/"
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if start_after:
+            kwargs["StartAfter"] = self.prefix + start_after
+        resp = self._call(self._client.list_objects_v2, **kwargs)
+        return self._parse(resp, level)
 
     def contents(self) -> Contents:
         # One listing of the top level ("directories" and loose objects), then one short

@@ -76,23 +76,12 @@ def _parse_rfc3339(text: str) -> int | None:
     return int(t.timestamp() * 1_000_000) // 1000
 
 
-def _all_objects(store: replica.Store, level: int) -> list[replica.LtxObject]:
-    out: list[replica.LtxObject] = []
-    after: str | None = None
-    while True:
-        page = store.list_ltx(level, start_after=after)
-        out += page
-        if len(page) < 1000:
-            return out
-        after = page[-1].key
-
-
 def read_files(db: Database, timeout: float = 10.0) -> list[LtxFile]:
     """Every LTX file of `db`'s replica with the creation time the planner uses.
     Raises ReplicaUnreachable; OperatorError for a backup this cannot read (Litestream 0.3)."""
     assert db.replica is not None
     store = replica.open_store(db.replica, timeout=timeout)
-    objs = [o for level in LEVELS for o in _all_objects(store, level)]
+    objs = [o for level in LEVELS for o in store.list_level(level)]
     if not objs:
         contents = store.contents()
         if contents.layout == "0.3":

@@ -79,3 +79,35 @@ def test_the_dry_run_answer_is_read_for_its_files() -> None:
     assert dry_run_plan(out) == [{"level": 9, "min_txid": "0000000000000001",
                                   "max_txid": "0000000000000002", "size": 5}]
     assert dry_run_plan("no json here") == []
+
+
+def test_a_level_is_listed_to_the_servers_last_page_whatever_keys_a_page_holds() -> None:
+    """A full page holding a stray key (999 LTX names, 1 junk) is not the last page: the
+    listing follows IsTruncated, so the newest L0 file on the next page is in the plan
+    (counting parsed names stopped there, and the restore came back older without a word)."""
+    from sidecar import config, replica
+
+    page1 = [f"app.db/0000/{i:016x}-{i:016x}.ltx" for i in range(2, 1001)] + ["app.db/0000/junk"]
+    page2 = ["app.db/0000/00000000000003e9-00000000000003e9.ltx"]
+    calls: list[dict[str, object]] = []
+
+    class Client:
+        def list_objects_v2(self, **kw: object) -> dict[str, object]:
+            calls.append(kw)
+            if not str(kw["Prefix"]).endswith("/0000/"):
+                return {"Contents": [], "IsTruncated": False}
+            if "ContinuationToken" not in kw:
+                return {"Contents": [{"Key": k, "Size": 1} for k in sorted(page1)],
+                        "IsTruncated": True, "NextContinuationToken": "t2"}
+            assert kw["ContinuationToken"] == "t2"
+            return {"Contents": [{"Key": k, "Size": 1} for k in page2], "IsTruncated": False}
+
+    rep = config.Replica(url="s3://bkt/app.db", s3=config.S3(
+        bucket="bkt", prefix="app.db", endpoint="http://127.0.0.1:9", region="auto",
+        force_path_style=True))
+    store = replica.S3Store(rep, client=Client())
+    objs = store.list_level(0)
+    assert len(objs) == 1000 and objs[-1].max_txid == 0x3E9
+    levels = {0: [PlanFile(0, o.min_txid, o.max_txid, o.size) for o in objs],
+              9: [f(9, 1, 1)]}
+    assert names(calc_plan(levels))[-1] == (0, 0x3E9, 0x3E9)
