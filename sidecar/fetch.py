@@ -20,9 +20,11 @@ returns None and the caller restores directly, as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -69,7 +71,8 @@ class Gone(Exception):
 
 
 class LocalError(Exception):
-    """Writing the mirror failed (the volume, not the bucket): not retried."""
+    """Writing the mirror failed (the volume), or an answer cannot be written right (longer
+    than the range asked for): not retried."""
 
 
 class Stopped(Exception):
@@ -149,7 +152,32 @@ def mirror_path(output: Path) -> Path:
 
 
 def remove_mirror(output: Path) -> None:
-    shutil.rmtree(mirror_path(output), ignore_errors=True)
+    """Remove whatever is at the mirror's path, never following a link planted there (rmtree
+    refuses a link and would leave it)."""
+    path = mirror_path(output)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def make_mirror(output: Path) -> Path:
+    """A new, empty, private (0700) mirror directory of this process's own: whatever was at
+    its path (a killed run's mirror, a link or a directory someone planted where the name is
+    predictable, as beside `--output /tmp/x.db`) is removed first, and the directory is then
+    created exclusively, so nothing written into it can go through another's link."""
+    remove_mirror(output)
+    root = mirror_path(output)
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        raise Skip(f"{root} appeared while it was being made: restoring directly") from None
+    return root
 
 
 def header_info(head: bytes) -> tuple[int, int, int] | None:
@@ -169,6 +197,11 @@ def _status(exc: BaseException) -> tuple[str, int | None]:
 
 def _retryable(exc: BaseException) -> bool:
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from sidecar.bucket.client import certificate_problem
+
+    if certificate_problem(exc) is not None:  # final at once, as everywhere else
+        return False
 
     if isinstance(exc, ClientError):
         code, status = _status(exc)
@@ -286,6 +319,11 @@ class Fetch:
                 for chunk in body.iter_chunks(1024 * 1024):
                     if self.stop.is_set() or self._abort.is_set():
                         raise Stopped()
+                    if pos + len(chunk) > end + 1:
+                        # A server that ignores Range sends the whole object: written at
+                        # `pos` it would overrun the next range. Not retried.
+                        raise LocalError(f"the answer for {f.name} is longer than the "
+                                         f"{end + 1 - start} bytes asked for")
                     if into is None:
                         kept += chunk
                     else:
@@ -333,7 +371,8 @@ class Fetch:
     def _fetch(self, plan: list[PlanFile]) -> None:
         """Every file of `plan` into the mirror (files already there whole are kept, files
         of an older plan removed). Raises Gone, Stopped or the request's error."""
-        keep = {f.local for f in plan}
+        # A file fetched whole by an earlier plan (its .ok beside it) is kept, not fetched again.
+        keep = {f.local for f in plan} | {f.local + ".ok" for f in plan}
         for p in sorted(self.root.glob("ltx/*/*")):
             if str(p.relative_to(self.root)) not in keep:
                 p.unlink(missing_ok=True)
@@ -350,7 +389,7 @@ class Fetch:
             for f in todo:
                 path = self.root / f.local
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                 fds[f] = fd
                 os.ftruncate(fd, f.size)
                 ranges = [(a, min(a + CHUNK, f.size) - 1) for a in range(0, f.size, CHUNK)]
@@ -439,13 +478,16 @@ class Fetch:
                          name="restore-progress").start()
         try:
             self._connect()
+            made = False
             while True:
                 try:
                     plan = self.plan()
                     if not plan:
                         raise Skip("no plan reaches the target", quiet=True)
                     self._space(plan)
-                    self.root.mkdir(mode=0o700, exist_ok=True)
+                    if not made:
+                        make_mirror(self.output)
+                        made = True
                     self._fetch(plan)
                     break
                 except Gone:

@@ -111,3 +111,81 @@ def test_a_level_is_listed_to_the_servers_last_page_whatever_keys_a_page_holds()
     levels = {0: [PlanFile(0, o.min_txid, o.max_txid, o.size) for o in objs],
               9: [f(9, 1, 1)]}
     assert names(calc_plan(levels))[-1] == (0, 0x3E9, 0x3E9)
+
+
+def test_a_mirror_is_made_new_and_private_whatever_was_planted_at_its_path(tmp_path) -> None:
+    """The mirror's name beside an output is predictable (`--output /tmp/x.db`): a link or a
+    directory planted there is removed, never followed, and the mirror is a new 0700
+    directory (a link was accepted by mkdir(exist_ok) and the fetch wrote through it)."""
+    import os
+    import stat
+
+    from sidecar import fetch
+
+    out = tmp_path / "x.db"
+    victim = tmp_path / "victim"
+    (victim / "ltx" / "0").mkdir(parents=True)
+    (victim / "ltx" / "0" / "keep.ltx").write_bytes(b"theirs")
+    os.symlink(victim, fetch.mirror_path(out))
+    root = fetch.make_mirror(out)
+    st = os.lstat(root)
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    assert list(root.iterdir()) == []
+    assert (victim / "ltx" / "0" / "keep.ltx").read_bytes() == b"theirs"
+    fetch.remove_mirror(out)
+    assert not os.path.lexists(fetch.mirror_path(out))
+    os.symlink(victim, fetch.mirror_path(out))
+    fetch.remove_mirror(out)  # a link alone: unlinked, its target kept
+    assert not os.path.lexists(fetch.mirror_path(out)) and victim.is_dir()
+
+
+def test_a_certificate_failure_is_never_retried_by_the_fetch() -> None:
+    """A download's certificate failure is final at once, as for every other request (it was
+    retried for the replica timeout as a transport error)."""
+    import ssl
+
+    from botocore.exceptions import ConnectionClosedError, SSLError
+
+    from sidecar.fetch import _retryable
+
+    cert = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+                                           "verify failed: unable to get local issuer")
+    assert not _retryable(SSLError(endpoint_url="https://s3.test", error=cert))
+    assert _retryable(ConnectionClosedError(endpoint_url="https://s3.test"))
+
+
+def test_an_answer_longer_than_its_range_is_refused_not_written_over_the_next(tmp_path) -> None:
+    """A server that ignores Range answers the whole object: writing it at the range's start
+    would overrun the following ranges; the fetch stops with an error instead (and the
+    restore goes direct)."""
+    import os
+
+    import pytest
+
+    from sidecar import config, fetch
+
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_DB_PATH": str(tmp_path / "app.db"),
+           "SIDECAR_REPLICA_URL": "s3://bkt/app.db", "SIDECAR_S3_ENDPOINT": "http://s3.test",
+           "SIDECAR_MIGRATE_COMMAND": ""}
+    db = config.load(env, need_app=False, cwd=tmp_path).databases[0]
+
+    class Body:
+        def iter_chunks(self, n: int):
+            yield b"x" * 300  # the whole object, asked for bytes 100-199
+
+        def close(self) -> None:
+            pass
+
+    class Client:
+        def get_object(self, **kw: object) -> dict[str, object]:
+            return {"Body": Body()}
+
+    job = fetch.Fetch(db, tmp_path / "app.db", 4, 5.0)
+    job._client, job._store = Client(), type("S", (), {"prefix": "app.db/", "bucket": "bkt"})()
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(fetch.LocalError, match="longer than the 100 bytes"):
+            job._get(f(0, 2, 2, 300), 100, 199, fd)
+        assert os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
