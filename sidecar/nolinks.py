@@ -69,22 +69,30 @@ def open_lock(path: Path, what: str) -> IO[bytes]:
             _refuse(path, what, exc, "a symbolic link" if exc.errno == errno.ELOOP
                     else "a directory")
         raise PreflightError(f"cannot lock {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         _refuse(path, what, is_="not a regular file")
+    if st.st_nlink != 1:  # a hard link planted there: the lock's writes would reach its twin
+        os.close(fd)
+        _refuse(path, what, is_="a hard link to another file")
     return os.fdopen(fd, "r+b")
 
 
 def open_read(path: Path) -> IO[bytes] | None:
-    """`path` for reading, not through a link (None when it is missing or a link)."""
+    """`path` for reading, not through a link (None when it is missing, a link or not a
+    regular file: O_NONBLOCK, so a named pipe planted there cannot hang the reader)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
             return None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
     return os.fdopen(fd, "rb")
 
 

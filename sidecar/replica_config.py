@@ -140,6 +140,11 @@ def s3_settings(values: Mapping[str, Any], bucket: str, prefix: str, problems: P
               ca_bundle=v.get("AWS_CA_BUNDLE"))
 
 
+# S3's bucket names, with the older rules' upper case and underscores still allowed (the
+# bucket exists or it does not; the server decides): what is never in one is `:` or `@`.
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
+
+
 def parse_replica_url(url: str, values: Mapping[str, Any], problems: Problems,
                       var: str = "SIDECAR_REPLICA_URL", rep: Mapping[str, Any] | None = None,
                       where: str = "") -> Replica | None:
@@ -156,6 +161,13 @@ def parse_replica_url(url: str, values: Mapping[str, Any], problems: Problems,
             return None
         if "@" in parsed.netloc:
             problems.note(f"{var}: must not carry credentials (use AWS_ACCESS_KEY_ID)")
+            return None
+        if not _BUCKET.fullmatch(parsed.netloc):
+            # Not echoed: `s3://KEY:SECRET/WITH/SLASHES@bucket/p` parses with `KEY:SECRET` as
+            # the bucket, and that value would reach every log line and message.
+            problems.note(f"{var}: the bucket name must be letters, digits, '.', '-' or '_' "
+                          "(S3's rules); a URL must not carry credentials "
+                          "(use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
             return None
         prefix = parsed.path.strip("/")
         if not prefix:

@@ -145,3 +145,21 @@ def test_the_session_token_is_a_secret_and_scrubbed(tmp_path: Path) -> None:
         assert token not in str(doc) and MASK in doc["error"]
     cfg = config.load(base, need_app=False, cwd=tmp_path)
     assert cfg.session_token is None
+
+
+def test_a_secret_with_a_slash_in_the_replica_url_is_refused_and_never_shown(tmp_path) -> None:
+    """`s3://KEY:SECRET/WITH/SLASH@bucket/p` parses with `KEY:SECRET` as the bucket (AWS
+    secrets often hold `/`): refused as a bucket name no bucket has, the value never echoed
+    (it was accepted, and the URL with the secret went into every log line)."""
+    from sidecar import config
+    from sidecar.errors import ConfigError
+
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_DB_PATH": str(tmp_path / "app.db"),
+           "SIDECAR_MIGRATE_COMMAND": "",
+           "SIDECAR_REPLICA_URL": f"s3://AKIAIOSFODNN7EXAMPLE:{secret}@bkt/app.db"}
+    with pytest.raises(ConfigError) as exc:
+        config.load(env, need_app=False, cwd=tmp_path)
+    text = str(exc.value) + repr(exc.value.__dict__)
+    assert "SIDECAR_REPLICA_URL" in text and "credentials" in text
+    assert "wJalr" not in text and "EXAMPLEKEY" not in text
