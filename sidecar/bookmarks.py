@@ -11,8 +11,10 @@ keyed by the database's path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,23 @@ def _path(state_dir: Path) -> Path:
     return state_dir / FILE
 
 
-def _load(state_dir: Path) -> dict[str, Any]:
+def _load(state_dir: Path, keep_bad: bool = False) -> dict[str, Any]:
+    """The bookmarks; none when the file is missing. A file that is not a bookmarks document
+    reads as none, and before a write (`keep_bad`) it is renamed aside, never overwritten:
+    the other databases' bookmarks in it stay readable by hand."""
+    path = _path(state_dir)
     try:
-        doc = json.loads(_path(state_dir).read_text())
-    except (OSError, ValueError):
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
-    return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        doc = None
+    if isinstance(doc, dict):
+        return doc
+    if keep_bad:
+        with contextlib.suppress(OSError):
+            os.replace(path, path.with_name(f"{FILE}.unreadable-{int(time.time())}"))
+    return {}
 
 
 def get(state_dir: Path, db: Path) -> dict[str, Any] | None:
@@ -38,9 +51,16 @@ def get(state_dir: Path, db: Path) -> dict[str, Any] | None:
     return mark if isinstance(mark, dict) and mark.get("kept") else None
 
 
-def put(state_dir: Path, db: Path, mark: dict[str, Any]) -> None:
-    doc = _load(state_dir)
-    doc[str(db)] = mark
+def put(state_dir: Path, db: Path, mark: dict[str, Any] | None) -> None:
+    """Record `mark` as the database's bookmark; None forgets it (a swap that kept nothing
+    to undo to: an undo must never reach back past it to an older restore's copy)."""
+    doc = _load(state_dir, keep_bad=True)
+    if mark is None:
+        if str(db) not in doc:
+            return
+        del doc[str(db)]
+    else:
+        doc[str(db)] = mark
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = _path(state_dir).with_suffix(".tmp")
     tmp.unlink(missing_ok=True)

@@ -70,7 +70,7 @@ def _parse_rfc3339(text: str) -> int | None:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
-    if t.tzinfo is None:
+    if t.tzinfo is None or not 1970 < t.year < 9999:  # a time no backup has (and +1 ms fits)
         return None
     # Go writes up to nanoseconds; Python parses at most microseconds.
     return int(t.timestamp() * 1_000_000) // 1000

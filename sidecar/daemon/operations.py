@@ -323,7 +323,11 @@ class Operations:
         cannot be written does not undo the restore: it is noted instead."""
         kept = [p for p in job.moved_aside if not p.endswith(("-wal", "-shm"))]
         if not kept:
-            return  # there was no database to keep (an empty or missing file)
+            # There was no database to keep (an empty or missing file): nothing to undo to,
+            # and an older restore's bookmark must not be what --undo reaches for now.
+            with contextlib.suppress(OSError):
+                bookmarks.put(self.cfg.state_dir, job.db.path, None)
+            return
         several = len(self.cfg.databases) + len(self.cfg.directories) > 1
         mark = {"db": str(job.db.path), "kept": kept[0],
                 "txid": f"{replaced_txid:016x}" if replaced_txid else None,

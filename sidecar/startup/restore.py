@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, fetch, log, nolinks, replica
+from sidecar import bookmarks, dbfile, fetch, log, nolinks, replica
 from sidecar.config import Config, Database
 from sidecar.errors import ExecError, RestoreError
 from sidecar.litestream.process import child_env, log_line, restore_argv
@@ -534,6 +534,10 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
     summary = running.finish(should_stop, check_early=overlapped and contents.layout == "0.5")
     kept = swap_in(tmp, db.path, aside_dir(cfg, "pre-restore"),
                    dbfile.copy_base(db, cfg.databases))
+    # The database a live restore once replaced is not what --undo should put back over a
+    # disaster restore: the bookmark goes (its copy stays in pre-restore/).
+    with contextlib.suppress(OSError):
+        bookmarks.put(cfg.state_dir, db.path, None)
     return RestoreResult(db.name, "restored",
                          f"restored from {db.replica.url} ({state.detail}; "
                          f"{replica.LAYOUT_NAMES[contents.layout]} layout)",

@@ -246,3 +246,31 @@ def test_read_files_takes_litestreams_timestamp_metadata_and_skips_files_deleted
     t2 = int(datetime(2026, 12, 7, 4, 0, 2, 500000, tzinfo=UTC).timestamp() * 1000)
     t1 = int(datetime(2026, 12, 7, 4, 0, 1, 123000, tzinfo=UTC).timestamp() * 1000)
     assert got == [(0, 2, t2), (0, 3, ms), (9, 1, t1)]
+
+
+def test_a_bookmark_is_forgotten_and_an_unreadable_file_is_kept_aside(tmp_path: Path) -> None:
+    """put(None) forgets a database's bookmark (a swap that kept nothing: --undo must not
+    reach back to an older restore's copy); a bookmarks file that is not JSON is renamed
+    aside before the next write, never overwritten with the other databases' marks lost."""
+    from sidecar import bookmarks
+
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    bookmarks.put(tmp_path, a, {"kept": "/k/a"})
+    bookmarks.put(tmp_path, b, {"kept": "/k/b"})
+    bookmarks.put(tmp_path, a, None)
+    assert bookmarks.get(tmp_path, a) is None and bookmarks.get(tmp_path, b) == {"kept": "/k/b"}
+    (tmp_path / bookmarks.FILE).write_text('{"/x": {"kept": "/k/x"')  # cut short
+    bookmarks.put(tmp_path, a, {"kept": "/k/a2"})
+    assert bookmarks.get(tmp_path, a) == {"kept": "/k/a2"}
+    aside = list(tmp_path.glob(bookmarks.FILE + ".unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_text() == '{"/x": {"kept": "/k/x"'
+
+
+def test_a_timestamp_no_backup_can_have_falls_back_to_the_listing_time() -> None:
+    """Metadata claiming year 9999 (the bucket is untrusted) is not a time: the file's
+    LastModified is used, as Litestream does without metadata (restore --list was exit 70)."""
+    from sidecar import restore_points
+
+    assert restore_points._parse_rfc3339("9999-12-31T23:59:59.999Z") is None
+    assert restore_points._parse_rfc3339("0001-01-01T00:00:00Z") is None
+    assert restore_points._parse_rfc3339("2026-12-07T04:00:01.5Z") == 1796616001500
