@@ -99,11 +99,14 @@ def _shlex_fails(t: str) -> bool:
 
 
 def _cron_fails(t: str) -> bool:
-    from apscheduler.triggers.cron import CronTrigger
+    """Lines crontab(5) refuses (sidecar/cron.py's reading, unit-tested in test_cron.py):
+    apscheduler's own from_crontab refuses `* * * * 7`, which cron runs on Sundays."""
+    from sidecar import cron
+    from sidecar.parsers import Invalid
 
     try:
-        CronTrigger.from_crontab(t.strip(), timezone="UTC")
-    except (ValueError, TypeError):
+        cron.parse(t.strip())
+    except Invalid:
         return True
     return False
 
@@ -144,6 +147,9 @@ INVALID: dict[str, st.SearchStrategy[str]] = {
     "SIDECAR_DB_METRICS_LIMIT": nonblank.filter(lambda t: not (
         t.strip().isascii() and t.strip().isdigit() and int(t) <= 10000)),
     "SIDECAR_BUCKET_BAD_NAMES": bad_choice("refuse", "skip"),
+    "SIDECAR_RESTORE_CONCURRENCY": nonblank.filter(lambda t: not (
+        t.strip().isascii() and t.strip().isdigit() and 1 <= int(t) <= 64)),
+    "SIDECAR_PITR_WINDOW": bad_positive_duration,
     "SIDECAR_RESTORE_MAX_DATABASES": nonblank.filter(lambda t: not (
         t.strip().isascii() and t.strip().isdigit() and int(t) >= 1)),
     "SIDECAR_APP_RESTART": bad_choice("no", "on-failure"),
