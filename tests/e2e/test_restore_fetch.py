@@ -159,7 +159,7 @@ def test_503_answers_are_retried(tmp_path: Path, s3: S3Server,
     fetched = sc.event("restore fetched")
     assert fetched is not None and fetched["retries"] >= 2, sc.output()
     assert fetched["files_fetched"] == fetched["files_planned"]
-    retries = [e for e in sc.events if e.get("event") == "restore fetch retry"]
+    retries = [e for e in sc.events if e.get("message") == "restore fetch retry"]
     assert len(retries) == fetched["retries"] and all("503" in e["error"] for e in retries)
 
 
@@ -188,9 +188,9 @@ def test_a_volume_too_small_for_the_mirror_restores_directly(
     printed = [ln for ln in res.stdout.splitlines() if ln.startswith("[")]
     assert printed and json.loads(printed[-1]) == values, res.stdout[-2000:]
     events = [json.loads(ln) for ln in res.stderr.splitlines() if ln.startswith("{")]
-    skipped = [e for e in events if e.get("event") == "restore fetch skipped"]
+    skipped = [e for e in events if e.get("message") == "restore fetch skipped"]
     assert skipped and "bytes free" in skipped[0]["reason"], res.stderr[-3000:]
-    assert not any(e.get("event") == "restore fetched" for e in events)
+    assert not any(e.get("message") == "restore fetched" for e in events)
     assert not list(vol.iterdir()), "the tmpfs was the restore's own"
 
 
@@ -216,7 +216,7 @@ def test_sigkill_during_the_fetch_leaves_no_database_and_the_mirror_is_cleaned(
     shaper.rate = None
     got, sc2 = _start(env, app, tmp_path)
     assert got == values
-    removed = [e["path"] for e in sc2.events if e.get("event") == "removed partial restore"]
+    removed = [e["path"] for e in sc2.events if e.get("message") == "removed partial restore"]
     assert any(p.endswith(".mirror") for p in removed), sc2.output()
     assert not list(data.glob(".app.db.sidecar-restore-*"))
 
@@ -236,7 +236,7 @@ def test_a_timestamp_restore_from_the_mirror_equals_the_bucket(
             out = tmp_path / f"{label}-{i}.db"
             res = run_sidecar(["restore", "--output", str(out), "--timestamp", at], e, tmp_path)
             events = [json.loads(ln) for ln in res.stderr.splitlines() if ln.startswith("{")]
-            fetched = any(ev.get("event") == "restore fetched" for ev in events)
+            fetched = any(ev.get("message") == "restore fetched" for ev in events)
             assert fetched == (label == "mirror"), res.stderr[-3000:]
             outs[label] = (res.returncode, _values(out) if res.returncode == 0 else None)
         assert outs["mirror"] == outs["bucket"], (i, at, outs)
@@ -297,7 +297,7 @@ def test_a_live_restore_shows_the_fetch_progress(
     assert all(p["bytes_planned"] > 20_000_000 and p["files_planned"] >= 2
                and "rate_mb_s" in p and p["db"] == "app.db" for p in partial), partial
     assert any(p["bytes_fetched"] > partial[0]["bytes_fetched"] for p in partial), seen
-    lines = [e for e in sc.events if e.get("event") == "restore fetch progress"]
+    lines = [e for e in sc.events if e.get("message") == "restore fetch progress"]
     assert lines and all(0 <= e["bytes_fetched"] <= e["bytes_planned"] for e in lines)
     assert _values(tmp_path / "data" / "app.db") == values
 
@@ -311,7 +311,7 @@ def test_verify_restores_through_the_mirror(
     res = run_sidecar(["verify", "--json"], env, tmp_path, timeout=120)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     events = [json.loads(ln) for ln in res.stderr.splitlines() if ln.startswith("{")]
-    fetched = [e for e in events if e.get("event") == "restore fetched"]
+    fetched = [e for e in events if e.get("message") == "restore fetched"]
     assert fetched and fetched[0]["files_fetched"] == fetched[0]["files_planned"] >= 2, \
         res.stderr[-3000:]
     assert '"ok": true' in res.stdout, res.stdout
@@ -334,7 +334,7 @@ def test_each_database_of_a_directory_restores_through_the_mirror(
     (tmp_path / "data" / "tenants").mkdir(parents=True)
     sc = Sidecar(env, [sys.executable, "-c", "print('up')"], tmp_path).start()
     assert sc.wait(120) == 0, sc.output()
-    fetched = [e for e in sc.events if e.get("event") == "restore fetched"]
+    fetched = [e for e in sc.events if e.get("message") == "restore fetched"]
     assert sorted(e["db"] for e in fetched) == ["t1.db", "t2.db"], sc.output()
     for name, values in want.items():
         assert _values(tmp_path / "data" / "tenants" / name) == values
