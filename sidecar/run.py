@@ -78,6 +78,7 @@ def prepare(cfg: Config, env: dict[str, str],
 
 def start(rt: Runtime) -> None:
     """Restore, migrations, replication, app: the part `hold` can retry."""
+    started = False
     try:
         if not _restore_step(rt):
             return
@@ -91,10 +92,17 @@ def start(rt: Runtime) -> None:
         if rt.cfg.migrate_command:
             watch()
         _replicate_and_launch(rt, watch)
+        started = True
     finally:
         if rt.lag is not None:  # when a step failed or was stopped first (once only)
             rt.lag.watch()
-        if rt.begin_jobs is not None:
+        # The checks and the scheduler: once the app is up, or for a start held for an
+        # operator (its /status shows the bucket); never for a process on its way out, where
+        # a thread started now races the interpreter's exit (a traceback after exit 5).
+        sup = rt.supervisor
+        stopping = sup is not None and sup.stop_requested()
+        held = rt.cfg.on_start_failure == "hold"
+        if rt.begin_jobs is not None and (started or held) and not stopping:
             rt.begin_jobs()
 
 
