@@ -12,6 +12,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v promtool >/dev/null || missing="$missing prometheus"
   command -v sqlite3 >/dev/null || missing="$missing sqlite3"
   command -v unshare >/dev/null || missing="$missing util-linux"
+  # The HTTPS bucket tests make their CA and server certificate with it (testkit/tls.py).
+  command -v openssl >/dev/null || missing="$missing openssl"
   # The image test (tests/e2e/test_image.py, scripts/image-build.sh): podman with runc (podman's
   # default crun fails on these machines), mmdebstrap for the stand-in base image.
   command -v podman >/dev/null || missing="$missing podman"
