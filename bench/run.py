@@ -519,7 +519,7 @@ def run(plan: Plan, out_path: Path, command: str) -> list[Row]:
         shutil.rmtree(work, ignore_errors=True)
     elapsed = time.monotonic() - started
     text = render(rows, plan, command, elapsed, load0, os.getloadavg())
-    out_path.write_text(text)
+    out_path.write_text(text + kept_sections(out_path))
     print(text, flush=True)
     log(f"wrote {out_path}")
     return rows
@@ -618,6 +618,17 @@ def render(rows: list[Row], plan: Plan, command: str, elapsed: float,
                      f"{r.baseline} {[round(x, 3) for x in r.base]}; order per run: "
                      + "; ".join(f"({o})" for o in r.orders))
     return "\n".join(lines) + "\n"
+
+
+# The sections other benches write into results.md (tenants.py, network.py): a run of this
+# one replaces its own part and keeps them as they are.
+OTHER_SECTIONS = ("## Many databases in one directory", "## Restore over a real bucket's network")
+
+
+def kept_sections(path: Path) -> str:
+    old = path.read_text() if path.exists() else ""
+    starts = [old.index(h) for h in OTHER_SECTIONS if h in old]
+    return "\n" + old[min(starts):] if starts else ""
 
 
 def main(argv: list[str] | None = None) -> int:
