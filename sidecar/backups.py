@@ -67,6 +67,10 @@ def pick_database(cfg: Config, name: str | None) -> Database:
         if why is not None and fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], entry.pattern):
             raise OperatorError(f"cannot choose a database: --db: the name {rel!r} {why}")
         if why is None and tenants.fits(entry, rel):
+            # Where it would be written: a live restore of a database not on the volume yet
+            # must not go through a link on the way (as for a name from the bucket).
+            if (where := tenants.place_problem(cfg, entry, rel)) is not None:
+                raise OperatorError(f"cannot choose a database: --db: {where}")
             return tenants.member(entry, rel)
     raise OperatorError(f"cannot choose a database: --db: {name!r} is not one of "
                         + _choices(cfg))

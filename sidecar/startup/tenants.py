@@ -297,7 +297,7 @@ class BucketView:
         return self._run(sub=rel + "/")[0]
 
 
-def _place_problem(cfg: Config, entry: DbDir, rel: str) -> str | None:
+def place_problem(cfg: Config, entry: DbDir, rel: str) -> str | None:
     """Why the database `rel` of the bucket cannot be put at its path in the directory, or
     None: its path is sidecar's state dir or inside it, a directory on the way is a file or
     a link (a link could lead anywhere), or the path itself is a directory or a link to one."""
@@ -326,7 +326,7 @@ def _place_problem(cfg: Config, entry: DbDir, rel: str) -> str | None:
 
 def _refuse_or_skip_bad(cfg: Config, entry: DbDir, listing: Listing, local: set[str]) -> None:
     """The backups whose names break the rule (Listing.bad), and those whose path in the
-    directory is not a place for a database (_place_problem), taken out of the listing's
+    directory is not a place for a database (place_problem), taken out of the listing's
     members; then refuse the start naming them (RestoreError, exit 4) or, with
     SIDECAR_BUCKET_BAD_NAMES=skip, log them as left alone."""
     from sidecar import log
@@ -335,7 +335,7 @@ def _refuse_or_skip_bad(cfg: Config, entry: DbDir, listing: Listing, local: set[
     for rel in sorted(listing.members):
         if rel in local:
             continue
-        if (why := _place_problem(cfg, entry, rel)) is not None:
+        if (why := place_problem(cfg, entry, rel)) is not None:
             del listing.members[rel]
             listing.positions.pop(rel, None)
             listing.bad[rel] = (rel + "/", why)

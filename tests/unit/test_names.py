@@ -105,6 +105,25 @@ def test_db_argument_follows_the_rule(tmp_path: Path) -> None:
         assert word in err.value.message, err.value.message
 
 
+def test_db_argument_never_goes_through_a_link_on_the_way(tmp_path: Path) -> None:
+    """`--db eu/t9.db` for a database not on the volume yet, where `eu` is a link planted
+    on the volume: refused naming the link (a live restore would have written through it),
+    as a name from the bucket is."""
+    import os
+
+    cfg = config.load({"PATH": "/usr/bin:/bin", "SIDECAR_DB_DIR": str(tmp_path / "t"),
+                       "SIDECAR_REPLICA_URL": "s3://bkt/t", "SIDECAR_DB_RECURSIVE": "1",
+                       "SIDECAR_S3_ENDPOINT": "http://s3.test"}, need_app=False, cwd=tmp_path)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "t" / "eu")
+    with pytest.raises(OperatorError) as err:
+        backups.pick_database(cfg, "eu/t9.db")
+    assert "symbolic link" in err.value.message, err.value.message
+    (tmp_path / "t" / "us").mkdir()
+    assert backups.pick_database(cfg, "us/t9.db").path == tmp_path / "t" / "us" / "t9.db"
+
+
 # ------------------------------------------------------------------ the fuzzer
 
 _SEGMENT = st.lists(st.sampled_from(
