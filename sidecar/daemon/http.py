@@ -9,6 +9,9 @@ Bounded by construction, so slow or hostile clients cannot grow memory or thread
   is still sending its request is dropped (so a crowd of slow clients cannot lock /healthz out),
   never one accepted in this turn of the loop, and only after the turn has read what every
   connection sent (under a burst of new clients /healthz itself was dropped unread before);
+  when a turn's newcomers find nothing to drop, up to ACCEPT_SLICE of them are held over the
+  cap until the next turn has read them, then the cap is restored (a 503 for a /healthz in
+  such a burst made the slow-client test fail now and then);
 - a request must arrive whole (headers and body) within REQUEST_DEADLINE seconds;
 - headers are limited to MAX_HEAD bytes; the route, its bearer token and its body limit are
   decided from them before one byte of body is read (so a 1 MiB declared body without a token
@@ -51,6 +54,9 @@ from sidecar.errors import PreflightError, SidecarError
 
 MAX_HEAD = 16 * 1024  # request line and headers
 REQUEST_DEADLINE = 10.0  # seconds for a whole request, headers and body
+# Connections accepted per turn of the loop; also how far over the cap one turn's newcomers may
+# take a listener when nothing held can be dropped yet (trimmed back after the next turn).
+ACCEPT_SLICE = 64
 WRITE_DEADLINE = 30.0  # seconds for a client to take its answer
 QUICK_WORKERS = 4  # /metrics, /healthz, /readyz, /status
 SLOW_WORKERS = 2  # restore, verify, snapshot: minutes at most, one at a time anyway
@@ -213,6 +219,7 @@ class Server:
                         self._close(key.data)
             self._finished()
             self._expire()
+            self._trim()
         for conn in list(self.conns.values()):
             self._close(conn)
         self.sel.close()
@@ -229,7 +236,7 @@ class Server:
             self._write(key.data)
 
     def _accept(self, lst: _Listener) -> None:
-        for _ in range(64):  # a burst is taken in slices so the loop stays responsive
+        for _ in range(ACCEPT_SLICE):  # a burst is taken in slices: the loop stays responsive
             try:
                 sock, addr = lst.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -238,8 +245,10 @@ class Server:
                 self.log.warning("cannot accept", listener=lst.name, error=str(exc))
                 return
             sock.setblocking(False)
-            if lst.open >= lst.max_connections and not self._evict(lst):
-                # Every slot is busy in a handler: say so at once rather than queue.
+            if (lst.open >= lst.max_connections and not self._evict(lst)
+                    and lst.open >= lst.max_connections + ACCEPT_SLICE):
+                # Every slot is busy, none can be dropped, and this turn's overflow is full:
+                # say so at once rather than queue.
                 with contextlib.suppress(OSError):
                     sock.send(_render(_plain_error(503, "too many connections"), False))
                 sock.close()
@@ -251,6 +260,16 @@ class Server:
             lst.open += 1
             self.conns[sock] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _trim(self) -> None:
+        """Back under the cap after a turn: a burst of newcomers in one turn, when every
+        connection held was new too, is taken in (at most one accept slice over the cap)
+        rather than answered 503, so a /healthz among a flood of slow clients is read on the
+        next turn; the oldest still sending their requests are dropped once that turn has
+        read them."""
+        for lst in self.listeners:
+            while lst.open > lst.max_connections and self._evict(lst):
+                pass
 
     def _evict(self, lst: _Listener) -> bool:
         """Drop the oldest connection of `lst` still sending its request; False if none.
