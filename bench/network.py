@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import harness as h
 from run import launch_to_app, log, raw_restore, rotate
+from tenants_report import write_section
 
 from testkit.backup import seed_shaped
 from testkit.shaper import Shaper
@@ -221,17 +222,6 @@ def render(results: list[dict[str, Any]], command: str, failures: list[str],
     return "\n".join(lines)
 
 
-def write_section(results: Path, section: str) -> None:
-    text = results.read_text() if results.exists() else ""
-    if HEAD in text:
-        start = text.index(HEAD)
-        nxt = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    results.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     section = render(results, command.strip(), failures, time.monotonic() - t0)
     print(section)
-    write_section(args.out, section)
+    write_section(args.out, section, HEAD)
     return 1 if failures else 0
 
 

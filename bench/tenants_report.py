@@ -79,9 +79,11 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, load: str) -
     return "\n".join(lines)
 
 
-def write_section(results: Path, section: str) -> None:
+def write_section(results: Path, section: str,
+                  head: str = "## Many databases in one directory") -> None:
+    """Put `section` (starting with `head`) into results.md in place of the one there, or at
+    the end; the other sections stay (bench/network.py writes its own the same way)."""
     text = results.read_text() if results.exists() else ""
-    head = "## Many databases in one directory"
     if head in text:
         start = text.index(head)
         nxt = text.find("\n## ", start + 1)

@@ -257,15 +257,20 @@ class RestoreRequest(Request):
 
     def check(self) -> None:
         self.target()
-        if self.timeout is not None:
-            if not math.isfinite(self.timeout) or not 0 < self.timeout <= MAX_WAIT:
-                raise BadRequest(f"field 'timeout': must be a number of seconds between 0 and "
-                                 f"{MAX_WAIT:g} (got {_shown(self.timeout)})")
-            if not self.wait:
-                raise BadRequest("field 'timeout': only applies with \"wait\": true")
+        _check_wait(self.wait, self.timeout)
 
     def target(self) -> Target:
         return parse_target(self.txid, self.timestamp, flags=False)
+
+
+def _check_wait(wait: bool, timeout: float | None) -> None:
+    """`timeout` (seconds to wait for the outcome) is bounded and needs `wait`."""
+    if timeout is not None:
+        if not math.isfinite(timeout) or not 0 < timeout <= MAX_WAIT:
+            raise BadRequest(f"field 'timeout': must be a number of seconds between 0 and "
+                             f"{MAX_WAIT:g} (got {_shown(timeout)})")
+        if not wait:
+            raise BadRequest("field 'timeout': only applies with \"wait\": true")
 
 
 @dataclass(frozen=True)
@@ -278,12 +283,7 @@ class UndoRequest(Request):
     timeout: float | None = None  # with wait: how long to wait for the outcome, seconds
 
     def check(self) -> None:
-        if self.timeout is not None:
-            if not math.isfinite(self.timeout) or not 0 < self.timeout <= MAX_WAIT:
-                raise BadRequest(f"field 'timeout': must be a number of seconds between 0 and "
-                                 f"{MAX_WAIT:g} (got {_shown(self.timeout)})")
-            if not self.wait:
-                raise BadRequest("field 'timeout': only applies with \"wait\": true")
+        _check_wait(self.wait, self.timeout)
 
 
 @dataclass(frozen=True)
