@@ -7,24 +7,43 @@ owner, who reads it with `wait_nohang()`. Helper commands (restore, migrations) 
 `run()` in whatever thread needs them.
 
 No child outlives a sidecar that is killed alone (SIGKILL, an OOM kill, outside a PID
-namespace where the kernel would do it for us): each one is started with PR_SET_PDEATHSIG
-(SIGKILL), so it dies with the thread that started it, and each one inherits the database
-locks (`hold_in_children`), so a descendant that escapes (a grandchild of the app) keeps a
-second sidecar from starting on the same database while it runs. The supervisor starts the
-app and Litestream from the main thread, which lives as long as the process; helper commands
-are waited for by the thread that starts them.
+namespace where the kernel would do it for us): each one gets the death signal SIGKILL
+(PR_SET_PDEATHSIG), so it dies with the thread that started it, and each one inherits the
+database locks (`hold_in_children`), so a descendant that escapes (a grandchild of the app)
+keeps a second sidecar from starting on the same database while it runs. The supervisor
+starts the app and Litestream from its loop's thread (the main thread, which lives as long as
+the process); helper commands are waited for by the thread that starts them.
+
+The death signal is set without running Python between fork and exec (a `preexec_fn` in a
+process that runs threads can deadlock in the child): the child is util-linux's
+`setpriv --pdeathsig KILL -- argv...`, which sets it and executes the command (Debian's
+util-linux is essential, so every Debian-based image has it). Whether it works is checked once,
+at the first spawn. Since setpriv's exec failures would only show as its exit code, `spawn`
+first checks that the command can be executed as execve would (found, executable, an ELF
+program or a `#!` script whose interpreter exists) and raises the OSError execve would. Where
+setpriv is missing, the old way (prctl in a `preexec_fn`) is the fallback only while the process
+has a single thread, where it is safe; a child started later has no death signal, and a warning
+says so once. What the death signal does not cover, either way: a child killed before setpriv
+armed it (a sidecar SIGKILLed within that millisecond), and a program that executes a
+set-user-ID binary or changes its user (the kernel clears the signal); the inherited locks
+still keep a second sidecar off the databases while such a process runs.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import select
+import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from sidecar import log
 
 _lock = threading.Lock()
 _owned: set[int] = set()  # pids spawned here: their owner reads their status
@@ -54,6 +73,8 @@ def hold_in_children(fds: Sequence[int]) -> None:
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
+    """The fallback: a `preexec_fn` arming the death signal. Safe only in a process with a
+    single thread (see `_death_signal`)."""
     kill = int(signal.SIGKILL)
 
     def arm() -> None:  # runs in the child between fork and exec: nothing but syscalls
@@ -65,19 +86,109 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return arm
 
 
+@functools.cache
+def setpriv() -> str | None:
+    """util-linux's setpriv when it is here and sets a death signal (looked at once)."""
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        done = subprocess.run([path, "--pdeathsig", "KILL", "--", path, "--version"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if done.returncode == 0 else None
+
+
+_warned = False
+
+
+def _death_signal(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The argv to execute and the preexec_fn (None but in the fallback), for a child that
+    dies with the calling thread."""
+    global _warned
+    tool = setpriv()
+    if tool is not None:
+        return [tool, "--pdeathsig", "KILL", "--", *argv], None
+    if threading.active_count() == 1:  # no other thread can hold a lock across the fork
+        return argv, _die_with_parent(os.getpid())
+    if not _warned:
+        _warned = True
+        log.get("run").warning(
+            "children started from now on do not die with sidecar",
+            reason="setpriv (util-linux) is missing, and a preexec_fn is not safe in a "
+                   "process that runs threads",
+            consequence="if sidecar is killed alone (SIGKILL outside a PID namespace), the "
+                        "app and Litestream go on running (the database locks still keep a "
+                        "second sidecar off the databases)",
+            fix="install util-linux (setpriv) in the image")
+    return argv, None
+
+
+def _exec_error(path: str, depth: int = 0) -> OSError | None:
+    """What execve(path) would fail with, as far as can be seen without executing it."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return OSError(exc.errno, os.strerror(exc.errno or errno.ENOENT))
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None  # executable but not readable: execve may still run it
+    if head.startswith(b"\x7fELF"):
+        return None
+    if head.startswith(b"#!") and depth < 4:
+        words = head[2:].split(b"\n", 1)[0].split()
+        if not words:
+            return OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC))
+        inner = _exec_error(os.fsdecode(words[0]), depth + 1)
+        return None if inner is None else OSError(inner.errno, inner.strerror)
+    return OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC))
+
+
+def check_exec(argv0: str, env: Mapping[str, str] | None,
+               cwd: str | Path | None = None) -> None:
+    """Raise the OSError execve (PATH searched as execvpe does) would raise for `argv0`:
+    FileNotFoundError when it is not found or its #! interpreter is missing,
+    PermissionError when it is not executable, OSError(ENOEXEC) when it is not a program."""
+    if "/" in argv0:
+        candidates = [argv0]
+    else:
+        candidates = [os.path.join(d, argv0) for d in os.get_exec_path(
+            dict(env) if env is not None else None)]
+    first: OSError | None = None
+    for c in candidates:
+        path = os.path.join(cwd, c) if cwd is not None and not os.path.isabs(c) else c
+        err = _exec_error(path)
+        if err is None:
+            return
+        if first is None or (first.errno in (errno.ENOENT, errno.ENOTDIR)
+                             and err.errno not in (errno.ENOENT, errno.ENOTDIR)):
+            first = err
+    assert first is not None
+    raise OSError(first.errno, first.strerror, argv0)
+
+
 def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
           new_session: bool = True, capture: bool = False,
           cwd: str | Path | None = None) -> subprocess.Popen[bytes]:
     """Start a child; with new_session it leads its own process group (signalled as a group).
-    It dies with the calling thread (PR_SET_PDEATHSIG) and inherits the database locks.
+    It dies with the calling thread (the death signal) and inherits the database locks.
     Raises OSError when it cannot be executed (missing, not executable, bad format)."""
+    command, preexec = _death_signal(list(argv))
+    if len(command) > len(argv):  # through setpriv, whose exec failure is only an exit code
+        check_exec(argv[0], env, cwd)
     with _lock:
         proc = subprocess.Popen(
-            list(argv), env=dict(env) if env is not None else None, cwd=cwd,
+            command, env=dict(env) if env is not None else None, cwd=cwd,
             start_new_session=new_session, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.STDOUT if capture else None,
-            pass_fds=_inherited, preexec_fn=_die_with_parent(os.getpid()))
+            pass_fds=_inherited, preexec_fn=preexec)
         _owned.add(proc.pid)
     return proc
 
