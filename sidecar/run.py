@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import __version__, log, scratch
-from sidecar.config import Config, describe
+from sidecar.config import Config, Database, DbDir, describe
 from sidecar.daemon import http, jobs, lag, metrics
 from sidecar.daemon.control import socket_path
 from sidecar.daemon.health import Probes
@@ -25,6 +25,7 @@ from sidecar.litestream.control import Control, short_socket_path
 from sidecar.litestream.process import free_loopback_port
 from sidecar.startup import migrate, preflight, restore, tenants
 from sidecar.supervise import procs
+from sidecar.supervise.events import ChildRestarted
 from sidecar.supervise.supervisor import Supervisor
 
 __all__ = ["Runtime", "run"]
@@ -207,7 +208,8 @@ def run(cfg: Config, env: dict[str, str], version: preflight.VersionQuery | None
     logger.info("config loaded", version=__version__, **describe(cfg))
     rt = prepare(cfg, env, version)
     sup = Supervisor(cfg, env, rt.litestream_bin or "litestream", rt.litestream_config or Path(),
-                     rt.control or Control(Path()))
+                     rt.control or Control(Path()), members=_tenants_on_volume)
+    sup.on(ChildRestarted, lambda e: metrics.CHILD_RESTARTS.labels(child=e.name).inc())
     rt.supervisor = sup
     sup.install_signals()
     sup.adopt_orphans()
@@ -231,6 +233,11 @@ def run(cfg: Config, env: dict[str, str], version: preflight.VersionQuery | None
     finally:
         for stop in services:
             stop()
+
+
+def _tenants_on_volume(entry: DbDir) -> list[Database]:
+    """A directory entry's databases on the volume (for the final sync)."""
+    return [tenants.member(entry, rel) for rel in tenants.local_members(entry)]
 
 
 def _start_services(rt: Runtime) -> list[Callable[[], None]]:

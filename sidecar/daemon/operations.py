@@ -42,7 +42,12 @@ from sidecar.daemon.runtime import Runtime
 from sidecar.errors import ExecError, MigrationError, OperatorError, RestoreError
 from sidecar.litestream.control import ControlError
 from sidecar.startup import migrate, restore
-from sidecar.supervise.supervisor import Event
+from sidecar.supervise.events import (
+    ChildRestarted,
+    RestoreRequested,
+    RestoreResume,
+    Resume,
+)
 
 __all__ = ["NotNow", "Operations", "Target", "parse_target", "schedule_verify"]
 
@@ -111,9 +116,9 @@ class Operations:
         self.resuming = False
         self.log = log.get("operator")
         assert rt.supervisor is not None
-        rt.supervisor.on("restore", self._run_restore)
-        rt.supervisor.on("restore-resume", self._resume_after_restore)
-        rt.supervisor.on("litestream-restarted", self._keep_held_db_stopped)
+        rt.supervisor.on(RestoreRequested, self._run_restore)
+        rt.supervisor.on(RestoreResume, self._resume_after_restore)
+        rt.supervisor.on(ChildRestarted, self._keep_held_db_stopped)
 
     @property
     def cfg(self) -> Config:
@@ -188,7 +193,7 @@ class Operations:
                       db=str(job.db.path), target=job.describe(), txid=job.plan.get("txid"),
                       download_bytes=job.plan.get("download_bytes"), id=job.id)
         assert self.rt.supervisor is not None
-        self.rt.supervisor.post("restore", job=job)
+        self.rt.supervisor.post(RestoreRequested(job))
         if wait:
             job.done.wait(timeout or 3600)
             if job.outcome == "restored":
@@ -203,9 +208,9 @@ class Operations:
             raise NotFound(f"no restore {req.id!r}" if req.id else "no restore has run")
         return job.as_dict()
 
-    def _run_restore(self, event: Event) -> None:
+    def _run_restore(self, event: RestoreRequested) -> None:
         """The fenced live restore; runs in the supervisor loop's thread only."""
-        job: RestoreJob = event.data["job"]
+        job: RestoreJob = event.job
         try:
             self._live_restore(job)
         except Exception as exc:
@@ -415,13 +420,13 @@ class Operations:
             self.log.error("replication did not resume after the restore",
                            db=str(db.path), error=str(exc))
 
-    def _keep_held_db_stopped(self, _event: Any) -> None:
+    def _keep_held_db_stopped(self, event: ChildRestarted) -> None:
         """Litestream restarted while a restore is held: it opened every DB again, so stop the
         held one again (its migration needs the exclusive lock, and its un-migrated state is
         not to become the newest backup). Bounded; runs in the loop."""
         sup, job, control = self.rt.supervisor, self.held_restore, self.rt.control
         assert sup is not None
-        if job is None or control is None:
+        if event.name != "litestream" or job is None or control is None:
             return
         end = time.monotonic() + 15
         while time.monotonic() < end and sup.litestream_running() and not sup.stop_requested():
@@ -527,9 +532,9 @@ class Operations:
         assert self.rt.supervisor is not None
         if self.held_restore is not None:
             self.resuming = True  # `held` again only once the retried migration fails
-            self.rt.supervisor.post("restore-resume")
+            self.rt.supervisor.post(RestoreResume())
         else:
-            self.rt.supervisor.post("resume")
+            self.rt.supervisor.post(Resume())
         self.log.info("resume requested")
         return Accepted({"state": "resuming"})
 

@@ -1,12 +1,16 @@
-"""The supervisor's children, the app and Litestream, and what the loop does with them:
-start them, wait for Litestream to open every database, stop the app on purpose (a live
-restore), kill everything as a last resort. Every wait sleeps on the children's pidfds and
-the loop's self-pipe, with the injected clock; nothing here decides when (supervisor.py does).
+"""The supervisor's children, the app and Litestream, and what can be done with them: start
+them, wait for Litestream to open every database, stop the app on purpose (a live restore),
+kill everything as a last resort. The supervisor holds one `Children` and is the only caller;
+it runs in the supervisor loop's thread, the thread the children's death signal is tied to.
+Every wait sleeps on the children's pidfds and the loop's self-pipe, with the injected clock,
+beating (`beat`) and asking `should_stop` as it goes; nothing here decides when (supervisor.py
+does).
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +29,27 @@ IDLE_WAKE = 0.5  # with nothing due, the loop still beats this often (/healthz r
 READY_POLL = 0.05  # start-up: between looks at Litestream's /list when no line woke us
 
 
+def adopt_orphans() -> None:
+    """Become the reaper of orphaned descendants; say loudly when we cannot (tini does)."""
+    pid1 = procs.is_pid1()
+    if pid1 or procs.become_subreaper():
+        log.get("run").debug("reaper", pid1=pid1, subreaper=not pid1)
+        return
+    log.get("run").warning(
+        "not a reaper: orphans of the app are not reaped here", pid1=False,
+        subreaper=False, consequence="a process the app leaves behind stays a zombie "
+        "under whatever PID 1 this container has",
+        fix="run sidecar as the container's entrypoint (PID 1) on Linux")
+
+
 class Children:
     def __init__(self, cfg: Config, env: dict[str, str], litestream_bin: str,
                  litestream_config: Path, control: Control, *,
+                 should_stop: Callable[[], bool], beat: Callable[[], None],
                  clock: Callable[[], float] = time.monotonic,
                  process_ctor: ProcessCtor = OsProcess, waker: Any = None):
         self.cfg, self.env, self.control = cfg, env, control
+        self.should_stop, self.beat = should_stop, beat
         self.clock, self.process_ctor = clock, process_ctor
         self.waker = waker if waker is not None else Waker()
         self.log = log.get("supervisor")
@@ -39,42 +58,18 @@ class Children:
                                 process_ctor=process_ctor, clock=clock,
                                 on_output=self._fold_litestream_output)
         self.app: Child | None = None
-        self.stop_signal: int | None = None
         self.last_litestream_error: str | None = None
-        self.paused_app = False  # the app is stopped on purpose (e.g. a live restore)
-        self.beat_at = clock()  # the loop thread's last sign of life (/healthz)
         self._waiting_ready = False  # Litestream's output lines wake the loop meanwhile
+        self.owner: threading.Thread | None = None  # the loop's thread, once it serves
 
-    def stop_requested(self) -> bool:
-        return self.stop_signal is not None
+    def both(self) -> tuple[Child | None, Child]:
+        return self.app, self.litestream
 
-    def beat(self) -> None:
-        """The loop's thread is alive and making progress (called by it, never by others)."""
-        self.beat_at = self.clock()
-
-    def working(self) -> bool:
-        """The `should_stop` of long work the loop runs itself (a live restore, a migration):
-        it is polled while the work goes on, so each call is a beat; says whether to stop."""
-        self.beat()
-        return self.stop_requested()
-
-    def silent_for(self) -> float:
-        """Seconds since the loop's thread last showed progress."""
-        return self.clock() - self.beat_at
-
-    def adopt_orphans(self) -> None:
-        """Become the reaper of orphaned descendants; say loudly when we cannot (tini does)."""
-        pid1 = procs.is_pid1()
-        if pid1 or procs.become_subreaper():
-            log.get("run").debug("reaper", pid1=pid1, subreaper=not pid1)
-            return
-        log.get("run").warning(
-            "not a reaper: orphans of the app are not reaped here", pid1=False,
-            subreaper=False, consequence="a process the app leaves behind stays a zombie "
-            "under whatever PID 1 this container has",
-            fix="run sidecar as the container's entrypoint (PID 1) on Linux")
-
-    def _spawn(self, child: Child) -> None:
+    def spawn(self, child: Child) -> None:
+        """Start `child` (again). Raises OSError when it cannot be executed. Only from the
+        loop's thread: a child's death signal fires when the thread that started it ends."""
+        if self.owner is not None and threading.current_thread() is not self.owner:
+            raise RuntimeError(f"{child.name} started outside the supervisor loop's thread")
         child.start()
         assert child.proc is not None
         self.log.info(f"{child.name} started", pid=child.proc.pid,
@@ -96,7 +91,7 @@ class Children:
 
     def start_litestream(self) -> None:
         try:
-            self._spawn(self.litestream)
+            self.spawn(self.litestream)
         except OSError as exc:
             raise ExecError("litestream", self.litestream.argv[0], exc, 3,
                             hint="reinstall litestream-bin, or fix SIDECAR_LITESTREAM_BIN"
@@ -115,7 +110,7 @@ class Children:
         end = self.clock() + self.cfg.ready_timeout
         seen: set[str] = set()
         while self.clock() < end:
-            if self.stop_requested():
+            if self.should_stop():
                 return
             code = self.litestream.poll()
             if code is not None:
@@ -142,18 +137,16 @@ class Children:
             self.app = Child("app", list(self.cfg.app_command), dict(self.env), cwd=self.cfg.cwd,
                              process_ctor=self.process_ctor, clock=self.clock)
         try:
-            self._spawn(self.app)
+            self.spawn(self.app)
         except OSError as exc:
             self.app.last_exit = exec_code(exc)
             raise ExecError("the app", self.cfg.app_command[0], exc, exec_code(exc),
                             hint="check the app command (after `--` or SIDECAR_APP_COMMAND): "
                                  "it must exist in the image and be executable") from None
-        self._phase = "running"
 
-    def pause_app(self, reason: str) -> None:
+    def stop_app(self, reason: str) -> None:
         """Stop the app on purpose (a live restore): SIGTERM its group, SIGKILL after the stop
-        timeout. Blocks the loop (the caller is a loop handler); its exit does not end us."""
-        self.paused_app = True
+        timeout (at once on a stop request). Blocks the loop (the caller is a loop handler)."""
         app = self.app
         if app is None:
             return
@@ -171,14 +164,14 @@ class Children:
                 self.log.info("app exited", code=code, reason=reason)
                 app.last_exit = None  # stopped on purpose: not the sidecar's exit code
                 return
-            if not killed and (self.clock() > end or self.stop_requested()):
+            if not killed and (self.clock() > end or self.should_stop()):
                 self.log.warning("app did not stop in time: SIGKILL", reason=reason)
                 app.signal(signal.SIGKILL)
                 killed = True
             self.waker.wait(fds([app]), IDLE_WAKE if killed else min(IDLE_WAKE, max(
                 0.0, end - self.clock())))
 
-    def _schedule_restart(self, child: Child) -> None:
+    def schedule_restart(self, child: Child) -> None:
         delay = child.schedule_restart(self.clock())
         self.log.warning(f"{child.name} restart scheduled", in_seconds=delay,
                          restarts=child.restarts)
@@ -200,7 +193,7 @@ class Children:
 
     # ------------------------------------------------------------ for status
 
-    def children_status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         now = self.clock()
         out = {"litestream": self.litestream.status(now)}
         if self.app:

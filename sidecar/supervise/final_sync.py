@@ -7,21 +7,24 @@ Which databases: every configured one that exists, and each database of a direct
 the busiest tenants are pushed before the budget runs out; a tenant nobody wrote to during
 the run has nothing to push (what an earlier run left, Litestream pushed when it opened it).
 Tenants are synced `parallelism` at a time. A database that cannot be synced in time is
-logged by name; Litestream's own shutdown sync (SIGTERM) still follows for all of them.
+logged by name; Litestream's own shutdown sync (SIGTERM) still follows for all of them. What a
+directory entry holds on the volume is the start steps' knowledge: the composition of a run
+hands it in as `members`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sidecar.config import Config, Database
+from sidecar.config import Config, Database, DbDir
 from sidecar.dbfile import wal_path
 from sidecar.litestream.control import Control, ControlError
-from sidecar.startup import tenants
+
+Members = Callable[[DbDir], Iterable[Database]]  # a directory entry's databases on the volume
 
 SHOWN = 20  # tenants named in one log line
 
@@ -35,13 +38,12 @@ def changed_at(db: Database) -> float:
     return newest
 
 
-def tenants_written_since(cfg: Config, since: float) -> list[Database]:
+def tenants_written_since(cfg: Config, since: float, members: Members) -> list[Database]:
     """Every directory entry's database on the volume written at or after `since` (wall
     clock), newest first."""
     found: list[tuple[float, Database]] = []
     for entry in cfg.directories:
-        for rel in tenants.local_members(entry):
-            m = tenants.member(entry, rel)
+        for m in members(entry):
             t = changed_at(m)
             if t >= since:
                 found.append((t, m))
@@ -62,7 +64,7 @@ def _sync(control: Control, db: Database, left: float) -> dict[str, Any]:
 
 
 def run(cfg: Config, control: Control, budget: float, since: float, log: Any,
-        clock: Callable[[], float], parallelism: int = 8) -> list[str]:
+        clock: Callable[[], float], members: Members, parallelism: int = 8) -> list[str]:
     """Sync; returns the databases that could not be synced (their paths)."""
     t0 = clock()
     end = t0 + budget
@@ -83,8 +85,8 @@ def run(cfg: Config, control: Control, budget: float, since: float, log: Any,
         except ControlError as exc:
             log.warning("final sync failed", db=db.name, error=str(exc))
             failed.append(str(db.path))
-    members = tenants_written_since(cfg, since)
-    if not members:
+    written = tenants_written_since(cfg, since, members)
+    if not written:
         return failed
 
     def one(db: Database) -> str | None:
@@ -97,12 +99,12 @@ def run(cfg: Config, control: Control, budget: float, since: float, log: Any,
         except ControlError as exc:
             return str(exc)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(members))),
+    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(written))),
                             thread_name_prefix="final-sync") as pool:
-        outcomes = list(pool.map(one, members))
-    missed = [(m, why) for m, why in zip(members, outcomes, strict=True) if why is not None]
-    log.info("final sync of directory databases", written_during_run=len(members),
-             synced=len(members) - len(missed), seconds=round(clock() - t0, 3))
+        outcomes = list(pool.map(one, written))
+    missed = [(m, why) for m, why in zip(written, outcomes, strict=True) if why is not None]
+    log.info("final sync of directory databases", written_during_run=len(written),
+             synced=len(written) - len(missed), seconds=round(clock() - t0, 3))
     if missed:
         log.warning("final sync missed directory databases: Litestream's own shutdown sync is "
                     "their last chance", count=len(missed),

@@ -1,16 +1,18 @@
 """The supervisor: the one loop that owns every child process, and decides.
 
 Signal handlers, HTTP and control-socket handlers, scheduler jobs and watchers never touch a
-process: they `post()` an event, and the loop decides. Its life is one sequence of phases:
-starting (the start steps; held for an operator when they fail and SIDECAR_ON_START_FAILURE
-is hold, until `sidecar resume` retries them), running, then the shutdown (shutdown.py, a
-pure state machine whose actions the loop performs), done.
+process: they `post()` an event (events.py), and the loop decides, dispatching each with
+`match`. Its life is one sequence of phases: starting (the start steps; held for an operator
+when they fail and SIDECAR_ON_START_FAILURE is hold, until `sidecar resume` retries them),
+running, then the shutdown (shutdown.py, a pure state machine whose actions the loop
+performs), done. The children themselves, the app and Litestream, are a `Children` it holds
+(children.py): what can be done with them; here is when.
 
 The loop sleeps in select() on its children's pidfds and a self-pipe (wake.py): no polling.
-Collaborators are injected (`clock`, `process_ctor`, `waker`, `background`) so the unit tests
-replay scripted histories with a fake clock and fake processes. (A little over 300 lines:
-every decision of the loop stays in this one file; what it does with processes is in
-children.py.)
+Collaborators are injected (`clock`, `process_ctor`, `waker`, `background`, and `members`, a
+directory entry's databases on the volume for the final sync) so the unit tests replay scripted
+histories with a fake clock and fake processes, and nothing here imports the daemon or the
+start steps: the composition of a run (run.py) hands them in and subscribes its handlers.
 """
 
 from __future__ import annotations
@@ -20,48 +22,60 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sidecar import log
 from sidecar.config import Config
-from sidecar.daemon import metrics
 from sidecar.errors import SidecarError
 from sidecar.litestream.control import Control
 from sidecar.supervise import final_sync, procs
-from sidecar.supervise.child import OsProcess, ProcessCtor, fds
-from sidecar.supervise.children import IDLE_WAKE, Children
+from sidecar.supervise.child import Child, OsProcess, ProcessCtor, fds
+from sidecar.supervise.children import IDLE_WAKE, Children, adopt_orphans
+from sidecar.supervise.events import (
+    ChildRestarted,
+    Event,
+    FinalSyncDone,
+    RestoreRequested,
+    RestoreResume,
+    Resume,
+    Signal,
+)
+from sidecar.supervise.final_sync import Members
 from sidecar.supervise.shutdown import DONE, Action, Do, Log, Shutdown
+from sidecar.supervise.wake import Waker
 
 FORWARDED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
-
-@dataclass
-class Event:
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
+Handler = Callable[[Any], None]
 
 
 def _in_thread(work: Callable[[], None]) -> None:
     threading.Thread(target=work, daemon=True, name="final-sync").start()
 
 
-class Supervisor(Children):
+class Supervisor:
     def __init__(self, cfg: Config, env: dict[str, str], litestream_bin: str,
                  litestream_config: Path, control: Control, *,
+                 members: Members,
                  clock: Callable[[], float] = time.monotonic,
                  process_ctor: ProcessCtor = OsProcess, waker: Any = None,
                  background: Callable[[Callable[[], None]], None] = _in_thread):
-        super().__init__(cfg, env, litestream_bin, litestream_config, control, clock=clock,
-                         process_ctor=process_ctor, waker=waker)
-        self.background = background
+        self.cfg, self.control, self.clock = cfg, control, clock
+        self.waker = waker if waker is not None else Waker()
+        self.children = Children(cfg, env, litestream_bin, litestream_config, control,
+                                 should_stop=self.stop_requested, beat=self.beat, clock=clock,
+                                 process_ctor=process_ctor, waker=self.waker)
+        self.members, self.background = members, background
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self.run_log = log.get("run")
+        self.log, self.run_log = log.get("supervisor"), log.get("run")
         self.shutdown = Shutdown(cfg.app_stop_timeout, cfg.litestream_stop_timeout)
         self._phase = "starting"  # starting | running; then the shutdown's phases
-        self.handlers: dict[str, Callable[[Event], None]] = {}
+        self.handlers: dict[type, list[Handler]] = {}
+        self.stop_signal: int | None = None
+        self.paused_app = False  # the app is stopped on purpose (e.g. a live restore)
+        self.beat_at = clock()  # the loop thread's last sign of life (/healthz)
         self.held_exit_code: int | None = None  # held after a failed migration: exit with it
         self.held: SidecarError | None = None  # a failed start held for an operator
         self._start: Callable[[], None] = lambda: None
@@ -79,14 +93,33 @@ class Supervisor(Children):
 
     # ------------------------------------------------------------ from any thread
 
-    def post(self, kind: str, **data: Any) -> None:
+    def post(self, event: Event) -> None:
         """Thread- and signal-safe: the loop picks it up."""
-        self.events.put(Event(kind, data))
+        self.events.put(event)
         self.waker.wake()
 
-    def on(self, kind: str, handler: Callable[[Event], None]) -> None:
-        """Register a handler run by the loop for events of `kind`."""
-        self.handlers[kind] = handler
+    def on(self, kind: type[ChildRestarted | RestoreRequested | RestoreResume],
+           handler: Handler) -> None:
+        """Subscribe `handler`, run by the loop with each event of the type `kind` (those the
+        loop does not handle itself), after the ones subscribed before it."""
+        self.handlers.setdefault(kind, []).append(handler)
+
+    def stop_requested(self) -> bool:
+        return self.stop_signal is not None
+
+    def beat(self) -> None:
+        """The loop's thread is alive and making progress (called by it, never by others)."""
+        self.beat_at = self.clock()
+
+    def working(self) -> bool:
+        """The `should_stop` of long work the loop runs itself (a live restore, a migration):
+        it is polled while the work goes on, so each call is a beat; says whether to stop."""
+        self.beat()
+        return self.stop_requested()
+
+    def silent_for(self) -> float:
+        """Seconds since the loop's thread last showed progress."""
+        return self.clock() - self.beat_at
 
     # ------------------------------------------------------------ set-up
 
@@ -94,7 +127,7 @@ class Supervisor(Children):
         def on_signal(signum: int, _frame: Any) -> None:
             if signum in STOPPING and self.stop_signal is None:
                 self.stop_signal = signum  # seen by start-up steps at once
-            self.post("signal", signum=signum)
+            self.post(Signal(signum))
 
         for sig in STOPPING + FORWARDED + (signal.SIGCHLD,):
             signal.signal(sig, on_signal)
@@ -107,6 +140,7 @@ class Supervisor(Children):
         held for an operator (the loop keeps serving events) until a `resume` event retries
         it; a stop while held raises the failure."""
         self._start, self._hold_on_failure = start, hold
+        self.children.owner = threading.current_thread()
         code = self._attempt_start(first=True)
         if code is not None:
             return code
@@ -133,7 +167,7 @@ class Supervisor(Children):
         if self.stop_requested() and self._phase == "starting":
             signum = self.stop_signal or signal.SIGTERM
             self.run_log.info("stopped during start-up", signal=signal.Signals(signum).name)
-            self.kill_all()
+            self.children.kill_all()
             self.shutdown.phase, self.shutdown.exit_code = DONE, 128 + signum
             return 128 + signum
         self.held = None
@@ -144,7 +178,7 @@ class Supervisor(Children):
         """SIDECAR_ON_START_FAILURE=hold: instead of exiting (and crash-looping on the
         platform), stay up with the failure in /status, so an operator can get a shell, fix
         the cause (`sidecar check`, `sidecar restore`) and `sidecar resume`."""
-        self.kill_all()
+        self.children.kill_all()
         self._phase, self.held = "starting", exc
         if again:
             self.run_log.error("start failed again: holding", error=exc.message,
@@ -160,7 +194,7 @@ class Supervisor(Children):
             return self.events.get_nowait()
         except queue.Empty:
             pass
-        self.waker.wait(fds([self.app, self.litestream]), self._timeout())
+        self.waker.wait(fds(self.children.both()), self._timeout())
         try:
             return self.events.get_nowait()
         except queue.Empty:
@@ -174,32 +208,31 @@ class Supervisor(Children):
         return max(0.0, min(IDLE_WAKE, min(wake) - self.clock()))
 
     def _dispatch(self, event: Event) -> None:
-        builtin = {"signal": self.handle_signal, "final-sync-done": self.handle_final_sync_done,
-                   "resume": self.handle_resume}
-        if event.kind in builtin:
-            builtin[event.kind](event)
-        elif event.kind in self.handlers:
-            try:
-                self.handlers[event.kind](event)
-            except Exception as exc:  # a handler's bug must not kill the loop
-                self.log.error("event handler failed", kind=event.kind, error=str(exc),
-                               exc_info=True)
+        match event:
+            case Signal(signum) if signum in STOPPING:
+                self.handle_stop(signum)
+            case Signal(signum) if signum in FORWARDED:
+                if self.app is not None:
+                    self.app.signal(signum)
+            case Signal(signal.SIGCHLD):
+                for pid, status in procs.reap():
+                    self.log.debug("reaped orphan", pid=pid, code=procs.exit_code(status))
+            case FinalSyncDone():
+                self._perform(self.shutdown.sync_done(
+                    self.clock(), litestream_alive=self.litestream_running()))
+            case Resume():
+                self.handle_resume()
+            case ChildRestarted() | RestoreRequested() | RestoreResume():
+                for handler in self.handlers.get(type(event), []):
+                    try:
+                        handler(event)
+                    except Exception as exc:  # a handler's bug must not kill the loop
+                        self.log.error("event handler failed", event=repr(event),
+                                       error=str(exc), exc_info=True)
+            case _:
+                self.log.error("unknown event", event=repr(event))
 
     # ------------------------------------------------------------ events
-
-    def handle_signal(self, event: Event) -> None:
-        signum = int(event.data["signum"])
-        getattr(self, f"handle_{signal.Signals(signum).name.lower()}")(signum)
-
-    def handle_sigchld(self, _signum: int) -> None:
-        for pid, status in procs.reap():
-            self.log.debug("reaped orphan", pid=pid, code=procs.exit_code(status))
-
-    def handle_forwarded(self, signum: int) -> None:
-        if self.app is not None:
-            self.app.signal(signum)
-
-    handle_sighup = handle_sigusr1 = handle_sigusr2 = handle_sigwinch = handle_forwarded
 
     def handle_stop(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -214,11 +247,7 @@ class Supervisor(Children):
 
     handle_sigterm = handle_sigint = handle_sigquit = handle_stop
 
-    def handle_final_sync_done(self, _event: Event) -> None:
-        self._perform(self.shutdown.sync_done(self.clock(),
-                                              litestream_alive=self.litestream_running()))
-
-    def handle_resume(self, _event: Event) -> None:
+    def handle_resume(self) -> None:
         """`sidecar resume` of a held start: the start steps again."""
         if self.held is None:
             return
@@ -226,11 +255,52 @@ class Supervisor(Children):
         if self._attempt_start(first=False) is None and self.held is None:
             self.run_log.info("resumed", phase=self.phase)
 
+    # ------------------------------------------------------------ the children, for the
+    # start steps (run.py) and the operations' handlers, all in the loop's thread
+
+    @property
+    def app(self) -> Child | None:
+        return self.children.app
+
+    @property
+    def litestream(self) -> Child:
+        return self.children.litestream
+
+    def app_running(self) -> bool:
+        return bool(self.app and self.app.pid)
+
+    def litestream_running(self) -> bool:
+        return bool(self.litestream.pid)
+
+    def children_status(self) -> dict[str, Any]:
+        return self.children.status()
+
+    adopt_orphans = staticmethod(adopt_orphans)
+
+    def start_litestream(self) -> None:
+        self.children.start_litestream()
+
+    def wait_litestream_ready(self) -> None:
+        self.children.wait_litestream_ready()
+
+    def start_app(self) -> None:
+        self.children.start_app()
+        self._phase = "running"
+
+    def pause_app(self, reason: str) -> None:
+        """Stop the app on purpose (a live restore); its exit does not end the run."""
+        self.paused_app = True
+        self.children.stop_app(reason)
+
     def resume_app(self) -> None:
         """Start the app again after pause_app()."""
         self.paused_app = False
         if self.phase == "running" and not self.stop_requested():
             self.start_app()
+
+    def kill_all(self) -> None:
+        """Last resort (a failed start, an internal error): leave no child behind."""
+        self.children.kill_all()
 
     # ------------------------------------------------------------ decisions
 
@@ -262,7 +332,7 @@ class Supervisor(Children):
                 self.clock(), code, litestream_alive=self.litestream_running()))
         elif self.phase == "running" and not self.paused_app:
             if self.cfg.app_restart == "on-failure" and code != 0:
-                self._schedule_restart(self.app)
+                self.children.schedule_restart(self.app)
                 return
             self.log.info("shutdown: the app exited", code=code)
             self._begin_shutdown(signal.SIGTERM, exit_code=code)
@@ -271,8 +341,9 @@ class Supervisor(Children):
         if self.shutdown.expects_litestream_exit():
             self._perform(self.shutdown.litestream_exited(code))
             return
-        self.log.error("litestream exited", code=code, last_error=self.last_litestream_error)
-        self._schedule_restart(self.litestream)
+        self.log.error("litestream exited", code=code,
+                       last_error=self.children.last_litestream_error)
+        self.children.schedule_restart(self.litestream)
 
     def _timers(self) -> None:
         now = self.clock()
@@ -283,14 +354,13 @@ class Supervisor(Children):
                 child.restart_at = None
                 continue
             child.restarts += 1
-            metrics.CHILD_RESTARTS.labels(child=child.name).inc()
             try:
-                self._spawn(child)
+                self.children.spawn(child)
             except OSError as exc:
                 self.log.error(f"{child.name} restart failed", error=str(exc))
-                self._schedule_restart(child)
+                self.children.schedule_restart(child)
                 continue
-            self.post(f"{child.name}-restarted")
+            self.post(ChildRestarted(child.name))
         self._perform(self.shutdown.tick(now, **self._alive()))
 
     # ------------------------------------------------------------ actions
@@ -313,8 +383,10 @@ class Supervisor(Children):
         """Ask Litestream to push everything, in the background; the loop stays responsive."""
 
         def work() -> None:
-            final_sync.run(self.cfg, self.control, action.seconds, self.started_at, self.log,
-                           self.clock, self.cfg.restore_parallelism)
-            self.post("final-sync-done")
+            try:
+                final_sync.run(self.cfg, self.control, action.seconds, self.started_at,
+                               self.log, self.clock, self.members, self.cfg.restore_parallelism)
+            finally:
+                self.post(FinalSyncDone())
 
         self.background(work)

@@ -19,6 +19,7 @@ from typing import Any
 
 from sidecar import log
 from sidecar.litestream.control import ControlError
+from sidecar.supervise.events import Signal
 from sidecar.supervise.supervisor import Supervisor
 
 log.get()  # configured once, before any test's capture_logs()
@@ -107,7 +108,7 @@ class FakeWorld:
                     self.sup.stop_signal is None:
                 self.sup.stop_signal = sig
             self.record("sidecar got", signal.Signals(sig).name)
-            self.sup.post("signal", signum=sig)
+            self.sup.post(Signal(sig))
         self.at(when, deliver)
 
     # the waker
@@ -185,7 +186,8 @@ def make(tmp_path: Path, world: FakeWorld, **cfg: Any) -> Supervisor:
                 "restore_parallelism": 8}
     settings.update(cfg)
     sup = Supervisor(SimpleNamespace(**settings), {}, "litestream", tmp_path / "ls.yml",  # type: ignore[arg-type]
-                     FakeControl(world), clock=world.clock, process_ctor=world.spawn,
+                     FakeControl(world), members=lambda _entry: [], clock=world.clock,
+                     process_ctor=world.spawn,
                      waker=world, background=world.background)
     world.sup = sup
     return sup

@@ -9,8 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import config
+from sidecar.config import Database, DbDir
 from sidecar.litestream.control import ControlError
+from sidecar.startup import tenants
 from sidecar.supervise import final_sync
+
+
+def members(entry: DbDir) -> list[Database]:
+    """What run.py hands the supervisor: the entry's databases on the volume."""
+    return [tenants.member(entry, rel) for rel in tenants.local_members(entry)]
 
 
 class Log:
@@ -57,10 +64,11 @@ def _cfg(tmp_path: Path) -> config.Config:
 def test_tenants_written_during_the_run_are_synced_newest_first(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     since = time.time() - 120
-    assert [m.path.name for m in final_sync.tenants_written_since(cfg, since)] == [
+    assert [m.path.name for m in final_sync.tenants_written_since(cfg, since, members)] == [
         "b.db", "a.db", "c.db"]  # old.db was not written during the run
     control, log = Control(), Log()
-    failed = final_sync.run(cfg, control, 10.0, since, log, time.monotonic, parallelism=1)
+    failed = final_sync.run(cfg, control, 10.0, since, log, time.monotonic, members,
+                            parallelism=1)
     assert failed == [] and control.synced == ["b.db", "a.db", "c.db"]
     (_, event, fields), = log.events
     assert event == "final sync of directory databases"
@@ -70,7 +78,8 @@ def test_tenants_written_during_the_run_are_synced_newest_first(tmp_path: Path) 
 def test_tenants_that_cannot_be_synced_are_named(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     control, log = Control(fail={"a.db"}), Log()
-    failed = final_sync.run(cfg, control, 10.0, time.time() - 120, log, time.monotonic)
+    failed = final_sync.run(cfg, control, 10.0, time.time() - 120, log, time.monotonic,
+                            members)
     assert failed == [str(tmp_path / "tenants" / "a.db")]
     level, _event, fields = log.events[-1]
     assert level == "warning" and fields["databases"] == failed and fields["count"] == 1
@@ -90,7 +99,7 @@ def test_the_budget_bounds_the_tenants(tmp_path: Path) -> None:
 
     control, log = Slow(), Log()
     failed = final_sync.run(cfg, control, 6.0, time.time() - 120, log, lambda: now[0],
-                            parallelism=1)
+                            members, parallelism=1)
     assert control.synced == ["b.db", "a.db"]
     assert failed == [str(tmp_path / "tenants" / "c.db")]
 
@@ -113,7 +122,7 @@ def test_a_hung_litestream_never_holds_the_sync_past_its_budget(tmp_path: Path) 
     for budget in (1.1, 1.5, 2.0, 6.0, 6.5, 30.0):
         now[0], waits[:] = 0.0, []
         failed = final_sync.run(cfg, Hung(), budget, time.time() - 120, Log(),
-                                lambda: now[0], parallelism=1)
+                                lambda: now[0], members, parallelism=1)
         assert waits and now[0] <= budget, (budget, waits)
         assert len(failed) == 3
 

@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 from supervisor_fakes import FakeWorld, Script, make, start_steps
 
 from sidecar.errors import ExecError, MigrationError, StartError
+from sidecar.supervise.events import Resume
 
 TERM, KILL = "SIGTERM", "SIGKILL"
 
@@ -178,8 +179,8 @@ def test_hold_then_resume_then_stop(tmp_path: Path) -> None:
             raise MigrationError("cannot migrate: the command failed")
         start_steps(sup)()
 
-    world.at(1.0, lambda: sup.post("resume"))
-    world.at(2.0, lambda: sup.post("resume"))
+    world.at(1.0, lambda: sup.post(Resume()))
+    world.at(2.0, lambda: sup.post(Resume()))
     world.kill(5.0, signal.SIGTERM)
     with capture_logs() as logs:
         assert sup.serve(start, hold=True) == 143
