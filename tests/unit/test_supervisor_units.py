@@ -1,12 +1,17 @@
 """Fast checks of the pieces behind crash safety and liveness: children really carry
-PR_SET_PDEATHSIG and the inherited lock fds, exec failures map to their exit codes, and
-/healthz follows the loop's beat (a stuck loop fails it, a busy one does not)."""
+PR_SET_PDEATHSIG (set by setpriv, no Python between fork and exec) and the inherited lock fds,
+and die with a sidecar killed alone; exec failures map to their exit codes; /healthz follows
+the loop's beat (a stuck loop fails it, a busy one does not)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import signal
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +21,7 @@ from sidecar.daemon import health as health_mod
 from sidecar.daemon.health import Probes
 from sidecar.errors import ExecError, exec_code, exec_reason
 from sidecar.supervise import procs
+from testkit import wait_for
 
 PDEATHSIG = ("import ctypes; c = ctypes.c_int(); "
              "ctypes.CDLL(None).prctl(2, ctypes.byref(c), 0, 0, 0); print(c.value)")
@@ -25,6 +31,94 @@ def test_children_die_with_their_parent_thread() -> None:
     """Every child is started with PR_SET_PDEATHSIG = SIGKILL (read back in the child)."""
     code, out = procs.run([sys.executable, "-c", PDEATHSIG], dict(os.environ), timeout=30)
     assert code == 0 and out.strip() == "9", out
+
+
+# A process that runs threads, as sidecar does, spawns a child the way the supervisor does and
+# reports how Popen was called; the test then SIGKILLs it alone.
+SPAWNER = textwrap.dedent("""
+    import os, subprocess, threading, time
+    from sidecar.supervise import procs
+    calls = []
+    real = subprocess.Popen.__init__
+    def spy(self, args, *a, **kw):
+        calls.append((list(args), kw.get("preexec_fn")))
+        real(self, args, *a, **kw)
+    subprocess.Popen.__init__ = spy
+    for _ in range(3):
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    child = procs.spawn(["sleep", "60"], dict(os.environ))
+    argv, preexec = calls[-1]
+    print(child.pid, os.path.basename(argv[0]), preexec is None, flush=True)
+    time.sleep(60)
+""")
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its new parent to reap it counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_child_dies_with_a_sidecar_killed_alone() -> None:
+    """A child started from a process that runs threads goes through setpriv, without a
+    preexec_fn; SIGKILL to its parent alone (not the group) takes it along."""
+    spawner = subprocess.Popen([sys.executable, "-c", SPAWNER], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert spawner.stdout is not None
+        pid, tool, no_preexec = spawner.stdout.readline().split()
+        assert (tool, no_preexec) == ("setpriv", "True")
+        assert not gone(int(pid))
+        os.kill(spawner.pid, signal.SIGKILL)
+        spawner.wait(10)
+        wait_for(lambda: gone(int(pid)), 5, what="the child to die with its parent")
+    finally:
+        spawner.kill()
+        spawner.wait(10)
+
+
+def test_without_setpriv_the_prctl_way_only_while_single_threaded() -> None:
+    """No setpriv: a process with one thread still arms the death signal (a preexec_fn is safe
+    there); once it runs threads, children get none, and a warning says so once."""
+    script = textwrap.dedent(f"""
+        import os, threading, time
+        from sidecar.supervise import procs
+        procs.setpriv = lambda: None
+        probe = ["{sys.executable}", "-c", {PDEATHSIG!r}]
+        print(procs.run(probe, dict(os.environ))[1].strip(), flush=True)
+        threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+        print(procs.run(probe, dict(os.environ))[1].strip(), flush=True)
+        print(procs.run(probe, dict(os.environ))[1].strip(), flush=True)
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["9", "0", "0"], res.stdout
+    assert res.stderr.count("children started from now on do not die with sidecar") == 1, \
+        res.stderr
+
+
+def test_a_child_that_cannot_be_executed_raises_what_execve_would(tmp_path: Path) -> None:
+    """Through setpriv, exec failures would only be its exit code: spawn checks first and
+    raises the OSError execve would (subprocess's own, without setpriv)."""
+    garbage, script, plain = tmp_path / "garbage", tmp_path / "script", tmp_path / "plain"
+    garbage.write_bytes(b"\x00\x01 not a program\n")
+    script.write_text("#!/nonexistent/interpreter\n")
+    plain.write_text("echo\n")
+    garbage.chmod(0o755)
+    script.chmod(0o755)
+    cases = {str(garbage): errno.ENOEXEC, str(script): errno.ENOENT, str(plain): errno.EACCES,
+             str(tmp_path): errno.EACCES, str(tmp_path / "nope"): errno.ENOENT,
+             "no-such-command-here": errno.ENOENT}
+    for argv0, want in cases.items():
+        try:
+            procs.spawn([argv0], dict(os.environ)).wait()
+        except OSError as exc:
+            assert (exc.errno, exc.filename) == (want, argv0), (argv0, exc)
+        else:
+            raise AssertionError(f"{argv0} was started")
 
 
 def test_children_inherit_the_database_locks(tmp_path: Path) -> None:
