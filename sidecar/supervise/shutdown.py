@@ -6,7 +6,8 @@ stopping-litestream  SIGTERM, Litestream's own shutdown sync; SIGKILL after its 
 done            exit with the app's code
 
 Each method takes what the loop observed (the time, which children are alive) and returns the
-actions the loop performs: `Do` (a process operation or the final sync) and `Log` (an event).
+actions the loop performs, one small frozen dataclass each: `SignalApp`, `SignalLitestream`
+(a signal to its process group), `FinalSync` (with its budget) and `Log` (an event).
 A second stop signal skips the current wait. The unit tests drive it with scripted histories.
 """
 
@@ -23,12 +24,20 @@ FINAL_SYNC_MAX = 15.0  # the final sync's budget is the Litestream stop timeout,
 
 
 @dataclass(frozen=True)
-class Do:
-    """signal-app, signal-litestream (with `sig`), or final-sync (with its budget `seconds`)."""
+class SignalApp:
+    sig: int
 
-    what: str
-    sig: int = 0
-    seconds: float = 0.0
+
+@dataclass(frozen=True)
+class SignalLitestream:
+    sig: int
+
+
+@dataclass(frozen=True)
+class FinalSync:
+    """Ask Litestream to push everything, within `seconds`."""
+
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ class Log:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Action = Do | Log
+Action = SignalApp | SignalLitestream | FinalSync | Log
 
 
 class Shutdown:
@@ -67,7 +76,7 @@ class Shutdown:
             self.deadline = now + self.app_stop_timeout
             return [Log("info", "app stopping", {"signal": signal.Signals(signum).name,
                                                  "timeout_seconds": self.app_stop_timeout}),
-                    Do("signal-app", signum)]
+                    SignalApp(signum)]
         self.exit_code = exit_code if exit_code is not None else 128 + signum
         return self._final_sync(now, litestream_alive)
 
@@ -99,12 +108,12 @@ class Shutdown:
                                  {"signal": signal.Signals(signum).name, "phase": self.phase})]
         if self.phase == STOPPING_APP and app_alive:
             out += [Log("warning", "app killed", {"reason": "second signal"}),
-                    Do("signal-app", signal.SIGKILL)]
+                    SignalApp(signal.SIGKILL)]
         elif self.phase == FINAL_SYNC:
             out += self._stop_litestream(now, litestream_alive)
         elif self.phase == STOPPING_LITESTREAM and litestream_alive:
             # A second SIGTERM makes Litestream give up its shutdown-sync retries.
-            out.append(Do("signal-litestream", signal.SIGTERM))
+            out.append(SignalLitestream(signal.SIGTERM))
         return out
 
     def tick(self, now: float, *, app_alive: bool, litestream_alive: bool) -> list[Action]:
@@ -116,14 +125,14 @@ class Shutdown:
             self.deadline = now + KILL_GRACE
             return [Log("warning", "app did not stop in time: SIGKILL",
                         {"timeout_seconds": self.app_stop_timeout}),
-                    Do("signal-app", signal.SIGKILL)]
+                    SignalApp(signal.SIGKILL)]
         if self.phase == FINAL_SYNC:
             return [Log("warning", "final sync did not finish in time"),
                     *self._stop_litestream(now, litestream_alive)]
         if self.phase == STOPPING_LITESTREAM and litestream_alive:
             self.deadline = now + KILL_GRACE
             return [Log("error", "litestream did not stop in time: SIGKILL"),
-                    Do("signal-litestream", signal.SIGKILL)]
+                    SignalLitestream(signal.SIGKILL)]
         if self.phase == STOPPING_LITESTREAM:
             self.phase = DONE
         return []
@@ -135,7 +144,7 @@ class Shutdown:
         self.phase = FINAL_SYNC
         budget = self.final_sync_budget()
         self.deadline = now + budget + 2
-        return [Do("final-sync", seconds=budget)]
+        return [FinalSync(budget)]
 
     def _stop_litestream(self, now: float, litestream_alive: bool) -> list[Action]:
         if not litestream_alive:
@@ -143,4 +152,4 @@ class Shutdown:
             return []
         self.phase = STOPPING_LITESTREAM
         self.deadline = now + self.litestream_stop_timeout + 5
-        return [Do("signal-litestream", signal.SIGTERM)]
+        return [SignalLitestream(signal.SIGTERM)]

@@ -17,6 +17,7 @@ start steps: the composition of a run (run.py) hands them in and subscribes its 
 
 from __future__ import annotations
 
+import functools
 import queue
 import signal
 import threading
@@ -42,7 +43,15 @@ from sidecar.supervise.events import (
     Signal,
 )
 from sidecar.supervise.final_sync import Members
-from sidecar.supervise.shutdown import DONE, Action, Do, Log, Shutdown
+from sidecar.supervise.shutdown import (
+    DONE,
+    Action,
+    FinalSync,
+    Log,
+    Shutdown,
+    SignalApp,
+    SignalLitestream,
+)
 from sidecar.supervise.wake import Waker
 
 FORWARDED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -227,10 +236,10 @@ class Supervisor:
                     try:
                         handler(event)
                     except Exception as exc:  # a handler's bug must not kill the loop
-                        self.log.error("event handler failed", event=repr(event),
+                        self.log.error("event handler failed", kind=type(event).__name__,
                                        error=str(exc), exc_info=True)
             case _:
-                self.log.error("unknown event", event=repr(event))
+                self.log.error("unknown event", kind=type(event).__name__)
 
     # ------------------------------------------------------------ events
 
@@ -367,26 +376,21 @@ class Supervisor:
 
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Log):
-                getattr(self.log, action.level)(action.event, **action.fields)
-            else:
-                getattr(self, "do_" + action.what.replace("-", "_"))(action)
+            match action:
+                case Log(level, event, fields):
+                    getattr(self.log, level)(event, **fields)
+                case SignalApp(sig):
+                    if self.app is not None:
+                        self.app.signal(sig)
+                case SignalLitestream(sig):
+                    self.litestream.signal(sig)
+                case FinalSync(seconds):
+                    self.background(functools.partial(self._final_sync, seconds))
 
-    def do_signal_app(self, action: Do) -> None:
-        if self.app is not None:
-            self.app.signal(action.sig)
-
-    def do_signal_litestream(self, action: Do) -> None:
-        self.litestream.signal(action.sig)
-
-    def do_final_sync(self, action: Do) -> None:
-        """Ask Litestream to push everything, in the background; the loop stays responsive."""
-
-        def work() -> None:
-            try:
-                final_sync.run(self.cfg, self.control, action.seconds, self.started_at,
-                               self.log, self.clock, self.members, self.cfg.restore_parallelism)
-            finally:
-                self.post(FinalSyncDone())
-
-        self.background(work)
+    def _final_sync(self, budget: float) -> None:
+        """In the background (the loop stays responsive): ask Litestream to push everything."""
+        try:
+            final_sync.run(self.cfg, self.control, budget, self.started_at, self.log,
+                           self.clock, self.members, self.cfg.restore_parallelism)
+        finally:
+            self.post(FinalSyncDone())

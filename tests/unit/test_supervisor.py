@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from supervisor_fakes import FakeWorld, Script, make, start_steps
 
 from sidecar.errors import ExecError, MigrationError, StartError
-from sidecar.supervise.events import Resume
+from sidecar.supervise.events import ChildRestarted, RestoreRequested, RestoreResume, Resume
 
 TERM, KILL = "SIGTERM", "SIGKILL"
 
@@ -245,3 +245,30 @@ def test_neither_pid1_nor_subreaper_is_a_warning(tmp_path: Path, monkeypatch) ->
     with capture_logs() as logs:
         make(tmp_path, FakeWorld()).adopt_orphans()
     assert [e for e in logs if e["log_level"] != "debug"] == []
+
+
+def test_subscribers_get_typed_events_in_the_loop(tmp_path: Path) -> None:
+    """A restart reaches every ChildRestarted subscriber, in order, with the child's name; a
+    posted RestoreRequested reaches its subscriber with its job; a subscriber that raises is
+    logged and the loop goes on; an event nobody subscribed to is dropped."""
+    world = FakeWorld(scripts={"app": [], "litestream": [Script(exit_at=1.0, exit_code=1)]})
+    sup = make(tmp_path, world)
+    seen: list[tuple[float, str, object]] = []
+    sup.on(ChildRestarted, lambda e: seen.append((world.now, "first", e)))
+    sup.on(ChildRestarted, lambda e: seen.append((world.now, "second", e)))
+
+    def restore(event: RestoreRequested) -> None:
+        seen.append((world.now, "restore", event.job))
+        raise RuntimeError("a bug in the handler")
+
+    sup.on(RestoreRequested, restore)
+    world.at(3.0, lambda: sup.post(RestoreRequested("job-1")))
+    world.at(3.5, lambda: sup.post(RestoreResume()))
+    world.kill(5.0, signal.SIGTERM)
+    with capture_logs() as logs:
+        assert sup.serve(start_steps(sup)) == 143
+    assert seen == [(2.0, "first", ChildRestarted("litestream")),
+                    (2.0, "second", ChildRestarted("litestream")), (3.0, "restore", "job-1")]
+    failed = [e for e in logs if e["event"] == "event handler failed"]
+    assert len(failed) == 1 and "a bug in the handler" in failed[0]["error"]
+    assert signals_to(world, "app") == [(5.0, TERM)]
