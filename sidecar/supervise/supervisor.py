@@ -254,8 +254,6 @@ class Supervisor:
         else:
             self._perform(self.shutdown.hurry(self.clock(), signum, **self._alive()))
 
-    handle_sigterm = handle_sigint = handle_sigquit = handle_stop
-
     def handle_resume(self) -> None:
         """`sidecar resume` of a held start: the start steps again."""
         if self.held is None:
@@ -276,10 +274,10 @@ class Supervisor:
         return self.children.litestream
 
     def app_running(self) -> bool:
-        return bool(self.app and self.app.pid)
+        return self.children.app_running()
 
     def litestream_running(self) -> bool:
-        return bool(self.litestream.pid)
+        return self.children.litestream_running()
 
     def children_status(self) -> dict[str, Any]:
         return self.children.status()
@@ -294,7 +292,8 @@ class Supervisor:
 
     def start_app(self) -> None:
         self.children.start_app()
-        self._phase = "running"
+        if self.cfg.app_command:
+            self._phase = "running"
 
     def pause_app(self, reason: str) -> None:
         """Stop the app on purpose (a live restore); its exit does not end the run."""
