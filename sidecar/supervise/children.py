@@ -43,6 +43,10 @@ def adopt_orphans() -> None:
 
 
 class Children:
+    """The app and Litestream as the supervisor holds them: each a `Child` (its command, its
+    process, its restart bookkeeping), started, waited for and stopped from the loop's thread
+    only (`owner`, set when the loop starts serving)."""
+
     def __init__(self, cfg: Config, env: dict[str, str], litestream_bin: str,
                  litestream_config: Path, control: Control, *,
                  should_stop: Callable[[], bool], beat: Callable[[], None],

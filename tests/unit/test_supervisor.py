@@ -5,6 +5,7 @@ checks what happened to whom, and when, on the fake clock."""
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,25 @@ def test_subscribers_get_typed_events_in_the_loop(tmp_path: Path) -> None:
     failed = [e for e in logs if e["event"] == "event handler failed"]
     assert len(failed) == 1 and "a bug in the handler" in failed[0]["error"]
     assert signals_to(world, "app") == [(5.0, TERM)]
+
+
+def test_children_start_from_the_loops_thread_only(tmp_path: Path) -> None:
+    """A child's death signal fires when the thread that started it ends: once the loop
+    serves, a start from any other thread is refused (a bug, loudly), and nothing starts."""
+    world = FakeWorld()
+    sup = make(tmp_path, world)
+    world.kill(1.0, signal.SIGTERM)
+    assert sup.serve(start_steps(sup)) == 143
+    errors: list[BaseException] = []
+
+    def elsewhere() -> None:
+        try:
+            sup.children.spawn(sup.litestream)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and "outside the supervisor loop's thread" in str(errors[0])
+    assert len(world.of("start", "litestream")) == 1
