@@ -2,7 +2,7 @@
 
 The control socket and the HTTP admin routes both call these, so there is one implementation.
 A live restore never runs in a request thread: the request validates the target (read-only, so
-bad input never stops the app), then posts a `restore` event; the supervisor loop runs the whole
+bad input never stops the app), then posts a `RestoreRequested` event; the supervisor loop runs the whole
 fenced sequence (stop the app, stop replication of the DB, restore into a temporary file, check
 it, move the old DB aside, rename the new one into place, resume replication, start the app).
 The pieces that need no daemon (the plan, restore into a file, verify, snapshot) are in
@@ -42,12 +42,7 @@ from sidecar.daemon.runtime import Runtime
 from sidecar.errors import ExecError, MigrationError, OperatorError, RestoreError
 from sidecar.litestream.control import ControlError
 from sidecar.startup import migrate, restore
-from sidecar.supervise.events import (
-    ChildRestarted,
-    RestoreRequested,
-    RestoreResume,
-    Resume,
-)
+from sidecar.supervise.events import ChildRestarted, RestoreRequested, RestoreResume, Resume
 
 __all__ = ["NotNow", "Operations", "Target", "parse_target", "schedule_verify"]
 
