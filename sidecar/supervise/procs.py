@@ -16,15 +16,16 @@ the process); helper commands are waited for by the thread that starts them.
 
 The death signal is set without running Python between fork and exec (a `preexec_fn` in a
 process that runs threads can deadlock in the child): the child is util-linux's
-`setpriv --pdeathsig KILL -- argv...`, which sets it and executes the command (Debian's
-util-linux is essential, so every Debian-based image has it). Whether it works is checked once,
-at the first spawn. Since setpriv's exec failures would only show as its exit code, `spawn`
-first checks that the command can be executed as execve would (found, executable, an ELF
-program or a `#!` script whose interpreter exists) and raises the OSError execve would. Where
-setpriv is missing, the old way (prctl in a `preexec_fn`) is the fallback only while the process
-has a single thread, where it is safe; a child started later has no death signal, and a warning
-says so once. What the death signal does not cover, either way: a child killed before setpriv
-armed it (a sidecar SIGKILLed within that millisecond), and a program that executes a
+`setpriv --pdeathsig KILL -- /bin/sh -c PARENT_CHECK <our pid> argv...`: setpriv sets it, the
+shell ends the child if its parent died before that (it was re-parented), else executes the
+command in its place; two execs more, about a millisecond. (Debian's util-linux is essential,
+so every Debian-based image has setpriv.) Whether it works is checked once, at the first
+spawn. Since setpriv's exec failures would only show as an exit code, `spawn` first checks that
+the command can be executed as execve would (found, executable, an ELF program or a `#!`
+script whose interpreter exists) and raises the OSError execve would. Where setpriv is
+missing, the old way (prctl in a `preexec_fn`) is the fallback only while the process has a
+single thread, where it is safe; a child started later has no death signal, and a warning
+says so once. What the death signal does not cover, either way: a program that executes a
 set-user-ID binary or changes its user (the kernel clears the signal); the inherited locks
 still keep a second sidecar off the databases while such a process runs.
 """
@@ -86,19 +87,37 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return arm
 
 
+# Run by /bin/sh once setpriv has armed the death signal: a parent that died before that (the
+# child was re-parented, so $PPID is another process) ends the child, as the prctl fallback
+# does; otherwise the command replaces the shell ("$0" is the parent's pid).
+PARENT_CHECK = '[ "$PPID" = "$0" ] || exit 1; exec "$@"'
+SH = "/bin/sh"
+
+
+def _works(argv: list[str]) -> bool:
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
 @functools.cache
-def setpriv() -> str | None:
-    """util-linux's setpriv when it is here and sets a death signal (looked at once)."""
+def setpriv() -> tuple[str, ...] | None:
+    """What goes before a child's argv so that it dies with the calling thread: util-linux's
+    setpriv setting the death signal, then /bin/sh checking the parent is still the one that
+    started it (setpriv alone where there is no /bin/sh); None without a setpriv that sets
+    one. Looked at once, by running it."""
     path = shutil.which("setpriv")
     if path is None:
         return None
-    try:
-        done = subprocess.run([path, "--pdeathsig", "KILL", "--", path, "--version"],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return path if done.returncode == 0 else None
+    arm = (path, "--pdeathsig", "KILL", "--")
+    checked = (*arm, SH, "-c", PARENT_CHECK, str(os.getpid()))
+    for prefix in (checked, arm):
+        if _works([*prefix, path, "--version"]):
+            return prefix
+    return None
 
 
 _warned = False
@@ -108,9 +127,9 @@ def _death_signal(argv: list[str]) -> tuple[list[str], Callable[[], None] | None
     """The argv to execute and the preexec_fn (None but in the fallback), for a child that
     dies with the calling thread."""
     global _warned
-    tool = setpriv()
-    if tool is not None:
-        return [tool, "--pdeathsig", "KILL", "--", *argv], None
+    prefix = setpriv()
+    if prefix is not None:
+        return [*prefix, *argv], None
     if threading.active_count() == 1:  # no other thread can hold a lock across the fork
         return argv, _die_with_parent(os.getpid())
     if not _warned:

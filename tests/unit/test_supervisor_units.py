@@ -79,6 +79,20 @@ def test_a_child_dies_with_a_sidecar_killed_alone() -> None:
         spawner.wait(10)
 
 
+def test_a_child_whose_parent_died_before_the_signal_was_armed_does_not_run() -> None:
+    """SIGKILL between fork and setpriv's prctl re-parents the child before its death signal
+    is armed: the shell after setpriv sees another parent and exits instead of running the
+    command (here the parent's pid is given as 1, as if re-parented to init)."""
+    prefix = procs.setpriv()
+    assert prefix is not None and prefix[-4:-1] == (procs.SH, "-c", procs.PARENT_CHECK)
+    res = subprocess.run([*prefix[:-1], "1", "sh", "-c", "echo ran"], capture_output=True,
+                         text=True, timeout=30)
+    assert (res.returncode, res.stdout) == (1, "")
+    res = subprocess.run([*prefix, "sh", "-c", "echo ran"], capture_output=True, text=True,
+                         timeout=30)
+    assert (res.returncode, res.stdout) == (0, "ran\n")
+
+
 def test_without_setpriv_the_prctl_way_only_while_single_threaded() -> None:
     """No setpriv: a process with one thread still arms the death signal (a preexec_fn is safe
     there); once it runs threads, children get none, and a warning says so once."""
