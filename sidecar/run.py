@@ -13,13 +13,14 @@ from typing import Any
 
 from sidecar import __version__, log, scratch
 from sidecar.config import Config, describe
-from sidecar.daemon import http, jobs, lag, metrics
+from sidecar.daemon import http, jobs, metrics
 from sidecar.daemon.control import socket_path
 from sidecar.daemon.health import Probes
 from sidecar.daemon.operations import Operations, schedule_verify
 from sidecar.daemon.router import Router, routes
 from sidecar.daemon.runtime import Runtime
 from sidecar.errors import SidecarError
+from sidecar.lag import model as lag
 from sidecar.litestream.config import write_config
 from sidecar.litestream.control import Control, short_socket_path
 from sidecar.litestream.process import free_loopback_port

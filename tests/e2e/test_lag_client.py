@@ -17,7 +17,7 @@ import pytest
 
 from sidecar import config, replica
 from sidecar.bucket.client import Client
-from sidecar.daemon import lag
+from sidecar.lag import model as lag
 from testkit import S3Server, base_env, free_port, s3_env, seed_bucket, wait_for, write_app
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Database, Replica
-from sidecar.daemon import lag
-from sidecar.daemon.lag import ChangeLog, DbLag, ReplicaTracker
+from sidecar.lag import model as lag
+from sidecar.lag.model import ChangeLog, DbLag, ReplicaTracker
 from sidecar.litestream import ControlError
 from sidecar.replica import LtxObject, ReplicaUnreachable, Store
 

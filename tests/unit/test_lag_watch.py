@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import config
-from sidecar.daemon import lag
+from sidecar.lag import model as lag
 from testkit import wait_for
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from sidecar import config
 from sidecar.config import DbDir
-from sidecar.daemon.tenant_lag import DirLag
 from sidecar.errors import ReplicaUnreachable
+from sidecar.lag.dir_lag import DirLag
 from sidecar.startup import tenants
 
 

@@ -459,7 +459,7 @@ class LagMonitor:
         promised = configured(cfg)["window_seconds"]
         for d in self.dbs:
             d.window_promised = promised
-        from sidecar.daemon.tenant_lag import DirLag
+        from sidecar.lag.dir_lag import DirLag
 
         self.dirs = [DirLag(e, control, timeout, cfg.db_metrics_limit) for e in cfg.directories]
         self._observer: Any = None

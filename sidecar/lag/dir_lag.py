@@ -29,7 +29,7 @@ from typing import Any
 from sidecar import log
 from sidecar.config import DbDir
 from sidecar.daemon import metrics
-from sidecar.daemon.lag import ChangeLog, LagResult
+from sidecar.lag.model import ChangeLog, LagResult
 from sidecar.litestream.control import Control, ControlError
 from sidecar.replica import ReplicaUnreachable
 from sidecar.startup import tenants
