@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sidecar.config import Config
 from sidecar.errors import SidecarError
-from sidecar.lag.model import LagMonitor
+from sidecar.lag.monitor import LagMonitor
 from sidecar.litestream.control import Control
 from sidecar.startup.migrate import MigrationResult
 from sidecar.startup.preflight import Preflight
