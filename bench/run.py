@@ -483,8 +483,8 @@ def section_resources(plan: Plan, s3: h.S3, work: Path, eps: list[h.Entrypoint])
 def beside(its: list[float], own: list[float], rates: list[float], label: str, secs: str,
            orders: list[str]) -> Row:
     """sidecar's own CPU against the Litestream it runs, from the same runs."""
-    r = Row("resources", f"CPU, % of one core, {label} ({secs}): sidecar's own process",
-            "the Litestream under sidecar (same run)", unit="%", ratio="time",
+    r = Row("resources", f"CPU, % of one core, {label} ({secs}): sidecar's own process "
+            "beside its Litestream", "the Litestream under sidecar (same run)", unit="%", ratio="time",
             target="<= its Litestream", check=lambda s, p, _r: p is not None and s <= p)
     r.sidecar, r.base = list(own), list(its)
     r.orders = list(orders) or ["sidecar alone"] * len(own)
