@@ -19,7 +19,7 @@ from sidecar.replica import ReplicaUnreachable, Store
 
 class DbLag:
     """Lag bookkeeping for one database. `check()` runs in the scheduler's thread,
-    `file_changed()` in watchdog's; they share only the ChangeLog."""
+    `file_changed()` in the watcher's (watcher.py); they share only the ChangeLog."""
 
     def __init__(self, db: Database, store: Store | None, control: Control | None,
                  clock: Callable[[], float] = time.monotonic,

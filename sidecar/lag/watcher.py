@@ -24,9 +24,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar import log
 from sidecar.lag.db_lag import DbLag
 from sidecar.lag.dir_lag import DirLag
 from sidecar.lag.model import POLL_MIN
@@ -96,6 +98,7 @@ class Watcher:
         shared = {str(e.entry.dir) for e in dirs if not e.entry.recursive}
         for key, spot in self.spots.items():
             spot.fixed = key in shared  # (watchdog keeps one watch for the two)
+        self._log = log.get("lag")
         self.pauses = 0  # watches dropped (a test and the bench read these)
         self.rearms = 0
 
@@ -187,9 +190,18 @@ class Watcher:
                 pausing = [s for s in self.spots.values() if s.pausing and s.watch is not None]
                 paused = [s for s in self.spots.values() if s.watch is None]
             for spot in paused:
-                self._tend(spot)
+                self._step(self._tend, spot)
             for spot in pausing:
-                self._pause(spot)
+                self._step(self._pause, spot)
+
+    def _step(self, step: Callable[[Spot], None], spot: Spot) -> None:
+        """One step for one directory; a failure (the directory gone, say) is logged and the
+        step is tried again at the next look, so the thread never dies with a watch dropped."""
+        try:
+            step(spot)
+        except Exception as exc:  # whatever it is, the other directories go on
+            self._log.warning("file watching step failed", dir=spot.path,
+                              error=f"{type(exc).__name__}: {exc}")
 
     def _pause(self, spot: Spot) -> None:
         # The last state known first, then the watch dropped: a write in between is both an

@@ -199,3 +199,27 @@ def test_a_write_between_the_last_look_and_the_new_watch_counts(
     wait_for(lambda: watcher.rearms == 1, 10, what="the watch to come back")
     assert written and len(events) > recorded, "the write before the watch was lost"
     assert events[-1] <= written[0]
+
+
+def test_a_failed_step_is_tried_again_and_the_watch_still_comes_back(
+        tmp_path: Path, watched: tuple[lag.LagMonitor, Watcher],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scheduling the watch again fails once (the directory gone for a moment, say): the
+    thread logs it, goes on looking, and schedules it at a later look."""
+    monitor, watcher = watched
+    db = monitor.dbs[0]
+    monkeypatch.setattr(db, "settled", lambda: True)
+    assert watcher._observer is not None
+    schedule = watcher._observer.schedule
+    calls: list[int] = []
+
+    def flaky(*a: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("no such directory")
+        return schedule(*a, **kw)
+
+    monkeypatch.setattr(watcher._observer, "schedule", flaky)
+    _append(tmp_path / "app.db-wal")
+    wait_for(lambda: watcher.rearms == 1, 10, what="the watch to come back after a failure")
+    assert len(calls) == 2 and watcher.listening(str(tmp_path))
