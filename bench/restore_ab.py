@@ -24,7 +24,7 @@ from pathlib import Path
 import harness as h
 
 from sidecar import config, litestream
-from sidecar.daemon import lag
+from sidecar.lag import monitor as lag
 from sidecar.supervise import procs
 
 

@@ -242,8 +242,8 @@ def shutdown_loss(ep: h.Entrypoint, s3: h.S3, work: Path, seconds: float, exit_c
 def resources(ep: h.Entrypoint, s3: h.S3, work: Path, seconds: float, interval: str
               ) -> dict[str, float]:
     """CPU (% of one core) and RSS (MB, median and max over the window) of the entrypoint's
-    own process and of its Litestream. For the plain run.sh the two are the same process:
-    run.sh execs `litestream replicate`."""
+    own process and of its Litestream, and the app's commits per second. For the plain
+    run.sh the two are the same process: run.sh execs `litestream replicate`."""
     d = work / "run"
     h.clean_dir(d)
     db = d / "app.db"
@@ -265,6 +265,7 @@ def resources(ep: h.Entrypoint, s3: h.S3, work: Path, seconds: float, interval: 
         pids = {"own": own, "litestream": ls}
         hz = os.sysconf("SC_CLK_TCK")
         c0 = {k: h.cpu_ticks(pid) for k, pid in pids.items()}
+        n0 = committed(db)
         rss: dict[str, list[float]] = {k: [] for k in pids}
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
@@ -273,15 +274,29 @@ def resources(ep: h.Entrypoint, s3: h.S3, work: Path, seconds: float, interval: 
             time.sleep(min(1.0, seconds / 5))
         took = time.monotonic() - t0
         c1 = {k: h.cpu_ticks(pid) for k, pid in pids.items()}
+        n1 = committed(db)
     finally:
         p.kill_tree()
         s3.drop(bucket)
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"commits_per_s": round((n1 - n0) / took, 1)}
     for k in pids:
         out[f"{k}_cpu"] = round(100.0 * (c1[k] - c0[k]) / hz / took, 3)
         out[f"{k}_rss"] = round(statistics.median(rss[k]), 1)
         out[f"{k}_rss_max"] = round(max(rss[k]), 1)
     return out
+
+
+def committed(db: Path) -> int:
+    """The rows the app has committed (its table's largest id; 0 before the first)."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return con.execute("SELECT coalesce(max(id), 0) FROM rows").fetchone()[0]
+    except sqlite3.OperationalError:  # no table yet
+        return 0
+    finally:
+        con.close()
 
 
 # ------------------------------------------------------------------ sections
@@ -431,6 +446,7 @@ def section_resources(plan: Plan, s3: h.S3, work: Path, eps: list[h.Entrypoint])
                   f"(max over {secs})", "plain run.sh's Litestream", unit="MB")
         group = [cpu, own, tree, its]
         tree.extra["own"] = []
+        cpu.extra["its"], cpu.extra["rate"] = [], []
         for i in range(plan.reps):
             order = rotate(eps, i)
             for r in group:
@@ -443,6 +459,8 @@ def section_resources(plan: Plan, s3: h.S3, work: Path, eps: list[h.Entrypoint])
                 log(f"resources {label}, {ep.name}: {res}")
                 if ep.name == "sidecar":
                     cpu.sidecar.append(res["own_cpu"])
+                    cpu.extra["its"].append(res["litestream_cpu"])
+                    cpu.extra["rate"].append(res["commits_per_s"])
                     own.sidecar.append(res["own_rss_max"])
                     tree.sidecar.append(res["own_rss_max"] + res["litestream_rss_max"])
                     tree.extra["own"].append(res["own_rss_max"])
@@ -455,7 +473,47 @@ def section_resources(plan: Plan, s3: h.S3, work: Path, eps: list[h.Entrypoint])
         if s is not None and p:
             tree.note = f"sidecar's share: its own RSS / plain's Litestream = {s / p:.2f}x"
         rows += group
+        if not idle:
+            rows.append(beside(cpu.extra["its"], cpu.sidecar, cpu.extra["rate"], label,
+                               secs, cpu.orders))
+    rows.append(section_top_rate(plan, s3, work, eps))
     return rows
+
+
+def beside(its: list[float], own: list[float], rates: list[float], label: str, secs: str,
+           orders: list[str]) -> Row:
+    """sidecar's own CPU against the Litestream it runs, from the same runs."""
+    r = Row("resources", f"CPU, % of one core, {label} ({secs}): sidecar's own process "
+            "beside its Litestream", "the Litestream under sidecar (same run)", unit="%", ratio="time",
+            target="<= its Litestream", check=lambda s, p, _r: p is not None and s <= p)
+    r.sidecar, r.base = list(own), list(its)
+    r.orders = list(orders) or ["sidecar alone"] * len(own)
+    if rates:
+        r.note = (f"the app committed {median(rates):.0f} rows/s (runs: "
+                  f"{', '.join(f'{x:.0f}' for x in rates)})")
+    return r
+
+
+def section_top_rate(plan: Plan, s3: h.S3, work: Path, eps: list[h.Entrypoint]) -> Row:
+    """The app committing as fast as it can (no sleep, no output): the watcher's cost must
+    not grow with the write rate. sidecar only: the row compares it with its own Litestream."""
+    ep = next(e for e in eps if e.name == "sidecar")
+    secs = f"{plan.resource_seconds:g} s"
+    own: list[float] = []
+    its: list[float] = []
+    rates: list[float] = []
+    row = Row("resources", "", "the Litestream under sidecar (same run)")
+    for _ in range(plan.reps):
+        res = trial([row], ep.name, resources, ep, s3, work, plan.resource_seconds, "-1")
+        if not res:
+            continue
+        log(f"resources, top rate, {ep.name}: {res}")
+        own.append(res["own_cpu"])
+        its.append(res["litestream_cpu"])
+        rates.append(res["commits_per_s"])
+    out = beside(its, own, rates, "steady writes, as fast as the app commits", secs, [])
+    out.failures = row.failures
+    return out
 
 
 # ------------------------------------------------------------------ the run

@@ -13,13 +13,14 @@ from typing import Any
 
 from sidecar import __version__, log, scratch
 from sidecar.config import Config, Database, DbDir, describe
-from sidecar.daemon import http, jobs, lag, metrics
+from sidecar.daemon import http, jobs, metrics
 from sidecar.daemon.control import socket_path
 from sidecar.daemon.health import Probes
 from sidecar.daemon.operations import Operations, schedule_verify
 from sidecar.daemon.router import Router, routes
 from sidecar.daemon.runtime import Runtime
 from sidecar.errors import SidecarError
+from sidecar.lag import monitor as lag_monitor
 from sidecar.litestream.config import write_config
 from sidecar.litestream.control import Control, short_socket_path
 from sidecar.litestream.process import free_loopback_port
@@ -254,7 +255,7 @@ def _start_services(rt: Runtime) -> list[Callable[[], None]]:
     # Lag checks run in the scheduler's thread once the restore step is over (start() begins
     # them): until Litestream answers they report the bucket's reachability and an unknown
     # position; until the first one the lag is unmeasured and /readyz says not ready.
-    rt.lag = lag.start(cfg, rt.control, sup.litestream_running, jobs.add_interval,
+    rt.lag = lag_monitor.start(cfg, rt.control, sup.litestream_running, jobs.add_interval,
                        defer_checks=True)
     stops.append(rt.lag.stop)
     stops.append(jobs.stop)

@@ -1,4 +1,4 @@
 """What runs beside the app: the runtime, the HTTP and control-socket listeners, their one route
-table, operations (restore, verify, snapshot), status, lag (tenant_lag.py: a directory of
-databases at one listing per check) and metrics.
+table, operations (restore, verify, snapshot), status, health and metrics. The lag checks are
+in sidecar/lag/.
 """

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.config import Config
-from sidecar.daemon.lag import LagMonitor
 from sidecar.errors import SidecarError
+from sidecar.lag.monitor import LagMonitor
 from sidecar.litestream.control import Control
 from sidecar.startup.migrate import MigrationResult
 from sidecar.startup.preflight import Preflight

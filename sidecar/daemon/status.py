@@ -18,8 +18,9 @@ from typing import Any
 
 from sidecar import __version__, cron
 from sidecar.config import secrets_of
-from sidecar.daemon.lag import LagResult, file_sizes
 from sidecar.daemon.runtime import Runtime
+from sidecar.lag.db_lag import file_sizes
+from sidecar.lag.model import LagResult
 from sidecar.pitr import configured
 from sidecar.replica import utc
 

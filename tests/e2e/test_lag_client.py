@@ -17,7 +17,8 @@ import pytest
 
 from sidecar import config, replica
 from sidecar.bucket.client import Client
-from sidecar.daemon import lag
+from sidecar.lag.db_lag import DbLag
+from sidecar.lag.monitor import LagMonitor
 from testkit import S3Server, base_env, free_port, s3_env, seed_bucket, wait_for, write_app
 
 
@@ -48,7 +49,7 @@ def test_lag_through_the_client_on_a_bucket_litestream_wrote(tmp_path: Path, s3:
     assert newest is not None and newest.max_txid > 0
     control, clock = FixedControl(newest.max_txid), [50.0]
     store = replica.S3Store(db.replica, 5.0)
-    d = lag.DbLag(db, store, control, clock=lambda: clock[0],  # type: ignore[arg-type]
+    d = DbLag(db, store, control, clock=lambda: clock[0],  # type: ignore[arg-type]
                   wall=lambda: 1000.0)
     first = d.check()
     assert first.reachable and first.replica_txid == newest.max_txid
@@ -83,7 +84,7 @@ def test_monitor_and_probe_use_the_one_client_whatever_the_environment(
         with monkeypatch.context() as m:
             for name, value in extra.items():
                 m.setenv(name, value)
-            opened = lag.LagMonitor(cfg, None).dbs[0]._opener
+            opened = LagMonitor(cfg, None).dbs[0]._opener
             assert opened is not None
             r = cfg.databases[0].replica
             assert r is not None

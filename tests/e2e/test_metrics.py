@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from sidecar.daemon import metrics
-from sidecar.daemon.lag import LagResult
+from sidecar.lag.model import LagResult
 from testkit import free_port, tool
 from testkit.procs import stop, wait_serving
 

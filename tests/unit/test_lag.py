@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Database, Replica
-from sidecar.daemon import lag
-from sidecar.daemon.lag import ChangeLog, DbLag, ReplicaTracker
+from sidecar.lag import model as lag
+from sidecar.lag.db_lag import DbLag
+from sidecar.lag.model import ChangeLog, ReplicaTracker
 from sidecar.litestream import ControlError
 from sidecar.replica import LtxObject, ReplicaUnreachable, Store
 
@@ -233,3 +234,26 @@ def test_litestream_down_before_first_answer_gives_unknown_position(tmp_path: Pa
     res = d.check()
     assert res.reachable and res.local_txid is None and res.replica_txid is None
     assert res.lag_seconds == 0 and store.requests == 1
+
+
+def test_settled_once_the_bucket_holds_every_change(tmp_path: Path) -> None:
+    """What lets the watcher listen again (watcher.py): a check ran, no write waits for a
+    TXID, and the bucket holds the newest local one."""
+    store, control, clock = FakeStore(), FakeControl(), Clock()
+    d = DbLag(make_db(tmp_path), store, control, clock=clock)  # type: ignore[arg-type]
+    control.local = 3
+    assert not d.settled()  # no check yet: the bucket's position is not known
+    store.put(0, 1, 3)
+    d.check()
+    assert d.settled()
+    clock.t += 1
+    d.file_changed()  # a write Litestream has not turned into a TXID yet
+    assert not d.settled()
+    clock.t += 1
+    control.local = 4
+    d.check()  # TXID 4 holds it; the bucket does not yet
+    assert not d.settled()
+    store.put(0, 4, 4)
+    clock.t += 1
+    d.check()
+    assert d.settled()

@@ -1,4 +1,4 @@
-"""A directory entry's lag checks (daemon/tenant_lag.py) against a bucket held in memory: the
+"""A directory entry's lag checks (sidecar/lag/dir_lag.py) against a bucket held in memory: the
 real listing code (tenants.BucketView, its pages and start-after) over a fake S3 client, so
 the requests each check makes are counted exactly. The same checks against real Litestream
 and a real S3 server are in tests/e2e/test_tenant_dir.py."""
@@ -12,8 +12,8 @@ import pytest
 
 from sidecar import config
 from sidecar.config import DbDir
-from sidecar.daemon.tenant_lag import DirLag
 from sidecar.errors import ReplicaUnreachable
+from sidecar.lag.dir_lag import DirLag
 from sidecar.startup import tenants
 
 

@@ -226,8 +226,8 @@ def test_a_failed_directory_check_still_counts_its_requests(tmp_path: Path) -> N
     """A listing that timed out was a request to the bucket: sidecar_replica_requests_total
     counts it (the bench read 0 requests per minute while every check was timing out)."""
     from sidecar.daemon import metrics
-    from sidecar.daemon.tenant_lag import DirLag
     from sidecar.errors import ReplicaUnreachable
+    from sidecar.lag.dir_lag import DirLag
 
     cfg = config.load(_env(tmp_path), need_app=False, cwd=tmp_path)
     entry = cfg.directories[0]

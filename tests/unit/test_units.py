@@ -292,7 +292,7 @@ def test_lag_monitor_opens_its_client_in_its_first_check_and_checks_when_told(
         tmp_path: Path, monkeypatch) -> None:
     """Nothing on the way to the app builds the lag monitor's S3 client, and with
     defer_checks nothing is scheduled (so nothing lists the bucket) until begin_checks()."""
-    from sidecar.daemon import lag
+    from sidecar.lag import monitor as lag
 
     opened: list[object] = []
     monkeypatch.setattr(lag, "open_store", lambda *a, **kw: opened.append(a) or

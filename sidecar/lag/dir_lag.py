@@ -1,6 +1,6 @@
 """Lag of a directory entry's databases at a cost that does not grow with idle databases.
 
-A database's lag is lag.py's definition (ChangeLog): the age of the oldest local change the
+A database's lag is model.py's definition (ChangeLog): the age of the oldest local change the
 bucket does not hold. Once the bucket holds a database's newest local TXID, the database
 needs nothing from the bucket again until it changes (one watcher on the directory reports
 changes; Litestream's control socket gives the local TXID). So per check:
@@ -29,7 +29,7 @@ from typing import Any
 from sidecar import log
 from sidecar.config import DbDir
 from sidecar.daemon import metrics
-from sidecar.daemon.lag import ChangeLog, LagResult
+from sidecar.lag.model import ChangeLog, LagResult
 from sidecar.litestream.control import Control, ControlError
 from sidecar.replica import ReplicaUnreachable
 from sidecar.startup import tenants
@@ -79,7 +79,7 @@ class DirLag:
 
     def file_changed(self, path: str) -> None:
         rel = path[len(self.label) + 1:] if path.startswith(self.label + "/") else ""
-        # The DB and its -wal only, as lag.py: readers (Litestream too) write the -shm.
+        # The DB and its -wal only, as for one database: readers (Litestream too) write the -shm.
         rel = rel.removesuffix("-wal")
         if not tenants.matches(self.entry, rel):  # a dot-named tenant is one (tenants.py)
             return
