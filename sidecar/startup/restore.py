@@ -193,6 +193,7 @@ class Restoring:
         self._fetch: fetch.Fetch | None = None
         self._fetched: Path | BaseException | None = None
         self._fetching: threading.Thread | None = None
+        self._streaming = False  # Litestream was started on the mirror while it was fetched
         self._direct_note = fetch.near(db) if fetch.usable(db, concurrency) else None
         if fetch.usable(db, concurrency) and self._direct_note is None:
             self._fetch = fetch.Fetch(db, output, concurrency, timeout, txid=txid,
@@ -235,12 +236,14 @@ class Restoring:
         return fetch.dry_run_plan(out)
 
     def _await_fetch(self, should_stop: Callable[[], bool] | None) -> None:
-        """Wait for the fetch, then start Litestream: from the mirror, or directly from the
-        bucket when there is no mirror (and the log says why)."""
-        assert self._fetching is not None
-        while self._fetching.is_alive():
+        """Wait for the fetch (or, when it streams its largest file, for the mirror to be
+        ready), then start Litestream: from the mirror, or directly from the bucket when there
+        is no mirror (and the log says why)."""
+        assert self._fetching is not None and self._fetch is not None
+        while self._fetching.is_alive() and not self._fetch.ready.is_set():
             self._fetching.join(0.1)
-            if should_stop is not None and self._fetching.is_alive() and should_stop():
+            if should_stop is not None and self._fetching.is_alive() \
+                    and not self._fetch.ready.is_set() and should_stop():
                 assert self._fetch is not None
                 self._fetch.stop.set()
                 self._fetching.join(2.0)  # as in cancel()
@@ -250,6 +253,9 @@ class Restoring:
                                    "stopped while fetching its files")
         logger = log.get("restore")
         got = self._fetched
+        if self._fetching.is_alive() and self._fetch.ready.is_set():
+            got = self._fetch.root  # streamed: Litestream reads while the fetch goes on
+            self._streaming = True
         if isinstance(got, Path):
             txid, timestamp = self._target
             cfg = fetch.mirror_config(got, self.output)
@@ -294,11 +300,14 @@ class Restoring:
             if self._fetching is not None and self._fetch is not None:
                 # A request in flight returns within its own timeout; the fetch then stops
                 # and removes its mirror itself, so a cancel (a dead bucket at start) does
-                # not wait for it longer than this.
+                # not wait for it longer than this. Litestream, reading a stream of the
+                # mirror, goes first.
                 self._fetch.stop.set()
-                self._fetching.join(2.0)
             if self._helper is not None:
                 self._helper.kill()
+            if self._fetching is not None and self._fetch is not None:
+                self._fetch.reader_done.set()
+                self._fetching.join(2.0)
         finally:
             fetch.remove_mirror(self.output)
             self._stop.set()
@@ -322,7 +331,44 @@ class Restoring:
                 self._await_fetch(should_stop)
             return self._finish(should_stop, check_early)
         finally:
+            if self._fetch is not None:  # nothing of the fetch outlives the restore
+                self._fetch.stop.set()
+                self._fetch.reader_done.set()
             fetch.remove_mirror(self.output)
+
+    def _wait(self, should_stop: Callable[[], bool] | None) -> tuple[int, str]:
+        """Litestream's exit code and output. A streamed restore (Litestream reading the mirror
+        while it is fetched) whose fetch fails is killed, and whatever it wrote is not trusted,
+        even a complete file: it is removed, and the restore runs again directly from the
+        bucket."""
+        assert self._helper is not None
+        if not self._streaming:
+            return self._helper.wait(should_stop)
+        assert self._fetch is not None and self._fetching is not None
+        fetching = self._fetch
+        code = -1
+        try:
+            code, out = self._helper.wait(lambda: fetching.failed.is_set() or (
+                should_stop is not None and should_stop()))
+        finally:
+            if code != 0:
+                fetching.stop.set()
+            fetching.reader_done.set()  # the pipe may close now: nothing reads it
+            while self._fetching.is_alive():
+                self._fetching.join(0.1)
+        got = self._fetched
+        if isinstance(got, Path) or (should_stop is not None and should_stop()):
+            return code, out
+        if code != 0 and isinstance(got, fetch.Stopped | BrokenPipeError):
+            return code, out  # Litestream failed by itself, and the fetch stopped for it
+        for p in self._files():
+            p.unlink(missing_ok=True)
+        log.get("restore").warning("restore fetch failed", db=self.db.name,
+                                   error=str(got)[:300] or type(got).__name__,
+                                   detail="restoring directly from the bucket")
+        self._streaming = False
+        self._spawn(self._argv)
+        return self._helper.wait(should_stop)
 
     def _finish(self, should_stop: Callable[[], bool] | None,
                 check_early: bool) -> dict[str, Any]:
@@ -341,7 +387,7 @@ class Restoring:
         early = self._early
         code = -1
         try:
-            code, out = self._helper.wait(should_stop)
+            code, out = self._wait(should_stop)
         finally:
             self._stop.set()
             if early is not None and (early.seen is None or code != 0):
