@@ -60,8 +60,8 @@ MAX_REPLANS = 5
 MARGIN = 4 * 1024 * 1024  # free space kept beyond the mirror and the database
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 # A bucket that answers faster than this is next door (loopback, the same host or zone): Litestream's
-# one-request-at-a-time restore loses nothing there, and its download overlaps its decoding,
-# which the mirror (fetch, then decode) cannot, so such a restore goes direct.
+# one-request-at-a-time restore loses nothing there, and the mirror's extra pass over the data
+# would only add to it, so such a restore goes direct.
 NEAR_SECONDS = 0.01
 STREAM_MIN = 2 * CHUNK  # a planned file this large is streamed to Litestream as it comes
 LINK_MIN = 128  # the length of the stream's link target (Litestream wants >= 100 bytes)
@@ -266,6 +266,7 @@ class Fetch:
         # Streaming: `ready` once Litestream may start on the mirror; `failed` when the fetch
         # failed after that (the caller kills Litestream), `reader_done` once it has.
         self.ready = threading.Event()
+        self.committed = threading.Event()  # planned, and the mirror fits: it is being made
         self.failed = threading.Event()
         self.reader_done = threading.Event()
         self.streamed: PlanFile | None = None
@@ -624,6 +625,7 @@ class Fetch:
                         raise Skip("no plan reaches the target", quiet=True)
                     self._space(plan)
                     if not made:
+                        self.committed.set()
                         make_mirror(self.output)
                         made = True
                     self._fetch(plan)
@@ -660,8 +662,8 @@ class Fetch:
 
 def near(db: Database) -> str | None:
     """Why this restore should go straight from the bucket, when it is next door: Litestream
-    alone is as fast there, and its download overlaps its decoding. Decided before anything
-    starts (a restore that starts early, beside the start's probe, must be writing)."""
+    alone is as fast there. Measured while that direct restore already runs (the caller
+    starts it first), so a near restore does not wait for the measure."""
     rtt = round_trip(db)
     if rtt is not None and rtt < NEAR_SECONDS:
         return (f"the bucket answers in {rtt * 1000:.1f} ms: Litestream alone restores as "
@@ -685,10 +687,11 @@ def round_trip(db: Database, timeout: float = 1.0) -> float | None:
 
     try:
         once()  # opens the connection (and the TLS session): not a round trip
-        # The least of up to three answers (a loaded server is slow now and then): one
-        # answer settles it when it is clearly near or clearly far.
+        # The least of up to five answers (a loaded server, or one busy with the direct
+        # restore started beside this measure, is slow now and then): one answer settles it
+        # when it is clearly near or clearly far.
         best = timeout
-        for _ in range(3):
+        for _ in range(5):
             best = min(best, once())
             if best < NEAR_SECONDS or best >= 3 * NEAR_SECONDS:
                 break

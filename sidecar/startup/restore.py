@@ -194,16 +194,38 @@ class Restoring:
         self._fetched: Path | BaseException | None = None
         self._fetching: threading.Thread | None = None
         self._streaming = False  # Litestream was started on the mirror while it was fetched
-        self._direct_note = fetch.near(db) if fetch.usable(db, concurrency) else None
-        if fetch.usable(db, concurrency) and self._direct_note is None:
-            self._fetch = fetch.Fetch(db, output, concurrency, timeout, txid=txid,
+        self._direct_note: str | None = None
+        # Litestream starts now, straight from the bucket. Whether the bucket is far enough
+        # for the mirror to pay is measured beside it (`_decide`, a few requests): a far
+        # bucket's fetch starts there, and `finish` then kills this Litestream, removes what
+        # it wrote, and restores from the mirror; a near one's restore is this one, not
+        # delayed by the measure.
+        self._deciding: threading.Thread | None = None
+        self._decide_lock = threading.Lock()
+        self._cancelled = False
+        self._spawn(self._argv)
+        if fetch.usable(db, concurrency):
+            self._deciding = threading.Thread(
+                target=self._decide, args=(config_path, concurrency, timeout), daemon=True,
+                name="restore-near")
+            self._deciding.start()
+
+    def _decide(self, config_path: Path, concurrency: int, timeout: float) -> None:
+        try:
+            note = fetch.near(self.db)
+        except Exception as exc:  # no measure: the direct restore goes on, as it would
+            note = f"the bucket's round trip could not be measured ({type(exc).__name__})"
+        with self._decide_lock:
+            if note is not None or self._cancelled:
+                self._direct_note = note
+                return
+            txid, timestamp = self._target
+            self._fetch = fetch.Fetch(self.db, self.output, concurrency, timeout, txid=txid,
                                       timestamp=timestamp,
                                       dry_run=lambda: self._dry_run(config_path))
             self._fetching = threading.Thread(target=self._run_fetch, daemon=True,
                                               name="restore-fetch")
             self._fetching.start()
-        else:
-            self._spawn(self._argv)
 
     def _spawn(self, argv: list[str]) -> None:
         try:
@@ -235,17 +257,34 @@ class Restoring:
             raise fetch.Skip(f"litestream restore -dry-run exited {code}")
         return fetch.dry_run_plan(out)
 
+    def _give_way(self) -> None:
+        """The Litestream started straight from the bucket is killed (the mirror restores
+        instead), what it wrote removed, its lines dropped."""
+        if self._helper is not None:
+            self._helper.kill()
+            self._helper = None
+        for p in self._files():
+            p.unlink(missing_ok=True)
+        with self._lock:
+            if self._held is not None:
+                self._held.clear()
+
     def _await_fetch(self, should_stop: Callable[[], bool] | None) -> None:
         """Wait for the fetch (or, when it streams its largest file, for the mirror to be
-        ready), then start Litestream: from the mirror, or directly from the bucket when there
-        is no mirror (and the log says why)."""
+        ready). The Litestream started straight from the bucket goes on until the fetch
+        commits to a mirror (the plan made, the space there), and is then killed; with a
+        mirror, Litestream restarts from it. Without one, the direct restore is the restore
+        (started again if it was killed), and the log says why."""
         assert self._fetching is not None and self._fetch is not None
-        while self._fetching.is_alive() and not self._fetch.ready.is_set():
+        fetching = self._fetch
+        while self._fetching.is_alive() and not fetching.ready.is_set():
+            if fetching.committed.is_set():
+                self._give_way()
             self._fetching.join(0.1)
             if should_stop is not None and self._fetching.is_alive() \
-                    and not self._fetch.ready.is_set() and should_stop():
-                assert self._fetch is not None
-                self._fetch.stop.set()
+                    and not fetching.ready.is_set() and should_stop():
+                fetching.stop.set()
+                self._give_way()
                 self._fetching.join(2.0)  # as in cancel()
                 fetch.remove_mirror(self.output)
                 raise RestoreError(f"cannot restore {self.db.name} from "
@@ -253,10 +292,11 @@ class Restoring:
                                    "stopped while fetching its files")
         logger = log.get("restore")
         got = self._fetched
-        if self._fetching.is_alive() and self._fetch.ready.is_set():
-            got = self._fetch.root  # streamed: Litestream reads while the fetch goes on
+        if self._fetching.is_alive() and fetching.ready.is_set():
+            got = fetching.root  # streamed: Litestream reads while the fetch goes on
             self._streaming = True
         if isinstance(got, Path):
+            self._give_way()
             txid, timestamp = self._target
             cfg = fetch.mirror_config(got, self.output)
             argv = [self.binary, "restore", "-config", str(cfg), "-no-expand-env",
@@ -273,7 +313,8 @@ class Restoring:
             logger.warning("restore fetch failed", db=self.db.name,
                            error=str(got)[:300] or type(got).__name__,
                            detail="restoring directly from the bucket")
-        self._spawn(self._argv)
+        if self._helper is None:
+            self._spawn(self._argv)
 
     def _on_line(self, line: str) -> None:
         with self._lock:
@@ -296,6 +337,8 @@ class Restoring:
 
     def cancel(self) -> None:
         """Kill the restore and remove whatever it wrote (no check, no file left)."""
+        with self._decide_lock:
+            self._cancelled = True  # no fetch starts after this
         try:
             if self._fetching is not None and self._fetch is not None:
                 # A request in flight returns within its own timeout; the fetch then stops
@@ -322,11 +365,18 @@ class Restoring:
         Raises RestoreError; leaves no partial file behind. `check_early`: run the check on
         Litestream's temporary file while Litestream syncs it (_EarlyCheck), for a Litestream
         0.5 backup (restored in one sequential pass)."""
-        if self._direct_note is not None:
-            log.get("restore").info("restore fetch skipped", db=self.db.name,
-                                    reason=self._direct_note,
-                                    detail="restoring directly from the bucket")
         try:
+            if self._deciding is not None:
+                while self._deciding.is_alive():
+                    self._deciding.join(0.1)
+                    if should_stop is not None and should_stop():
+                        with self._decide_lock:
+                            self._cancelled = True
+                        break
+            if self._direct_note is not None:
+                log.get("restore").info("restore fetch skipped", db=self.db.name,
+                                        reason=self._direct_note,
+                                        detail="restoring directly from the bucket")
             if self._fetching is not None:
                 self._await_fetch(should_stop)
             return self._finish(should_stop, check_early)
