@@ -407,8 +407,10 @@ class Restoring:
             while self._fetching.is_alive():
                 self._fetching.join(0.1)
         got = self._fetched
-        if isinstance(got, Path) or (should_stop is not None and should_stop()):
+        if isinstance(got, Path):
             return code, out
+        if should_stop is not None and should_stop():
+            return code or -1, out  # stopped meanwhile: a failed restore, whatever was written
         if code != 0 and isinstance(got, fetch.Stopped | BrokenPipeError):
             return code, out  # Litestream failed by itself, and the fetch stopped for it
         for p in self._files():
