@@ -177,10 +177,11 @@ def med(xs: list[float]) -> float | None:
 
 
 def render(results: list[dict[str, Any]], command: str, failures: list[str],
-           elapsed: float) -> str:
+           elapsed: float, load: tuple[float, float] = (0.0, 0.0)) -> str:
     lines = [HEAD, "",
              f"`{command}` ({elapsed / 60:.1f} min; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-             f", {os.cpu_count()} cores). Seconds, medians of the runs; sidecar and the plain "
+             f", {os.cpu_count()} cores, load average {load[0]:.1f} at the start and "
+             f"{load[1]:.1f} at the end). Seconds, medians of the runs; sidecar and the plain "
              "run.sh from launch to the app's first line, raw `litestream restore` and the "
              "floor (raw restore from a local `file://` copy of the same backup) from launch "
              "to exit. Speed vs raw = raw time / sidecar time.", "",
@@ -222,7 +223,8 @@ def render(results: list[dict[str, Any]], command: str, failures: list[str],
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, command: str | None = None) -> int:
+    """`command`: the command line the section names (bench/run.py passes its own)."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100,1024", help="database sizes in MB (100,1024)")
@@ -232,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=50, help="MB/s a connection (50)")
     ap.add_argument("--out", type=Path, default=HERE / "results.md")
     args = ap.parse_args(argv)
-    command = "python bench/network.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command or ("python bench/network.py "
+                          + " ".join(argv if argv is not None else sys.argv[1:]))
     settings = [("0 ms", 0.0, None),
                 (f"{args.delay * 1000:g} ms / {args.rate:g} MB/s", args.delay, args.rate * 1e6)]
     h.compile_sidecar()
-    t0 = time.monotonic()
+    t0, load0 = time.monotonic(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="sidecar-bench-net-"))
     s3 = h.S3(work / "s3")
     s3.start()
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)
-    section = render(results, command.strip(), failures, time.monotonic() - t0)
+    section = render(results, command.strip(), failures, time.monotonic() - t0,
+                     (load0, os.getloadavg()[0]))
     print(section)
     write_section(args.out, section, HEAD)
     return 1 if failures else 0

@@ -6,6 +6,7 @@
     python bench/run.py                  # the full run (300 MB and 1 GB restores)
     python bench/run.py --quick          # a short run with small sizes, one run each
     python bench/run.py --sizes 100,300  # other restore sizes (MB)
+    python bench/run.py --network-sizes 100  # the network table's sizes (MB; "" for none)
 
 How it keeps the comparison fair: one clock (the bench's own time.monotonic, from launching a
 command to its app's first line, or to its exit for raw `litestream restore`); the order of
@@ -14,7 +15,9 @@ at the start of every section and warmed up with one untimed request of the same
 the timed runs; every restore is verified (row count and `PRAGMA quick_check`), and a failed
 verification is a failed run, listed in the results.
 
-Writes a markdown table (every run, medians, ratios, targets) to bench/results.md and prints it.
+Writes a markdown table (every run, medians, ratios, targets) to bench/results.md and prints it,
+then runs bench/network.py (restore over a real bucket's network: loopback and the shaping
+proxy, against the local-replica floor) and writes and prints its table too, one run of each.
 Exits 1 when any run failed; a missed target is a result, not a failure.
 """
 
@@ -698,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, help="timed runs per entrypoint (default 3; --quick 1)")
     ap.add_argument("--resource-seconds", type=float,
                     help="how long CPU/RSS are sampled per run (default 30; --quick 3)")
+    ap.add_argument("--network-sizes", help="the network table's restore sizes in MB "
+                    "(default 100,1024; --quick 8; empty: no network table)")
     ap.add_argument("--out", type=Path, default=HERE / "results.md")
     args = ap.parse_args(argv)
     try:
@@ -714,7 +719,17 @@ def main(argv: list[str] | None = None) -> int:
     command = ("python bench/run.py " + " ".join(argv if argv is not None
                                                  else sys.argv[1:])).strip()
     rows = run(plan, args.out, command)
-    return 1 if any(r.failures for r in rows) else 0
+    failed = any(r.failures for r in rows)
+    net = args.network_sizes if args.network_sizes is not None else (
+        "8" if args.quick else "100,1024")
+    if net:
+        import network
+
+        net_argv = ["--sizes", net] + (["--shapes", "snapshot"] if args.quick else [])
+        failed |= network.main([*net_argv, "--out", str(args.out)],
+                               command=f"{command} (its network part: python bench/network.py "
+                                       f"{' '.join(net_argv)})") != 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,19 @@ the `file://` replica layout, each file's modification time set to the timestamp
 header (what Litestream's file replica reads for `-timestamp`). Litestream then restores from
 the mirror, so it still decodes, checks and writes the database.
 
+The plan's largest file (the snapshot, when it is at least STREAM_MIN) is streamed: its ranges
+are fetched into `stream/` in the mirror, and, in order, as each arrives, written into a named
+pipe that Litestream reads in that file's place, so Litestream decodes while the rest is still
+on its way. `ready` is set once the other files are whole and the pipe is in place: the caller
+then starts Litestream. The file replica lists a level with lstat and opens the file
+(following a link), and it refuses a file listed smaller than an LTX header, so the pipe is
+reached through a link whose own size (the length of its target) is over 100 bytes; its time
+is set to the header's, as any other file's. A pipe cannot be read twice or from an offset:
+Litestream reads each planned file once, from the start; a reopen at an offset fails. When
+the fetch fails after Litestream started, `failed` is set and the pipe is held open until the
+caller says Litestream is gone (`reader_done`): Litestream is killed, never shown an early end
+(which it would also refuse: an LTX file ends with its trailer and checksum).
+
 A file gone between the plan and its GET (retention) means a new plan; 408, 429 and 5xx
 answers and dropped connections are retried with backoff. Where the mirror and the database
 do not both fit on the volume, or the replica is not a Litestream 0.5 backup on S3, `prepare`
@@ -21,6 +34,8 @@ returns None and the caller restores directly, as before.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -45,9 +60,12 @@ MAX_REPLANS = 5
 MARGIN = 4 * 1024 * 1024  # free space kept beyond the mirror and the database
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 # A bucket that answers faster than this is next door (loopback, the same host or zone): Litestream's
-# one-request-at-a-time restore loses nothing there, and its download overlaps its decoding,
-# which the mirror (fetch, then decode) cannot, so such a restore goes direct.
+# one-request-at-a-time restore loses nothing there, and the mirror's extra pass over the data
+# would only add to it, so such a restore goes direct.
 NEAR_SECONDS = 0.01
+STREAM_MIN = 2 * CHUNK  # a planned file this large is streamed to Litestream as it comes
+LINK_MIN = 128  # the length of the stream's link target (Litestream wants >= 100 bytes)
+OPEN_WAIT = 120.0  # seconds the stream waits for Litestream to open its pipe
 
 _active_lock = threading.Lock()
 _active: dict[str, dict[str, Any]] = {}  # output path -> progress of a running fetch
@@ -222,7 +240,7 @@ class Fetch:
     def __init__(self, db: Database, output: Path, concurrency: int, timeout: float, *,
                  txid: str | None = None, timestamp: str | None = None,
                  dry_run: Callable[[], list[dict[str, Any]]] | None = None,
-                 stop: threading.Event | None = None,
+                 stop: threading.Event | None = None, stream: bool = True,
                  free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free):
         self.db, self.output = db, output
         self.root = mirror_path(output)
@@ -244,6 +262,18 @@ class Fetch:
         self._abort = threading.Event()  # one range failed: the others of this round stop
         self._client: Any = None
         self._store: replica.S3Store | None = None
+        self.stream = stream
+        # Streaming: `ready` once Litestream may start on the mirror; `failed` when the fetch
+        # failed after that (the caller kills Litestream), `reader_done` once it has.
+        self.ready = threading.Event()
+        self.committed = threading.Event()  # planned, and the mirror fits: it is being made
+        self.failed = threading.Event()
+        self.reader_done = threading.Event()
+        self.streamed: PlanFile | None = None
+        self._cond = threading.Condition(self._lock)
+        self._ranges_done: set[tuple[PlanFile, int]] = set()
+        self._pending_whole = 0  # files of the plan not streamed and not yet whole
+        self._range_error: BaseException | None = None
 
     # ---------------------------------------------------------------- planning
 
@@ -370,24 +400,32 @@ class Fetch:
 
     def _fetch(self, plan: list[PlanFile]) -> None:
         """Every file of `plan` into the mirror (files already there whole are kept, files
-        of an older plan removed). Raises Gone, Stopped or the request's error."""
+        of an older plan removed), the largest streamed (see the module's text) when it is
+        big enough. Raises Gone, Stopped or the request's error."""
         # A file fetched whole by an earlier plan (its .ok beside it) is kept, not fetched again.
         keep = {f.local for f in plan} | {f.local + ".ok" for f in plan}
         for p in sorted(self.root.glob("ltx/*/*")):
             if str(p.relative_to(self.root)) not in keep:
                 p.unlink(missing_ok=True)
+        shutil.rmtree(self.root / "stream", ignore_errors=True)
         todo = [f for f in plan if not self._done(f)]
+        big = max(todo, key=lambda f: f.size, default=None)
+        streamed = big if self.stream and big is not None and big.size >= STREAM_MIN else None
         with self._lock:
             self.planned_bytes = sum(f.size for f in plan)
             self.planned_files = len(plan)
             self.fetched_bytes = sum(f.size for f in plan if f not in todo)
             self.fetched_files = len(plan) - len(todo)
+            self._ranges_done.clear()
+            self._pending_whole = len(todo) - (streamed is not None)
+            self._range_error = None
+            self.streamed = streamed
         fds: dict[PlanFile, int] = {}
         left: dict[PlanFile, int] = {}
         tasks: list[tuple[PlanFile, int, int]] = []
         try:
             for f in todo:
-                path = self.root / f.local
+                path = self._staged(f) if f is streamed else self.root / f.local
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                 fds[f] = fd
@@ -395,18 +433,30 @@ class Fetch:
                 ranges = [(a, min(a + CHUNK, f.size) - 1) for a in range(0, f.size, CHUNK)]
                 left[f] = len(ranges)
                 tasks += [(f, a, b) for a, b in ranges]
-            # The biggest first: the snapshot's ranges start at once, the small files fill in.
-            tasks.sort(key=lambda t: -t[0].size)
+            if streamed is None:
+                # The biggest first: the snapshot's ranges start at once, the small files fill in.
+                tasks.sort(key=lambda t: -t[0].size)
+            else:
+                # The other files first (Litestream starts once they are whole), then the
+                # streamed file's ranges in the order they are fed.
+                tasks.sort(key=lambda t: (t[0] is streamed, t[1]))
             with ThreadPoolExecutor(max_workers=self.concurrency,
                                     thread_name_prefix="restore-fetch") as pool:
                 futures = [pool.submit(self._range, f, a, b, fds[f], left) for f, a, b in tasks]
+                fed: BaseException | None = None
+                if streamed is not None:
+                    try:
+                        self._feed(streamed, fds[streamed])
+                    except BaseException as exc:
+                        fed = exc
+                        self._abort.set()  # the ranges still to come stop
                 done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [fu for fu in done if fu.exception() is not None]
-                if failed:
+                errors = [fu.exception() for fu in done if fu.exception() is not None]
+                errors += [fed] if fed is not None else []
+                if errors:
                     self._abort.set()  # the other ranges stop at their next chunk
                     for fu in pending:
                         fu.cancel()
-                    errors = [fu.exception() for fu in failed]
                     exc = next((e for e in errors if not isinstance(e, Stopped)), errors[0])
                     assert exc is not None
                     raise exc
@@ -415,12 +465,24 @@ class Fetch:
             for fd in fds.values():
                 os.close(fd)
 
+    def _staged(self, f: PlanFile) -> Path:
+        """Where the streamed file's ranges land before they are fed to the pipe."""
+        return self.root / "stream" / f"data-{f.name}"
+
     def _range(self, f: PlanFile, a: int, b: int, fd: int, left: dict[PlanFile, int]) -> None:
-        self._get(f, a, b, fd)
-        with self._lock:
+        try:
+            self._get(f, a, b, fd)
+        except BaseException as exc:
+            with self._cond:
+                self._range_error = exc
+                self._cond.notify_all()
+            raise
+        with self._cond:
             left[f] -= 1
             last = left[f] == 0
-        if last:
+            self._ranges_done.add((f, a))
+            self._cond.notify_all()
+        if last and f is not self.streamed:
             self._finish_file(f, fd)
 
     def _finish_file(self, f: PlanFile, fd: int) -> None:
@@ -433,9 +495,86 @@ class Fetch:
         ns = info[2] * 1_000_000
         os.utime(self.root / f.local, ns=(ns, ns))
         (self.root / f.local).with_name(f.name + ".ok").touch()
-        with self._lock:
+        with self._cond:
             self.fetched_files += 1
+            self._pending_whole -= 1
+            self._cond.notify_all()
         self._publish()
+
+    # ---------------------------------------------------------------- streaming
+
+    def _wait_for(self, ready: Callable[[], bool]) -> None:
+        """Until `ready()` (asked under the lock); Stopped when a range failed or the fetch
+        is stopped."""
+        with self._cond:
+            while not ready():
+                if self._range_error is not None or self.stop.is_set() or self._abort.is_set():
+                    raise Stopped()
+                self._cond.wait(0.1)
+
+    def _feed(self, f: PlanFile, fd: int) -> None:
+        """Put the pipe in `f`'s place once the other files are whole, set `ready`, and
+        write `f` into the pipe range by range as the ranges arrive."""
+        self._wait_for(lambda: self._pending_whole == 0 and (f, 0) in self._ranges_done)
+        pipe = self._make_pipe(f, fd)
+        self.ready.set()
+        out: int | None = None
+        try:
+            out = self._open_pipe(pipe)
+            for a in range(0, f.size, CHUNK):
+                self._wait_for(lambda a=a: (f, a) in self._ranges_done)  # type: ignore[misc]
+                view = memoryview(os.pread(fd, min(CHUNK, f.size - a), a))
+                while view:
+                    view = view[os.write(out, view):]
+            with self._cond:
+                self.fetched_files += 1
+        except BaseException:
+            # Litestream is killed by the caller before it can see the pipe end early.
+            self.failed.set()
+            if out is not None:
+                self.reader_done.wait(OPEN_WAIT)
+            raise
+        finally:
+            if out is not None:
+                os.close(out)
+
+    def _make_pipe(self, f: PlanFile, fd: int) -> Path:
+        """The named pipe, and the link to it at `f`'s place in the mirror, stamped with the
+        time of `f`'s header (its first range is there)."""
+        info = header_info(os.pread(fd, 100, 0))
+        if info is None:
+            raise OSError(f"{f.s3_key} is not an LTX file")
+        # The link's target is padded to LINK_MIN characters: its length is the link's size.
+        base = os.path.abspath(self.root / "stream" / f"pipe-{f.name}")
+        pipe = Path(base).with_name("pipe-" + "0" * max(0, LINK_MIN - len(base)) + f.name)
+        os.mkfifo(pipe, 0o600)
+        link = self.root / f.local
+        link.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.symlink(pipe, link)
+        ns = info[2] * 1_000_000
+        os.utime(link, ns=(ns, ns), follow_symlinks=False)
+        return pipe
+
+    def _open_pipe(self, pipe: Path) -> int:
+        """The pipe opened for writing once Litestream has opened it for reading (an open
+        that would wait for a reader is retried, so a Litestream that never opens it does
+        not hold the fetch)."""
+        end = time.monotonic() + OPEN_WAIT
+        while True:
+            if self.stop.is_set() or self._abort.is_set() or self.reader_done.is_set():
+                raise Stopped()
+            try:
+                fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                if time.monotonic() > end:
+                    raise LocalError(f"Litestream did not open the stream of the mirror in "
+                                     f"{OPEN_WAIT:g} s") from None
+                time.sleep(0.005)
+                continue
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            return fd
 
     def _done(self, f: PlanFile) -> bool:
         p = self.root / f.local
@@ -486,11 +625,15 @@ class Fetch:
                         raise Skip("no plan reaches the target", quiet=True)
                     self._space(plan)
                     if not made:
+                        self.committed.set()
                         make_mirror(self.output)
                         made = True
                     self._fetch(plan)
                     break
                 except Gone:
+                    if self.ready.is_set():  # Litestream has made its plan from the mirror
+                        raise Skip("a planned file went away while Litestream was restoring "
+                                   "from the mirror") from None
                     self.replans += 1
                     if self.replans > MAX_REPLANS:
                         raise Skip(f"the bucket's files kept changing ({self.replans} plans)"
@@ -501,9 +644,14 @@ class Fetch:
             for ok in self.root.glob("ltx/*/*.ok"):
                 ok.unlink()
             self.logger.info("restore fetched", replans=self.replans, retries=self.retries,
-                             concurrency=self.concurrency, **self._fields())
+                             concurrency=self.concurrency, streamed=self.streamed is not None,
+                             **self._fields())
             return self.root
         except BaseException:
+            if self.ready.is_set():
+                # Litestream may be reading the mirror: the caller kills it, then the mirror goes.
+                self.failed.set()
+                self.reader_done.wait(OPEN_WAIT)
             remove_mirror(self.output)
             raise
         finally:
@@ -514,8 +662,8 @@ class Fetch:
 
 def near(db: Database) -> str | None:
     """Why this restore should go straight from the bucket, when it is next door: Litestream
-    alone is as fast there, and its download overlaps its decoding. Decided before anything
-    starts (a restore that starts early, beside the start's probe, must be writing)."""
+    alone is as fast there. Measured while that direct restore already runs (the caller
+    starts it first), so a near restore does not wait for the measure."""
     rtt = round_trip(db)
     if rtt is not None and rtt < NEAR_SECONDS:
         return (f"the bucket answers in {rtt * 1000:.1f} ms: Litestream alone restores as "
@@ -539,10 +687,11 @@ def round_trip(db: Database, timeout: float = 1.0) -> float | None:
 
     try:
         once()  # opens the connection (and the TLS session): not a round trip
-        # The least of up to three answers (a loaded server is slow now and then): one
-        # answer settles it when it is clearly near or clearly far.
+        # The least of up to five answers (a loaded server, or one busy with the direct
+        # restore started beside this measure, is slow now and then): one answer settles it
+        # when it is clearly near or clearly far.
         best = timeout
-        for _ in range(3):
+        for _ in range(5):
             best = min(best, once())
             if best < NEAR_SECONDS or best >= 3 * NEAR_SECONDS:
                 break

@@ -193,16 +193,39 @@ class Restoring:
         self._fetch: fetch.Fetch | None = None
         self._fetched: Path | BaseException | None = None
         self._fetching: threading.Thread | None = None
-        self._direct_note = fetch.near(db) if fetch.usable(db, concurrency) else None
-        if fetch.usable(db, concurrency) and self._direct_note is None:
-            self._fetch = fetch.Fetch(db, output, concurrency, timeout, txid=txid,
+        self._streaming = False  # Litestream was started on the mirror while it was fetched
+        self._direct_note: str | None = None
+        # Litestream starts now, straight from the bucket. Whether the bucket is far enough
+        # for the mirror to pay is measured beside it (`_decide`, a few requests): a far
+        # bucket's fetch starts there, and `finish` then kills this Litestream, removes what
+        # it wrote, and restores from the mirror; a near one's restore is this one, not
+        # delayed by the measure.
+        self._deciding: threading.Thread | None = None
+        self._decide_lock = threading.Lock()
+        self._cancelled = False
+        self._spawn(self._argv)
+        if fetch.usable(db, concurrency):
+            self._deciding = threading.Thread(
+                target=self._decide, args=(config_path, concurrency, timeout), daemon=True,
+                name="restore-near")
+            self._deciding.start()
+
+    def _decide(self, config_path: Path, concurrency: int, timeout: float) -> None:
+        try:
+            note = fetch.near(self.db)
+        except Exception as exc:  # no measure: the direct restore goes on, as it would
+            note = f"the bucket's round trip could not be measured ({type(exc).__name__})"
+        with self._decide_lock:
+            if note is not None or self._cancelled:
+                self._direct_note = note
+                return
+            txid, timestamp = self._target
+            self._fetch = fetch.Fetch(self.db, self.output, concurrency, timeout, txid=txid,
                                       timestamp=timestamp,
                                       dry_run=lambda: self._dry_run(config_path))
             self._fetching = threading.Thread(target=self._run_fetch, daemon=True,
                                               name="restore-fetch")
             self._fetching.start()
-        else:
-            self._spawn(self._argv)
 
     def _spawn(self, argv: list[str]) -> None:
         try:
@@ -234,15 +257,34 @@ class Restoring:
             raise fetch.Skip(f"litestream restore -dry-run exited {code}")
         return fetch.dry_run_plan(out)
 
+    def _give_way(self) -> None:
+        """The Litestream started straight from the bucket is killed (the mirror restores
+        instead), what it wrote removed, its lines dropped."""
+        if self._helper is not None:
+            self._helper.kill()
+            self._helper = None
+        for p in self._files():
+            p.unlink(missing_ok=True)
+        with self._lock:
+            if self._held is not None:
+                self._held.clear()
+
     def _await_fetch(self, should_stop: Callable[[], bool] | None) -> None:
-        """Wait for the fetch, then start Litestream: from the mirror, or directly from the
-        bucket when there is no mirror (and the log says why)."""
-        assert self._fetching is not None
-        while self._fetching.is_alive():
+        """Wait for the fetch (or, when it streams its largest file, for the mirror to be
+        ready). The Litestream started straight from the bucket goes on until the fetch
+        commits to a mirror (the plan made, the space there), and is then killed; with a
+        mirror, Litestream restarts from it. Without one, the direct restore is the restore
+        (started again if it was killed), and the log says why."""
+        assert self._fetching is not None and self._fetch is not None
+        fetching = self._fetch
+        while self._fetching.is_alive() and not fetching.ready.is_set():
+            if fetching.committed.is_set():
+                self._give_way()
             self._fetching.join(0.1)
-            if should_stop is not None and self._fetching.is_alive() and should_stop():
-                assert self._fetch is not None
-                self._fetch.stop.set()
+            if should_stop is not None and self._fetching.is_alive() \
+                    and not fetching.ready.is_set() and should_stop():
+                fetching.stop.set()
+                self._give_way()
                 self._fetching.join(2.0)  # as in cancel()
                 fetch.remove_mirror(self.output)
                 raise RestoreError(f"cannot restore {self.db.name} from "
@@ -250,7 +292,11 @@ class Restoring:
                                    "stopped while fetching its files")
         logger = log.get("restore")
         got = self._fetched
+        if self._fetching.is_alive() and fetching.ready.is_set():
+            got = fetching.root  # streamed: Litestream reads while the fetch goes on
+            self._streaming = True
         if isinstance(got, Path):
+            self._give_way()
             txid, timestamp = self._target
             cfg = fetch.mirror_config(got, self.output)
             argv = [self.binary, "restore", "-config", str(cfg), "-no-expand-env",
@@ -267,7 +313,8 @@ class Restoring:
             logger.warning("restore fetch failed", db=self.db.name,
                            error=str(got)[:300] or type(got).__name__,
                            detail="restoring directly from the bucket")
-        self._spawn(self._argv)
+        if self._helper is None:
+            self._spawn(self._argv)
 
     def _on_line(self, line: str) -> None:
         with self._lock:
@@ -290,15 +337,20 @@ class Restoring:
 
     def cancel(self) -> None:
         """Kill the restore and remove whatever it wrote (no check, no file left)."""
+        with self._decide_lock:
+            self._cancelled = True  # no fetch starts after this
         try:
             if self._fetching is not None and self._fetch is not None:
                 # A request in flight returns within its own timeout; the fetch then stops
                 # and removes its mirror itself, so a cancel (a dead bucket at start) does
-                # not wait for it longer than this.
+                # not wait for it longer than this. Litestream, reading a stream of the
+                # mirror, goes first.
                 self._fetch.stop.set()
-                self._fetching.join(2.0)
             if self._helper is not None:
                 self._helper.kill()
+            if self._fetching is not None and self._fetch is not None:
+                self._fetch.reader_done.set()
+                self._fetching.join(2.0)
         finally:
             fetch.remove_mirror(self.output)
             self._stop.set()
@@ -313,16 +365,62 @@ class Restoring:
         Raises RestoreError; leaves no partial file behind. `check_early`: run the check on
         Litestream's temporary file while Litestream syncs it (_EarlyCheck), for a Litestream
         0.5 backup (restored in one sequential pass)."""
-        if self._direct_note is not None:
-            log.get("restore").info("restore fetch skipped", db=self.db.name,
-                                    reason=self._direct_note,
-                                    detail="restoring directly from the bucket")
         try:
+            if self._deciding is not None:
+                while self._deciding.is_alive():
+                    self._deciding.join(0.1)
+                    if should_stop is not None and should_stop():
+                        with self._decide_lock:
+                            self._cancelled = True
+                        break
+            if self._direct_note is not None:
+                log.get("restore").info("restore fetch skipped", db=self.db.name,
+                                        reason=self._direct_note,
+                                        detail="restoring directly from the bucket")
             if self._fetching is not None:
                 self._await_fetch(should_stop)
             return self._finish(should_stop, check_early)
         finally:
+            if self._fetch is not None:  # nothing of the fetch outlives the restore
+                self._fetch.stop.set()
+                self._fetch.reader_done.set()
             fetch.remove_mirror(self.output)
+
+    def _wait(self, should_stop: Callable[[], bool] | None) -> tuple[int, str]:
+        """Litestream's exit code and output. A streamed restore (Litestream reading the mirror
+        while it is fetched) whose fetch fails is killed, and whatever it wrote is not trusted,
+        even a complete file: it is removed, and the restore runs again directly from the
+        bucket."""
+        assert self._helper is not None
+        if not self._streaming:
+            return self._helper.wait(should_stop)
+        assert self._fetch is not None and self._fetching is not None
+        fetching = self._fetch
+        code = -1
+        try:
+            code, out = self._helper.wait(lambda: fetching.failed.is_set() or (
+                should_stop is not None and should_stop()))
+        finally:
+            if code != 0:
+                fetching.stop.set()
+            fetching.reader_done.set()  # the pipe may close now: nothing reads it
+            while self._fetching.is_alive():
+                self._fetching.join(0.1)
+        got = self._fetched
+        if isinstance(got, Path):
+            return code, out
+        if should_stop is not None and should_stop():
+            return code or -1, out  # stopped meanwhile: a failed restore, whatever was written
+        if code != 0 and isinstance(got, fetch.Stopped | BrokenPipeError):
+            return code, out  # Litestream failed by itself, and the fetch stopped for it
+        for p in self._files():
+            p.unlink(missing_ok=True)
+        log.get("restore").warning("restore fetch failed", db=self.db.name,
+                                   error=str(got)[:300] or type(got).__name__,
+                                   detail="restoring directly from the bucket")
+        self._streaming = False
+        self._spawn(self._argv)
+        return self._helper.wait(should_stop)
 
     def _finish(self, should_stop: Callable[[], bool] | None,
                 check_early: bool) -> dict[str, Any]:
@@ -341,7 +439,7 @@ class Restoring:
         early = self._early
         code = -1
         try:
-            code, out = self._helper.wait(should_stop)
+            code, out = self._wait(should_stop)
         finally:
             self._stop.set()
             if early is not None and (early.seen is None or code != 0):

@@ -89,6 +89,7 @@ def test_many_files_and_a_large_snapshot_are_fetched_in_parallel(
     assert fetched is not None, sc.output()
     assert fetched["files_planned"] >= 10 and fetched["files_fetched"] == fetched["files_planned"]
     assert fetched["bytes_fetched"] == fetched["bytes_planned"] > 20_000_000
+    assert fetched["streamed"] is True  # Litestream read the snapshot while it came
     snapshot_gets = [t for m, t in shaper.requests if m == "GET" and "/0009/" in t]
     assert len(snapshot_gets) == 3, snapshot_gets  # 3 ranges of 8 MiB, one GET each
     assert shaper.connections >= 3
@@ -236,8 +237,9 @@ def test_a_timestamp_restore_from_the_mirror_equals_the_bucket(
             out = tmp_path / f"{label}-{i}.db"
             res = run_sidecar(["restore", "--output", str(out), "--timestamp", at], e, tmp_path)
             events = [json.loads(ln) for ln in res.stderr.splitlines() if ln.startswith("{")]
-            fetched = any(ev.get("message") == "restore fetched" for ev in events)
-            assert fetched == (label == "mirror"), res.stderr[-3000:]
+            fetched = [ev for ev in events if ev.get("message") == "restore fetched"]
+            assert bool(fetched) == (label == "mirror"), res.stderr[-3000:]
+            assert all(ev["streamed"] is True for ev in fetched), fetched  # the snapshot
             outs[label] = (res.returncode, _values(out) if res.returncode == 0 else None)
         assert outs["mirror"] == outs["bucket"], (i, at, outs)
         if i < 7:
@@ -339,3 +341,110 @@ def test_each_database_of_a_directory_restores_through_the_mirror(
     for name, values in want.items():
         assert _values(tmp_path / "data" / "tenants" / name) == values
     assert not list((tmp_path / "data" / "tenants").glob(".*.mirror"))
+
+
+def test_a_stream_cut_after_litestream_started_restores_directly(
+        tmp_path: Path, s3: S3Server, shapers: Callable[..., Shaper]) -> None:
+    """The snapshot is streamed to Litestream while its ranges are fetched; once Litestream
+    is writing its file, a later range of the snapshot is refused (403: not retried). The
+    fetch fails mid-stream: that Litestream is killed and its file removed, never taken as
+    good, the restore runs again straight from the bucket, the app reads exactly the rows
+    written, and no mirror or partial file is left."""
+    data = tmp_path / "data"
+    refused: list[str] = []
+
+    def cut(method: str, target: str) -> int | None:
+        writing = list(data.glob(".app.db.sidecar-restore-*.tmp"))
+        if method == "GET" and "/0009/" in target and writing and not refused:
+            refused.append(target)
+            return 403
+        return None
+
+    shaper = shapers(s3, delay=0.02, rate=8e6, fail=cut)
+    env, app, values, _ = _setup(tmp_path, s3, shaper, small=4, blob_mb=48)
+    env["SIDECAR_RESTORE_CONCURRENCY"] = "2"
+    got, sc = _start(env, app, tmp_path)
+    assert refused, "no snapshot range was asked for while Litestream was writing"
+    assert got == values
+    failed = sc.event("restore fetch failed")
+    assert failed is not None and "GetObject" in failed["error"], sc.output()
+    assert sc.event("restore fetched") is None
+    exits = [e for e in sc.events if e.get("message") == "litestream restore exited"]
+    assert [e["code"] for e in exits] == [0], exits  # the killed one is not the restore's
+    assert not list(data.glob(".app.db.sidecar-restore-*"))
+
+
+def test_litestream_reads_a_linked_pipe_once_and_refuses_an_early_end(tmp_path: Path) -> None:
+    """What the streamed restore relies on, asked of the installed Litestream: in a file
+    replica, a snapshot that is a link (over 100 bytes of target) to a named pipe is listed
+    and read once, from its start, and restores every row; a pipe that ends early fails the
+    restore and leaves no file."""
+    import os
+    import threading
+    import time
+
+    from sidecar.fetch import header_info
+    from testkit.sidecar import tool
+
+    src = tmp_path / "src.db"
+    con = sqlite3.connect(src, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE b(id INTEGER PRIMARY KEY, x BLOB)")
+    con.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                "WHERE i < 5000) INSERT INTO b(x) SELECT randomblob(2000) FROM n")
+    rep = tmp_path / "rep"
+    cfg = tmp_path / "ls.yml"
+    cfg.write_text(f"dbs:\n  - path: {src}\n    replica:\n      type: file\n"
+                   f"      path: {rep}\n      sync-interval: 100ms\n")
+    proc = subprocess.Popen([tool("litestream"), "replicate", "-config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any((rep / "ltx" / "9").glob("*.ltx")), 30, what="a snapshot")
+        time.sleep(1.0)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    con.close()
+    snap = sorted((rep / "ltx" / "9").glob("*.ltx"))[-1]
+    body = snap.read_bytes()
+    info = header_info(body[:100])
+    assert info is not None
+    pipe = tmp_path / ("pipe-" + "0" * 120)
+    os.mkfifo(pipe)
+    snap.unlink()
+    snap.symlink_to(pipe)
+    os.utime(snap, ns=(info[2] * 1_000_000,) * 2, follow_symlinks=False)
+
+    def restore(feed: bytes) -> tuple[int, Path, int]:
+        opened = []
+
+        def writer() -> None:
+            fd = os.open(pipe, os.O_WRONLY)  # waits for Litestream to open its end
+            opened.append(1)
+            view = memoryview(feed)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            except BrokenPipeError:
+                pass  # Litestream stopped reading: what it does then is the question
+            finally:
+                os.close(fd)
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        out = tmp_path / f"out-{len(feed)}.db"
+        res = subprocess.run([tool("litestream"), "restore", "-o", str(out), f"file://{rep}"],
+                             capture_output=True, text=True, timeout=60)
+        t.join(10)
+        return res.returncode, out, len(opened)
+
+    code, out, opened = restore(body)
+    assert code == 0 and opened == 1
+    got = sqlite3.connect(out)
+    assert got.execute("SELECT count(*) FROM b").fetchone() == (5000,)
+    assert got.execute("PRAGMA quick_check").fetchone() == ("ok",)
+    got.close()
+    for cut in (len(body) // 2, len(body) - 1):
+        code, out, opened = restore(body[:cut])
+        assert code != 0 and opened == 1
+        assert not out.exists() and not out.with_name(out.name + ".tmp").exists()

@@ -1,0 +1,166 @@
+"""The streamed file of a fetch (fetch.Fetch._fetch with a file of STREAM_MIN or more): the
+other files are whole and stamped before `ready`, the link in the streamed file's place is
+over 100 bytes long and carries its header's time, the pipe gives exactly the file's bytes in
+order; a range that fails after `ready` never ends the pipe before `reader_done`.
+
+A fake bucket in memory stands in for S3 here (the logic only); tests/e2e/test_restore_fetch.py
+runs the same path with real Litestream and a real S3 server.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar import fetch
+from sidecar.fetch import CHUNK, STREAM_MIN, Fetch, PlanFile
+from sidecar.replica_config import Database
+
+
+def ltx(size: int, ts_ms: int, seed: int) -> bytes:
+    head = (b"LTX1" + bytes(4) + (4096).to_bytes(4, "big") + (10).to_bytes(4, "big")
+            + bytes(16) + ts_ms.to_bytes(8, "big", signed=True))
+    body = bytes((seed + i) % 251 for i in range(min(size, 65536)))
+    data = head + (body * (size // len(body) + 1))[: size - len(head)]
+    assert len(data) == size
+    return data
+
+
+class Body:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def iter_chunks(self, n: int) -> Any:
+        for i in range(0, len(self.data), n):
+            yield self.data[i:i + n]
+
+    def close(self) -> None:
+        pass
+
+
+class Refused(Exception):
+    """Not retried: no status, not an OSError."""
+
+
+class Bucket:
+    """get_object over objects in memory; `hold` (an Event per key and start) keeps a range
+    back until set; `refuse` (key, start) answers an error."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        self.objects = objects
+        self.hold: dict[tuple[str, int], threading.Event] = {}
+        self.refuse: set[tuple[str, int]] = set()
+
+    def get_object(self, Bucket: str, Key: str, Range: str) -> dict[str, Any]:
+        a, b = (int(x) for x in Range.removeprefix("bytes=").split("-"))
+        gate = self.hold.get((Key, a))
+        if gate is not None:
+            gate.wait(10)
+        if (Key, a) in self.refuse:
+            raise Refused(f"refused {Key} at {a}")
+        return {"Body": Body(self.objects[Key][a:b + 1])}
+
+
+class Store:
+    prefix, bucket = "p/", "b"
+
+
+SMALL = PlanFile(0, 2, 2, 300)
+BIG = PlanFile(9, 1, 1, 2 * CHUNK + 12345)
+
+
+def make(tmp_path: Path, bucket: Bucket) -> Fetch:
+    out = tmp_path / "app.db"
+    f = Fetch(Database(out, None), out, 4, 5.0)
+    f._client, f._store = bucket, Store()  # what _connect would make
+    fetch.make_mirror(out)
+    return f
+
+
+def objects() -> dict[str, bytes]:
+    return {"p/" + SMALL.s3_key: ltx(SMALL.size, 1_700_000_000_123, 1),
+            "p/" + BIG.s3_key: ltx(BIG.size, 1_700_000_000_456, 7)}
+
+
+def test_the_stream_comes_whole_and_in_order_once_the_rest_is_there(tmp_path: Path) -> None:
+    assert BIG.size >= STREAM_MIN
+    objs = objects()
+    bucket = Bucket(objs)
+    f = make(tmp_path, bucket)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            f._fetch([BIG, SMALL])
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert f.ready.wait(10), errors
+    small = f.root / SMALL.local
+    assert small.read_bytes() == objs["p/" + SMALL.s3_key]
+    assert small.stat().st_mtime_ns == 1_700_000_000_123 * 1_000_000
+    link = f.root / BIG.local
+    st = os.lstat(link)
+    assert link.is_symlink() and st.st_size >= 100  # Litestream refuses a file under 100 bytes
+    assert st.st_mtime_ns == 1_700_000_000_456 * 1_000_000
+    with open(link, "rb") as r:  # as Litestream opens it: through the link
+        got = r.read()
+    f.reader_done.set()
+    t.join(10)
+    assert not errors and not t.is_alive()
+    assert got == objs["p/" + BIG.s3_key]
+    assert f.streamed == BIG and f.fetched_files == 2 and not f.failed.is_set()
+
+
+def test_a_range_refused_after_ready_holds_the_pipe_open_until_the_reader_is_gone(
+        tmp_path: Path) -> None:
+    bucket = Bucket(objects())
+    key = "p/" + BIG.s3_key
+    gate = bucket.hold[(key, 2 * CHUNK)] = threading.Event()
+    bucket.refuse.add((key, 2 * CHUNK))
+    f = make(tmp_path, bucket)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            f._fetch([BIG, SMALL])
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert f.ready.wait(10)
+    fd = os.open(f.root / BIG.local, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        got = b""
+        deadline = time.monotonic() + 10
+        while len(got) < 2 * CHUNK and time.monotonic() < deadline:
+            try:
+                got += os.read(fd, 1 << 20)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert len(got) == 2 * CHUNK  # the first two ranges, and nothing more yet
+        gate.set()  # the third range is now refused
+        assert f.failed.wait(10)
+        time.sleep(0.2)
+        with pytest.raises(OSError) as e:
+            os.read(fd, 1)  # no end of file: the pipe is held open, only empty
+        assert e.value.errno == errno.EAGAIN
+        assert t.is_alive()
+        f.reader_done.set()  # the caller killed Litestream
+        t.join(10)
+        assert not t.is_alive()
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        assert os.read(fd, 1) == b""  # closed only now
+    finally:
+        os.close(fd)
+    assert len(errors) == 1 and isinstance(errors[0], Refused), errors
