@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from testkit.net import wait_for
+from testkit.poll import wait_for
 from testkit.s3 import S3Server
 
 CONFIG = """\
