@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 from faultkit import fault_env
-from test_operator_restore import IDLE_APP, db_path, sock, synced
 
 from sidecar.daemon import health as sidecar_health
 from sidecar.litestream import unix_request
 from testkit import free_port, make_db, run_sidecar, s3_env, wait_for, write_app
+from testkit.live import IDLE_APP, db_path, sock, wait_synced
 from testkit.s3proxy import S3Proxy
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def test_live_restore_longer_than_the_liveness_window_keeps_healthz_200(
     for _ in range(12):  # ~6 MB that does not compress
         con.execute("INSERT INTO blobs VALUES (randomblob(500000))")
     con.close()
-    wait_for(lambda: _try(lambda: synced(env)), 30, what="the blobs in the bucket")
+    wait_synced(env, 30, what="the blobs in the bucket")
 
     plan = run_sidecar(["restore", "--dry-run", "--json"], env, tmp_path, timeout=120)
     assert plan.returncode == 0, plan.stderr
@@ -127,10 +127,3 @@ def test_live_restore_longer_than_the_liveness_window_keeps_healthz_200(
              what="/readyz after the restore")
     assert get(f"http://127.0.0.1:{port}/healthz", 3)[0] == 200
     proxy.close()
-
-
-def _try(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return False

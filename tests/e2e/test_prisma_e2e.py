@@ -18,6 +18,7 @@ from test_dockerfile import image_command, image_env, image_workdir
 
 from sidecar import dbfile
 from testkit import BIN, S3Server, Sidecar, base_env, free_port, s3_env, side_restore, wait_for
+from testkit.db import lose_db
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SRC = ROOT / "examples" / "prisma-app"
@@ -110,8 +111,7 @@ class Deployment:
         assert sc.wait(90) == 0, sc.output()
 
     def lose_volume(self) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        lose_db(self.db)
         shutil.rmtree(self.data / ".sidecar", ignore_errors=True)
 
     def query(self, sql: str, db: Path | None = None) -> list[tuple[Any, ...]]:
