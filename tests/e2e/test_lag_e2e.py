@@ -8,8 +8,6 @@ import http.server
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,8 @@ from sidecar.daemon.lag import ReplicaTracker
 from sidecar.litestream import Control
 from sidecar.replica import S3Store
 from testkit import S3_KEY, S3_SECRET, S3Server, base_env, free_port, s3_env, wait_for, write_app
+from testkit.http import get
+from testkit.metrics import read as metric
 
 # ------------------------------------------------------------------ real processes
 
@@ -48,22 +48,6 @@ def heartbeat() -> Any:
     yield server
     server.shutdown()
     server.server_close()
-
-
-def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def metric(base: str, name: str) -> float | None:
-    _, body = get(f"{base}/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def start_writer(tmp_path: Path, server: S3Server, bucket: str, sidecars: Any,
@@ -128,7 +112,7 @@ def test_s3_outage_shows_in_lag_reachability_readiness_and_heartbeat(
 
     wait_for(outage_visible, check + 0.5, what="lag >= 25 s within one check after 30 s")
     assert metric(base, "sidecar_replica_reachable") == 0
-    code, body = get(f"{base}/readyz")
+    code, body, _ = get(f"{base}/readyz")
     doc = json.loads(body)
     assert code == 503 and not doc["ready"]
     assert any("replication lag" in r and "SIDECAR_MAX_LAG_SECONDS" in r for r in doc["reasons"])

@@ -10,8 +10,6 @@ import json
 import sqlite3
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from faultkit import fault_env
 from sidecar.daemon import health as sidecar_health
 from sidecar.litestream import unix_request
 from testkit import free_port, make_db, run_sidecar, s3_env, wait_for, write_app
+from testkit.http import get
 from testkit.live import IDLE_APP, db_path, sock, wait_synced
 from testkit.s3proxy import S3Proxy
 
@@ -38,14 +37,6 @@ def liveness_probe() -> dict[str, Any]:
                 if "livenessProbe" in c:
                     return dict(c["livenessProbe"])
     raise AssertionError("no livenessProbe in deploy/kubernetes/statefulset.yaml")
-
-
-def get(url: str, timeout: float) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_live_restore_longer_than_the_liveness_window_keeps_healthz_200(
@@ -87,13 +78,13 @@ def test_live_restore_longer_than_the_liveness_window_keeps_healthz_200(
         while not stop.is_set():
             t0 = time.monotonic()
             try:
-                code, _body = get(f"http://127.0.0.1:{port}/healthz", probe["timeoutSeconds"])
+                code = get(f"http://127.0.0.1:{port}/healthz", probe["timeoutSeconds"]).status
             except OSError:
                 code = 0
             polls.append((t0, code, time.monotonic() - t0))
-            code_r, body_r = get(f"http://127.0.0.1:{port}/readyz", 10)
-            if code_r == 503:
-                ready.append(body_r)
+            resp = get(f"http://127.0.0.1:{port}/readyz", 10)
+            if resp.status == 503:
+                ready.append(resp.text)
             stop.wait(0.5)
 
     t0 = time.monotonic()

@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import textwrap
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from testkit import (
 )
 from testkit.db import lose_db
 from testkit.live import IDLE_APP, app_pids, db_path, state_dir, synced, wait_synced
+from testkit.metrics import read
 
 pytestmark = pytest.mark.slow
 
@@ -291,12 +291,7 @@ def test_undo_with_nothing_to_undo_is_one_error_and_touches_nothing(
 
 
 def _metric(port: int, name: str, db: Path) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    for line in text.splitlines():
-        if line.startswith(f'{name}{{db="{db}"}} '):
-            return float(line.split()[-1])
-    return None
+    return read(f"http://127.0.0.1:{port}", name, db=str(db))
 
 
 def test_the_window_metric_reads_shorter_once_the_oldest_snapshot_is_deleted(
