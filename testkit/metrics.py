@@ -36,6 +36,12 @@ def value(text: str | bytes, name: str, **labels: str) -> float | None:
     return found[0].value if found else None
 
 
+def total(text: str | bytes, name: str, **labels: str) -> float:
+    """The sum of every series named `name` matching `labels` (0 when there is none): a
+    counter over all its other labels, such as requests of every operation."""
+    return sum(s.value for s in series(text, name, **labels))
+
+
 def scrape(base: str, timeout: float = 5) -> str:
     """GET `base`/metrics; AssertionError unless it answers 200."""
     resp = get(f"{base.rstrip('/')}/metrics", timeout=timeout)
@@ -46,6 +52,11 @@ def scrape(base: str, timeout: float = 5) -> str:
 def read(base: str, name: str, **labels: str) -> float | None:
     """value() of a fresh scrape of `base`/metrics."""
     return value(scrape(base), name, **labels)
+
+
+def read_total(base: str, name: str, **labels: str) -> float:
+    """total() of a fresh scrape of `base`/metrics."""
+    return total(scrape(base), name, **labels)
 
 
 def fake_runtime(db: str, litestream_version: str = "0.5.17", **result: Any) -> SimpleNamespace:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client as httplib
 import json
 import os
-import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from testkit import BIN, S3_SECRET, Sidecar, base_env, free_port, rows, side_restore
+from testkit import BIN, S3_SECRET, Sidecar, base_env, free_port, metrics, rows, side_restore
 
 ADMIN_TOKEN = "admin-Tok3n-$-never-in-logs-7a1c9e"
 SECRETS = (S3_SECRET, ADMIN_TOKEN)
@@ -78,17 +77,7 @@ def metric(env: dict[str, str], name: str, **labels: str) -> float | None:
     """The value of one series from GET /metrics, or None when it is absent."""
     status, body = request(env, "GET", "/metrics")
     assert status == 200, body[:500]
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in body.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if not m or m.group(1) != name:
-            continue
-        got = ",".join(sorted(p for p in (m.group(2) or "{}")[1:-1].split(",") if p))
-        if all(f'{k}="{v}"' in got for k, v in labels.items()) or got == want:
-            return float(m.group(3))
-    return None
+    return metrics.value(body, name, **labels)
 
 
 def run_cmd(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60

@@ -19,7 +19,7 @@ from sidecar.bucket.client import Client
 from sidecar.daemon import lag
 from testkit import S3Server, base_env, free_port, s3_env, seed_bucket, wait_for, write_app
 from testkit.http import get
-from testkit.metrics import read
+from testkit.metrics import read_total
 
 
 class FixedControl:
@@ -131,7 +131,7 @@ def test_a_start_without_restore_loads_boto3_after_the_app(tmp_path: Path, s3: S
                   argv=[sys.executable, str(wrapper), str(mark), "run", "--", *app])
     started = sc.wait_event("app started", 60)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: (read(base, "sidecar_lag_checks_total") or 0) >= 2, 30, what="2 lag checks")
+    wait_for(lambda: read_total(base, "sidecar_lag_checks_total", outcome="ok") >= 2, 30, what="2 lag checks")
     status = get(f"{base}/status").json()
     first = status["databases"][0]
     assert first["replica_reachable"] is True and first["replica_txid"], first
