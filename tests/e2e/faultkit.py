@@ -25,7 +25,6 @@ SECRETS = (S3_SECRET, ADMIN_TOKEN)
 
 # (where, text) for everything the fault suite saw; scanned per test by no_secret_leaks.
 RECORDED: list[tuple[str, str]] = []
-_STARTED: list[Any] = []
 
 
 def record(where: str, text: str) -> str:
@@ -125,35 +124,52 @@ def _scan_files(root: Path) -> list[str]:
     return hits
 
 
+class SecretScan:
+    """Everything produced from its creation to stop(): the log lines and app output of each
+    sidecar started meanwhile, what was recorded here (command output, HTTP answers), and the
+    files under `root`. hits() names each place that holds the S3 secret or the admin token;
+    `lines` and `records` say how much it read."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[Sidecar] = []
+        self.first_record = len(RECORDED)
+        self.lines = self.records = 0
+        Sidecar.observers.append(self.started.append)
+
+    def stop(self) -> None:
+        Sidecar.observers.remove(self.started.append)
+
+    def hits(self) -> list[str]:
+        hits = []
+        for sc in self.started:
+            for where, lines in (("sidecar log", sc.lines), ("app output", sc.stdout)):
+                for line in list(lines):
+                    for s in SECRETS:
+                        if s in line:
+                            hits.append(f"{where}: {line[:200]}")
+        recorded = RECORDED[self.first_record:]
+        for where, text in recorded:
+            for s in SECRETS:
+                if s in text:
+                    hits.append(f"{where}: ...{text[max(0, text.find(s) - 100):][:200]}")
+        hits += _scan_files(self.root)
+        self.lines = sum(len(sc.lines) + len(sc.stdout) for sc in self.started)
+        self.records = len(recorded)
+        return hits
+
+
 @pytest.fixture
 def no_secret_leaks(tmp_path: Path) -> Iterator[None]:
     """After the test: no log line, app output, command output, HTTP response or file the test
     produced holds the S3 secret or the admin token."""
-    first_rec, first_sc = len(RECORDED), len(_STARTED)
-    Sidecar.observers.append(_STARTED.append)
+    scan = SecretScan(tmp_path)
     try:
         yield
     finally:
-        Sidecar.observers.remove(_STARTED.append)
-    hits = []
-    for sc in _STARTED[first_sc:]:
-        for where, lines in (("sidecar log", sc.lines), ("app output", sc.stdout)):
-            for line in list(lines):
-                for s in SECRETS:
-                    if s in line:
-                        hits.append(f"{where}: {line[:200]}")
-    for where, text in RECORDED[first_rec:]:
-        for s in SECRETS:
-            if s in text:
-                hits.append(f"{where}: ...{text[max(0, text.find(s) - 100):][:200]}")
-    hits += _scan_files(tmp_path)
-    SCANNED["lines"] += sum(len(sc.lines) + len(sc.stdout) for sc in _STARTED[first_sc:])
-    SCANNED["records"] += len(RECORDED) - first_rec
-    SCANNED["tests"] += 1
+        scan.stop()
+    hits = scan.hits()
     assert not hits, "secret leaked:\n" + "\n".join(hits[:20])
-
-
-SCANNED = {"tests": 0, "lines": 0, "records": 0}
 
 
 def dump(sc: Any) -> str:
