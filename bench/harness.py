@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from testkit import S3Server, descendants, free_port, wait_for
 from testkit import tool as _tool
+from testkit.backup import REPLICA_CONFIG
 
 BIN = Path(sys.executable).parent
 KEY = "bench-key"
@@ -47,20 +48,8 @@ RUN_SH = textwrap.dedent("""\
     exec litestream replicate -config "$LS_CONFIG" -exec "$APP"
 """)
 
-PLAIN_CONFIG = textwrap.dedent("""\
-    dbs:
-      - path: {db}
-        replica:
-          type: s3
-          bucket: {bucket}
-          path: {prefix}
-          endpoint: {endpoint}
-          region: us-east-1
-          force-path-style: true
-          access-key-id: ${{AWS_ACCESS_KEY_ID}}
-          secret-access-key: ${{AWS_SECRET_ACCESS_KEY}}
-          sync-interval: 1s
-""")
+# The config users already have for it, replicas syncing every second.
+PLAIN_CONFIG = REPLICA_CONFIG.replace("{sync}", "1s")
 
 # Writes a row every WRITE_INTERVAL s and prints it after the commit; on SIGTERM writes a
 # final row and exits EXIT_ON_TERM. WRITE_INTERVAL=0 means it never writes (idle).

@@ -13,7 +13,10 @@ from pathlib import Path
 from testkit.poll import wait_for
 from testkit.s3 import S3Server
 
-CONFIG = """\
+# Litestream's config for one database in an S3 bucket, its keys read from the environment, as
+# a user writes it (a str.format template: db, bucket, prefix, endpoint, sync); bench/ runs
+# plain Litestream with it too.
+REPLICA_CONFIG = """\
 dbs:
   - path: {db}
     replica:
@@ -23,7 +26,12 @@ dbs:
       endpoint: {endpoint}
       region: us-east-1
       force-path-style: true
+      access-key-id: ${{AWS_ACCESS_KEY_ID}}
+      secret-access-key: ${{AWS_SECRET_ACCESS_KEY}}
       sync-interval: {sync}
+"""
+
+CONFIG = REPLICA_CONFIG + """\
 socket:
   enabled: true
   path: {sock}

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from sidecar import dbfile
 from sidecar.litestream import unix_request
 from testkit import (
     S3_SECRET,
@@ -28,7 +27,7 @@ from testkit import (
     wait_for,
     write_app,
 )
-from testkit.db import lose_db
+from testkit.db import integrity, lose_db, query
 from testkit.live import IDLE_APP, db_path, sock, start_with_rows, state_dir
 
 pytestmark = pytest.mark.slow
@@ -154,10 +153,8 @@ def test_snapshot_while_the_app_writes_every_10ms_is_consistent(tmp_path: Path, 
     out = tmp_path / "snap.db"
     res = run_sidecar(["snapshot", "--output", str(out)], env, tmp_path)
     assert res.returncode == 0, res.stderr
-    con = dbfile.connect_ro(out)
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert con.execute("SELECT count(*) FROM rows").fetchone()[0] >= 50
-    con.close()
+    assert integrity(out) == "ok"
+    assert query(out, "SELECT count(*) FROM rows")[0][0] >= 50
     assert sc.proc.poll() is None
     again = run_sidecar(["snapshot", "--output", str(out)], env, tmp_path)
     assert again.returncode == 1 and "already exists" in again.stderr

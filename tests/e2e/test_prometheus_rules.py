@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -20,6 +18,7 @@ import yaml
 
 from sidecar.daemon import metrics
 from testkit import free_port
+from testkit.http import serving
 from testkit.metrics import fake_runtime
 from testkit.procs import stop, wait_serving
 
@@ -246,25 +245,8 @@ def test_metric_name_extraction() -> None:
 def metrics_server() -> Iterator[str]:
     """sidecar's /metrics body served over loopback HTTP; yields host:port."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = metrics.render(None)
-            self.send_response(200)
-            self.send_header("Content-Type", metrics.CONTENT_TYPE)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(lambda _path: (200, metrics.render(None)), metrics.CONTENT_TYPE) as base:
+        yield base.removeprefix("http://")
 
 
 @pytest.fixture
