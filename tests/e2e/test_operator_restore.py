@@ -13,12 +13,13 @@ import pytest
 
 from sidecar.litestream import unix_request
 from testkit import S3_SECRET, make_db, rows, run_sidecar, wait_for, write_app
-from testkit.db import integrity, lose_db
+from testkit.db import integrity
 from testkit.live import (
     IDLE_APP,
     app_pids,
     aside_files,
     db_path,
+    restart_on_a_lost_volume,
     sock,
     start_with_rows,
     state_dir,
@@ -47,13 +48,7 @@ def test_restore_by_timestamp_fences_the_app_keeps_old_db_and_becomes_the_new_ba
     assert S3_SECRET not in res.stdout + res.stderr
 
     make_db(db_path(env), ["c1"])
-    synced(env)
-    sc.signal(signal.SIGTERM)
-    assert sc.wait() == 0
-    lose_db(db_path(env))
-    again = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
-    assert again.wait_event("restore decided")["outcome"] == "restored"
-    again.wait_event("app started")
+    restart_on_a_lost_volume(env, sc, tmp_path, sidecars)
     assert rows(db_path(env)) == ["a1", "a2", "c1"]
 
 
