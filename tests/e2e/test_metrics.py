@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from sidecar.daemon import metrics
 from sidecar.daemon.lag import LagResult
 from testkit import free_port, tool
-from testkit.http import serving
+from testkit.http import get, serving
 from testkit.metrics import fake_runtime, watching
 from testkit.procs import stop, wait_serving
 
@@ -240,8 +239,7 @@ def test_real_litestream_output_alone_fails_promtool(
 ) -> None:
     """Litestream's raw exposition fails promtool's lint, so passing it through unchanged won't do."""
     url, _ = litestream_metrics_url
-    with urllib.request.urlopen(url, timeout=2) as response:
-        raw = response.read()
+    raw = get(url, timeout=2).body
     result = promtool_check(raw)
     assert result.returncode != 0
     assert b'should have "_total" suffix' in result.stdout + result.stderr
@@ -268,8 +266,7 @@ def test_only_litestream_families_are_passed_through(
 ) -> None:
     """Litestream's go_*, process_* and promhttp_* series are dropped; its names are kept."""
     url, _ = litestream_metrics_url
-    with urllib.request.urlopen(url, timeout=2) as response:
-        raw_families = families(response.read())
+    raw_families = families(get(url, timeout=2).body)
     combined = families(metrics.render(url))  # also asserts no family is declared twice
     own = families(metrics.render(None))
     passed = set(combined) - set(own)

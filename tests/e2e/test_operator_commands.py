@@ -8,8 +8,6 @@ import os
 import re
 import signal
 import stat
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from testkit import (
     write_app,
 )
 from testkit.db import integrity, lose_db, query
+from testkit.http import request
 from testkit.live import IDLE_APP, db_path, sock, start_with_rows, state_dir
 
 pytestmark = pytest.mark.slow
@@ -37,19 +36,11 @@ TOKEN = "t0ken-for-the-admin-endpoints"
 def http(port: int, method: str, path: str, token: str | None = None, body: Any = None,
          timeout: float = 120) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
+    resp = request(f"http://127.0.0.1:{port}{path}", method, data, token=token, timeout=timeout)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read().decode()
-            code = resp.status
-    except urllib.error.HTTPError as exc:
-        raw, code = exc.read().decode(), exc.code
-    try:
-        return code, json.loads(raw)
+        return resp.status, resp.json()
     except ValueError:
-        return code, raw
+        return resp.status, resp.text
 
 
 def verify_metric(port: int, db: Path) -> float:

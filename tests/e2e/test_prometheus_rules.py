@@ -18,7 +18,7 @@ import yaml
 
 from sidecar.daemon import metrics
 from testkit import free_port
-from testkit.http import serving
+from testkit.http import get, serving
 from testkit.metrics import fake_runtime
 from testkit.procs import stop, wait_serving
 
@@ -286,12 +286,8 @@ def prometheus(tmp_path: Path, metrics_server: str) -> Iterator[str]:
 
 
 def api(url: str, path: str, **params: str) -> Any:
-    query = urllib.parse.urlencode(params)
-    try:
-        with urllib.request.urlopen(f"{url}{path}?{query}", timeout=5) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as error:  # a 400 carries the PromQL parse error
-        return json.load(error)
+    # a 400 carries the PromQL parse error
+    return get(f"{url}{path}?{urllib.parse.urlencode(params)}").json()
 
 
 @needs_prometheus
