@@ -8,7 +8,6 @@ the admin token. So the whole fault suite is a secret scan, not one test.
 
 from __future__ import annotations
 
-import http.client as httplib
 import json
 import os
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from testkit import BIN, S3_SECRET, Sidecar, base_env, free_port, metrics, rows, side_restore
+from testkit import BIN, S3_SECRET, Sidecar, base_env, free_port, http, metrics, rows, side_restore
 
 ADMIN_TOKEN = "admin-Tok3n-$-never-in-logs-7a1c9e"
 SECRETS = (S3_SECRET, ADMIN_TOKEN)
@@ -59,17 +58,11 @@ def request(env: dict[str, str], method: str, path: str, token: str | None = Non
 
 def _request(env: dict[str, str], method: str, path: str, token: str | None,
              timeout: float) -> tuple[int, str]:
-    conn = httplib.HTTPConnection("127.0.0.1", http_port(env), timeout=timeout)
-    try:
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        conn.request(method, path, body=b"" if method == "POST" else None, headers=headers)
-        resp = conn.getresponse()
-        body = resp.read().decode(errors="replace")
-        record(f"HTTP {method} {path} -> {resp.status}",
-               body + "\n" + "\n".join(f"{k}: {v}" for k, v in resp.getheaders()))
-        return resp.status, body
-    finally:
-        conn.close()
+    resp = http.request(f"http://127.0.0.1:{http_port(env)}{path}", method,
+                        b"" if method == "POST" else None, token=token, timeout=timeout)
+    record(f"HTTP {method} {path} -> {resp.status}",
+           resp.text + "\n" + "\n".join(f"{k}: {v}" for k, v in resp.headers.items()))
+    return resp.status, resp.text
 
 
 def metric(env: dict[str, str], name: str, **labels: str) -> float | None:
