@@ -1,11 +1,8 @@
-"""Loopback ports and waiting for a condition."""
+"""Loopback ports."""
 
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
-from typing import Any
 
 
 def free_port() -> int:
@@ -21,15 +18,3 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1,
-             what: str = "condition") -> Any:
-    """The first truthy value of `cond()`; AssertionError naming `what` after `timeout` s."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

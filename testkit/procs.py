@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
+
+from testkit.http import get
 
 
 def parents() -> dict[int, int]:
@@ -43,9 +44,9 @@ def wait_serving(proc: subprocess.Popen[bytes], url: str, ok: Callable[[int, byt
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if ok(response.status, response.read()):
-                    return
+            resp = get(url, timeout=1)
+            if resp.status < 400 and ok(resp.status, resp.body):
+                return
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -63,3 +64,24 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+# Python source: leaves one orphaned grandchild that exits, waits, then prints
+# `zombies: N pid1: NAME` (zombies among every process it can see, and the name of PID 1) and
+# exits with its first argument (default 0). Run as a PID namespace's app: N is 0 when PID 1
+# reaps orphans, 1 when it does not.
+ORPHAN_SCRIPT = """\
+import os, subprocess, sys, time
+subprocess.run(["sh", "-c", "sleep 0.5 & exit 0"])
+time.sleep(2.0)
+zombies = 0
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                zombies += f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            pass
+print("zombies:", zombies, "pid1:", open("/proc/1/comm").read().strip(), flush=True)
+sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+"""

@@ -8,7 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from testkit.net import free_port, port_open, wait_for
+from testkit.net import free_port, port_open
+from testkit.poll import wait_for
 
 S3_KEY = "sidecar-test-key"
 S3_SECRET = "s3-secret-$ecret-Do-Not-Leak-42"  # a `$` on purpose: must survive Litestream
@@ -84,3 +85,9 @@ class S3Server:
                             aws_secret_access_key=self.secret, region_name="us-east-1",
                             config=Config(s3={"addressing_style": "path"},
                                           retries={"max_attempts": 1}))
+
+
+def railway_bucket_env(endpoint: str, bucket: str, region: str = "auto") -> dict[str, str]:
+    """The variables a Railway Bucket provides, under its own names, for the tests' key pair."""
+    return {"BUCKET": bucket, "ENDPOINT": endpoint, "REGION": region,
+            "ACCESS_KEY_ID": S3_KEY, "SECRET_ACCESS_KEY": S3_SECRET}

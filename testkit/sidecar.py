@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sidecar.bucket.trust import system_roots
-from testkit.net import wait_for
+from testkit.poll import wait_for
 from testkit.procs import descendants
 from testkit.s3 import S3_KEY, S3_SECRET, S3Server
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import math
 import os
 import re
@@ -11,19 +9,17 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from sidecar.daemon import metrics
 from sidecar.lag.model import LagResult
 from testkit import free_port, tool
+from testkit.http import get, serving
+from testkit.metrics import fake_runtime, watching
 from testkit.procs import stop, wait_serving
 
 PROMTOOL = shutil.which("promtool")
@@ -75,26 +71,6 @@ def sample(name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def runtime(db: str, litestream_version: str = "0.5.17", **result: Any) -> SimpleNamespace:
-    """What metrics.RuntimeCollector reads from a Runtime: one database, its last lag check
-    (LagResult fields; none: no check yet), no supervisor (children down)."""
-    res = LagResult(db=db, **result)
-    return SimpleNamespace(
-        cfg=SimpleNamespace(databases=[SimpleNamespace(path=Path(db))]),
-        lag=SimpleNamespace(dbs=[SimpleNamespace(label=db, result=res)], dirs=[]),
-        supervisor=None, litestream_version=litestream_version)
-
-
-@contextlib.contextmanager
-def watching(rt: Any) -> Iterator[Any]:
-    """metrics.watch(rt) for the block; then back to no runtime."""
-    metrics.watch(rt)
-    try:
-        yield rt
-    finally:
-        metrics.watch(None)
-
-
 @pytest.fixture
 def litestream_metrics_url(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A real `litestream replicate` with a file:// replica; yields (metrics URL, DB path)."""
@@ -133,33 +109,14 @@ def litestream_metrics_url(tmp_path: Path) -> Iterator[tuple[str, str]]:
 def served_text() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
     """A loopback HTTP server answering /metrics with whatever (status, body) the test sets."""
     answer: list[tuple[int, bytes]] = [(200, b"")]
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            status, body = answer[0]
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics", answer
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(lambda _path: answer[0]) as base:
+        yield f"{base}/metrics", answer
 
 
 def test_every_spec_metric_is_exposed_with_its_labels() -> None:
     """Each SPEC section 3 metric appears in render() with exactly the SPEC's label names."""
     metrics.init_db("/data/spec.db")
-    with watching(runtime("/data/spec.db")):
+    with watching(fake_runtime("/data/spec.db")):
         body = metrics.render(None)
     declared = families(body)
     for name, labels in SPEC_METRICS.items():
@@ -199,7 +156,7 @@ def test_a_database_starts_from_nothing_known(tmp_path: Path) -> None:
     db = tmp_path / "fresh.db"
     db.write_bytes(b"x" * 4096)
     metrics.init_db(str(db))
-    with watching(runtime(str(db))):
+    with watching(fake_runtime(str(db))):
         assert math.isnan(sample("sidecar_replication_lag_seconds", db=str(db)))
         assert sample("sidecar_replica_reachable", db=str(db)) == 0
         assert sample("sidecar_replica_txid", db=str(db)) == 0
@@ -216,7 +173,7 @@ def test_state_is_read_from_the_runtime_at_scrape_time(tmp_path: Path) -> None:
     behind); a check that could not ask Litestream keeps the last known position; the build
     info follows the Litestream version preflight found, in one series."""
     db = str(tmp_path / "app.db")
-    with watching(runtime(db, checks=1, lag_seconds=2.5, local_txid=7, replica_txid=6,
+    with watching(fake_runtime(db, checks=1, lag_seconds=2.5, local_txid=7, replica_txid=6,
                           last_upload=1_700_000_000.0, reachable=True)) as rt:
         assert sample("sidecar_replication_lag_seconds", db=db) == 2.5
         assert sample("sidecar_local_txid", db=db) == 7
@@ -245,7 +202,7 @@ def test_children_are_up_while_the_supervisor_says_they_run() -> None:
         def litestream_running(self) -> bool:
             return self.litestream
 
-    rt = runtime("/data/kids.db")
+    rt = fake_runtime("/data/kids.db")
     rt.supervisor = Sup()
     with watching(rt):
         assert (sample("sidecar_app_up"), sample("sidecar_litestream_up")) == (1, 0)
@@ -282,8 +239,7 @@ def test_real_litestream_output_alone_fails_promtool(
 ) -> None:
     """Litestream's raw exposition fails promtool's lint, so passing it through unchanged won't do."""
     url, _ = litestream_metrics_url
-    with urllib.request.urlopen(url, timeout=2) as response:
-        raw = response.read()
+    raw = get(url, timeout=2).body
     result = promtool_check(raw)
     assert result.returncode != 0
     assert b'should have "_total" suffix' in result.stdout + result.stderr
@@ -310,8 +266,7 @@ def test_only_litestream_families_are_passed_through(
 ) -> None:
     """Litestream's go_*, process_* and promhttp_* series are dropped; its names are kept."""
     url, _ = litestream_metrics_url
-    with urllib.request.urlopen(url, timeout=2) as response:
-        raw_families = families(response.read())
+    raw_families = families(get(url, timeout=2).body)
     combined = families(metrics.render(url))  # also asserts no family is declared twice
     own = families(metrics.render(None))
     passed = set(combined) - set(own)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -17,10 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
-from test_metrics import runtime
 
 from sidecar.daemon import metrics
 from testkit import free_port
+from testkit.http import get, serving
+from testkit.metrics import fake_runtime
 from testkit.procs import stop, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,25 +245,8 @@ def test_metric_name_extraction() -> None:
 def metrics_server() -> Iterator[str]:
     """sidecar's /metrics body served over loopback HTTP; yields host:port."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = metrics.render(None)
-            self.send_response(200)
-            self.send_header("Content-Type", metrics.CONTENT_TYPE)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(lambda _path: (200, metrics.render(None)), metrics.CONTENT_TYPE) as base:
+        yield base.removeprefix("http://")
 
 
 @pytest.fixture
@@ -304,12 +286,8 @@ def prometheus(tmp_path: Path, metrics_server: str) -> Iterator[str]:
 
 
 def api(url: str, path: str, **params: str) -> Any:
-    query = urllib.parse.urlencode(params)
-    try:
-        with urllib.request.urlopen(f"{url}{path}?{query}", timeout=5) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as error:  # a 400 carries the PromQL parse error
-        return json.load(error)
+    # a 400 carries the PromQL parse error
+    return get(f"{url}{path}?{urllib.parse.urlencode(params)}").json()
 
 
 @needs_prometheus
@@ -321,7 +299,7 @@ def test_dashboard_queries_return_data_from_a_real_scrape(prometheus: str,
     metrics.init_db(db)
     now = time.time()
     request.addfinalizer(lambda: metrics.watch(None))
-    metrics.watch(runtime(db, checks=1, lag_seconds=0.5, last_upload=now - 5, local_txid=3,
+    metrics.watch(fake_runtime(db, checks=1, lag_seconds=0.5, last_upload=now - 5, local_txid=3,
                           replica_txid=3, reachable=True))
     metrics.BACKUP_VERIFY_LAST_SUCCESS.labels(db=db).set(now - 60)
     metrics.REPLICA_REQUESTS.labels(db=db, operation="list_objects_v2").inc()

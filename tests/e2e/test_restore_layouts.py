@@ -9,7 +9,6 @@ import signal
 import subprocess
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,8 @@ from testkit import (
     wait_for,
     write_app,
 )
+from testkit.db import lose_db
+from testkit.http import get
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +74,7 @@ def volume_files(db: Path) -> list[str]:
 
 
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
+    return get(url).json()
 
 
 def test_litestream_03_backup_in_s3_is_restored_on_start(tmp_path: Path, s3, bucket,
@@ -217,8 +217,7 @@ def test_replication_after_a_03_restore_keeps_the_rows(tmp_path: Path, s3, bucke
     assert first.returncode == 0, first.stderr[-3000:]
     assert "rows 30" in first.stdout
     db = Path(env["SIDECAR_DB_PATH"])
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    lose_db(db)
     second = run_sidecar(["run", "--", *app], env, tmp_path, timeout=120)
     assert second.returncode == 0, second.stderr[-3000:]
     decided = next(json.loads(ln) for ln in second.stderr.splitlines()
