@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -25,11 +24,12 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from testkit import S3Server, free_port
+from testkit import S3Server, free_port, wait_for
+from testkit.http import get
+from testkit.metrics import total
 
 BIN = Path(sys.executable).parent
 KEY, SECRET = "bench-key", "bench-secret-0123456789"
@@ -48,29 +48,6 @@ APP = textwrap.dedent("""
 """)
 
 
-def wait(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            value = cond()
-            if value:
-                return value
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return bytes(resp.read())
-
-
-def metric(body: bytes, name: str) -> float:
-    m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body.decode(), re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
-
-
 def proc_stat(pid: int) -> tuple[float, int]:
     """(CPU seconds used, RSS bytes) of one process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -82,8 +59,7 @@ def proc_stat(pid: int) -> tuple[float, int]:
 
 def litestream_requests(body: bytes) -> float:
     """Litestream's own requests to the bucket (litestream_replica_operation_total, summed)."""
-    return sum(float(v) for v in re.findall(
-        r"^litestream_replica_operation_total{[^}]*} (\S+)$", body.decode(), re.MULTILINE))
+    return total(body, "litestream_replica_operation_total")
 
 
 def main() -> int:
@@ -117,11 +93,11 @@ def main() -> int:
                           start_new_session=True)
     base = f"http://127.0.0.1:{http_port}"
     try:
-        wait(lambda: urllib.request.urlopen(f"{base}/readyz", timeout=2).status == 200, 60,
-             "the sidecar to be ready")
+        wait_for(lambda: get(f"{base}/readyz", timeout=2).status == 200, 60,
+                 what="the sidecar to be ready", ignore=(OSError,))
         assert sc.stdout is not None
-        wait(lambda: b"app idle" in sc.stdout.readline(), 30, "the app to go idle")
-        body = get(f"{base}/metrics")
+        wait_for(lambda: b"app idle" in sc.stdout.readline(), 30, what="the app to go idle")
+        body = get(f"{base}/metrics").body
         if b"litestream_" not in body:
             raise SystemExit("Litestream's series are missing from /metrics")
 
@@ -129,7 +105,7 @@ def main() -> int:
         lat = []
         for _ in range(args.scrapes):
             t0 = time.perf_counter()
-            body = get(f"{base}/metrics")
+            body = get(f"{base}/metrics").body
             lat.append((time.perf_counter() - t0) * 1000)
         lat.sort()
         p50 = statistics.median(lat)
@@ -138,8 +114,8 @@ def main() -> int:
         # --- idle: RSS, CPU, S3 requests
         time.sleep(3)  # let the scrapes' CPU settle out of the window
         cpu0, _ = proc_stat(sc.pid)
-        m0 = get(f"{base}/metrics")
-        reqs0, ls0 = metric(m0, "sidecar_replica_requests_total"), litestream_requests(m0)
+        m0 = get(f"{base}/metrics").body
+        reqs0, ls0 = total(m0, "sidecar_replica_requests_total"), litestream_requests(m0)
         t0 = time.monotonic()
         rss_max = 0
         while time.monotonic() - t0 < args.idle:
@@ -147,9 +123,9 @@ def main() -> int:
             time.sleep(1)
         elapsed = time.monotonic() - t0
         cpu1, rss = proc_stat(sc.pid)
-        m1 = get(f"{base}/metrics")
-        reqs1, ls1 = metric(m1, "sidecar_replica_requests_total"), litestream_requests(m1)
-        checks = metric(m1, "sidecar_lag_checks_total")
+        m1 = get(f"{base}/metrics").body
+        reqs1, ls1 = total(m1, "sidecar_replica_requests_total"), litestream_requests(m1)
+        checks = total(m1, "sidecar_lag_checks_total")
         results = {
             "scrapes": args.scrapes,
             "metrics_latency_ms_p50": round(p50, 2),

@@ -23,6 +23,12 @@ def make_db(path: Path, values: list[str]) -> None:
         con.close()
 
 
+def lose_db(path: Path) -> None:
+    """Remove the database at `path` with its -wal and -shm, as a lost volume would."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def rows(db: Path, where: str = "") -> list[str]:
     """Column v of table rows, in insertion order, read through sidecar's own read-only URI."""
     con = dbfile.connect_ro(Path(db))

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from testkit.db import make_db
+from testkit.net import free_port
 from testkit.poll import wait_for
+from testkit.s3 import S3Server
 from testkit.sidecar import base_env, s3_env, write_app
 
 # An app that only reports its pid: the test writes the rows itself, so it knows exactly
@@ -82,3 +84,20 @@ def start_with_rows(tmp_path: Path, s3: Any, bucket: str, sidecars: Any, **extra
     make_db(db_path(env), ["b1", "b2"])
     assert synced(env) > txid_a
     return env, sc, txid_a, t
+
+
+def start_with_http(tmp_path: Path, s3: S3Server, bucket: str, sidecars: Any,
+                    addr: str | None = None, app: list[str] | None = None, **extra: str
+                    ) -> tuple[Any, str]:
+    """A running sidecar with its HTTP listener on `addr` (default: every address, a free
+    port) and lag checks every second, over the writer app unless `app` is given; returns it
+    and the listener's loopback base URL."""
+    port = free_port()
+    env = base_env(tmp_path, **s3_env(s3, bucket), SIDECAR_HTTP_ADDR=addr or f"[::]:{port}",
+                   SIDECAR_LAG_CHECK_INTERVAL="1s", **extra)
+    sc = sidecars(env, app or write_app(tmp_path), tmp_path)
+    sc.wait_event("app started", 60)
+    if app is None:  # the writer has installed its SIGTERM handler once it says so
+        sc.wait_stdout("app up")
+    base = f"http://127.0.0.1:{port}"
+    return sc, base

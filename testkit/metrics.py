@@ -1,6 +1,13 @@
-"""Reading a Prometheus text exposition (a /metrics body) with prometheus_client's own parser."""
+"""Reading a Prometheus text exposition (a /metrics body) with prometheus_client's own parser,
+and a stand-in runtime for sidecar's metrics collector (one database, its last lag check)."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -29,6 +36,12 @@ def value(text: str | bytes, name: str, **labels: str) -> float | None:
     return found[0].value if found else None
 
 
+def total(text: str | bytes, name: str, **labels: str) -> float:
+    """The sum of every series named `name` matching `labels` (0 when there is none): a
+    counter over all its other labels, such as requests of every operation."""
+    return sum(s.value for s in series(text, name, **labels))
+
+
 def scrape(base: str, timeout: float = 5) -> str:
     """GET `base`/metrics; AssertionError unless it answers 200."""
     resp = get(f"{base.rstrip('/')}/metrics", timeout=timeout)
@@ -39,3 +52,32 @@ def scrape(base: str, timeout: float = 5) -> str:
 def read(base: str, name: str, **labels: str) -> float | None:
     """value() of a fresh scrape of `base`/metrics."""
     return value(scrape(base), name, **labels)
+
+
+def read_total(base: str, name: str, **labels: str) -> float:
+    """total() of a fresh scrape of `base`/metrics."""
+    return total(scrape(base), name, **labels)
+
+
+def fake_runtime(db: str, litestream_version: str = "0.5.17", **result: Any) -> SimpleNamespace:
+    """What metrics.RuntimeCollector reads from a Runtime: one database, its last lag check
+    (LagResult fields; none: no check yet), no supervisor (children down)."""
+    from sidecar.daemon.lag import LagResult
+
+    res = LagResult(db=db, **result)
+    return SimpleNamespace(
+        cfg=SimpleNamespace(databases=[SimpleNamespace(path=Path(db))]),
+        lag=SimpleNamespace(dbs=[SimpleNamespace(label=db, result=res)], dirs=[]),
+        supervisor=None, litestream_version=litestream_version)
+
+
+@contextlib.contextmanager
+def watching(rt: Any) -> Iterator[Any]:
+    """sidecar's metrics.watch(rt) for the block; then back to no runtime."""
+    from sidecar.daemon import metrics
+
+    metrics.watch(rt)
+    try:
+        yield rt
+    finally:
+        metrics.watch(None)

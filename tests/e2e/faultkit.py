@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client as httplib
 import json
 import os
-import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +18,13 @@ from typing import Any
 
 import pytest
 
-from testkit import BIN, S3_SECRET, Sidecar, base_env, free_port, rows, side_restore
+from testkit import BIN, S3_SECRET, Sidecar, base_env, free_port, metrics, rows, side_restore
 
 ADMIN_TOKEN = "admin-Tok3n-$-never-in-logs-7a1c9e"
 SECRETS = (S3_SECRET, ADMIN_TOKEN)
 
 # (where, text) for everything the fault suite saw; scanned per test by no_secret_leaks.
 RECORDED: list[tuple[str, str]] = []
-_STARTED: list[Any] = []
 
 
 def record(where: str, text: str) -> str:
@@ -78,17 +76,7 @@ def metric(env: dict[str, str], name: str, **labels: str) -> float | None:
     """The value of one series from GET /metrics, or None when it is absent."""
     status, body = request(env, "GET", "/metrics")
     assert status == 200, body[:500]
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in body.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if not m or m.group(1) != name:
-            continue
-        got = ",".join(sorted(p for p in (m.group(2) or "{}")[1:-1].split(",") if p))
-        if all(f'{k}="{v}"' in got for k, v in labels.items()) or got == want:
-            return float(m.group(3))
-    return None
+    return metrics.value(body, name, **labels)
 
 
 def run_cmd(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
@@ -136,35 +124,52 @@ def _scan_files(root: Path) -> list[str]:
     return hits
 
 
+class SecretScan:
+    """Everything produced from its creation to stop(): the log lines and app output of each
+    sidecar started meanwhile, what was recorded here (command output, HTTP answers), and the
+    files under `root`. hits() names each place that holds the S3 secret or the admin token;
+    `lines` and `records` say how much it read."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[Sidecar] = []
+        self.first_record = len(RECORDED)
+        self.lines = self.records = 0
+        Sidecar.observers.append(self.started.append)
+
+    def stop(self) -> None:
+        Sidecar.observers.remove(self.started.append)
+
+    def hits(self) -> list[str]:
+        hits = []
+        for sc in self.started:
+            for where, lines in (("sidecar log", sc.lines), ("app output", sc.stdout)):
+                for line in list(lines):
+                    for s in SECRETS:
+                        if s in line:
+                            hits.append(f"{where}: {line[:200]}")
+        recorded = RECORDED[self.first_record:]
+        for where, text in recorded:
+            for s in SECRETS:
+                if s in text:
+                    hits.append(f"{where}: ...{text[max(0, text.find(s) - 100):][:200]}")
+        hits += _scan_files(self.root)
+        self.lines = sum(len(sc.lines) + len(sc.stdout) for sc in self.started)
+        self.records = len(recorded)
+        return hits
+
+
 @pytest.fixture
 def no_secret_leaks(tmp_path: Path) -> Iterator[None]:
     """After the test: no log line, app output, command output, HTTP response or file the test
     produced holds the S3 secret or the admin token."""
-    first_rec, first_sc = len(RECORDED), len(_STARTED)
-    Sidecar.observers.append(_STARTED.append)
+    scan = SecretScan(tmp_path)
     try:
         yield
     finally:
-        Sidecar.observers.remove(_STARTED.append)
-    hits = []
-    for sc in _STARTED[first_sc:]:
-        for where, lines in (("sidecar log", sc.lines), ("app output", sc.stdout)):
-            for line in list(lines):
-                for s in SECRETS:
-                    if s in line:
-                        hits.append(f"{where}: {line[:200]}")
-    for where, text in RECORDED[first_rec:]:
-        for s in SECRETS:
-            if s in text:
-                hits.append(f"{where}: ...{text[max(0, text.find(s) - 100):][:200]}")
-    hits += _scan_files(tmp_path)
-    SCANNED["lines"] += sum(len(sc.lines) + len(sc.stdout) for sc in _STARTED[first_sc:])
-    SCANNED["records"] += len(RECORDED) - first_rec
-    SCANNED["tests"] += 1
+        scan.stop()
+    hits = scan.hits()
     assert not hits, "secret leaked:\n" + "\n".join(hits[:20])
-
-
-SCANNED = {"tests": 0, "lines": 0, "records": 0}
 
 
 def dump(sc: Any) -> str:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_operator_restore import app_pids, db_path, sock, start_with_rows, state_dir
 
 from sidecar.litestream import unix_request
 from testkit import free_port, rows
+from testkit.live import app_pids, db_path, sock, start_with_rows, state_dir
 
 pytestmark = pytest.mark.slow
 TOKEN = "t0ken-for-the-admin-endpoints"

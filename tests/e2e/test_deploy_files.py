@@ -20,40 +20,41 @@ from typing import Any
 
 import pytest
 import yaml
-from test_dockerfile import image_cmd, image_entrypoint, image_env, image_exposed_ports
 
-from sidecar.config import SETTINGS, database_path_from_url, load, parse_duration
+from sidecar.config import database_path_from_url, load, parse_duration
 from testkit import (
     S3_KEY,
     S3_SECRET,
     S3Server,
     base_env,
     free_port,
+    railway_bucket_env,
     rows,
     side_restore,
     tool,
     wait_for,
     write_app,
 )
+from testkit.deploy import (
+    DB_URL,
+    KNOWN_VARIABLES,
+    METRICS_PORT,
+    RAILWAY,
+    SECRET_NAME,
+    VOLUME,
+    railway_vars,
+    stop_budget,
+)
+from testkit.dockerfile import image_cmd, image_entrypoint, image_env, image_exposed_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-RAILWAY = DEPLOY / "railway"
 K8S = DEPLOY / "kubernetes"
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
 LITESTREAM_YML = ROOT / "litestream.yml"
 APP_DIR = ROOT / "examples" / "prisma-app"
 
 APP_PORT = 3000
-METRICS_PORT = 9090
-VOLUME = "/data"
-DB_URL = "file:/data/app.db"
-
-SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL", re.I)
-KNOWN_VARIABLES = {s.env for s in SETTINGS} | {
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "BUCKET", "ENDPOINT", "REGION",
-    "ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "RAILWAY_DEPLOYMENT_DRAINING_SECONDS", "PORT",
-    "APP_PORT", "RAILWAY_RUN_UID"}
 
 # Litestream 0.5's config keys (cmd/litestream/main.go, v0.5.16/0.5.17). Litestream ignores
 # unknown keys without a word, so a misspelt key silently does nothing.
@@ -101,23 +102,6 @@ def config_files() -> list[Path]:
     found = [p for p in DEPLOY.rglob("*") if p.is_file()
              and p.suffix in (".yaml", ".yml", ".json", ".toml")]
     return [*sorted(found), LITESTREAM_YML]
-
-
-def env_file(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        assert sep and re.fullmatch(r"[A-Z_][A-Z0-9_]*", key), f"not KEY=VALUE: {raw}"
-        assert key not in out, f"{key} set twice in {path.name}"
-        out[key] = value
-    return out
-
-
-def railway_vars() -> dict[str, str]:
-    return env_file(RAILWAY / "variables.env.example")
 
 
 def k8s_docs() -> list[dict[str, Any]]:
@@ -168,17 +152,6 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
 
 def port_of(addr: str) -> int:
     return int(addr.rsplit(":", 1)[1])
-
-
-def stop_budget(env: dict[str, Any]) -> float:
-    """What shutdown can take: the app's stop timeout plus Litestream's final sync bound,
-    with sidecar's defaults for whichever is unset."""
-    defaults = {s.env: s.default for s in SETTINGS}
-    app = parse_duration(str(env.get("SIDECAR_APP_STOP_TIMEOUT") or
-                             defaults["SIDECAR_APP_STOP_TIMEOUT"]))
-    sync = parse_duration(str(env.get("SIDECAR_LITESTREAM_STOP_TIMEOUT") or
-                              defaults["SIDECAR_LITESTREAM_STOP_TIMEOUT"]))
-    return app + sync
 
 
 # ------------------------------------------------------------------------ everything
@@ -310,11 +283,6 @@ def local_copy_of_reference_config(tmp_path: Path, db: Path) -> Path:
     return out
 
 
-def railway_bucket_env(s3: S3Server, bucket: str) -> dict[str, str]:
-    return {"BUCKET": bucket, "ENDPOINT": s3.endpoint, "REGION": "us-east-1",
-            "ACCESS_KEY_ID": S3_KEY, "SECRET_ACCESS_KEY": S3_SECRET}
-
-
 @pytest.mark.slow
 def test_reference_config_replicates_and_restores_with_real_litestream(
         tmp_path: Path, s3: S3Server, bucket: str) -> None:
@@ -326,7 +294,7 @@ def test_reference_config_replicates_and_restores_with_real_litestream(
     con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT)")
     cfg = local_copy_of_reference_config(tmp_path, db)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(railway_bucket_env(s3, bucket), AWS_EC2_METADATA_DISABLED="true")
+    env.update(railway_bucket_env(s3.endpoint, bucket, "us-east-1"), AWS_EC2_METADATA_DISABLED="true")
     proc = subprocess.Popen([tool("litestream"), "replicate", "-config", str(cfg)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -362,7 +330,7 @@ def test_sidecar_runs_with_the_reference_config(tmp_path: Path, s3: S3Server, bu
     (tmp_path / "data").mkdir()
     cfg = local_copy_of_reference_config(tmp_path, db)
     env = base_env(tmp_path, LITESTREAM_CONFIG=str(cfg), WRITE_LIMIT="5",
-                   **railway_bucket_env(s3, bucket))
+                   **railway_bucket_env(s3.endpoint, bucket, "us-east-1"))
     sc = sidecars(env, write_app(tmp_path), tmp_path)
     sc.wait_stdout("wrote run-4")
     sc.wait_event("app started")

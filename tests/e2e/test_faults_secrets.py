@@ -10,7 +10,15 @@ import signal
 from pathlib import Path
 
 import pytest
-from faultkit import ADMIN_TOKEN, SCANNED, fault_env, no_secret_leaks, request, run_cmd  # noqa: F401
+from faultkit import (  # noqa: F401
+    ADMIN_TOKEN,
+    RECORDED,
+    SecretScan,
+    fault_env,
+    no_secret_leaks,
+    request,
+    run_cmd,
+)
 
 from testkit import S3_SECRET, s3_env, seed_bucket, write_app
 
@@ -68,9 +76,45 @@ def test_rejected_secret_and_secret_config_errors_are_not_echoed(tmp_path: Path,
     assert res.returncode == 1 and wrong not in res.stdout + res.stderr
 
 
-def test_the_scan_saw_the_suite() -> None:
-    """The scan is not vacuous: by now it has read the output of the fault tests run so far."""
-    assert SCANNED["tests"] >= 2 and SCANNED["records"] > 0 and SCANNED["lines"] > 0
+def test_the_scan_reads_a_run_and_reports_each_planted_secret(tmp_path: Path, s3, bucket,
+                                                             sidecars) -> None:
+    """The scan is not vacuous, whatever ran before this test: over a real sidecar, an HTTP
+    answer and a command it reads lines and records and finds nothing; the S3 secret or the
+    admin token planted in a log line, app output, a recorded answer or a file is reported,
+    each where it was."""
+    root = tmp_path / "scanned"
+    root.mkdir()
+    scan = SecretScan(root)
+    try:
+        env = fault_env(root, **s3_env(s3, bucket), APP_TAG="s")
+        sc = sidecars(env, write_app(root), root)
+        sc.wait_stdout("wrote s-3")
+        assert request(env, "GET", "/status")[0] == 200
+        assert run_cmd(["status", "--json"], env, root).returncode == 0
+        sc.signal(signal.SIGTERM)
+        assert sc.wait(60) == 0
+    finally:
+        scan.stop()
+    assert scan.hits() == []
+    assert scan.started == [sc] and scan.lines > 10 and scan.records == 2, (
+        scan.started, scan.lines, scan.records)
+
+    planted = ("planted answer", f"body {ADMIN_TOKEN} body")
+    sc.lines.append(f"log {S3_SECRET} log")
+    sc.stdout.append(f"out {ADMIN_TOKEN} out")
+    RECORDED.append(planted)
+    (root / "data" / "planted.txt").write_text(S3_SECRET)
+    try:
+        hits = scan.hits()
+    finally:  # the module's own scan of this test must not see them
+        sc.lines.pop()
+        sc.stdout.pop()
+        RECORDED.remove(planted)
+        (root / "data" / "planted.txt").unlink()
+    assert len(hits) == 4, hits
+    assert hits[0].startswith("sidecar log: log ") and hits[1].startswith("app output: out ")
+    assert hits[2].startswith("planted answer: ...body ")
+    assert hits[3] == f"{root / 'data' / 'planted.txt'} holds the S3 secret"
 
 
 # A migration command that says its pid and stays up long enough for its environment to be read.

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 from testkit import S3_KEY, S3_SECRET, S3Server, base_env, free_port, need, s3_env, wait_for, write_app
+from testkit.http import get
+from testkit.live import start_with_http
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
@@ -31,27 +33,6 @@ needs_prometheus = pytest.mark.requires(
 DB_FIELDS = {"path", "size_bytes", "local_txid", "replica_txid", "lag_seconds", "last_upload"}
 CHILD_FIELDS = {"pid", "uptime_seconds", "restarts"}
 TOP_FIELDS = {"databases", "children", "last_restore", "last_migration", "last_verification"}
-
-
-def get(url: str, timeout: float = 5) -> tuple[int, bytes, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read(), resp.headers
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), exc.headers
-
-
-def start(tmp_path: Path, s3: S3Server, bucket: str, sidecars: Any, addr: str | None = None,
-          app: list[str] | None = None, **extra: str) -> tuple[Any, str]:
-    port = free_port()
-    env = base_env(tmp_path, **s3_env(s3, bucket), SIDECAR_HTTP_ADDR=addr or f"[::]:{port}",
-                   SIDECAR_LAG_CHECK_INTERVAL="1s", **extra)
-    sc = sidecars(env, app or write_app(tmp_path), tmp_path)
-    sc.wait_event("app started", 60)
-    if app is None:  # the writer has installed its SIGTERM handler once it says so
-        sc.wait_stdout("app up")
-    base = f"http://127.0.0.1:{port}"
-    return sc, base
 
 
 def host_has_ipv6_loopback() -> bool:
@@ -74,7 +55,7 @@ def wait_ready(base: str) -> None:
 def test_metrics_page_passes_promtool_and_carries_litestream_series(
         tmp_path: Path, s3: S3Server, bucket: str, sidecars: Any) -> None:
     """A real /metrics page: promtool-clean, every sidecar_* series, litestream_* passed through."""
-    sc, base = start(tmp_path, s3, bucket, sidecars)
+    sc, base = start_with_http(tmp_path, s3, bucket, sidecars)
     wait_ready(base)
     code, body, headers = get(f"{base}/metrics")
     assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -113,7 +94,7 @@ scrape_configs:
 def test_real_prometheus_scrapes_the_lag(
         tmp_path: Path, s3: S3Server, bucket: str, sidecars: Any) -> None:
     """Debian's Prometheus on 127.0.0.1 scrapes the sidecar; PromQL returns the lag."""
-    sc, base = start(tmp_path, s3, bucket, sidecars)
+    sc, base = start_with_http(tmp_path, s3, bucket, sidecars)
     wait_ready(base)
     target = base.removeprefix("http://")
     prom_dir = tmp_path / "prom"
@@ -155,7 +136,7 @@ def test_status_has_every_field_and_no_secret(
     """/status carries every SPEC field; no secret (S3 key, admin token, heartbeat URL)."""
     token = "admin-token-" + "z" * 20
     beat = "http://127.0.0.1:9/hb/very-secret-check-uuid"
-    sc, base = start(tmp_path, s3, bucket, sidecars, SIDECAR_ADMIN_TOKEN=token,
+    sc, base = start_with_http(tmp_path, s3, bucket, sidecars, SIDECAR_ADMIN_TOKEN=token,
                      SIDECAR_HEARTBEAT_URL=beat)
     wait_ready(base)
 
@@ -200,7 +181,7 @@ def test_healthz_stays_200_while_the_app_is_down(
         tmp_path: Path, s3: S3Server, bucket: str, sidecars: Any) -> None:
     """App crash-looping: /healthz stays 200, /readyz is 503 naming the app."""
     app = write_app(tmp_path, CRASHING_APP, "crash.py")
-    sc, base = start(tmp_path, s3, bucket, sidecars, app=app, SIDECAR_APP_RESTART="on-failure")
+    sc, base = start_with_http(tmp_path, s3, bucket, sidecars, app=app, SIDECAR_APP_RESTART="on-failure")
     sc.wait_event("app exited", 10)
     seen_down = False
     end = time.monotonic() + 6
@@ -221,7 +202,7 @@ def test_healthz_stays_200_while_the_app_is_down(
 def test_readyz_503_while_litestream_is_down(
         tmp_path: Path, s3: S3Server, bucket: str, sidecars: Any) -> None:
     """Litestream killed: /readyz 503 with the reason until it is back; /healthz stays 200."""
-    sc, base = start(tmp_path, s3, bucket, sidecars)
+    sc, base = start_with_http(tmp_path, s3, bucket, sidecars)
     wait_ready(base)
     pid = json.loads(get(f"{base}/status")[1])["children"]["litestream"]["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -245,7 +226,7 @@ def test_dual_stack_listener_answers_ipv4_and_ipv6(
     test's own: an unreachable ::1 on sidecar's listener is then the failure under test."""
     need(host_has_ipv6_loopback(), "this host has no ::1 (IPv6 loopback)")
     port = free_port()
-    sc, _ = start(tmp_path, s3, bucket, sidecars, addr=f"[::]:{port}")
+    sc, _ = start_with_http(tmp_path, s3, bucket, sidecars, addr=f"[::]:{port}")
     assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
     assert get(f"http://[::1]:{port}/healthz")[0] == 200
     code, body, _ = get(f"http://127.0.0.1:{port}/nope")

@@ -14,7 +14,6 @@ import os
 import sqlite3
 import subprocess
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from testkit import S3_KEY, S3_SECRET, S3Server, free_port, side_restore, wait_for
+from testkit import S3_KEY, S3_SECRET, S3Server, free_port, http, side_restore, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "tests" / "image" / "containers.conf"
@@ -121,14 +120,12 @@ def containers() -> Iterator[list[Container]]:
 
 
 def get(url: str) -> tuple[int, Any]:
+    """(status, the JSON document or the raw body); (0, None) while nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            body = resp.read()
-            return resp.status, json.loads(body) if body[:1] in (b"{", b"[") else body
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        resp = http.get(url)
+    except OSError:
         return 0, None
+    return resp.status, resp.json() if resp.body[:1] in (b"{", b"[") else resp.body
 
 
 def post_note(port: int, title: str) -> None:

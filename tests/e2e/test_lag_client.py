@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,8 @@ from sidecar import config, replica
 from sidecar.bucket.client import Client
 from sidecar.daemon import lag
 from testkit import S3Server, base_env, free_port, s3_env, seed_bucket, wait_for, write_app
+from testkit.http import get
+from testkit.metrics import read_total
 
 
 class FixedControl:
@@ -110,14 +111,6 @@ WATCHED = textwrap.dedent("""
 """)
 
 
-def metric(base: str, name: str) -> float:
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_a_start_without_restore_loads_boto3_after_the_app(tmp_path: Path, s3: S3Server,
                                                            bucket: str, sidecars: object) -> None:
     """A real `sidecar run` over a present database starts the app before anything imports
@@ -138,9 +131,8 @@ def test_a_start_without_restore_loads_boto3_after_the_app(tmp_path: Path, s3: S
                   argv=[sys.executable, str(wrapper), str(mark), "run", "--", *app])
     started = sc.wait_event("app started", 60)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: metric(base, "sidecar_lag_checks_total") >= 2, 30, what="2 lag checks")
-    with urllib.request.urlopen(f"{base}/status", timeout=5) as resp:
-        status = json.loads(resp.read())
+    wait_for(lambda: read_total(base, "sidecar_lag_checks_total", outcome="ok") >= 2, 30, what="2 lag checks")
+    status = get(f"{base}/status").json()
     first = status["databases"][0]
     assert first["replica_reachable"] is True and first["replica_txid"], first
     imports = [line.split() for line in mark.read_text().splitlines()]

@@ -8,8 +8,6 @@ import http.server
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,9 @@ from sidecar.daemon.lag import ReplicaTracker
 from sidecar.litestream import Control
 from sidecar.replica import S3Store
 from testkit import S3_KEY, S3_SECRET, S3Server, base_env, free_port, s3_env, wait_for, write_app
+from testkit.http import get
+from testkit.metrics import read as metric
+from testkit.metrics import read_total
 
 # ------------------------------------------------------------------ real processes
 
@@ -50,22 +51,6 @@ def heartbeat() -> Any:
     server.server_close()
 
 
-def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def metric(base: str, name: str) -> float | None:
-    _, body = get(f"{base}/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def start_writer(tmp_path: Path, server: S3Server, bucket: str, sidecars: Any,
                  **extra: str) -> tuple[Any, str]:
     port = free_port()
@@ -74,7 +59,7 @@ def start_writer(tmp_path: Path, server: S3Server, bucket: str, sidecars: Any,
     sc = sidecars(env, write_app(tmp_path), tmp_path)
     sc.wait_event("app started", 60)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: (metric(base, "sidecar_lag_checks_total") or 0) > 0 and
+    wait_for(lambda: read_total(base, "sidecar_lag_checks_total") > 0 and
              get(f"{base}/readyz")[0] == 200, 30, what="first lag check and readiness")
     return sc, base
 
@@ -85,8 +70,8 @@ def test_steady_writes_keep_lag_within_sync_plus_check_interval(
     """App writing every 100 ms: lag never exceeds sync interval + check interval."""
     sc, base = start_writer(tmp_path, s3, bucket, sidecars, SIDECAR_SYNC_INTERVAL="1s",
                             SIDECAR_LAG_CHECK_INTERVAL="2s")
-    checks0 = metric(base, "sidecar_lag_checks_total") or 0
-    reqs0 = metric(base, "sidecar_replica_requests_total") or 0
+    checks0 = read_total(base, "sidecar_lag_checks_total")
+    reqs0 = read_total(base, "sidecar_replica_requests_total")
     samples = []
     end = time.monotonic() + 20
     while time.monotonic() < end:
@@ -96,8 +81,8 @@ def test_steady_writes_keep_lag_within_sync_plus_check_interval(
     assert max(samples) <= 1 + 2, samples  # type: ignore[type-var]
     assert (metric(base, "sidecar_local_txid") or 0) > 10
     # One check costs one listing request while the DB is busy.
-    checks = (metric(base, "sidecar_lag_checks_total") or 0) - checks0
-    reqs = (metric(base, "sidecar_replica_requests_total") or 0) - reqs0
+    checks = read_total(base, "sidecar_lag_checks_total") - checks0
+    reqs = read_total(base, "sidecar_replica_requests_total") - reqs0
     assert checks >= 8 and reqs <= checks + 1, (reqs, checks)
     sc.signal()
     assert sc.wait() == 0
@@ -128,7 +113,7 @@ def test_s3_outage_shows_in_lag_reachability_readiness_and_heartbeat(
 
     wait_for(outage_visible, check + 0.5, what="lag >= 25 s within one check after 30 s")
     assert metric(base, "sidecar_replica_reachable") == 0
-    code, body = get(f"{base}/readyz")
+    code, body, _ = get(f"{base}/readyz")
     doc = json.loads(body)
     assert code == 503 and not doc["ready"]
     assert any("replication lag" in r and "SIDECAR_MAX_LAG_SECONDS" in r for r in doc["reasons"])
@@ -184,13 +169,13 @@ def test_idle_database_keeps_lag_zero_for_a_minute(
     wait_for(lambda: metric(base, "sidecar_replication_lag_seconds") == 0 and
              metric(base, "sidecar_replica_txid") == metric(base, "sidecar_local_txid"),
              20, what="caught up after the burst")
-    checks0 = metric(base, "sidecar_lag_checks_total") or 0
+    checks0 = read_total(base, "sidecar_lag_checks_total")
     end = time.monotonic() + 60
     while time.monotonic() < end:
         lag_now = metric(base, "sidecar_replication_lag_seconds")
         assert lag_now == 0, lag_now
         time.sleep(1)
-    assert (metric(base, "sidecar_lag_checks_total") or 0) >= checks0 + 40
+    assert read_total(base, "sidecar_lag_checks_total") >= checks0 + 40
     sc.signal()
     assert sc.wait() == 0
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_operator_restore import IDLE_APP
 
 from testkit import base_env, free_port, wait_for, write_app
+from testkit.live import IDLE_APP
 
 pytestmark = pytest.mark.slow
 TOKEN = "t0ken-for-the-admin-endpoints"

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 from faultkit import fault_env, request
-from test_operator_restore import db_path, state_dir, synced
 
 from sidecar import dbfile
 from sidecar.litestream import Control
 from testkit import S3_SECRET, make_db, rows, run_sidecar, s3_env, side_restore, wait_for, write_app
+from testkit.live import db_path, state_dir, synced, wait_synced
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ class Project:
         boot 2 migrates it and writes b1 (with a note). Returns the running sidecar and T."""
         sc = self.boot()
         make_db(db_path(self.env), ["a1", "a2"])
-        wait_for(lambda: _try(lambda: synced(self.env)), 20, what="a first sync")
+        wait_synced(self.env, 20, what="a first sync")
         time.sleep(1.2)  # the listing's times have whole-second resolution
         t = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         time.sleep(1.2)
@@ -131,13 +131,6 @@ class Project:
         con.close()
         synced(self.env)
         return sc, t
-
-
-def _try(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return False
 
 
 def test_pitr_to_before_a_migration_migrates_again_before_the_app(

@@ -10,19 +10,18 @@ import json
 import sqlite3
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from faultkit import fault_env
-from test_operator_restore import IDLE_APP, db_path, sock, synced
 
 from sidecar.daemon import health as sidecar_health
 from sidecar.litestream import unix_request
 from testkit import free_port, make_db, run_sidecar, s3_env, wait_for, write_app
+from testkit.http import get
+from testkit.live import IDLE_APP, db_path, sock, wait_synced
 from testkit.s3proxy import S3Proxy
 
 pytestmark = pytest.mark.slow
@@ -38,14 +37,6 @@ def liveness_probe() -> dict[str, Any]:
                 if "livenessProbe" in c:
                     return dict(c["livenessProbe"])
     raise AssertionError("no livenessProbe in deploy/kubernetes/statefulset.yaml")
-
-
-def get(url: str, timeout: float) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_live_restore_longer_than_the_liveness_window_keeps_healthz_200(
@@ -71,7 +62,7 @@ def test_live_restore_longer_than_the_liveness_window_keeps_healthz_200(
     for _ in range(12):  # ~6 MB that does not compress
         con.execute("INSERT INTO blobs VALUES (randomblob(500000))")
     con.close()
-    wait_for(lambda: _try(lambda: synced(env)), 30, what="the blobs in the bucket")
+    wait_synced(env, 30, what="the blobs in the bucket")
 
     plan = run_sidecar(["restore", "--dry-run", "--json"], env, tmp_path, timeout=120)
     assert plan.returncode == 0, plan.stderr
@@ -87,13 +78,13 @@ def test_live_restore_longer_than_the_liveness_window_keeps_healthz_200(
         while not stop.is_set():
             t0 = time.monotonic()
             try:
-                code, _body = get(f"http://127.0.0.1:{port}/healthz", probe["timeoutSeconds"])
+                code = get(f"http://127.0.0.1:{port}/healthz", probe["timeoutSeconds"]).status
             except OSError:
                 code = 0
             polls.append((t0, code, time.monotonic() - t0))
-            code_r, body_r = get(f"http://127.0.0.1:{port}/readyz", 10)
-            if code_r == 503:
-                ready.append(body_r)
+            resp = get(f"http://127.0.0.1:{port}/readyz", 10)
+            if resp.status == 503:
+                ready.append(resp.text)
             stop.wait(0.5)
 
     t0 = time.monotonic()
@@ -127,10 +118,3 @@ def test_live_restore_longer_than_the_liveness_window_keeps_healthz_200(
              what="/readyz after the restore")
     assert get(f"http://127.0.0.1:{port}/healthz", 3)[0] == 200
     proxy.close()
-
-
-def _try(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return False

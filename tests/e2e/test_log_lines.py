@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_operator_restore import _try_sync, db_path, sock, synced
 
 from testkit import base_env, make_db, rows, run_sidecar, s3_env, wait_for, write_app
+from testkit.db import lose_db
+from testkit.live import db_path, sock, synced, wait_synced
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def test_a_whole_cycle_writes_only_railway_structured_lines(tmp_path: Path, s3, 
     first.wait_stdout("app up")
     wait_for(lambda: sock(env).exists(), 10, what="control socket")
     make_db(db_path(env), ["a1"])
-    wait_for(lambda: _try_sync(env), 30, what="litestream to pick up the new database")
+    wait_synced(env, 30)
     txid_a = synced(env)
     make_db(db_path(env), ["b1"])
     synced(env)
@@ -88,8 +89,7 @@ def test_a_whole_cycle_writes_only_railway_structured_lines(tmp_path: Path, s3, 
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
 
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db_path(env)) + suffix).unlink(missing_ok=True)
+    lose_db(db_path(env))
     second = sidecars(env, app, tmp_path)
     assert second.wait_event("restore decided", 60)["outcome"] == "restored"
     second.wait_event("app started", 60)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import math
 import os
@@ -16,14 +15,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from sidecar.daemon import metrics
 from sidecar.daemon.lag import LagResult
 from testkit import free_port, tool
+from testkit.metrics import fake_runtime, watching
 from testkit.procs import stop, wait_serving
 
 PROMTOOL = shutil.which("promtool")
@@ -73,26 +71,6 @@ def families(body: bytes) -> dict[str, str]:
 def sample(name: str, **labels: str) -> float:
     value = metrics.REGISTRY.get_sample_value(name, labels)
     return 0.0 if value is None else value
-
-
-def runtime(db: str, litestream_version: str = "0.5.17", **result: Any) -> SimpleNamespace:
-    """What metrics.RuntimeCollector reads from a Runtime: one database, its last lag check
-    (LagResult fields; none: no check yet), no supervisor (children down)."""
-    res = LagResult(db=db, **result)
-    return SimpleNamespace(
-        cfg=SimpleNamespace(databases=[SimpleNamespace(path=Path(db))]),
-        lag=SimpleNamespace(dbs=[SimpleNamespace(label=db, result=res)], dirs=[]),
-        supervisor=None, litestream_version=litestream_version)
-
-
-@contextlib.contextmanager
-def watching(rt: Any) -> Iterator[Any]:
-    """metrics.watch(rt) for the block; then back to no runtime."""
-    metrics.watch(rt)
-    try:
-        yield rt
-    finally:
-        metrics.watch(None)
 
 
 @pytest.fixture
@@ -159,7 +137,7 @@ def served_text() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
 def test_every_spec_metric_is_exposed_with_its_labels() -> None:
     """Each SPEC section 3 metric appears in render() with exactly the SPEC's label names."""
     metrics.init_db("/data/spec.db")
-    with watching(runtime("/data/spec.db")):
+    with watching(fake_runtime("/data/spec.db")):
         body = metrics.render(None)
     declared = families(body)
     for name, labels in SPEC_METRICS.items():
@@ -199,7 +177,7 @@ def test_a_database_starts_from_nothing_known(tmp_path: Path) -> None:
     db = tmp_path / "fresh.db"
     db.write_bytes(b"x" * 4096)
     metrics.init_db(str(db))
-    with watching(runtime(str(db))):
+    with watching(fake_runtime(str(db))):
         assert math.isnan(sample("sidecar_replication_lag_seconds", db=str(db)))
         assert sample("sidecar_replica_reachable", db=str(db)) == 0
         assert sample("sidecar_replica_txid", db=str(db)) == 0
@@ -216,7 +194,7 @@ def test_state_is_read_from_the_runtime_at_scrape_time(tmp_path: Path) -> None:
     behind); a check that could not ask Litestream keeps the last known position; the build
     info follows the Litestream version preflight found, in one series."""
     db = str(tmp_path / "app.db")
-    with watching(runtime(db, checks=1, lag_seconds=2.5, local_txid=7, replica_txid=6,
+    with watching(fake_runtime(db, checks=1, lag_seconds=2.5, local_txid=7, replica_txid=6,
                           last_upload=1_700_000_000.0, reachable=True)) as rt:
         assert sample("sidecar_replication_lag_seconds", db=db) == 2.5
         assert sample("sidecar_local_txid", db=db) == 7
@@ -245,7 +223,7 @@ def test_children_are_up_while_the_supervisor_says_they_run() -> None:
         def litestream_running(self) -> bool:
             return self.litestream
 
-    rt = runtime("/data/kids.db")
+    rt = fake_runtime("/data/kids.db")
     rt.supervisor = Sup()
     with watching(rt):
         assert (sample("sidecar_app_up"), sample("sidecar_litestream_up")) == (1, 0)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_operator_restore import IDLE_APP, db_path, sock, start_with_rows, state_dir
 
 from sidecar import dbfile
 from sidecar.litestream import unix_request
@@ -29,6 +28,8 @@ from testkit import (
     wait_for,
     write_app,
 )
+from testkit.db import lose_db
+from testkit.live import IDLE_APP, db_path, sock, start_with_rows, state_dir
 
 pytestmark = pytest.mark.slow
 TOKEN = "t0ken-for-the-admin-endpoints"
@@ -200,8 +201,7 @@ def test_hold_keeps_the_sidecar_up_until_resume_restores_and_starts(tmp_path: Pa
     port = free_port()
     env = base_env(tmp_path, **s3_env(own_s3, bucket))
     seed_bucket(env, tmp_path, ["h1", "h2"])
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db_path(env)) + suffix).unlink(missing_ok=True)
+    lose_db(db_path(env))
     own_s3.stop()
     env.update(SIDECAR_ON_START_FAILURE="hold", SIDECAR_HTTP_ADDR=f"127.0.0.1:{port}")
     sc = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)

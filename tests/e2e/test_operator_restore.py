@@ -7,84 +7,26 @@ import contextlib
 import os
 import signal
 import sqlite3
-import textwrap
-import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sidecar import dbfile
-from sidecar.litestream import Control, unix_request
-from testkit import S3_SECRET, base_env, make_db, rows, run_sidecar, s3_env, wait_for, write_app
+from sidecar.litestream import unix_request
+from testkit import S3_SECRET, make_db, rows, run_sidecar, wait_for, write_app
+from testkit.db import lose_db
+from testkit.live import (
+    IDLE_APP,
+    app_pids,
+    aside_files,
+    db_path,
+    sock,
+    start_with_rows,
+    state_dir,
+    synced,
+)
 
 pytestmark = pytest.mark.slow
-
-# An app that only reports its pid: the test writes the rows itself, so it knows exactly
-# which rows came before and after the point in time.
-IDLE_APP = textwrap.dedent("""
-    import os, signal, sys, time
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-    print(f"app up {os.getpid()}", flush=True)
-    while True:
-        time.sleep(0.2)
-""")
-
-
-def db_path(env: dict[str, str]) -> Path:
-    return Path(env["SIDECAR_DB_PATH"])
-
-
-def state_dir(env: dict[str, str]) -> Path:
-    return db_path(env).parent / ".sidecar"
-
-
-def synced(env: dict[str, str]) -> int:
-    """Ask the sidecar's Litestream to upload everything; return the uploaded txid."""
-    res = Control(state_dir(env) / "litestream.sock").sync(db_path(env), wait=True, timeout=20)
-    assert res["replicated_txid"] == res["txid"], res
-    return int(res["replicated_txid"])
-
-
-def app_pids(sc: Any) -> list[int]:
-    return [int(line.split()[-1]) for line in sc.stdout if line.startswith("app up ")]
-
-
-def sock(env: dict[str, str]) -> Path:
-    return state_dir(env) / "sidecar.sock"
-
-
-def start_with_rows(tmp_path: Path, s3: Any, bucket: str, sidecars: Any, **extra: str
-                    ) -> tuple[dict[str, str], Any, int, str]:
-    """A running sidecar whose bucket holds rows a1,a2 (txid returned), then b1,b2 written
-    after time T (returned, RFC3339) and uploaded."""
-    env = base_env(tmp_path, **s3_env(s3, bucket), SIDECAR_SYNC_INTERVAL="200ms", **extra)
-    sc = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
-    sc.wait_event("app started")
-    wait_for(lambda: sock(env).exists(), 10, what="control socket")
-    make_db(db_path(env), ["a1", "a2"])
-    wait_for(lambda: _try_sync(env), 20, what="litestream to pick up the new database")
-    txid_a = synced(env)
-    time.sleep(1.2)  # Litestream's timestamps have whole-second resolution in the listing
-    t = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    time.sleep(1.2)
-    make_db(db_path(env), ["b1", "b2"])
-    assert synced(env) > txid_a
-    return env, sc, txid_a, t
-
-
-def _try_sync(env: dict[str, str]) -> bool:
-    try:
-        return synced(env) > 0
-    except Exception:
-        return False
-
-
-def aside_files(env: dict[str, str]) -> list[Path]:
-    d = state_dir(env) / "pre-restore"
-    return sorted(p for p in d.glob("app.db.*") if not p.name.endswith(("-wal", "-shm"))) \
-        if d.exists() else []
 
 
 def test_restore_by_timestamp_fences_the_app_keeps_old_db_and_becomes_the_new_backup(
@@ -109,8 +51,7 @@ def test_restore_by_timestamp_fences_the_app_keeps_old_db_and_becomes_the_new_ba
     synced(env)
     sc.signal(signal.SIGTERM)
     assert sc.wait() == 0
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db_path(env)) + suffix).unlink(missing_ok=True)
+    lose_db(db_path(env))
     again = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
     assert again.wait_event("restore decided")["outcome"] == "restored"
     again.wait_event("app started")

@@ -5,24 +5,25 @@ and environment, from a copy of examples/prisma-app in a temp dir."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_dockerfile import image_command, image_env, image_workdir
 
 from sidecar import dbfile
-from testkit import BIN, S3Server, Sidecar, base_env, free_port, s3_env, side_restore, wait_for
+from testkit import wait_for
+from testkit.prisma import (
+    ADD_BIO,
+    NODE_MODULES,
+    Deployment,
+    add_migration,
+    deployment,
+    migration_lines,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-APP_SRC = ROOT / "examples" / "prisma-app"
-NODE_MODULES = APP_SRC / "node_modules"
-
+__all__ = ["deployment"]  # the fixture
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.requires(
@@ -30,111 +31,6 @@ pytestmark = [
         "examples/prisma-app/node_modules is not installed (./scripts/setup.sh runs "
         "`npm ci` there) or node is not on PATH"),
 ]
-
-ADD_BIO = 'ALTER TABLE "User" ADD COLUMN "bio" TEXT;\n'
-
-
-def copy_app(dest: Path) -> Path:
-    """The example app's source in `dest`, sharing the installed node_modules."""
-    shutil.copytree(APP_SRC, dest, ignore=shutil.ignore_patterns(
-        "node_modules", "*.db", "*.db-*", ".sidecar"))
-    assert (dest / "server.js").is_file() and (dest / "prisma" / "schema.prisma").is_file()
-    (dest / "node_modules").symlink_to(NODE_MODULES, target_is_directory=True)
-    return dest
-
-
-def add_migration(app: Path, name: str, sql: str) -> None:
-    folder = app / "prisma" / "migrations" / name
-    folder.mkdir()
-    (folder / "migration.sql").write_text(sql)
-
-
-class Deployment:
-    """One app copy, its volume directory and bucket; each boot is a real `sidecar run`."""
-
-    def __init__(self, tmp_path: Path, s3: S3Server, bucket: str, sidecars: Any):
-        self.tmp_path, self.s3, self.bucket, self._sidecars = tmp_path, s3, bucket, sidecars
-        self.app = copy_app(tmp_path / image_workdir().strip("/"))
-        self.data = tmp_path / "data"
-        self.db = self.data / "app.db"
-        self.port = free_port()
-
-    def env(self) -> dict[str, str]:
-        env = base_env(self.tmp_path, **s3_env(self.s3, self.bucket))
-        # As in the image: its ENV, with the database in the test's volume directory.
-        env.update({k: v for k, v in image_env().items() if k != "PATH"})
-        env["DATABASE_URL"] = f"file:{self.db}"
-        env["APP_PORT"] = str(self.port)
-        # Production settings: DATABASE_URL names the database and the migration command is
-        # sidecar's default, chosen because the app has a Prisma schema.
-        env.pop("SIDECAR_DB_PATH")
-        env.pop("SIDECAR_MIGRATE_COMMAND")
-        return env
-
-    def boot(self) -> Sidecar:
-        argv = image_command()
-        assert argv[0] == "sidecar"
-        return self._sidecars(self.env(), argv[3:], self.app,
-                              argv=[str(BIN / argv[0]), *argv[1:]])
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_serving(self, sc: Sidecar) -> None:
-        sc.wait_event("app started", timeout=90)
-
-        def healthy() -> bool:
-            assert sc.proc is not None and sc.proc.poll() is None, sc.output()
-            try:
-                with urllib.request.urlopen(self.url("/health"), timeout=2) as resp:
-                    return resp.status == 200
-            except (urllib.error.URLError, ConnectionError):
-                return False
-
-        wait_for(healthy, 30, what="the app's /health")
-
-    def post_note(self, title: str, tags: list[str]) -> dict[str, Any]:
-        body = json.dumps({"title": title, "author": "ada@example.com", "tags": tags}).encode()
-        req = urllib.request.Request(self.url("/notes"), data=body, method="POST",
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            assert resp.status == 201
-            return dict(json.load(resp))
-
-    def notes(self) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(self.url("/notes"), timeout=10) as resp:
-            return list(json.load(resp))
-
-    def stop(self, sc: Sidecar) -> None:
-        sc.signal(signal.SIGTERM)
-        assert sc.wait(90) == 0, sc.output()
-
-    def lose_volume(self) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
-        shutil.rmtree(self.data / ".sidecar", ignore_errors=True)
-
-    def query(self, sql: str, db: Path | None = None) -> list[tuple[Any, ...]]:
-        con = dbfile.connect_ro(Path(db or self.db))
-        try:
-            return list(con.execute(sql))
-        finally:
-            con.close()
-
-    def bucket_copy(self, name: str) -> Path:
-        """The bucket's latest state, restored with plain `litestream restore`."""
-        return side_restore(self.env(), self.tmp_path / name)
-
-
-def migration_lines(sc: Sidecar) -> str:
-    return "\n".join(str(e.get("line", "")) for e in sc.events
-                     if e.get("message") == "migration output")
-
-
-@pytest.fixture
-def deployment(tmp_path: Path, s3: S3Server, bucket: str, sidecars: Any) -> Deployment:
-    return Deployment(tmp_path, s3, bucket, sidecars)
-
 
 def test_first_boot_migrates_then_serves(deployment: Deployment) -> None:
     """On an empty volume and bucket: fresh start, `prisma migrate deploy` creates the schema,

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_prisma_e2e import ADD_BIO, Deployment, add_migration, deployment, migration_lines
 
 from sidecar.litestream import Control
 from testkit import run_sidecar
+from testkit.prisma import ADD_BIO, Deployment, add_migration, deployment, migration_lines
 
 pytestmark = pytest.mark.slow
 __all__ = ["deployment"]  # the fixture

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
-from test_metrics import runtime
 
 from sidecar.daemon import metrics
 from testkit import free_port
+from testkit.metrics import fake_runtime
 from testkit.procs import stop, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,7 +321,7 @@ def test_dashboard_queries_return_data_from_a_real_scrape(prometheus: str,
     metrics.init_db(db)
     now = time.time()
     request.addfinalizer(lambda: metrics.watch(None))
-    metrics.watch(runtime(db, checks=1, lag_seconds=0.5, last_upload=now - 5, local_txid=3,
+    metrics.watch(fake_runtime(db, checks=1, lag_seconds=0.5, last_upload=now - 5, local_txid=3,
                           replica_txid=3, reachable=True))
     metrics.BACKUP_VERIFY_LAST_SUCCESS.labels(db=db).set(now - 60)
     metrics.REPLICA_REQUESTS.labels(db=db, operation="list_objects_v2").inc()

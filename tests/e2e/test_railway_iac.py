@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_deploy_files import (
+
+from sidecar.config import load
+from testkit.deploy import (
     DB_URL,
     KNOWN_VARIABLES,
     METRICS_PORT,
@@ -25,9 +27,7 @@ from test_deploy_files import (
     railway_vars,
     stop_budget,
 )
-from test_dockerfile import image_cmd
-
-from sidecar.config import load
+from testkit.dockerfile import image_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
 RAILWAY_TS = ROOT / ".railway" / "railway.ts"

@@ -21,7 +21,7 @@ import pytest
 
 from testkit import S3Server, Sidecar, base_env, run_sidecar, s3_env
 from testkit.backup import seed_shaped
-from testkit.net import wait_for
+from testkit.poll import wait_for
 from testkit.shaper import Shaper
 from testkit.sidecar import side_restore
 

@@ -30,6 +30,7 @@ from testkit import (
     wait_for,
     write_app,
 )
+from testkit.db import lose_db
 
 pytestmark = pytest.mark.slow
 
@@ -217,8 +218,7 @@ def test_replication_after_a_03_restore_keeps_the_rows(tmp_path: Path, s3, bucke
     assert first.returncode == 0, first.stderr[-3000:]
     assert "rows 30" in first.stdout
     db = Path(env["SIDECAR_DB_PATH"])
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    lose_db(db)
     second = run_sidecar(["run", "--", *app], env, tmp_path, timeout=120)
     assert second.returncode == 0, second.stderr[-3000:]
     decided = next(json.loads(ln) for ln in second.stderr.splitlines()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from testkit import base_env, run_sidecar, s3_env
+from testkit.db import lose_db
 
 pytestmark = pytest.mark.slow
 
@@ -160,8 +161,7 @@ def _seeded(tmp_path: Path, s3, bucket: str, mb: int = 40) -> tuple[dict[str, st
     con.close()
     res = run_sidecar(["run", "--", "true"], env, tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    lose_db(db)
     return env, mb * 512
 
 

@@ -25,6 +25,7 @@ from testkit import (
     wait_for,
     write_app,
 )
+from testkit.db import lose_db
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +55,7 @@ def test_missing_or_empty_db_is_restored_before_migrations(tmp_path: Path, s3, b
     seed_bucket(env, tmp_path, values)
     db = Path(env["SIDECAR_DB_PATH"])
     assert rows(db) == values
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    lose_db(db)
     if damage == "zero-bytes":
         db.write_bytes(b"")
 
@@ -173,8 +173,7 @@ def test_sigkill_during_restore_never_leaves_a_partial_db(tmp_path: Path, s3, bu
     count = sqlite3.connect(db).execute("SELECT count(*) FROM rows").fetchone()[0]
     res = run_sidecar(["run", "--", "true"], env, tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    lose_db(db)
 
     proc = subprocess.Popen([str(BIN / "sidecar"), "run", "--", "true"], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -233,8 +232,7 @@ def test_two_databases_from_the_project_litestream_yml(tmp_path: Path, s3, bucke
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count('"outcome": "fresh"') == 2
     for name in ("one", "two"):
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{data}/{name}.db{suffix}").unlink(missing_ok=True)
+        lose_db(data / f"{name}.db")
     res = run_sidecar(["run", "--", "true"], env, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count('"outcome": "restored"') == 2
@@ -256,8 +254,7 @@ def test_sigterm_during_a_long_restore_stops_cleanly(tmp_path: Path, s3, bucket)
     _big_db(db, 150)
     res = run_sidecar(["run", "--", "true"], env, tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    lose_db(db)
     marker = tmp_path / "app-ran"
     proc = subprocess.Popen([str(BIN / "sidecar"), "run", "--", "touch", str(marker)], env=env,
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

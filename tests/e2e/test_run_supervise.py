@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from testkit import (
     wait_for,
     write_app,
 )
+from testkit.procs import ORPHAN_SCRIPT
 
 pytestmark = pytest.mark.slow
 
@@ -93,25 +93,9 @@ def test_as_pid1_orphaned_grandchildren_are_reaped(tmp_path: Path) -> None:
     """As PID 1 of a PID namespace, an orphaned grandchild of the app that exits is reaped
     (no zombie left), and the app's exit code comes back."""
     env = base_env(tmp_path)
-    app = write_app(tmp_path, textwrap.dedent("""
-        import os, subprocess, sys, time
-        # A grandchild that outlives its parent and then exits: an orphan for PID 1 to reap.
-        subprocess.run(["sh", "-c", "sleep 0.5 & exit 0"])
-        time.sleep(2.0)
-        zombies = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    stat = open(f"/proc/{pid}/stat").read()
-                except OSError:
-                    continue
-                if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                    zombies.append(pid)
-        print("zombies:", len(zombies), "pid1:", open("/proc/1/comm").read().strip(), flush=True)
-        sys.exit(9)
-    """), "orphans.py")
+    app = write_app(tmp_path, ORPHAN_SCRIPT, "orphans.py")
     res = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", str(BIN / "sidecar"),
-                          "run", "--", *app], env=env, cwd=tmp_path, capture_output=True,
+                          "run", "--", *app, "9"], env=env, cwd=tmp_path, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 9, res.stderr[-2000:]
     assert "zombies: 0" in res.stdout, res.stdout
@@ -122,22 +106,8 @@ def test_sidecar_without_subreaper_would_leave_zombies_baseline(tmp_path: Path) 
     so the check above can tell reaping from no reaping."""
     need(os.geteuid() == 0 and bool(shutil.which("unshare")),
          "a PID namespace needs root and unshare")
-    script = textwrap.dedent("""
-        import os, subprocess, time
-        subprocess.run(["sh", "-c", "sleep 0.5 & exit 0"])
-        time.sleep(2.0)
-        z = 0
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
-                        z += 1
-                except OSError:
-                    pass
-        print("zombies:", z, flush=True)
-    """)
     path = tmp_path / "baseline.py"
-    path.write_text(script)
+    path.write_text(ORPHAN_SCRIPT)
     # A PID 1 that waits only for its own child, as a naive entrypoint does.
     pid1 = ("import subprocess, sys; "
             f"sys.exit(subprocess.run([sys.executable, {str(path)!r}]).returncode)")

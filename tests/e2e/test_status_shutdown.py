@@ -8,13 +8,13 @@ import json
 import signal
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testkit import base_env, free_port, run_sidecar, s3_env, wait_for, write_app
+from testkit.http import get
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +52,10 @@ def _same_parts(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _http_status(port: int) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as resp:
-            return dict(json.loads(resp.read()))
+        resp = get(f"http://127.0.0.1:{port}/status")
     except OSError:
         return None
+    return dict(resp.json()) if resp.status == 200 else None
 
 
 def test_cli_and_http_status_agree_at_every_phase_of_a_shutdown(tmp_path: Path, own_s3,

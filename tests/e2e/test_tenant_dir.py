@@ -8,8 +8,6 @@ import shutil
 import sqlite3
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,8 @@ from testkit import (
     wait_for,
     write_app,
 )
+from testkit.http import get
+from testkit.metrics import read, scrape, series
 
 pytestmark = pytest.mark.slow
 
@@ -219,26 +219,10 @@ def test_bad_directory_settings_are_one_clear_error(tmp_path: Path, s3, bucket, 
     assert not (tmp_path / "data" / "tenants").exists()
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _series(base: str, name: str) -> dict[str, float]:
-    """label text -> value of every series of `name` in /metrics."""
-    out = {}
-    for line in _get(f"{base}/metrics")[1].decode().splitlines():
-        if line.startswith(name + "{"):
-            labels, value = line[len(name):].rsplit(" ", 1)
-            out[labels] = float(value)
-    return out
-
-
 def _lag(base: str, path: Path) -> float:
-    return _series(base, "sidecar_replication_lag_seconds")[f'{{db="{path}"}}']
+    value = read(base, "sidecar_replication_lag_seconds", db=str(path))
+    assert value is not None, f"no lag series for {path}"
+    return value
 
 
 def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
@@ -253,10 +237,10 @@ def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
     base = f"http://127.0.0.1:{port}"
     sc = sidecars(env, write_app(tmp_path, TENANT_APP), tmp_path)
     sc.wait_stdout("app up", timeout=60)
-    wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, what="ready")
+    wait_for(lambda: get(f"{base}/readyz")[0] == 200, 30, what="ready")
 
     def settled() -> dict | None:
-        entry = json.loads(_get(f"{base}/status")[1])["directories"][0]
+        entry = json.loads(get(f"{base}/status")[1])["directories"][0]
         return entry if entry["databases"] == 10 and entry["behind"] == 0 else None
 
     want = {f"t{i:02d}.db" for i in range(10)}
@@ -265,18 +249,19 @@ def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
     entry = wait_for(settled, 30, what="no tenant behind")
     # One listing per check for ten idle databases (not one or more per database).
     assert entry["last_check_requests"] == 1, entry
-    per_db = [k for k in _series(base, "sidecar_replication_lag_seconds") if "/tenants/" in k]
+    per_db = [s.labels["db"] for s in series(scrape(base), "sidecar_replication_lag_seconds")
+              if "/tenants/" in s.labels["db"]]
     assert len(per_db) == 5  # SIDECAR_DB_METRICS_LIMIT
 
     # A tenant created while running shows within a check or two.
     con = sqlite3.connect(tenants / "t10.db", isolation_level=None)
     con.execute("CREATE TABLE rows(id INTEGER PRIMARY KEY, v TEXT)")
     con.close()
-    wait_for(lambda: json.loads(_get(f"{base}/status")[1])["directories"][0]["databases"] == 11,
+    wait_for(lambda: json.loads(get(f"{base}/status")[1])["directories"][0]["databases"] == 11,
              10, what="the new tenant in /status")
     wait_for(lambda: "t10.db" in _backed_up(own_s3, bucket), 30, what="the new tenant backed up")
     time.sleep(2.5)
-    wait_for(lambda: json.loads(_get(f"{base}/status")[1])["directories"][0]["behind"] == 0,
+    wait_for(lambda: json.loads(get(f"{base}/status")[1])["directories"][0]["behind"] == 0,
              10, what="no tenant behind")
 
     own_s3.stop()
@@ -285,21 +270,21 @@ def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
     while time.monotonic() < end:
         writer.execute("INSERT INTO rows(v) VALUES ('during outage')")
         time.sleep(0.2)
-    wait_for(lambda: _get(f"{base}/readyz")[0] == 503, 10, what="not ready")
+    wait_for(lambda: get(f"{base}/readyz")[0] == 503, 10, what="not ready")
     agg = _lag(base, tenants)
     assert agg >= 4, agg
     assert _lag(base, tenants / "t03.db") >= 4
     for other in ("t00.db", "t01.db", "t02.db", "t04.db"):
         assert _lag(base, tenants / other) == 0, other
-    assert _series(base, "sidecar_directory_databases_behind")[f'{{dir="{tenants}"}}'] == 1
-    assert _series(base, "sidecar_replica_reachable")[f'{{db="{tenants}"}}'] == 0
-    doc = json.loads(_get(f"{base}/readyz")[1])
+    assert read(base, "sidecar_directory_databases_behind", dir=str(tenants)) == 1
+    assert read(base, "sidecar_replica_reachable", db=str(tenants)) == 0
+    doc = json.loads(get(f"{base}/readyz")[1])
     assert any(str(tenants) in r for r in doc["reasons"]), doc
-    status = json.loads(_get(f"{base}/status")[1])
+    status = json.loads(get(f"{base}/status")[1])
     assert status["directories"][0]["most_behind"][0]["db"] == "t03.db"
 
     own_s3.start()
-    wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, what="ready again")
+    wait_for(lambda: get(f"{base}/readyz")[0] == 200, 30, what="ready again")
     assert _lag(base, tenants) == 0
     writer.close()
     sc.signal()

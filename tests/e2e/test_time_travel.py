@@ -15,14 +15,13 @@ import signal
 import sqlite3
 import textwrap
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar.litestream import Control, unix_request
+from sidecar.litestream import unix_request
 from testkit import (
     S3_SECRET,
     base_env,
@@ -33,16 +32,11 @@ from testkit import (
     wait_for,
     write_app,
 )
+from testkit.db import lose_db
+from testkit.live import IDLE_APP, app_pids, db_path, state_dir, synced, wait_synced
+from testkit.metrics import read
 
 pytestmark = pytest.mark.slow
-
-IDLE_APP = textwrap.dedent("""
-    import os, signal, sys, time
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-    print(f"app up {os.getpid()}", flush=True)
-    while True:
-        time.sleep(0.2)
-""")
 
 FAST_LEVELS = """
     levels:
@@ -75,24 +69,6 @@ def project(tmp_path: Path, s3: Any, bucket: str, extra: str = FAST_LEVELS
               secret-access-key: ${{AWS_SECRET_ACCESS_KEY}}
     """))
     return env
-
-
-def db_path(env: dict[str, str]) -> Path:
-    return Path(env["SIDECAR_DB_PATH"])
-
-
-def state_dir(env: dict[str, str]) -> Path:
-    return db_path(env).parent / ".sidecar"
-
-
-def synced(env: dict[str, str]) -> int:
-    res = Control(state_dir(env) / "litestream.sock").sync(db_path(env), wait=True, timeout=20)
-    assert res["replicated_txid"] == res["txid"], res
-    return int(res["replicated_txid"])
-
-
-def app_pids(sc: Any) -> list[int]:
-    return [int(line.split()[-1]) for line in sc.stdout if line.startswith("app up ")]
 
 
 def iso(t: float) -> str:
@@ -179,7 +155,7 @@ def test_list_restore_exact_points_live_restore_undo_redo_and_disaster(
     sc = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
     sc.wait_event("app started")
     writer = Writer(db_path(env))
-    wait_for(lambda: _try_sync(env), 20, what="litestream to pick up the new database")
+    wait_synced(env)
     time.sleep(1.5)
     start = time.time()
     writer.phase("p1", 6)
@@ -284,8 +260,7 @@ def test_list_restore_exact_points_live_restore_undo_redo_and_disaster(
     synced(env)
     sc.signal(signal.SIGTERM)
     assert sc.wait() == 0
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db_path(env)) + suffix).unlink(missing_ok=True)
+    lose_db(db_path(env))
     again = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
     assert again.wait_event("restore decided")["outcome"] == "restored"
     again.wait_event("app started")
@@ -299,7 +274,7 @@ def test_undo_with_nothing_to_undo_is_one_error_and_touches_nothing(
     sc.wait_event("app started")
     writer = Writer(db_path(env))
     writer.phase("a", 0.5)
-    wait_for(lambda: _try_sync(env), 20, what="litestream to pick up the new database")
+    wait_synced(env)
     pids = app_pids(sc)
     before = rows(db_path(env))
     res = run_sidecar(["restore", "--undo", "--yes"], env, tmp_path, timeout=60)
@@ -315,20 +290,8 @@ def test_undo_with_nothing_to_undo_is_one_error_and_touches_nothing(
     assert rows(db_path(env)) == before and app_pids(sc) == pids
 
 
-def _try_sync(env: dict[str, str]) -> bool:
-    try:
-        return synced(env) > 0
-    except Exception:
-        return False
-
-
 def _metric(port: int, name: str, db: Path) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    for line in text.splitlines():
-        if line.startswith(f'{name}{{db="{db}"}} '):
-            return float(line.split()[-1])
-    return None
+    return read(f"http://127.0.0.1:{port}", name, db=str(db))
 
 
 def test_the_window_metric_reads_shorter_once_the_oldest_snapshot_is_deleted(
@@ -348,7 +311,7 @@ def test_the_window_metric_reads_shorter_once_the_oldest_snapshot_is_deleted(
     sc.wait_event("app started")
     writer = Writer(db_path(env))
     writer.phase("a", 0.5)
-    wait_for(lambda: _try_sync(env), 20, what="litestream to pick up the new database")
+    wait_synced(env)
     client = s3.client()
 
     def snapshots() -> list[str]:

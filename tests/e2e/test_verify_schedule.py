@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from test_http import get, start
 
 from testkit import base_env, run_sidecar, s3_env
+from testkit.http import get
+from testkit.live import start_with_http
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ def test_status_and_check_show_the_next_verification(tmp_path: Path, s3, bucket,
                                                      schedule: str) -> None:
     """Both days 0 and 7: the next run is a Sunday 03:17 UTC within the week, the same in
     /status, `sidecar status --json`, the log line that scheduled it and `sidecar check`."""
-    sc, base = start(tmp_path, s3, bucket, sidecars, SIDECAR_VERIFY_SCHEDULE=schedule)
+    sc, base = start_with_http(tmp_path, s3, bucket, sidecars, SIDECAR_VERIFY_SCHEDULE=schedule)
     scheduled = sc.wait_event("backup verification scheduled", 30)
     code, body, _ = get(f"{base}/status")
     assert code == 200

@@ -24,11 +24,11 @@ from sidecar import config
 from sidecar.litestream.config import replica_section
 from testkit import (
     BIN,
-    S3_KEY,
     S3_SECRET,
     S3Server,
     base_env,
     free_port,
+    railway_bucket_env,
     rows,
     write_app,
 )
@@ -43,12 +43,6 @@ def load(tmp_path: Path, **env: str) -> config.Config:
     return config.load(base, app_command=["true"], cwd=tmp_path)
 
 
-def railway_bucket_env(endpoint: str) -> dict[str, str]:
-    """The variables a Railway Bucket provides, under its own names."""
-    return {"BUCKET": BUCKET, "ENDPOINT": endpoint, "REGION": "auto",
-            "ACCESS_KEY_ID": S3_KEY, "SECRET_ACCESS_KEY": S3_SECRET}
-
-
 # ------------------------------------------------------------------ the default, exactly
 
 
@@ -58,7 +52,7 @@ def railway_bucket_env(endpoint: str) -> dict[str, str]:
 def test_railway_endpoint_defaults_to_virtual_hosted(tmp_path: Path, endpoint: str) -> None:
     """Railway's host, with any scheme or port, gives virtual-hosted addressing to both the
     boto3 client and the generated Litestream config."""
-    cfg = load(tmp_path, **railway_bucket_env(endpoint))
+    cfg = load(tmp_path, **railway_bucket_env(endpoint, BUCKET))
     s3 = cfg.databases[0].replica.s3
     assert s3.force_path_style is False and s3.addressing == "virtual-hosted"
     assert replica_section(cfg.databases[0].replica, 1.0)["force-path-style"] is False
@@ -88,7 +82,7 @@ def test_force_path_style_overrides_both_defaults(tmp_path: Path, endpoint: str,
                                                   expected: bool) -> None:
     """SIDECAR_S3_FORCE_PATH_STYLE wins over the default either way (buckets made before
     Railway's change may need path style)."""
-    cfg = load(tmp_path, **railway_bucket_env(endpoint), SIDECAR_S3_FORCE_PATH_STYLE=value)
+    cfg = load(tmp_path, **railway_bucket_env(endpoint, BUCKET), SIDECAR_S3_FORCE_PATH_STYLE=value)
     assert cfg.databases[0].replica.s3.force_path_style is expected
     assert replica_section(cfg.databases[0].replica, 1.0)["force-path-style"] is expected
 
@@ -102,7 +96,7 @@ def test_boto3_client_uses_the_chosen_addressing(tmp_path: Path) -> None:
     for endpoint, env in (("https://storage.railway.app", {}),
                           ("http://127.0.0.1:9", {}),
                           ("https://storage.railway.app", {"SIDECAR_S3_FORCE_PATH_STYLE": "true"})):
-        cfg = load(tmp_path, **railway_bucket_env(endpoint), **env)
+        cfg = load(tmp_path, **railway_bucket_env(endpoint, BUCKET), **env)
         client = Client(cfg.databases[0].replica, timeout=1.0).boto()
         seen: list[str] = []
 
@@ -166,7 +160,7 @@ def in_namespace(hosts: Path, argv: list[str]) -> list[str]:
 
 
 def railway_env(tmp_path: Path, server: S3Server, data: Path, **extra: str) -> dict[str, str]:
-    env = base_env(tmp_path, **railway_bucket_env(f"http://{RAILWAY_HOST}:{server.port}"), **extra)
+    env = base_env(tmp_path, **railway_bucket_env(f"http://{RAILWAY_HOST}:{server.port}", BUCKET), **extra)
     env["SIDECAR_DB_PATH"] = str(data / "app.db")
     data.mkdir(parents=True, exist_ok=True)
     return env
