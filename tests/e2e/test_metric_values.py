@@ -1,6 +1,7 @@
 """The values of the event metrics SPEC section 3 promises, read from a real sidecar's /metrics
 after the real event: a start that restored, a start on an empty bucket, a start over a local
-database, a live restore, a verification, real Prisma migrations that succeed and fail. Each
+database, a start that cannot reach the bucket, a live restore that succeeds and one that
+fails, a verification, real Prisma migrations that succeed and fail. Each
 counter is read by its full label set, and the ones that must not move are read too (0), so a
 count put under the wrong label fails.
 
@@ -9,17 +10,19 @@ Real Litestream, real rclone S3 server; the counters start from zero in each `si
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testkit import base_env, free_port, make_db, rows, s3_env, seed_bucket, write_app
+from testkit import base_env, free_port, make_db, rows, s3_env, seed_bucket, wait_for, write_app
 from testkit.http import post_json
-from testkit.live import IDLE_APP, db_path, wait_synced
+from testkit.live import IDLE_APP, app_pids, db_path, wait_synced
 from testkit.metrics import scrape, value
 from testkit.prisma import ADD_BIO, NODE_MODULES, Deployment, add_migration, migration_lines
+from testkit.shaper import Shaper
 
 pytestmark = pytest.mark.slow
 TOKEN = "metric-values-admin-token"
@@ -152,6 +155,60 @@ def test_a_start_on_an_empty_bucket_is_fresh_and_a_start_over_local_data_is_skip
     assert value(text, "sidecar_restore_duration_seconds") == 0
     assert rows(db_path(env)) == ["a1"]
 
+
+
+def test_a_live_restore_that_fails_counts_manual_failed_and_changes_nothing(
+        tmp_path: Path, s3, bucket, sidecars) -> None:
+    """The bucket answers every LTX download with 404 once the restore is planned: the
+    restore fails, manual/failed is 1 (and manual/restored 0), the duration stays 0, the
+    database is untouched and the app runs again."""
+    failing = threading.Event()
+
+    def fail(method: str, target: str) -> int | None:
+        ltx = method == "GET" and target.split("?")[0].endswith(".ltx")
+        return 404 if failing.is_set() and ltx else None
+
+    shaper = Shaper(s3.port, fail=fail)
+    try:
+        env = env_for(tmp_path, s3, bucket)
+        env["SIDECAR_S3_ENDPOINT"] = shaper.endpoint
+        run = Start(env, tmp_path, sidecars)
+        make_db(db_path(env), ["a1", "a2"])
+        txid_a = wait_synced(env)
+        make_db(db_path(env), ["b1"])
+        wait_synced(env, what="b1 to reach the bucket")
+        wait_for(lambda: app_pids(run.sc), 30, what="the app to say it is up")
+
+        failing.set()
+        code, job = run.admin("/restore", {"txid": f"{txid_a:016x}", "wait": True})
+        assert code == 500 and job.get("outcome") == "failed", (code, job)
+        assert shaper.answered, "no download was refused: the restore did not fail there"
+        text = run.metrics()
+        assert restores(text) == only(startup_fresh=1, manual_failed=1)
+        assert value(text, "sidecar_restore_duration_seconds") == 0
+        assert rows(db_path(env)) == ["a1", "a2", "b1"]
+        wait_for(lambda: len(app_pids(run.sc)) == 2, 30, what="the app to run again")
+    finally:
+        shaper.close()
+
+
+def test_a_start_that_cannot_reach_the_bucket_counts_startup_failed(
+        tmp_path: Path, own_s3, sidecars) -> None:
+    """A lost volume and the bucket down, held for the operator: startup/failed is 1 and
+    nothing else, and /metrics says so while the sidecar holds."""
+    bucket = own_s3.make_bucket()
+    env = env_for(tmp_path, own_s3, bucket)
+    seed_bucket(env, tmp_path, ["a1"])
+    lose_volume(env)
+    own_s3.stop()
+    env["SIDECAR_ON_START_FAILURE"] = "hold"
+    sc = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
+    sc.wait_event("start failed: holding for an operator", timeout=60)
+    text = scrape(f"http://{env['SIDECAR_HTTP_ADDR']}")
+    assert restores(text) == only(startup_failed=1)
+    assert value(text, "sidecar_restore_duration_seconds") == 0
+    assert migrations(text) == {"succeeded": 0, "failed": 0, "skipped": 0}
+    assert not db_path(env).exists()
 
 class Served(Deployment):
     """The example Prisma app as deployed, with sidecar's /metrics on a port of its own."""
