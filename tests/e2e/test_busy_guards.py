@@ -28,7 +28,7 @@ TOKEN = "busy-guards-admin-token"
 
 # Reports its pid, idles; on SIGTERM it waits while the file HOLD_STOP names exists (a slow
 # shutdown the test ends), then exits 0.
-IDLE_APP = textwrap.dedent("""
+SLOW_STOP_APP = textwrap.dedent("""
     import os, signal, sys, time
     hold = os.environ.get("HOLD_STOP", "")
     def term(*_):
@@ -82,7 +82,7 @@ class Running:
                             SIDECAR_REPLICA_TIMEOUT="60s", **extra)
         self.env["SIDECAR_S3_ENDPOINT"] = self.shaper.endpoint
         self.db = Path(self.env["SIDECAR_DB_PATH"])
-        self.sc = sidecars(self.env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
+        self.sc = sidecars(self.env, write_app(tmp_path, SLOW_STOP_APP, "slow_stop.py"), tmp_path)
         self.sc.wait_event("app started", 60)
         self.sc.wait_stdout("app up")
 

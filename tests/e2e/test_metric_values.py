@@ -1,9 +1,9 @@
 """The values of the event metrics SPEC section 3 promises, read from a real sidecar's /metrics
 after the real event: a start that restored, a start on an empty bucket, a start over a local
 database, a start that cannot reach the bucket, a live restore that succeeds and one that
-fails, a verification, real Prisma migrations that succeed and fail. Each
-counter is read by its full label set, and the ones that must not move are read too (0), so a
-count put under the wrong label fails.
+fails, a verification, real Prisma migrations that succeed and fail. Each counter is read by
+its full label set, and the ones that must not move are read too (0), so a count put under
+the wrong label fails.
 
 Real Litestream, real rclone S3 server; the counters start from zero in each `sidecar run`."""
 
