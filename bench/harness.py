@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from testkit import S3Server, descendants, free_port, wait_for
 from testkit import tool as _tool
+from testkit.backup import REPLICA_CONFIG, replicated
 
 BIN = Path(sys.executable).parent
 KEY = "bench-key"
@@ -47,20 +48,8 @@ RUN_SH = textwrap.dedent("""\
     exec litestream replicate -config "$LS_CONFIG" -exec "$APP"
 """)
 
-PLAIN_CONFIG = textwrap.dedent("""\
-    dbs:
-      - path: {db}
-        replica:
-          type: s3
-          bucket: {bucket}
-          path: {prefix}
-          endpoint: {endpoint}
-          region: us-east-1
-          force-path-style: true
-          access-key-id: ${{AWS_ACCESS_KEY_ID}}
-          secret-access-key: ${{AWS_SECRET_ACCESS_KEY}}
-          sync-interval: 1s
-""")
+# The config users already have for it, replicas syncing every second.
+PLAIN_CONFIG = REPLICA_CONFIG.replace("{sync}", "1s")
 
 # Writes a row every WRITE_INTERVAL s and prints it after the commit; on SIGTERM writes a
 # final row and exits EXIT_ON_TERM. WRITE_INTERVAL=0 means it never writes (idle).
@@ -383,7 +372,6 @@ def table_rows(db: Path) -> list[tuple[str, float]]:
 
 def seed(s3: S3, db: Path, bucket: str, timeout: float = 1200) -> None:
     """Replicate `db` into `bucket` with plain `litestream replicate` until it is all there."""
-    from sidecar.litestream.control import Control
 
     sock = db.parent / "seed.sock"
     cfg = db.parent / "seed.yml"
@@ -394,18 +382,8 @@ def seed(s3: S3, db: Path, bucket: str, timeout: float = 1200) -> None:
                             env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        ctl = Control(sock)
         wait_for(sock.exists, 30, interval=0.05, what=f"{sock}")
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                res = ctl.sync(db, wait=True, timeout=min(300.0, timeout))
-                if res.get("txid") and res.get("txid") == res.get("replicated_txid"):
-                    break
-            except Exception:
-                if time.monotonic() > end:
-                    raise
-            time.sleep(0.5)
+        replicated(sock, db, timeout, call_timeout=min(300.0, timeout), interval=0.5)
     finally:
         proc.terminate()
         proc.wait(120)

@@ -41,7 +41,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from harness import BIN, S3, Proc, base_env, descendants, free_port, tool
 from tenants_report import PARALLELISM, report, write_section
 
 from testkit.db import make_tenants, write_tenant_config
+from testkit.metrics import scrape, total
 from testkit.s3proxy import RequestCounter, S3Proxy
 
 APP = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n" \
@@ -102,10 +102,7 @@ def sidecar_env(directory: Path, config: Path, http_port: int) -> dict[str, str]
 
 
 def own_requests(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("sidecar_replica_requests_total{"))
+    return total(scrape(f"http://127.0.0.1:{port}", timeout=10), "sidecar_replica_requests_total")
 
 
 class Writer:

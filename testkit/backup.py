@@ -13,7 +13,10 @@ from pathlib import Path
 from testkit.poll import wait_for
 from testkit.s3 import S3Server
 
-CONFIG = """\
+# Litestream's config for one database in an S3 bucket, its keys read from the environment, as
+# a user writes it (a str.format template: db, bucket, prefix, endpoint, sync); bench/ runs
+# plain Litestream with it too.
+REPLICA_CONFIG = """\
 dbs:
   - path: {db}
     replica:
@@ -23,13 +26,34 @@ dbs:
       endpoint: {endpoint}
       region: us-east-1
       force-path-style: true
+      access-key-id: ${{AWS_ACCESS_KEY_ID}}
+      secret-access-key: ${{AWS_SECRET_ACCESS_KEY}}
       sync-interval: {sync}
+"""
+
+CONFIG = REPLICA_CONFIG + """\
 socket:
   enabled: true
   path: {sock}
 levels:
   - interval: {l1}
 """
+
+
+def replicated(sock: Path, db: Path, timeout: float = 120, call_timeout: float = 60,
+               interval: float = 0.1) -> None:
+    """Wait until plain `litestream replicate` (its control socket `sock`) says it uploaded
+    everything of `db`; a refused sync (Litestream still starting) is tried again."""
+    from sidecar.litestream.control import Control
+
+    ctl = Control(sock)
+
+    def done() -> bool:
+        res = ctl.sync(db, wait=True, timeout=call_timeout)
+        return bool(res.get("txid")) and res.get("txid") == res.get("replicated_txid")
+
+    wait_for(done, timeout, interval=interval, what=f"Litestream to upload {db.name}",
+             ignore=(Exception,))
 
 
 def _env(server: S3Server) -> dict[str, str]:
@@ -49,7 +73,6 @@ def seed_shaped(server: S3Server, bucket: str, work: Path, *, prefix: str = "app
     Returns (the values of rows, {i: the UTC time (RFC3339, ms) just after row i's upload,
     for each i in `marks`}); the source is removed. `l1`: how often L0 is compacted into L1
     (an hour by default: the plan then holds every small transaction's own file)."""
-    from sidecar.litestream.control import Control
     from testkit.sidecar import tool
 
     work.mkdir(parents=True, exist_ok=True)
@@ -72,27 +95,13 @@ def seed_shaped(server: S3Server, bucket: str, work: Path, *, prefix: str = "app
     values: list[str] = []
     times: dict[int, str] = {}
     try:
-        ctl = Control(sock)
         wait_for(sock.exists, 30, interval=0.05, what=str(sock))
-
-        def synced() -> None:
-            end = time.monotonic() + 120
-            while True:
-                try:
-                    res = ctl.sync(db, wait=True, timeout=60)
-                    if res.get("txid") and res.get("txid") == res.get("replicated_txid"):
-                        return
-                except Exception:
-                    if time.monotonic() > end:
-                        raise
-                time.sleep(0.1)
-
-        synced()
+        replicated(sock, db)
         for i in range(small):
             time.sleep(gap)
             con.execute("INSERT INTO rows(v, at) VALUES (?, ?)", (f"s{i}", time.time()))
             values.append(f"s{i}")
-            synced()
+            replicated(sock, db)
             if i in marks:
                 time.sleep(0.05)
                 now = datetime.now(UTC)

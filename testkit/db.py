@@ -6,6 +6,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sidecar import dbfile
 
@@ -29,13 +30,36 @@ def lose_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def rows(db: Path, where: str = "") -> list[str]:
-    """Column v of table rows, in insertion order, read through sidecar's own read-only URI."""
+def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every row `sql` returns from exactly this file, read through sidecar's own read-only
+    URI (percent-encoded, so any file name works)."""
     con = dbfile.connect_ro(Path(db))
     try:
-        return [r[0] for r in con.execute(f"SELECT v FROM rows {where} ORDER BY id")]
+        return list(con.execute(sql, params))
     finally:
         con.close()
+
+
+def rows(db: Path, where: str = "") -> list[str]:
+    """Column v of table rows, in insertion order."""
+    return [r[0] for r in query(db, f"SELECT v FROM rows {where} ORDER BY id")]
+
+
+def integrity(db: Path) -> str:
+    """What SQLite's integrity check says of the file: "ok" when it is sound."""
+    return str(query(db, "PRAGMA integrity_check")[0][0])
+
+
+def plain_db(path: Path, table: str = "t", value: str = "old") -> bytes:
+    """A rollback-journal database (no WAL, no Litestream tables) whose `table` holds the one
+    row `value`; returns its bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path)
+    con.execute(f"CREATE TABLE {table}(v TEXT)")
+    con.execute(f"INSERT INTO {table} VALUES (?)", (value,))
+    con.commit()
+    con.close()
+    return path.read_bytes()
 
 
 def make_tenants(directory: Path, n: int, width: int = 4,

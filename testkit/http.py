@@ -1,12 +1,16 @@
 """One HTTP request to a server under test: the status, body and headers of any answer (a 4xx
 or 5xx is an answer, not an exception); no answer at all (refused, reset, timed out) raises
-OSError."""
+OSError. And a loopback server with answers a test chooses, for a client under test."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from email.message import Message
 from typing import Any, NamedTuple
 
@@ -44,3 +48,32 @@ def get(url: str, timeout: float = 5, token: str | None = None) -> Response:
 def post_json(url: str, doc: Any, token: str | None = None, timeout: float = 10) -> Response:
     return request(url, "POST", json.dumps(doc).encode(), token=token, timeout=timeout,
                    headers={"Content-Type": "application/json"})
+
+
+@contextlib.contextmanager
+def serving(answer: Callable[[str], tuple[int, bytes]],
+            content_type: str = "text/plain; version=0.0.4") -> Iterator[str]:
+    """A loopback HTTP server on a free port for the block, answering each GET of a path with
+    answer(path) (status, body); yields its base URL, http://127.0.0.1:PORT."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answer(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -4,13 +4,14 @@ over a bucket holding rows from before and after a known moment."""
 
 from __future__ import annotations
 
+import signal
 import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from testkit.db import make_db
+from testkit.db import lose_db, make_db
 from testkit.net import free_port
 from testkit.poll import wait_for
 from testkit.s3 import S3Server
@@ -65,6 +66,20 @@ def aside_files(env: dict[str, str]) -> list[Path]:
     d = state_dir(env) / "pre-restore"
     return sorted(p for p in d.glob("app.db.*") if not p.name.endswith(("-wal", "-shm"))) \
         if d.exists() else []
+
+
+def restart_on_a_lost_volume(env: dict[str, str], sc: Any, tmp_path: Path, sidecars: Any
+                             ) -> Any:
+    """Upload everything, stop `sc`, lose the database and start a sidecar over IDLE_APP
+    again: the one returned restored the bucket's newest state and started the app."""
+    synced(env)
+    sc.signal(signal.SIGTERM)
+    assert sc.wait() == 0
+    lose_db(db_path(env))
+    again = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
+    assert again.wait_event("restore decided")["outcome"] == "restored"
+    again.wait_event("app started")
+    return again
 
 
 def start_with_rows(tmp_path: Path, s3: Any, bucket: str, sidecars: Any, **extra: str

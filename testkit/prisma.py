@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from sidecar import dbfile
 from testkit import http
-from testkit.db import lose_db
+from testkit.db import lose_db, query
 from testkit.dockerfile import ROOT, image_command, image_env, image_workdir
 from testkit.net import free_port
 from testkit.poll import wait_for
@@ -104,11 +103,7 @@ class Deployment:
         shutil.rmtree(self.data / ".sidecar", ignore_errors=True)
 
     def query(self, sql: str, db: Path | None = None) -> list[tuple[Any, ...]]:
-        con = dbfile.connect_ro(Path(db or self.db))
-        try:
-            return list(con.execute(sql))
-        finally:
-            con.close()
+        return query(db or self.db, sql)
 
     def bucket_copy(self, name: str) -> Path:
         """The bucket's latest state, restored with plain `litestream restore`."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
+
+from testkit.http import get
 
 
 def parents() -> dict[int, int]:
@@ -43,9 +44,9 @@ def wait_serving(proc: subprocess.Popen[bytes], url: str, ok: Callable[[int, byt
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if ok(response.status, response.read()):
-                    return
+            resp = get(url, timeout=1)
+            if resp.status < 400 and ok(resp.status, resp.body):
+                return
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -6,6 +6,7 @@ Servers and installs are session-scoped: one rclone S3 server and one check of t
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,30 @@ from testkit.require import check_marks
 
 ROOT = Path(__file__).resolve().parents[1]
 LS03 = ROOT / ".venv-ls03" / "bin" / "litestream"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shuffle", metavar="SEED", default=None,
+        help="run the collected tests in an order shuffled with SEED (an integer), or "
+             "'reverse': a test that passes only after another ran shows up")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seed = config.getoption("--shuffle")
+    if seed is None:
+        return
+    if seed == "reverse":
+        items.reverse()
+    elif seed.isdigit():
+        random.Random(int(seed)).shuffle(items)
+    else:
+        raise pytest.UsageError(f"--shuffle takes an integer seed or 'reverse', not {seed!r}")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    seed = config.getoption("--shuffle")
+    return f"test order: --shuffle={seed}" if seed is not None else None
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -5,8 +5,6 @@ its pid, nothing is moved aside, no restore is queued, the database keeps its ro
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 
 from sidecar.litestream import unix_request
 from testkit import free_port, rows
+from testkit.http import request
 from testkit.live import app_pids, db_path, sock, start_with_rows, state_dir
 
 pytestmark = pytest.mark.slow
@@ -38,13 +37,8 @@ GET_ROUTES = ("/restore", "/status")
 
 
 def http(port: int, method: str, path: str, body: bytes | None) -> tuple[int, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
-    req.add_header("Authorization", f"Bearer {TOKEN}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    resp = request(f"http://127.0.0.1:{port}{path}", method, body, token=TOKEN, timeout=30)
+    return resp.status, resp.json()
 
 
 def test_misspelled_and_ill_typed_requests_are_400_naming_the_field_and_change_nothing(

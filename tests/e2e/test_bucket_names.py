@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from testkit import BIN, S3Server, base_env, rows, run_sidecar, s3_env
+from testkit.db import plain_db
 
 pytestmark = pytest.mark.slow
 
@@ -127,13 +128,7 @@ def _tree(root: Path, skip: Path) -> dict[str, str]:
 
 def _victim(path: Path) -> bytes:
     """An unrelated database (rollback journal, no Litestream tables) outside the volume."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE secret(v TEXT)")
-    con.execute("INSERT INTO secret VALUES ('untouched')")
-    con.commit()
-    con.close()
-    return path.read_bytes()
+    return plain_db(path, "secret", "untouched")
 
 
 @pytest.mark.parametrize("rel,nested", HOSTILE, ids=lambda v: str(v)[:24])

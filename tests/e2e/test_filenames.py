@@ -14,6 +14,7 @@ import pytest
 from sidecar import config, dbfile
 from sidecar.startup import preflight
 from testkit import base_env, run_sidecar, s3_env
+from testkit.db import query
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +36,7 @@ COUNT = textwrap.dedent("""
 
 def rows_of(path: Path) -> list[str]:
     """The rows of exactly this file (a percent-encoded read-only URI)."""
-    con = dbfile.connect_ro(path)
-    try:
-        return [r[0] for r in con.execute("SELECT v FROM rows ORDER BY rowid")]
-    finally:
-        con.close()
+    return [r[0] for r in query(path, "SELECT v FROM rows ORDER BY rowid")]
 
 
 def expected_files(name: str) -> set[str]:

@@ -14,7 +14,6 @@ import os
 import sqlite3
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,12 +128,9 @@ def get(url: str) -> tuple[int, Any]:
 
 
 def post_note(port: int, title: str) -> None:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/notes", method="POST",
-        data=json.dumps({"title": title, "author": "ada@example.com", "tags": ["t"]}).encode(),
-        headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 201
+    resp = http.post_json(f"http://127.0.0.1:{port}/notes",
+                          {"title": title, "author": "ada@example.com", "tags": ["t"]})
+    assert resp.status == 201, resp
 
 
 # A first build on a fresh machine takes about 6-10 minutes on 2 cores (the fixture's time

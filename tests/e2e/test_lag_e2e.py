@@ -4,11 +4,11 @@ bucket grows. The arithmetic with fakes is in tests/unit/test_lag.py."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,37 +18,24 @@ from sidecar.daemon.lag import ReplicaTracker
 from sidecar.litestream import Control
 from sidecar.replica import S3Store
 from testkit import S3_KEY, S3_SECRET, S3Server, base_env, free_port, s3_env, wait_for, write_app
-from testkit.http import get
+from testkit.http import get, serving
 from testkit.metrics import read as metric
 from testkit.metrics import read_total
 
 # ------------------------------------------------------------------ real processes
 
 
-class Hits(http.server.BaseHTTPRequestHandler):
-    """A heartbeat receiver (an outside dead-man's-switch monitor)."""
-
-    times: list[float]
-
-    def do_GET(self) -> None:
-        self.server.times.append(time.monotonic())  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *_a: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def heartbeat() -> Any:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hits)
-    server.times = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def heartbeat() -> Iterator[SimpleNamespace]:
+    """A heartbeat receiver (an outside dead-man's-switch monitor): `times` of each ping."""
+    times: list[float] = []
+
+    def ping(_path: str) -> tuple[int, bytes]:
+        times.append(time.monotonic())
+        return 200, b"ok"
+
+    with serving(ping) as base:
+        yield SimpleNamespace(times=times, server_port=int(base.rsplit(":", 1)[1]))
 
 
 def start_writer(tmp_path: Path, server: S3Server, bucket: str, sidecars: Any,

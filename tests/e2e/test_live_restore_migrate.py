@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from faultkit import fault_env, request
 
-from sidecar import dbfile
 from sidecar.litestream import Control
 from testkit import S3_SECRET, make_db, rows, run_sidecar, s3_env, side_restore, wait_for, write_app
+from testkit.db import query
 from testkit.live import db_path, state_dir, synced, wait_synced
 
 pytestmark = pytest.mark.slow
@@ -72,19 +72,11 @@ BROKEN = "ALTER TABLE no_such_table ADD COLUMN x TEXT;\n"
 
 
 def columns(db: Path, table: str = "rows") -> list[str]:
-    con = dbfile.connect_ro(Path(db))
-    try:
-        return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
-    finally:
-        con.close()
+    return [r[1] for r in query(db, f"PRAGMA table_info({table})")]
 
 
 def applied(db: Path) -> list[str]:
-    con = dbfile.connect_ro(Path(db))
-    try:
-        return [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name")]
-    finally:
-        con.close()
+    return [r[0] for r in query(db, "SELECT name FROM _migrations ORDER BY name")]
 
 
 def app_lines(sc: Any) -> list[str]:

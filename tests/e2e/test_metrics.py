@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import math
 import os
 import re
@@ -10,9 +9,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import pytest
 from sidecar.daemon import metrics
 from sidecar.daemon.lag import LagResult
 from testkit import free_port, tool
+from testkit.http import get, serving
 from testkit.metrics import fake_runtime, watching
 from testkit.procs import stop, wait_serving
 
@@ -111,27 +109,8 @@ def litestream_metrics_url(tmp_path: Path) -> Iterator[tuple[str, str]]:
 def served_text() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
     """A loopback HTTP server answering /metrics with whatever (status, body) the test sets."""
     answer: list[tuple[int, bytes]] = [(200, b"")]
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            status, body = answer[0]
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics", answer
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(lambda _path: answer[0]) as base:
+        yield f"{base}/metrics", answer
 
 
 def test_every_spec_metric_is_exposed_with_its_labels() -> None:
@@ -260,8 +239,7 @@ def test_real_litestream_output_alone_fails_promtool(
 ) -> None:
     """Litestream's raw exposition fails promtool's lint, so passing it through unchanged won't do."""
     url, _ = litestream_metrics_url
-    with urllib.request.urlopen(url, timeout=2) as response:
-        raw = response.read()
+    raw = get(url, timeout=2).body
     result = promtool_check(raw)
     assert result.returncode != 0
     assert b'should have "_total" suffix' in result.stdout + result.stderr
@@ -288,8 +266,7 @@ def test_only_litestream_families_are_passed_through(
 ) -> None:
     """Litestream's go_*, process_* and promhttp_* series are dropped; its names are kept."""
     url, _ = litestream_metrics_url
-    with urllib.request.urlopen(url, timeout=2) as response:
-        raw_families = families(response.read())
+    raw_families = families(get(url, timeout=2).body)
     combined = families(metrics.render(url))  # also asserts no family is declared twice
     own = families(metrics.render(None))
     passed = set(combined) - set(own)

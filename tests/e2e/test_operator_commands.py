@@ -8,14 +8,11 @@ import os
 import re
 import signal
 import stat
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar import dbfile
 from sidecar.litestream import unix_request
 from testkit import (
     S3_SECRET,
@@ -28,7 +25,8 @@ from testkit import (
     wait_for,
     write_app,
 )
-from testkit.db import lose_db
+from testkit.db import integrity, lose_db, query
+from testkit.http import request
 from testkit.live import IDLE_APP, db_path, sock, start_with_rows, state_dir
 
 pytestmark = pytest.mark.slow
@@ -38,19 +36,11 @@ TOKEN = "t0ken-for-the-admin-endpoints"
 def http(port: int, method: str, path: str, token: str | None = None, body: Any = None,
          timeout: float = 120) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
+    resp = request(f"http://127.0.0.1:{port}{path}", method, data, token=token, timeout=timeout)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read().decode()
-            code = resp.status
-    except urllib.error.HTTPError as exc:
-        raw, code = exc.read().decode(), exc.code
-    try:
-        return code, json.loads(raw)
+        return resp.status, resp.json()
     except ValueError:
-        return code, raw
+        return resp.status, resp.text
 
 
 def verify_metric(port: int, db: Path) -> float:
@@ -154,10 +144,8 @@ def test_snapshot_while_the_app_writes_every_10ms_is_consistent(tmp_path: Path, 
     out = tmp_path / "snap.db"
     res = run_sidecar(["snapshot", "--output", str(out)], env, tmp_path)
     assert res.returncode == 0, res.stderr
-    con = dbfile.connect_ro(out)
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert con.execute("SELECT count(*) FROM rows").fetchone()[0] >= 50
-    con.close()
+    assert integrity(out) == "ok"
+    assert query(out, "SELECT count(*) FROM rows")[0][0] >= 50
     assert sc.proc.poll() is None
     again = run_sidecar(["snapshot", "--output", str(out)], env, tmp_path)
     assert again.returncode == 1 and "already exists" in again.stderr

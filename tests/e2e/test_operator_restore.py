@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import dbfile
 from sidecar.litestream import unix_request
 from testkit import S3_SECRET, make_db, rows, run_sidecar, wait_for, write_app
-from testkit.db import lose_db
+from testkit.db import integrity
 from testkit.live import (
     IDLE_APP,
     app_pids,
     aside_files,
     db_path,
+    restart_on_a_lost_volume,
     sock,
     start_with_rows,
     state_dir,
@@ -48,13 +48,7 @@ def test_restore_by_timestamp_fences_the_app_keeps_old_db_and_becomes_the_new_ba
     assert S3_SECRET not in res.stdout + res.stderr
 
     make_db(db_path(env), ["c1"])
-    synced(env)
-    sc.signal(signal.SIGTERM)
-    assert sc.wait() == 0
-    lose_db(db_path(env))
-    again = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
-    assert again.wait_event("restore decided")["outcome"] == "restored"
-    again.wait_event("app started")
+    restart_on_a_lost_volume(env, sc, tmp_path, sidecars)
     assert rows(db_path(env)) == ["a1", "a2", "c1"]
 
 
@@ -153,9 +147,7 @@ def test_sigkill_during_live_restore_leaves_a_consistent_db_and_deletes_nothing(
     again = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
     again.wait_event("app started")
     live = rows(db_path(env))
-    con = dbfile.connect_ro(db_path(env))
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    con.close()
+    assert integrity(db_path(env)) == "ok"
     assert live in (["a1", "a2"], ["a1", "a2", "b1", "b2"]), live
     if live == ["a1", "a2"]:  # the new DB is in place: the old one must be kept aside
         assert any(rows(p) == ["a1", "a2", "b1", "b2"] for p in aside_files(env))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import dbfile
 from testkit import wait_for
 from testkit.prisma import (
     ADD_BIO,
@@ -135,8 +134,4 @@ def test_failing_migration_stops_the_start_with_exit_5(deployment: Deployment) -
     assert deployment.query('SELECT title FROM "Note"') == [("kept",)]
     copies = [e["path"] for e in sc.events if e.get("message") == "pre-migration copy"]
     assert len(copies) == 1 and Path(copies[0]).is_file()
-    con = dbfile.connect_ro(Path(copies[0]))
-    try:
-        assert list(con.execute('SELECT title FROM "Note"')) == [("kept",)]
-    finally:
-        con.close()
+    assert deployment.query('SELECT title FROM "Note"', Path(copies[0])) == [("kept",)]

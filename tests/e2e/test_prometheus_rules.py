@@ -5,11 +5,8 @@ tests/unit/test_monitoring_files.py."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -22,6 +19,7 @@ import yaml
 
 from sidecar.daemon import metrics
 from testkit import free_port
+from testkit.http import get, serving
 from testkit.metrics import fake_runtime
 from testkit.monitoring import PROMETHEUS_DIR, alert_rules, dashboard_exprs
 from testkit.procs import stop, wait_serving
@@ -81,25 +79,8 @@ def test_alert_unit_tests_pass() -> None:
 def metrics_server() -> Iterator[str]:
     """sidecar's /metrics body served over loopback HTTP; yields host:port."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = metrics.render(None)
-            self.send_response(200)
-            self.send_header("Content-Type", metrics.CONTENT_TYPE)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(lambda _path: (200, metrics.render(None)), metrics.CONTENT_TYPE) as base:
+        yield base.removeprefix("http://")
 
 
 @pytest.fixture
@@ -139,12 +120,8 @@ def prometheus(tmp_path: Path, metrics_server: str) -> Iterator[str]:
 
 
 def api(url: str, path: str, **params: str) -> Any:
-    query = urllib.parse.urlencode(params)
-    try:
-        with urllib.request.urlopen(f"{url}{path}?{query}", timeout=5) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as error:  # a 400 carries the PromQL parse error
-        return json.load(error)
+    # a 400 carries the PromQL parse error
+    return get(f"{url}{path}?{urllib.parse.urlencode(params)}").json()
 
 
 @needs_prometheus

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import textwrap
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from testkit import (
     write_app,
 )
 from testkit.db import lose_db
+from testkit.http import get
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +85,7 @@ def volume_files(db: Path) -> list[str]:
 
 
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
+    return get(url).json()
 
 
 def test_litestream_03_backup_in_s3_is_restored_on_start(tmp_path: Path, s3, bucket,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import sqlite3
 import textwrap
 import time
@@ -32,8 +31,15 @@ from testkit import (
     wait_for,
     write_app,
 )
-from testkit.db import lose_db
-from testkit.live import IDLE_APP, app_pids, db_path, state_dir, synced, wait_synced
+from testkit.live import (
+    IDLE_APP,
+    app_pids,
+    db_path,
+    restart_on_a_lost_volume,
+    state_dir,
+    synced,
+    wait_synced,
+)
 from testkit.metrics import read
 
 pytestmark = pytest.mark.slow
@@ -257,13 +263,7 @@ def test_list_restore_exact_points_live_restore_undo_redo_and_disaster(
     assert rows(db_path(env)) == everything
 
     # The undone state is the newest backup: a disaster (the volume lost) restores it.
-    synced(env)
-    sc.signal(signal.SIGTERM)
-    assert sc.wait() == 0
-    lose_db(db_path(env))
-    again = sidecars(env, write_app(tmp_path, IDLE_APP, "idle.py"), tmp_path)
-    assert again.wait_event("restore decided")["outcome"] == "restored"
-    again.wait_event("app started")
+    restart_on_a_lost_volume(env, sc, tmp_path, sidecars)
     assert rows(db_path(env)) == everything
 
 

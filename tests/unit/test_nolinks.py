@@ -4,7 +4,6 @@ dir and its sub-directories, the copies kept aside (on the real filesystem)."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from sidecar import config
 from sidecar.errors import PreflightError
 from sidecar.startup import migrate, preflight, restore
+from testkit.db import plain_db
 
 
 def _cfg(tmp_path: Path, **extra: str) -> config.Config:
@@ -29,12 +29,7 @@ def _victim(tmp_path: Path) -> Path:
 
 
 def _db(path: Path, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE t(v)")
-    con.execute("INSERT INTO t VALUES ('old')")
-    con.commit()
-    con.close()
+    plain_db(path)
     os.chmod(path, mode)
 
 

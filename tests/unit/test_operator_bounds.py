@@ -12,14 +12,7 @@ import pytest
 from sidecar import config, scratch, verification
 from sidecar.reachable import Stall
 from sidecar.startup import tenants
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from testkit.clock import Clock
 
 
 def test_stall_fires_only_when_the_output_stops_growing(tmp_path: Path) -> None:

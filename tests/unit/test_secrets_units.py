@@ -4,10 +4,8 @@ tmpfs), the token file, and the loopback metrics fetch that ignores HTTP_PROXY."
 
 from __future__ import annotations
 
-import http.server
 import os
 import stat
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from sidecar.daemon import metrics
 from sidecar.errors import ConfigError, OperatorError, redact
 from sidecar.litestream import config as litestream_config
 from sidecar.litestream import process as litestream_process
+from testkit.http import serving
 
 SECRET = "s3-$ecret-value-1234567890"
 TOKEN = "admin-token-0123456789abcdef"
@@ -103,28 +102,12 @@ def test_the_admin_token_file(tmp_path: Path) -> None:
 
 def test_litestream_metrics_are_fetched_without_the_proxy(monkeypatch) -> None:
     """HTTP_PROXY pointing nowhere does not stop the loopback fetch."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"litestream_txid 1\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        for var in ("HTTP_PROXY", "http_proxy"):
-            monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
-        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
-        assert "litestream_txid" in metrics._fetch(url, 5)
-    finally:
-        server.shutdown()
+    for var in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with serving(lambda _path: (200, b"litestream_txid 1\n")) as base:
+        assert "litestream_txid" in metrics._fetch(f"{base}/metrics", 5)
 
 
 def test_the_session_token_is_a_secret_and_scrubbed(tmp_path: Path) -> None:
