@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sidecar import config
 from sidecar.startup import tenants
-from testkit import S3Server, base_env, s3_env
+from testkit import S3Server, base_env, s3_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +33,9 @@ def fill(s3: S3Server, bucket: str) -> set[str]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"")
             keys.add(f"tenants/t{i:04d}.db/{name}")
-    time.sleep(1.5)  # the server's directory cache (1 s)
+    # The server caches directory listings for a second: wait until it lists every file.
+    wait_for(lambda: boto_keys(s3, bucket) == keys, 10, interval=0.2,
+             what="the S3 server to list every key written")
     return keys
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -68,8 +67,7 @@ def test_litestream_crash_loop_backs_off_counts_and_keeps_the_app_up(
     # The app never noticed.
     assert _alive(app_pid) and len({e["pid"] for e in events(sc, "app started")}) == 1
     written = len(sc.stdout)
-    time.sleep(1)
-    assert len(sc.stdout) > written
+    wait_for(lambda: len(sc.stdout) > written, 10, what="the app to keep writing")
 
     flag.unlink()
     starts = len(events(sc, "litestream started"))

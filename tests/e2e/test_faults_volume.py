@@ -7,7 +7,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,7 +85,9 @@ def test_volume_full_app_gets_sqlite_error_nothing_lost_replication_resumes(
     assert "database or disk is full" in err, err
     before = logged_rows(sc.stdout)
     assert len(before) > 20
-    time.sleep(3)  # Litestream runs into the full disk too: it stages LTX files on the volume
+    # Litestream runs into the full disk too (it stages LTX files on the volume), and says so.
+    sc.wait_event("disk full while staging ltx file, replication paused until space is freed",
+                  30)
     assert sc.proc.poll() is None, sc.output()
     local = rows(small_volume / "app.db")
     assert set(before) <= set(local), "a committed row is gone from the full volume"

@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -183,17 +182,16 @@ def test_healthz_stays_200_while_the_app_is_down(
     app = write_app(tmp_path, CRASHING_APP, "crash.py")
     sc, base = start_with_http(tmp_path, s3, bucket, sidecars, app=app, SIDECAR_APP_RESTART="on-failure")
     sc.wait_event("app exited", 10)
-    seen_down = False
-    end = time.monotonic() + 6
-    while time.monotonic() < end:
+
+    def app_down() -> bool:
         health = get(f"{base}/healthz")
         assert health[0] == 200, health
         code, body, _ = get(f"{base}/readyz")
-        if "app is not running" in json.loads(body)["reasons"]:
-            assert code == 503
-            seen_down = True
-        time.sleep(0.1)
-    assert seen_down
+        down = "app is not running" in json.loads(body)["reasons"]
+        assert code == 503 or not down, (code, body)
+        return down
+
+    wait_for(app_down, 6, what="/readyz to name the app as not running")
     sc.signal()
     sc.wait()
 

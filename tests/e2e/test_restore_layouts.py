@@ -3,12 +3,12 @@ objects that are no backup stop the start, and only a prefix with no object at a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,18 @@ def replicate_with_03(binary: str, db: Path, replica_doc: dict[str, Any], work: 
                                 env=env, stdout=f, stderr=subprocess.STDOUT)
         try:
             wait_for(done, 30, what=f"a Litestream 0.3 backup ({log.read_text()[-500:]})")
-            time.sleep(1.5)  # one more sync interval, so every WAL frame is uploaded
+            # Every WAL frame uploaded: the backup restores (with 0.3 itself) to every row.
+            want, checks, n = rows(db), work / "checks", itertools.count()
+            checks.mkdir(exist_ok=True)
+
+            def whole() -> bool:
+                out = checks / f"{next(n)}.db"
+                res = subprocess.run([binary, "restore", "-no-expand-env", "-config", str(cfg),
+                                      "-o", str(out), str(db)], env=env, capture_output=True,
+                                     timeout=30)
+                return res.returncode == 0 and rows(out) == want
+
+            wait_for(whole, 30, interval=0.5, what="the Litestream 0.3 backup to hold every row")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)

@@ -225,6 +225,16 @@ def _lag(base: str, path: Path) -> float:
     return value
 
 
+def two_more_checks(base: str, tenants: Path) -> None:
+    """Wait until the directory's lag check has run twice more: the last one then started
+    after everything before this call."""
+    def checks() -> float:
+        return read(base, "sidecar_lag_checks_total", db=str(tenants), outcome="ok") or 0
+
+    done = checks() + 2
+    wait_for(lambda: checks() >= done, 30, what="two more lag checks of the directory")
+
+
 def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
         tmp_path: Path, own_s3, sidecars) -> None:
     bucket = own_s3.make_bucket()
@@ -245,7 +255,7 @@ def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
 
     want = {f"t{i:02d}.db" for i in range(10)}
     wait_for(lambda: _backed_up(own_s3, bucket) >= want, 30, what="every tenant in the bucket")
-    time.sleep(2.5)  # two lag checks
+    two_more_checks(base, tenants)
     entry = wait_for(settled, 30, what="no tenant behind")
     # One listing per check for ten idle databases (not one or more per database).
     assert entry["last_check_requests"] == 1, entry
@@ -260,7 +270,7 @@ def test_outage_shows_in_aggregate_lag_and_only_the_writing_tenant_falls_behind(
     wait_for(lambda: json.loads(get(f"{base}/status")[1])["directories"][0]["databases"] == 11,
              10, what="the new tenant in /status")
     wait_for(lambda: "t10.db" in _backed_up(own_s3, bucket), 30, what="the new tenant backed up")
-    time.sleep(2.5)
+    two_more_checks(base, tenants)
     wait_for(lambda: json.loads(get(f"{base}/status")[1])["directories"][0]["behind"] == 0,
              10, what="no tenant behind")
 
