@@ -62,7 +62,7 @@ def read_total(base: str, name: str, **labels: str) -> float:
 def fake_runtime(db: str, litestream_version: str = "0.5.17", **result: Any) -> SimpleNamespace:
     """What metrics.RuntimeCollector reads from a Runtime: one database, its last lag check
     (LagResult fields; none: no check yet), no supervisor (children down)."""
-    from sidecar.daemon.lag import LagResult
+    from sidecar.lag.model import LagResult
 
     res = LagResult(db=db, **result)
     return SimpleNamespace(
