@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import log
+from sidecar.bucket.replica import DirStore, LtxObject, ReplicaUnreachable, Store, open_store, utc
 from sidecar.config import Config, Database
 from sidecar.daemon import metrics
 from sidecar.litestream.control import Control, ControlError
-from sidecar.replica import DirStore, LtxObject, ReplicaUnreachable, Store, open_store, utc
 
 PAGE = 1000  # keys per listing request (the S3 maximum)
 MAX_PAGES = 3  # per level and check; more new keys than that are read on the next check
@@ -454,7 +454,7 @@ class LagMonitor:
                 opener = functools.partial(open_store, db.replica, timeout=timeout)
             self.dbs.append(DbLag(db, store, control, opener=opener,
                                   window_every=6 * cfg.lag_check_interval))
-        from sidecar.pitr import configured
+        from sidecar.config.pitr import configured
 
         promised = configured(cfg)["window_seconds"]
         for d in self.dbs:

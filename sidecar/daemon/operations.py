@@ -22,11 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import bookmarks, cron, dbfile, fetch, log, nolinks, replica, scratch, verification
-from sidecar.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot
-from sidecar.config import Config, Database
-from sidecar.daemon import jobs, metrics, status
-from sidecar.daemon.api import (
+from sidecar import cron, dbfile, log, nolinks
+from sidecar.api import (
     Accepted,
     Failed,
     NotFound,
@@ -38,10 +35,15 @@ from sidecar.daemon.api import (
     VerifyRequest,
     parse_target,
 )
+from sidecar.bucket import replica
+from sidecar.config import Config, Database
+from sidecar.daemon import jobs, metrics, status
 from sidecar.daemon.runtime import Runtime
 from sidecar.errors import ExecError, MigrationError, OperatorError, RestoreError
 from sidecar.litestream.control import ControlError
-from sidecar.startup import migrate, restore
+from sidecar.recovery import bookmarks, fetch, restore, scratch, verification
+from sidecar.recovery.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot
+from sidecar.startup import migrate
 from sidecar.supervise.supervisor import Event
 
 __all__ = ["NotNow", "Operations", "Target", "parse_target", "schedule_verify"]

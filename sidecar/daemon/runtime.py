@@ -16,9 +16,9 @@ from sidecar.config import Config
 from sidecar.daemon.lag import LagMonitor
 from sidecar.errors import SidecarError
 from sidecar.litestream.control import Control
+from sidecar.recovery.restore import RestoreResult
 from sidecar.startup.migrate import MigrationResult
 from sidecar.startup.preflight import Preflight
-from sidecar.startup.restore import RestoreResult
 from sidecar.supervise.supervisor import Supervisor
 
 

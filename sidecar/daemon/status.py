@@ -17,11 +17,11 @@ from datetime import datetime
 from typing import Any
 
 from sidecar import __version__, cron
+from sidecar.bucket.replica import utc
 from sidecar.config import secrets_of
+from sidecar.config.pitr import configured
 from sidecar.daemon.lag import LagResult, file_sizes
 from sidecar.daemon.runtime import Runtime
-from sidecar.pitr import configured
-from sidecar.replica import utc
 
 MASK = "***"
 

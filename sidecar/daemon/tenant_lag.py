@@ -27,12 +27,12 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar import log
+from sidecar.bucket import tenants
+from sidecar.bucket.replica import ReplicaUnreachable
 from sidecar.config import DbDir
 from sidecar.daemon import metrics
 from sidecar.daemon.lag import ChangeLog, LagResult
 from sidecar.litestream.control import Control, ControlError
-from sidecar.replica import ReplicaUnreachable
-from sidecar.startup import tenants
 
 TOP = 10  # the databases furthest behind that /status names
 

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from sidecar.bucket import tenants
 from sidecar.config import Config, Database
 from sidecar.dbfile import wal_path
 from sidecar.litestream.control import Control, ControlError
-from sidecar.startup import tenants
 
 SHOWN = 20  # tenants named in one log line
 

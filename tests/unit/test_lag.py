@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.bucket.replica import LtxObject, ReplicaUnreachable, Store
 from sidecar.config import Database, Replica
 from sidecar.daemon import lag
 from sidecar.daemon.lag import ChangeLog, DbLag, ReplicaTracker
 from sidecar.litestream import ControlError
-from sidecar.replica import LtxObject, ReplicaUnreachable, Store
 
 # ------------------------------------------------------------------ fakes
 

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from sidecar import backups, config, names
+from sidecar import config, names
+from sidecar.bucket import tenants
 from sidecar.errors import OperatorError
-from sidecar.startup import tenants
+from sidecar.recovery import backups
 
 LTX = "0009/0000000000000001-0000000000000002.ltx"
 

@@ -12,7 +12,8 @@ import pytest
 
 from sidecar import config
 from sidecar.errors import PreflightError
-from sidecar.startup import migrate, preflight, restore
+from sidecar.recovery import restore
+from sidecar.startup import migrate, preflight
 
 
 def _cfg(tmp_path: Path, **extra: str) -> config.Config:

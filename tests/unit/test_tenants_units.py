@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar import backups, config
+from sidecar import config
+from sidecar.bucket import tenants
 from sidecar.errors import ConfigError, OperatorError
-from sidecar.litestream import config as litestream
-from sidecar.startup import tenants
+from sidecar.litestream import yaml_file as litestream
+from sidecar.recovery import backups
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

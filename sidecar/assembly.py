@@ -11,19 +11,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sidecar import __version__, log, scratch
+from sidecar import __version__, log
+from sidecar.bucket import tenants
 from sidecar.config import Config, describe
 from sidecar.daemon import http, jobs, lag, metrics
-from sidecar.daemon.control import socket_path
+from sidecar.daemon.control_client import socket_path
 from sidecar.daemon.health import Probes
 from sidecar.daemon.operations import Operations, schedule_verify
 from sidecar.daemon.router import Router, routes
 from sidecar.daemon.runtime import Runtime
 from sidecar.errors import SidecarError
-from sidecar.litestream.config import write_config
 from sidecar.litestream.control import Control, short_socket_path
 from sidecar.litestream.process import free_loopback_port
-from sidecar.startup import migrate, preflight, restore, tenants
+from sidecar.litestream.yaml_file import write_config
+from sidecar.recovery import restore, scratch
+from sidecar.startup import migrate, preflight
 from sidecar.supervise import procs
 from sidecar.supervise.supervisor import Supervisor
 

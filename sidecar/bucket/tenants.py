@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar import names
 from sidecar.config import Config, Database, DbDir, Replica
-from sidecar.litestream.config import write_member_config
+from sidecar.litestream.yaml_file import write_member_config
 
 if TYPE_CHECKING:
-    from sidecar.startup.restore import RestoreResult
+    from sidecar.recovery.restore import RestoreResult
 
 # <rel>/<level>/<min>-<max>.ltx (0.5) or <rel>/generations/<id>/<kind>/<file> (0.3)
 _V5 = re.compile(r"^(.+)/[0-9a-f]{4}/[0-9a-f]{16}-([0-9a-f]{16})\.ltx$")
@@ -213,7 +213,7 @@ def remote_members(entry: DbDir, deadline_s: float, client: Any = None,
     """One paginated listing of the entry's prefix (`page` keys a request, S3's most).
     Connection failures are retried until `deadline_s`; denied and missing-bucket answers
     are final. Raises ReplicaUnreachable."""
-    from sidecar import replica
+    from sidecar.bucket import replica
 
     view = BucketView(entry, deadline_s, client=client, page=page)
     end = time.monotonic() + deadline_s
@@ -255,7 +255,7 @@ class BucketView:
     def _store(self) -> Any:
         """A store counting this listing's requests, over one client kept for every listing
         (a boto3 client is costly to make, and keeps its connections for the next one)."""
-        from sidecar import replica
+        from sidecar.bucket import replica
 
         store = replica.S3Store(self.entry.replica, timeout=self.timeout, client=self.client)
         self.client = store._client
@@ -263,7 +263,7 @@ class BucketView:
 
     def _run(self, sub: str = "", start_after: str | None = None,
              max_pages: int | None = None) -> tuple[Listing, str | None, bool]:
-        from sidecar import replica
+        from sidecar.bucket import replica
 
         store = self._store()
         sizes: dict[str, int] = {}
@@ -368,8 +368,8 @@ def _check_cap(cfg: Config, entry: DbDir, listing: Listing, needed: list[str]) -
     """Refuse (RestoreError, exit 4, naming the figures) a directory restore that a bucket
     could make without bound: more databases than SIDECAR_RESTORE_MAX_DATABASES, or more
     bytes than the directory's filesystem has free (the newest snapshots' sizes)."""
-    from sidecar import scratch
     from sidecar.errors import RestoreError
+    from sidecar.recovery import scratch
 
     if len(needed) > cfg.restore_max_databases:
         raise RestoreError(
@@ -397,9 +397,10 @@ def restore_on_start(cfg: Config, entry: DbDir, binary: str,
     database (restore.on_start: temporary file, quick_check, rename). Raises RestoreError:
     the bucket cannot be listed; it holds unknown objects and something needs a restore; or
     a restore failed (the first failure, naming the database; the others stop early)."""
-    from sidecar import dbfile, log, replica
+    from sidecar import dbfile, log
+    from sidecar.bucket import replica
     from sidecar.errors import RestoreError
-    from sidecar.startup import restore
+    from sidecar.recovery import restore
 
     logger = log.get("restore")
     # Litestream's directory scan fails on a directory that does not exist.
