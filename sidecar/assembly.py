@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import __version__, log
-from sidecar.bucket import tenants
 from sidecar.config import Config, describe
 from sidecar.daemon import http, jobs, lag, metrics
 from sidecar.daemon.control_client import socket_path
@@ -24,7 +23,7 @@ from sidecar.errors import SidecarError
 from sidecar.litestream.control import Control, short_socket_path
 from sidecar.litestream.process import free_loopback_port
 from sidecar.litestream.yaml_file import write_config
-from sidecar.recovery import restore, scratch
+from sidecar.recovery import directory_restore, restore, scratch
 from sidecar.startup import migrate, preflight
 from sidecar.supervise import procs
 from sidecar.supervise.supervisor import Supervisor
@@ -137,7 +136,7 @@ def _restore_step(rt: Runtime) -> bool:
     for entry in cfg.directories:
         t0 = time.monotonic()
         try:
-            results = tenants.restore_on_start(cfg, entry, rt.litestream_bin,
+            results = directory_restore.restore_on_start(cfg, entry, rt.litestream_bin,
                                                should_stop=sup.stop_requested)
         except SidecarError as exc:
             metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()

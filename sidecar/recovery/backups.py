@@ -27,7 +27,7 @@ from sidecar.config import Config, Database
 from sidecar.errors import ExecError, OperatorError, RestoreError
 from sidecar.litestream.process import child_env, free_loopback_port, restore_argv
 from sidecar.litestream.yaml_file import member_doc, write_config, write_doc
-from sidecar.recovery import reachable, restore
+from sidecar.recovery import directory_restore, reachable, restore
 from sidecar.startup import preflight
 from sidecar.supervise import procs
 from sidecar.tmpfs import remove_private
@@ -70,7 +70,7 @@ def pick_database(cfg: Config, name: str | None) -> Database:
         if why is None and tenants.fits(entry, rel):
             # Where it would be written: a live restore of a database not on the volume yet
             # must not go through a link on the way (as for a name from the bucket).
-            if (where := tenants.place_problem(cfg, entry, rel)) is not None:
+            if (where := directory_restore.place_problem(cfg, entry, rel)) is not None:
                 raise OperatorError(f"cannot choose a database: --db: {where}")
             return tenants.member(entry, rel)
     raise OperatorError(f"cannot choose a database: --db: {name!r} is not one of "
