@@ -70,7 +70,7 @@ class Database:
 @dataclass(frozen=True)
 class DbDir:
     """A directory entry: every file in `dir` matching `pattern` is a database, replicated
-    under `<replica prefix>/<its path relative to dir>` (see startup/tenants.py)."""
+    under `<replica prefix>/<its path relative to dir>` (see bucket/tenants.py)."""
 
     dir: Path
     pattern: str

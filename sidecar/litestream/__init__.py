@@ -1,4 +1,4 @@
-"""Everything about talking to Litestream: its config (config.py), its control socket
+"""Everything about talking to Litestream: its config file (yaml_file.py), its control socket
 (control.py), and its environment, command lines and log lines (process.py).
 
 The names below are re-exported so `from sidecar.litestream import Control` reads the same as
