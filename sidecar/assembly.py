@@ -137,7 +137,7 @@ def _restore_step(rt: Runtime) -> bool:
         t0 = time.monotonic()
         try:
             results = directory_restore.restore_on_start(cfg, entry, rt.litestream_bin,
-                                               should_stop=sup.stop_requested)
+                                                         should_stop=sup.stop_requested)
         except SidecarError as exc:
             metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
             rt.restores[str(entry.dir)] = restore.RestoreResult(
