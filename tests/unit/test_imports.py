@@ -159,7 +159,7 @@ def test_every_module_name_is_used_once() -> None:
     for name in modules(ROOT, PACKAGE):
         if name != PACKAGE:
             seen[name.rsplit(".", 1)[-1]].append(name)
-    twice = {k: v for k, v in seen.items() if len(v) > 1 and k != "__main__"}
+    twice = {k: v for k, v in seen.items() if len(v) > 1}
     assert not twice, f"module names used more than once: {twice}"
 
 
