@@ -73,7 +73,7 @@ def seed(s3: h.S3, work: Path, size: int, shape: str) -> tuple[str, int]:
 def file_replica(s3: h.S3, bucket: str, root: Path) -> int:
     """The bucket's backup copied into a `file://` replica at `root` (each file stamped with
     its LTX header's time, as Litestream's file replica does); its file count."""
-    from sidecar.fetch import header_info
+    from sidecar.recovery.fetch import header_info
 
     n = 0
     for level_dir in sorted((s3.root / bucket / h.PREFIX).iterdir()):

@@ -154,7 +154,8 @@ def report_imports(runs: list[list[tuple[int, int, int, str]]]) -> None:
 PROBE = textwrap.dedent("""\
     import json, os, sys, time
     t0 = time.monotonic()
-    from sidecar import config, replica
+    from sidecar import config
+    from sidecar.bucket import replica
     t1 = time.monotonic()
     cfg = config.load(os.environ, ["true"], need_app=False)
     rep = cfg.databases[0].replica
@@ -197,8 +198,8 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 def restore_profile(size: int, reps: int) -> None:
     from sidecar import config, dbfile
-    from sidecar.litestream.config import write_config
     from sidecar.litestream.process import restore_argv
+    from sidecar.litestream.yaml_file import write_config
 
     work = Path(tempfile.mkdtemp(prefix="sidecar-profile-"))
     s3 = h.S3(work / "s3")

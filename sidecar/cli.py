@@ -14,13 +14,13 @@ from sidecar.errors import EXIT_CODES, SidecarError
 
 # name -> (module, one-line help). Each module has add_arguments(parser) and main(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("sidecar.commands.run", "restore if needed, replicate, migrate, run and supervise the app"),
-    "check": ("sidecar.commands.check", "run every preflight check and test the bucket; changes nothing"),
-    "status": ("sidecar.commands.status", "show what the running sidecar is doing (and why it holds)"),
-    "restore": ("sidecar.commands.restore", "restore a backup into a file, or live through the daemon"),
-    "verify": ("sidecar.commands.verify", "restore the latest backup aside and integrity-check it"),
-    "snapshot": ("sidecar.commands.snapshot", "write a consistent copy of the live database to a file"),
-    "resume": ("sidecar.commands.resume", "continue a start held by SIDECAR_ON_START_FAILURE=hold"),
+    "run": ("sidecar.commands.cmd_run", "restore if needed, replicate, migrate, run and supervise the app"),
+    "check": ("sidecar.commands.cmd_check", "run every preflight check and test the bucket; changes nothing"),
+    "status": ("sidecar.commands.cmd_status", "show what the running sidecar is doing (and why it holds)"),
+    "restore": ("sidecar.commands.cmd_restore", "restore a backup into a file, or live through the daemon"),
+    "verify": ("sidecar.commands.cmd_verify", "restore the latest backup aside and integrity-check it"),
+    "snapshot": ("sidecar.commands.cmd_snapshot", "write a consistent copy of the live database to a file"),
+    "resume": ("sidecar.commands.cmd_resume", "continue a start held by SIDECAR_ON_START_FAILURE=hold"),
 }
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {k:<4} {v}" for k, v in EXIT_CODES.items()) + (

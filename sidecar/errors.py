@@ -150,3 +150,8 @@ EXIT_CODES = {
     127: "the app command was not found (or its #! interpreter is missing)",
     128: "128+N: the app died of signal N (e.g. 143 for SIGTERM, 137 for SIGKILL)",
 }
+
+
+class Invalid(ValueError):
+    """A value that does not fit, with a message more precise than the setting's expectation
+    (a range, the parser's own reason)."""

@@ -74,7 +74,7 @@ def fake_runtime(db: str, litestream_version: str = "0.5.17", **result: Any) -> 
 @contextlib.contextmanager
 def watching(rt: Any) -> Iterator[Any]:
     """sidecar's metrics.watch(rt) for the block; then back to no runtime."""
-    from sidecar.daemon import metrics
+    from sidecar import metrics
 
     metrics.watch(rt)
     try:

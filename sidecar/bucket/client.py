@@ -36,8 +36,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
 
+from sidecar.config.replica_config import Replica
 from sidecar.errors import ReplicaUnreachable
-from sidecar.replica_config import Replica
 
 # A page of 1,000 keys is a few hundred KB; anything far larger is not a listing.
 MAX_BODY = 16 * 1024 * 1024

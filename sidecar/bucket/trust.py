@@ -73,14 +73,14 @@ def bundle(ca: str, roots: str) -> Path:
 
 
 def _private_file() -> Path:
+    from sidecar import tmpfs
     from sidecar.errors import PreflightError
-    from sidecar.litestream import config
 
     try:
-        return config.private_file("ca-bundle.pem")
+        return tmpfs.private_file("ca-bundle.pem")
     except PreflightError:
         # No tmpfs: a CA bundle holds no secret, so a private temporary file will do.
         fd, name = tempfile.mkstemp(prefix=f"sidecar-{os.getpid()}-", suffix="-ca-bundle.pem")
         os.close(fd)
-        config._private.add(Path(name))
+        tmpfs._private.add(Path(name))
         return Path(name)

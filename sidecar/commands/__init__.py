@@ -1,3 +1,3 @@
-"""One module per subcommand: each builds its options and runs it (thin clients of the daemon where
-one runs).
+"""One module per subcommand, cmd_<name>.py: each builds its options and runs it (thin clients
+of the daemon where one runs).
 """

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.daemon import api, metrics
+from sidecar import api, metrics
 from sidecar.daemon.runtime import Runtime
 
 # /healthz fails once the supervisor loop's thread has shown no progress for this long. The

@@ -47,8 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar import log
-from sidecar.daemon import api
+from sidecar import api, log
 from sidecar.daemon.router import CONTROL, HTTP, Call, Response, Router, error_response, json_body
 from sidecar.errors import PreflightError, SidecarError
 

@@ -5,16 +5,15 @@ A live restore never runs in a request thread: the request validates the target 
 bad input never stops the app), then posts a `RestoreRequested` event; the supervisor loop runs the whole
 fenced sequence (stop the app, stop replication of the DB, restore into a temporary file, check
 it, move the old DB aside, rename the new one into place, resume replication, start the app).
-The pieces that need no daemon (the plan, restore into a file, verify, snapshot) are in
-backups.py. What remains (~470 lines) is the live restore's one fenced sequence with its hold,
-resume and the verify/snapshot requests: split further, the order of its steps would no longer
-read top to bottom.
+The pieces that need no daemon (the plan, restore into a file, verify, snapshot, the undo's
+copy) are in recovery/. What remains (~450 lines) is the live restore's one fenced sequence
+with its hold, resume and the verify/snapshot requests: split further, the order of its steps
+would no longer read top to bottom.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 import uuid
@@ -22,11 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import bookmarks, cron, dbfile, fetch, log, nolinks, replica, scratch, verification
-from sidecar.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot
-from sidecar.config import Config, Database
-from sidecar.daemon import jobs, metrics, status
-from sidecar.daemon.api import (
+from sidecar import cron, dbfile, log, metrics, nolinks
+from sidecar.api import (
     Accepted,
     Failed,
     NotFound,
@@ -38,10 +34,15 @@ from sidecar.daemon.api import (
     VerifyRequest,
     parse_target,
 )
+from sidecar.bucket import replica
+from sidecar.config import Config, Database
+from sidecar.daemon import jobs, status
 from sidecar.daemon.runtime import Runtime
 from sidecar.errors import ExecError, MigrationError, OperatorError, RestoreError
 from sidecar.litestream.control import ControlError
-from sidecar.startup import migrate, restore
+from sidecar.recovery import bookmarks, fetch, restore, scratch, verification
+from sidecar.recovery.backups import Tools, metric_label, pick_database, plan, restore_file, snapshot
+from sidecar.startup import migrate
 from sidecar.supervise.events import ChildRestarted, RestoreRequested, RestoreResume, Resume
 
 __all__ = ["NotNow", "Operations", "Target", "parse_target", "schedule_verify"]
@@ -254,7 +255,7 @@ class Operations:
             job.state = "restoring"
             restore.clean_leftovers(db.path)
             if job.undo is not None:
-                _copy_kept(Path(job.undo["kept"]), tmp)
+                bookmarks.copy_kept(Path(job.undo["kept"]), tmp)
                 job.txid = job.undo.get("txid")
             else:
                 summary = restore_file(tools, db, job.target, tmp, should_stop=sup.working)
@@ -532,24 +533,6 @@ class Operations:
             self.rt.supervisor.post(Resume())
         self.log.info("resume requested")
         return Accepted({"state": "resuming"})
-
-
-def _copy_kept(kept: Path, tmp: Path) -> None:
-    """A consistent copy of a kept database into `tmp` (the kept copy stays: a second undo
-    needs it), in WAL mode as Litestream's restores are, integrity-checked."""
-    if not kept.is_file():
-        raise OperatorError(f"cannot undo: the database to put back is no longer kept at {kept}")
-    dbfile.backup(kept, tmp)
-    con = sqlite3.connect(tmp)
-    try:
-        con.execute("PRAGMA journal_mode=WAL")
-    finally:
-        con.close()
-    result = dbfile.quick_check(tmp)
-    if result != "ok":
-        tmp.unlink(missing_ok=True)
-        raise RestoreError(f"cannot undo: the kept database {kept} fails its integrity check: "
-                           f"{result}")
 
 
 def schedule_verify(ops: Operations) -> None:

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sidecar import log
-from sidecar.daemon import api
+from sidecar import api, log
 from sidecar.errors import SidecarError
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """What a running sidecar knows, as one typed object built once by `run`.
 
 Read by the status document, the probes and the operations; written only by the start-up steps
-(run.py) and the supervisor loop's handlers. It imports no server and no operation, so every
+(assembly.py) and the supervisor loop's handlers. It imports no server and no operation, so every
 module that reads it can import it without a circle.
 """
 
@@ -16,9 +16,9 @@ from sidecar.config import Config
 from sidecar.errors import SidecarError
 from sidecar.lag.monitor import LagMonitor
 from sidecar.litestream.control import Control
+from sidecar.recovery.restore import RestoreResult
 from sidecar.startup.migrate import MigrationResult
 from sidecar.startup.preflight import Preflight
-from sidecar.startup.restore import RestoreResult
 from sidecar.supervise.supervisor import Supervisor
 
 
@@ -35,7 +35,7 @@ class Runtime:
     metrics_url: str | None = None
     control: Control | None = None
     lag: LagMonitor | None = None
-    # Schedules the lag checks and the verification, once, off the main thread (run.py).
+    # Schedules the lag checks and the verification, once, off the main thread (assembly.py).
     begin_jobs: Callable[[], None] | None = None
     restores: dict[str, RestoreResult] = field(default_factory=dict)
     migration: MigrationResult | None = None

@@ -17,12 +17,12 @@ from datetime import datetime
 from typing import Any
 
 from sidecar import __version__, cron
+from sidecar.bucket.replica import utc
 from sidecar.config import secrets_of
+from sidecar.config.pitr import configured
 from sidecar.daemon.runtime import Runtime
 from sidecar.lag.db_lag import file_sizes
 from sidecar.lag.model import LagResult
-from sidecar.pitr import configured
-from sidecar.replica import utc
 
 MASK = "***"
 

@@ -9,12 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sidecar import log
+from sidecar import log, metrics
+from sidecar.bucket.replica import ReplicaUnreachable, Store
 from sidecar.config import Database
-from sidecar.daemon import metrics
 from sidecar.lag.model import POLL_MIN, ChangeLog, LagResult, ReplicaTracker
 from sidecar.litestream.control import Control, ControlError
-from sidecar.replica import ReplicaUnreachable, Store
 
 
 class DbLag:

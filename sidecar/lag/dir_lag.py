@@ -26,13 +26,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sidecar import log
+from sidecar import log, metrics
+from sidecar.bucket import tenants
+from sidecar.bucket.replica import ReplicaUnreachable
 from sidecar.config import DbDir
-from sidecar.daemon import metrics
 from sidecar.lag.model import ChangeLog, LagResult
 from sidecar.litestream.control import Control, ControlError
-from sidecar.replica import ReplicaUnreachable
-from sidecar.startup import tenants
 
 TOP = 10  # the databases furthest behind that /status names
 

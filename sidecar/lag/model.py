@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.replica import DirStore, LtxObject, Store, utc
+from sidecar.bucket.replica import DirStore, LtxObject, Store, utc
 
 PAGE = 1000  # keys per listing request (the S3 maximum)
 MAX_PAGES = 3  # per level and check; more new keys than that are read on the next check

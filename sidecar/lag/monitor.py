@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar import log
+from sidecar.bucket.replica import Store, open_store
 from sidecar.config import Config
 from sidecar.lag import heartbeat
 from sidecar.lag.db_lag import DbLag
@@ -15,7 +16,6 @@ from sidecar.lag.dir_lag import DirLag
 from sidecar.lag.model import LagResult
 from sidecar.lag.watcher import Watcher
 from sidecar.litestream.control import Control
-from sidecar.replica import Store, open_store
 
 
 class LagMonitor:
@@ -35,7 +35,7 @@ class LagMonitor:
                 opener = functools.partial(open_store, db.replica, timeout=timeout)
             self.dbs.append(DbLag(db, store, control, opener=opener,
                                   window_every=6 * cfg.lag_check_interval))
-        from sidecar.pitr import configured
+        from sidecar.config.pitr import configured
 
         promised = configured(cfg)["window_seconds"]
         for d in self.dbs:

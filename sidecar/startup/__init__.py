@@ -1,2 +1,3 @@
-"""The steps before the app starts: preflight checks, the restore decision and restore (and, in
-tenants.py, the restore of a whole directory of databases), migrations."""
+"""The steps of a start that are neither a restore nor supervision: the preflight checks
+(preflight.py, volume.py) and the migrations (migrate.py). The restore on start is in
+recovery/."""

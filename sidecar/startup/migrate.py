@@ -106,7 +106,7 @@ def run_all(cfg: Config, env: dict[str, str],
     """The command once for the configured databases (as `run`), then once per database of
     each directory entry, with DATABASE_URL and SIDECAR_DB_PATH naming that database (a
     tenant's schema is its own; the first failure stops the start and names the database)."""
-    from sidecar.startup import tenants
+    from sidecar.bucket import tenants
 
     if not cfg.directories:
         return run(cfg, env, should_stop)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import config
-from sidecar.startup import tenants
+from sidecar.bucket import tenants
 from testkit import S3Server, base_env, s3_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def test_directory_lag_listings_page_in_a_process_of_their_own(tmp_path: Path, s
     fill(s3, bucket)
     _, env = entry(tmp_path, s3, bucket)
     code = ("import json, sys; from pathlib import Path; from sidecar import config\n"
-            "from sidecar.startup import tenants\n"
+            "from sidecar.bucket import tenants\n"
             "cfg = config.load(json.loads(sys.argv[1]), app_command=['true'], cwd=Path('/tmp'))\n"
             "view = tenants.BucketView(cfg.directories[0], 10)\n"
             "out, page, one = view.full(), view.page(None), view.member('t0007.db')\n"

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar import config
+from sidecar.config.settings import VARIABLES
 from sidecar.errors import ConfigError
-from sidecar.settings import VARIABLES
 from testkit import BIN, S3_SECRET, base_env
 
 pytestmark = pytest.mark.usefixtures("no_secret_leaks")
@@ -102,7 +102,7 @@ def _cron_fails(t: str) -> bool:
     """Lines crontab(5) refuses (sidecar/cron.py's reading, unit-tested in test_cron.py):
     apscheduler's own from_crontab refuses `* * * * 7`, which cron runs on Sundays."""
     from sidecar import cron
-    from sidecar.parsers import Invalid
+    from sidecar.config.parsers import Invalid
 
     try:
         cron.parse(t.strip())

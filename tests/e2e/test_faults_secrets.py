@@ -222,7 +222,7 @@ def test_a_project_config_needing_expansion_is_rendered_on_a_tmpfs(tmp_path: Pat
     tmpfs, mode 0600, removed at exit; nothing under the volume ever holds the secret."""
     import textwrap
 
-    from sidecar.litestream.config import _is_tmpfs
+    from sidecar.tmpfs import _is_tmpfs
 
     env = fault_env(tmp_path, **s3_env(s3, bucket))
     db = env.pop("SIDECAR_DB_PATH")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, replica
+from sidecar import config
+from sidecar.bucket import replica
 from sidecar.bucket.client import Client
 from sidecar.lag.db_lag import DbLag
 from sidecar.lag.monitor import LagMonitor
@@ -157,7 +158,8 @@ def test_verification_space_estimate_lists_the_newest_snapshot(tmp_path: Path, s
     snaps = replica.S3Store(db.replica, 5.0).list_ltx(9)  # type: ignore[arg-type]
     assert [o.size for o in snaps] == [70_000, 90_000, 40_000]
     want = int(40_000 * 1.25) + 1024 * 1024
-    code = ("import json, sys; from pathlib import Path; from sidecar import config, scratch\n"
+    code = ("import json, sys; from pathlib import Path; from sidecar import config\n"
+            "from sidecar.recovery import scratch\n"
             "cfg = config.load(json.loads(sys.argv[1]), app_command=['true'], cwd=Path('/tmp'))\n"
             "print(json.dumps(scratch.copy_estimate(cfg.databases[0])))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(env)], env=env,

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from sidecar.bucket.replica import S3Store
 from sidecar.config import Replica
 from sidecar.lag.model import ReplicaTracker
 from sidecar.litestream import Control
-from sidecar.replica import S3Store
 from testkit import S3_KEY, S3_SECRET, S3Server, base_env, free_port, s3_env, wait_for, write_app
 from testkit.http import get, serving
 from testkit.metrics import read as metric

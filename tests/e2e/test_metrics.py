@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.daemon import metrics
+from sidecar import metrics
 from sidecar.lag.model import LagResult
 from testkit import free_port, tool
 from testkit.http import get, serving

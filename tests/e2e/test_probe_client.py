@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, replica
+from sidecar import config
+from sidecar.bucket import replica
 from sidecar.bucket.client import Client, credentials
 from testkit import S3_KEY, S3_SECRET, S3Server
 
@@ -106,7 +107,8 @@ def test_probe_answers_through_it_in_a_process_of_its_own(s3: S3Server, bucket: 
     """The start-up probe, as a start runs it: the layout, with or without a proxy variable
     (no other client is chosen by the environment any more)."""
     put(s3, bucket, [f"app.db/0000/{LTX[0]}"])
-    code = ("import json, sys; from pathlib import Path; from sidecar import config, replica\n"
+    code = ("import json, sys; from pathlib import Path; from sidecar import config\n"
+            "from sidecar.bucket import replica\n"
             "cfg = config.load(json.loads(sys.argv[1]), app_command=['true'], cwd=Path('/tmp'))\n"
             "c = replica.probe(cfg.databases[0].replica, 10)\n"
             "print(json.dumps(c.layout))")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, replica
+from sidecar import config
+from sidecar.bucket import replica
 from sidecar.bucket.client import Client
 from testkit import S3_KEY, S3_SECRET, base_env, run_sidecar
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.daemon import metrics
+from sidecar import metrics
 from testkit import free_port
 from testkit.http import get, serving
 from testkit.metrics import fake_runtime

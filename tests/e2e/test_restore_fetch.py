@@ -1,5 +1,5 @@
 """A restore from S3 fetches the plan's files in parallel into a mirror beside the database,
-then Litestream restores from the mirror (sidecar/fetch.py).
+then Litestream restores from the mirror (sidecar/recovery/fetch.py).
 
 Real Litestream and a real S3 server (rclone) behind testkit/shaper.py, which adds a real
 bucket's round trip and per-connection bandwidth on loopback, answers chosen requests with
@@ -383,7 +383,7 @@ def test_litestream_reads_a_linked_pipe_once_and_refuses_an_early_end(tmp_path: 
     import threading
     import time
 
-    from sidecar.fetch import header_info
+    from sidecar.recovery.fetch import header_info
     from testkit.sidecar import tool
 
     src = tmp_path / "src.db"

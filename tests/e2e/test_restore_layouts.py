@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar import config, replica
+from sidecar import config
+from sidecar.bucket import replica
 from sidecar.startup import preflight
 from testkit import (
     S3_KEY,

@@ -71,7 +71,7 @@ class ProbeGate:
 
     def _restore_bytes(self) -> int:
         """The bytes of the restore so far: Litestream's file, or (a restore from S3 fetches
-        its files first, sidecar/fetch.py) the bytes written into the mirror directory."""
+        its files first, sidecar/recovery/fetch.py) the bytes written into the mirror directory."""
         sizes = [0]
         for p in self.dir.glob(TMP_GLOB):
             with contextlib.suppress(FileNotFoundError):

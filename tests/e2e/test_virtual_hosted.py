@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from sidecar import config
-from sidecar.litestream.config import replica_section
+from sidecar.litestream.yaml_file import replica_section
 from testkit import (
     BIN,
     S3_SECRET,
@@ -248,7 +248,7 @@ def test_project_litestream_yml_gets_the_same_addressing(
     """A project's own litestream.yml that leaves force-path-style unset runs with sidecar's
     choice written in (Litestream alone would use path style for any endpoint); a value set in
     the file is kept, and sidecar's client follows it too."""
-    from sidecar.litestream.config import render_config
+    from sidecar.litestream.yaml_file import render_config
 
     replica: dict[str, object] = {"type": "s3", "bucket": BUCKET, "path": "app.db",
                                   "endpoint": endpoint, "region": "auto"}

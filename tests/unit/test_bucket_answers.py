@@ -12,8 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from sidecar import config, replica
+from sidecar import config
 from sidecar.bucket import client as bucket
+from sidecar.bucket import replica
 from sidecar.errors import ReplicaUnreachable
 
 NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'

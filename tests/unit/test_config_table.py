@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import cli, config, parsers
+from sidecar import cli, config
+from sidecar.config import parsers
+from sidecar.config.settings import BY_NAME, SECRET_ENV, SETTINGS, VARIABLES
 from sidecar.errors import ConfigError
-from sidecar.settings import BY_NAME, SECRET_ENV, SETTINGS, VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 # Config fields no single row fills: each is built by a cross-field rule in config.load.

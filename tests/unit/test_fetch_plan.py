@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from sidecar.fetch import PlanFile, calc_plan, dry_run_plan, header_info
+from sidecar.recovery.fetch import PlanFile, calc_plan, dry_run_plan, header_info
 
 
 def f(level: int, lo: int, hi: int, size: int = 10) -> PlanFile:
@@ -85,7 +85,8 @@ def test_a_level_is_listed_to_the_servers_last_page_whatever_keys_a_page_holds()
     """A full page holding a stray key (999 LTX names, 1 junk) is not the last page: the
     listing follows IsTruncated, so the newest L0 file on the next page is in the plan
     (counting parsed names stopped there, and the restore came back older without a word)."""
-    from sidecar import config, replica
+    from sidecar import config
+    from sidecar.bucket import replica
 
     page1 = [f"app.db/0000/{i:016x}-{i:016x}.ltx" for i in range(2, 1001)] + ["app.db/0000/junk"]
     page2 = ["app.db/0000/00000000000003e9-00000000000003e9.ltx"]
@@ -120,7 +121,7 @@ def test_a_mirror_is_made_new_and_private_whatever_was_planted_at_its_path(tmp_p
     import os
     import stat
 
-    from sidecar import fetch
+    from sidecar.recovery import fetch
 
     out = tmp_path / "x.db"
     victim = tmp_path / "victim"
@@ -146,7 +147,7 @@ def test_a_certificate_failure_is_never_retried_by_the_fetch() -> None:
 
     from botocore.exceptions import ConnectionClosedError, SSLError
 
-    from sidecar.fetch import _retryable
+    from sidecar.recovery.fetch import _retryable
 
     cert = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
                                            "verify failed: unable to get local issuer")
@@ -162,7 +163,8 @@ def test_an_answer_longer_than_its_range_is_refused_not_written_over_the_next(tm
 
     import pytest
 
-    from sidecar import config, fetch
+    from sidecar import config
+    from sidecar.recovery import fetch
 
     env = {"PATH": "/usr/bin:/bin", "SIDECAR_DB_PATH": str(tmp_path / "app.db"),
            "SIDECAR_REPLICA_URL": "s3://bkt/app.db", "SIDECAR_S3_ENDPOINT": "http://s3.test",

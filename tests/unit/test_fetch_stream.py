@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from sidecar import fetch
-from sidecar.fetch import CHUNK, STREAM_MIN, Fetch, PlanFile
-from sidecar.replica_config import Database
+from sidecar.config.replica_config import Database
+from sidecar.recovery import fetch
+from sidecar.recovery.fetch import CHUNK, STREAM_MIN, Fetch, PlanFile
 
 
 def ltx(size: int, ts_ms: int, seed: int) -> bytes:

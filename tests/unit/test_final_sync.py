@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import config
+from sidecar.bucket import tenants
 from sidecar.config import Database, DbDir
 from sidecar.litestream.control import ControlError
-from sidecar.startup import tenants
 from sidecar.supervise import final_sync
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.bucket.replica import LtxObject, ReplicaUnreachable, Store
 from sidecar.config import Database, Replica
 from sidecar.lag import model as lag
 from sidecar.lag.db_lag import DbLag
 from sidecar.lag.model import ChangeLog, ReplicaTracker
 from sidecar.litestream import ControlError
-from sidecar.replica import LtxObject, ReplicaUnreachable, Store
 
 # ------------------------------------------------------------------ fakes
 

@@ -9,7 +9,7 @@ import re
 
 import yaml
 
-from sidecar.daemon import metrics
+from sidecar import metrics
 from testkit.monitoring import (
     PROMETHEUS_DIR,
     alert_rules,

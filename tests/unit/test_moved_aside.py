@@ -14,7 +14,8 @@ import pytest
 from sidecar import config, dbfile
 from sidecar.config import Database
 from sidecar.errors import RestoreError
-from sidecar.startup import migrate, restore
+from sidecar.recovery import restore
+from sidecar.startup import migrate
 from testkit import make_db, rows
 
 

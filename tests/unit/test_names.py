@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from sidecar import backups, config, names
+from sidecar import config, names
+from sidecar.bucket import tenants
 from sidecar.errors import OperatorError
-from sidecar.startup import tenants
+from sidecar.recovery import backups, directory_restore
 
 LTX = "0009/0000000000000001-0000000000000002.ltx"
 
@@ -210,7 +211,7 @@ def test_a_backup_whose_path_is_no_place_for_a_database_is_refused_or_skipped(
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     if mode == "refuse":
         with pytest.raises(RestoreError) as err:
-            tenants._refuse_or_skip_bad(cfg, entry, listing, set())
+            directory_restore._refuse_or_skip_bad(cfg, entry, listing, set())
         text = " ".join([err.value.message, *err.value.problems])
         assert err.value.exit_code == 4
         assert "inside sidecar's state dir" in text
@@ -218,7 +219,7 @@ def test_a_backup_whose_path_is_no_place_for_a_database_is_refused_or_skipped(
         assert f"{entry.dir / 'plain'} on the way to 'plain/x.db' is a file" in text
         assert "move or delete" in (err.value.hint or "")
     else:
-        tenants._refuse_or_skip_bad(cfg, entry, listing, set())
+        directory_restore._refuse_or_skip_bad(cfg, entry, listing, set())
         assert set(listing.members) == {"ok.db"}
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 

@@ -11,7 +11,8 @@ import pytest
 
 from sidecar import config
 from sidecar.errors import PreflightError
-from sidecar.startup import migrate, preflight, restore
+from sidecar.recovery import restore
+from sidecar.startup import migrate, preflight
 from testkit.db import plain_db
 
 

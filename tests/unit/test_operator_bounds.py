@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, scratch, verification
-from sidecar.reachable import Stall
-from sidecar.startup import tenants
+from sidecar import config
+from sidecar.bucket import tenants
+from sidecar.recovery import scratch, verification
+from sidecar.recovery.reachable import Stall
 from testkit.clock import Clock
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from sidecar import config
 from sidecar.errors import RestoreError
-from sidecar.startup import restore
+from sidecar.recovery import restore
 
 # argv: restore -config C -no-expand-env -o NAME -json DB; cwd is the output's directory.
 WRITER = textwrap.dedent("""\

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.daemon import api, http, router
+from sidecar import api
+from sidecar.daemon import http, router
 from sidecar.daemon.router import CONTROL, HTTP, Route, Router
 
 

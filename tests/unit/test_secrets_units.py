@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar import config
-from sidecar.daemon import metrics
+from sidecar import config, metrics, tmpfs
 from sidecar.errors import ConfigError, OperatorError, redact
-from sidecar.litestream import config as litestream_config
 from sidecar.litestream import process as litestream_process
+from sidecar.litestream import yaml_file as litestream_config
 from testkit.http import serving
 
 SECRET = "s3-$ecret-value-1234567890"
@@ -76,7 +75,7 @@ def test_a_project_config_with_variables_is_rendered_on_a_tmpfs(tmp_path: Path) 
     path = litestream_config.write_config(cfg, 9999)
     try:
         assert not path.is_relative_to(tmp_path)
-        assert litestream_config._is_tmpfs(str(path.parent.resolve()))
+        assert tmpfs._is_tmpfs(str(path.parent.resolve()))
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert SECRET in path.read_text()
     finally:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sidecar import config
-from sidecar.litestream import config as litestream_config
+from sidecar.litestream import yaml_file as litestream_config
 from sidecar.startup import preflight
 
 

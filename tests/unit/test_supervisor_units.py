@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from sidecar.daemon import api
+from sidecar import api
 from sidecar.daemon import health as health_mod
 from sidecar.daemon.health import Probes
 from sidecar.errors import ExecError, exec_code, exec_reason

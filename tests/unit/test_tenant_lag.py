@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from sidecar import config
+from sidecar.bucket import tenants
 from sidecar.config import DbDir
 from sidecar.errors import ReplicaUnreachable
 from sidecar.lag.dir_lag import DirLag
-from sidecar.startup import tenants
 
 
 class Bucket:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar import backups, config
+from sidecar import config
+from sidecar.bucket import tenants
 from sidecar.errors import ConfigError, OperatorError
-from sidecar.litestream import config as litestream
-from sidecar.startup import tenants
+from sidecar.litestream import yaml_file as litestream
+from sidecar.recovery import backups
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -225,7 +226,7 @@ def test_the_volume_check_covers_directories(tmp_path: Path) -> None:
 def test_a_failed_directory_check_still_counts_its_requests(tmp_path: Path) -> None:
     """A listing that timed out was a request to the bucket: sidecar_replica_requests_total
     counts it (the bench read 0 requests per minute while every check was timing out)."""
-    from sidecar.daemon import metrics
+    from sidecar import metrics
     from sidecar.errors import ReplicaUnreachable
     from sidecar.lag.dir_lag import DirLag
 

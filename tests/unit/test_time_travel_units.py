@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import bookmarks, config, pitr
+from sidecar import config
+from sidecar.bucket.restore_points import LtxFile, points, stretches
+from sidecar.config import pitr
 from sidecar.errors import ConfigError
-from sidecar.litestream import config as litestream
-from sidecar.restore_points import LtxFile, points, stretches
+from sidecar.litestream import yaml_file as litestream
+from sidecar.recovery import bookmarks
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -145,8 +147,8 @@ def test_bookmarks_are_kept_per_database(tmp_path: Path) -> None:
 
 
 def test_check_shows_the_window_and_its_cost(tmp_path: Path) -> None:
-    from sidecar.commands.check import window_check
-    from sidecar.replica import DirStore
+    from sidecar.bucket.replica import DirStore
+    from sidecar.commands.cmd_check import window_check
 
     (tmp_path / "app.db").write_bytes(b"x" * 4096)
     cfg = config.load(_env(tmp_path, SIDECAR_PITR_WINDOW="2h"), need_app=False, cwd=tmp_path)
@@ -172,7 +174,7 @@ def test_check_shows_the_window_and_its_cost(tmp_path: Path) -> None:
     ({"timeout": -1, "wait": True}, "timeout"), ({"db": 3}, "db"),
 ])
 def test_undo_request_is_strict(body: dict[str, object], field: str) -> None:
-    from sidecar.daemon import api
+    from sidecar import api
 
     with pytest.raises(api.BadRequest) as exc:
         api.UndoRequest.parse(body)
@@ -215,7 +217,7 @@ def test_read_files_takes_litestreams_timestamp_metadata_and_skips_files_deleted
     a file gone between the listing and its HEAD (a 404) is left out, not a missing bucket."""
     from datetime import UTC, datetime
 
-    from sidecar import replica, restore_points
+    from sidecar.bucket import replica, restore_points
     from sidecar.errors import ReplicaUnreachable
 
     keys = {"app.db/0000/0000000000000002-0000000000000002.ltx": "2026-12-07T04:00:02.5Z",
@@ -252,7 +254,7 @@ def test_a_bookmark_is_forgotten_and_an_unreadable_file_is_kept_aside(tmp_path: 
     """put(None) forgets a database's bookmark (a swap that kept nothing: --undo must not
     reach back to an older restore's copy); a bookmarks file that is not JSON is renamed
     aside before the next write, never overwritten with the other databases' marks lost."""
-    from sidecar import bookmarks
+    from sidecar.recovery import bookmarks
 
     a, b = tmp_path / "a.db", tmp_path / "b.db"
     bookmarks.put(tmp_path, a, {"kept": "/k/a"})
@@ -269,7 +271,7 @@ def test_a_bookmark_is_forgotten_and_an_unreadable_file_is_kept_aside(tmp_path: 
 def test_a_timestamp_no_backup_can_have_falls_back_to_the_listing_time() -> None:
     """Metadata claiming year 9999 (the bucket is untrusted) is not a time: the file's
     LastModified is used, as Litestream does without metadata (restore --list was exit 70)."""
-    from sidecar import restore_points
+    from sidecar.bucket import restore_points
 
     assert restore_points._parse_rfc3339("9999-12-31T23:59:59.999Z") is None
     assert restore_points._parse_rfc3339("0001-01-01T00:00:00Z") is None

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, dbfile, replica
+from sidecar import config, dbfile
+from sidecar.bucket import replica
 from sidecar.errors import ConfigError, RestoreError
-from sidecar.startup import preflight, restore
+from sidecar.recovery import restore
+from sidecar.startup import preflight
 from sidecar.supervise import procs
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sidecar import config
 from sidecar.cli import add_settings, settings_from_args
-from sidecar.daemon.control import NoDaemon, call, socket_path
+from sidecar.daemon.control_client import NoDaemon, call, socket_path
 from sidecar.errors import OperatorError
 
 

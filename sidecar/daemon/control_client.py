@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sidecar import api
 from sidecar.config import Config
-from sidecar.daemon import api
 from sidecar.errors import NoDaemon
 from sidecar.litestream.control import ControlError, short_socket_path, unix_request
 

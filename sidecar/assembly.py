@@ -11,20 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sidecar import __version__, log, scratch
+from sidecar import __version__, log, metrics
+from sidecar.bucket import tenants
 from sidecar.config import Config, Database, DbDir, describe
-from sidecar.daemon import http, jobs, metrics
-from sidecar.daemon.control import socket_path
+from sidecar.daemon import http, jobs
+from sidecar.daemon.control_client import socket_path
 from sidecar.daemon.health import Probes
 from sidecar.daemon.operations import Operations, schedule_verify
 from sidecar.daemon.router import Router, routes
 from sidecar.daemon.runtime import Runtime
 from sidecar.errors import SidecarError
 from sidecar.lag import monitor as lag_monitor
-from sidecar.litestream.config import write_config
 from sidecar.litestream.control import Control, short_socket_path
 from sidecar.litestream.process import free_loopback_port
-from sidecar.startup import migrate, preflight, restore, tenants
+from sidecar.litestream.yaml_file import write_config
+from sidecar.recovery import directory_restore, restore, scratch
+from sidecar.startup import migrate, preflight
 from sidecar.supervise import procs
 from sidecar.supervise.events import ChildRestarted
 from sidecar.supervise.supervisor import Supervisor
@@ -137,8 +139,8 @@ def _restore_step(rt: Runtime) -> bool:
     for entry in cfg.directories:
         t0 = time.monotonic()
         try:
-            results = tenants.restore_on_start(cfg, entry, rt.litestream_bin,
-                                               should_stop=sup.stop_requested)
+            results = directory_restore.restore_on_start(cfg, entry, rt.litestream_bin,
+                                                         should_stop=sup.stop_requested)
         except SidecarError as exc:
             metrics.RESTORES.labels(trigger="startup", outcome="failed").inc()
             rt.restores[str(entry.dir)] = restore.RestoreResult(

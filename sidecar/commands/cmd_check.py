@@ -10,12 +10,13 @@ import os
 import time
 from collections.abc import Mapping
 
-from sidecar import config, cron, pitr, replica
-from sidecar.bucket import trust
+from sidecar import config, cron
+from sidecar.bucket import replica, tenants, trust
 from sidecar.bucket.client import CA_HINT
 from sidecar.cli import add_settings, settings_from_args
+from sidecar.config import pitr
 from sidecar.errors import ConfigError
-from sidecar.startup import preflight, tenants
+from sidecar.startup import preflight
 from sidecar.startup.preflight import Check
 
 

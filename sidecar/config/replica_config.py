@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from sidecar import names
-from sidecar.parsers import pattern_problem
-from sidecar.settings import BY_NAME, Problems, parse, show
+from sidecar.config.parsers import pattern_problem
+from sidecar.config.settings import BY_NAME, Problems, parse, show
 
 # Railway Buckets answer only virtual-hosted requests (https://BUCKET.storage.railway.app);
 # a path-style request gets NoSuchBucket, which reads as "bucket does not exist".
@@ -70,7 +70,7 @@ class Database:
 @dataclass(frozen=True)
 class DbDir:
     """A directory entry: every file in `dir` matching `pattern` is a database, replicated
-    under `<replica prefix>/<its path relative to dir>` (see startup/tenants.py)."""
+    under `<replica prefix>/<its path relative to dir>` (see bucket/tenants.py)."""
 
     dir: Path
     pattern: str

@@ -11,10 +11,10 @@ import sys
 import time
 
 from sidecar import config
+from sidecar.api import ResumeRequest
 from sidecar.cli import add_settings, settings_from_args
-from sidecar.commands.status import fetch
-from sidecar.daemon.api import ResumeRequest
-from sidecar.daemon.control import NoDaemon, call, socket_path
+from sidecar.commands.cmd_status import fetch
+from sidecar.daemon.control_client import NoDaemon, call, socket_path
 from sidecar.errors import OperatorError
 
 

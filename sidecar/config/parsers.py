@@ -13,16 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sidecar.errors import Invalid
+
 MAX_DURATION = 366 * 86400.0  # beyond this a timer overflows somewhere (timedelta, Go, waits)
 PATH_MAX = 4095  # bytes, Linux
 NAME_MAX = 255  # bytes per file name
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-
-class Invalid(ValueError):
-    """A value that does not fit, with a message more precise than the setting's expectation
-    (a range, the parser's own reason)."""
 
 
 def parse_duration(text: str) -> float:
@@ -164,7 +161,7 @@ def cron(text: str) -> str | None:
     """A cron line as crontab(5) reads it (sidecar/cron.py), normalised; empty: None."""
     if text.strip() == "":
         return None
-    from sidecar import cron as crontab  # it needs Invalid from here
+    from sidecar import cron as crontab
 
     return crontab.parse(text).text
 

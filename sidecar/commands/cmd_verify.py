@@ -16,12 +16,13 @@ import argparse
 import json
 from typing import Any
 
-from sidecar import config, verification
-from sidecar.backups import standalone_tools
+from sidecar import config
+from sidecar.api import VerifyRequest
 from sidecar.cli import add_settings, settings_from_args
-from sidecar.daemon.api import VerifyRequest
-from sidecar.daemon.control import NoDaemon, call, socket_path
+from sidecar.daemon.control_client import NoDaemon, call, socket_path
 from sidecar.errors import OperatorError
+from sidecar.recovery import verification
+from sidecar.recovery.backups import standalone_tools
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sidecar import replica
+from sidecar.bucket import replica
 from sidecar.config import Database
 from sidecar.errors import OperatorError, ReplicaUnreachable
 

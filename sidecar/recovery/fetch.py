@@ -50,7 +50,8 @@ from typing import Any
 
 import yaml
 
-from sidecar import log, replica
+from sidecar import log
+from sidecar.bucket import replica
 from sidecar.config import Database
 
 MIRROR_SUFFIX = ".mirror"

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 from sidecar import config
-from sidecar.backups import pick_database, snapshot
 from sidecar.cli import add_settings, settings_from_args
+from sidecar.recovery.backups import pick_database, snapshot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

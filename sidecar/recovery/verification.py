@@ -17,13 +17,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sidecar import reachable, replica, scratch
-from sidecar.backups import Tools, pick_database, restore_file
+from sidecar.api import Target
+from sidecar.bucket import replica, tenants
 from sidecar.config import Config, Database
-from sidecar.daemon.api import Target
 from sidecar.errors import OperatorError, RestoreError
 from sidecar.litestream.control import Control, ControlError
-from sidecar.startup import tenants
+from sidecar.recovery import reachable, scratch
+from sidecar.recovery.backups import Tools, pick_database, restore_file
 
 
 def targets(cfg: Config, name: str | None) -> list[Database]:

@@ -29,6 +29,6 @@ def main(args: argparse.Namespace) -> int:
         os.environ.pop(name, None)
     # `litestream version` (a preflight check) runs while the rest of sidecar is imported.
     version = preflight.start_version_query(cfg)
-    from sidecar import run
+    from sidecar import assembly
 
-    return run.run(cfg, config.for_children(env), version=version)
+    return assembly.run(cfg, config.for_children(env), version=version)

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar import bookmarks, dbfile, fetch, log, nolinks, replica
+from sidecar import dbfile, log, nolinks
+from sidecar.bucket import replica
 from sidecar.config import Config, Database
 from sidecar.errors import ExecError, RestoreError
 from sidecar.litestream.process import child_env, log_line, restore_argv
+from sidecar.recovery import bookmarks, fetch
 from sidecar.supervise import procs
 
 TMP_MARK = ".sidecar-restore-"

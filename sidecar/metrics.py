@@ -204,7 +204,7 @@ REGISTRY.register(RUNTIME)
 
 
 def watch(rt: Any) -> None:
-    """Read the STATE families from this Runtime from now on (run.py, once it exists)."""
+    """Read the STATE families from this Runtime from now on (assembly.py, once it exists)."""
     RUNTIME.rt = rt
 
 

@@ -20,16 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar import dbfile, names, reachable, replica
+from sidecar import dbfile, names
+from sidecar.api import Target
+from sidecar.bucket import replica, tenants
 from sidecar.config import Config, Database
-from sidecar.daemon.api import (
-    Target,
-)
 from sidecar.errors import ExecError, OperatorError, RestoreError
-from sidecar.litestream.config import member_doc, remove_private, write_config, write_doc
 from sidecar.litestream.process import child_env, free_loopback_port, restore_argv
-from sidecar.startup import preflight, restore, tenants
+from sidecar.litestream.yaml_file import member_doc, write_config, write_doc
+from sidecar.recovery import directory_restore, reachable, restore
+from sidecar.startup import preflight
 from sidecar.supervise import procs
+from sidecar.tmpfs import remove_private
 
 _NO_MATCH = ("no matching backup files", "transaction not available", "tx not available")
 
@@ -69,7 +70,7 @@ def pick_database(cfg: Config, name: str | None) -> Database:
         if why is None and tenants.fits(entry, rel):
             # Where it would be written: a live restore of a database not on the volume yet
             # must not go through a link on the way (as for a name from the bucket).
-            if (where := tenants.place_problem(cfg, entry, rel)) is not None:
+            if (where := directory_restore.place_problem(cfg, entry, rel)) is not None:
                 raise OperatorError(f"cannot choose a database: --db: {where}")
             return tenants.member(entry, rel)
     raise OperatorError(f"cannot choose a database: --db: {name!r} is not one of "

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from sidecar import dbfile
+from sidecar.errors import OperatorError, RestoreError
 
 FILE = "restore-bookmarks.json"
 
@@ -75,3 +77,21 @@ def put(state_dir: Path, db: Path, mark: dict[str, Any] | None) -> None:
 
 def undo_command(db: Path, several: bool) -> str:
     return "sidecar restore --undo --yes" + (f" --db {db}" if several else "")
+
+
+def copy_kept(kept: Path, tmp: Path) -> None:
+    """A consistent copy of a kept database into `tmp` (the kept copy stays: a second undo
+    needs it), in WAL mode as Litestream's restores are, integrity-checked."""
+    if not kept.is_file():
+        raise OperatorError(f"cannot undo: the database to put back is no longer kept at {kept}")
+    dbfile.backup(kept, tmp)
+    con = sqlite3.connect(tmp)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+    result = dbfile.quick_check(tmp)
+    if result != "ok":
+        tmp.unlink(missing_ok=True)
+        raise RestoreError(f"cannot undo: the kept database {kept} fails its integrity check: "
+                           f"{result}")

@@ -10,10 +10,8 @@ tmpfs (/dev/shm, /run, ...), mode 0600, created with O_EXCL|O_NOFOLLOW and remov
 
 from __future__ import annotations
 
-import atexit
 import copy
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,9 @@ import yaml
 
 from sidecar import nolinks
 from sidecar.config import Config, Database, Replica, secrets_of
-from sidecar.errors import PreflightError
+from sidecar.config.pitr import snapshot_section
 from sidecar.litestream.control import short_socket_path
-from sidecar.pitr import snapshot_section
-
-# Where a config that holds a secret may be rendered: memory-backed, never the volume.
-TMPFS_CANDIDATES = ("/dev/shm", "/run", "/tmp")
+from sidecar.tmpfs import private_file
 
 
 def _duration(seconds: float) -> str:
@@ -122,65 +117,6 @@ def _strings(node: Any) -> list[str]:
     return []
 
 
-def _is_tmpfs(path: str) -> bool:
-    """Whether `path` lies on a tmpfs, from the longest matching mount point in mountinfo."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return False
-    best, fstype = "", ""
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields, rest = left.split(), right.split()
-        if not sep or len(fields) < 5 or not rest:
-            continue
-        point = fields[4].replace("\\040", " ")
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):  # later lines are mounted over earlier ones
-            best, fstype = point, rest[0]
-    return fstype in ("tmpfs", "ramfs")
-
-
-# Private files not yet removed: each is removed by `remove_private` or at exit. A set, not
-# one atexit handler per file: the daemon renders one per tenant it verifies.
-_private: set[Path] = set()
-
-
-@atexit.register
-def _remove_private_files() -> None:
-    for path in list(_private):
-        remove_private(path)
-
-
-def remove_private(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    _private.discard(path)
-
-
-def private_file(name: str) -> Path:
-    """Create an empty 0600 file on a tmpfs (O_EXCL|O_NOFOLLOW, a random name), removed when
-    the process exits. Raises PreflightError when no tmpfs is writable."""
-    for d in ((os.environ.get("XDG_RUNTIME_DIR") or ""), *TMPFS_CANDIDATES):
-        if not d or not os.path.isdir(d) or not os.access(d, os.W_OK | os.X_OK):
-            continue
-        if not _is_tmpfs(os.path.realpath(d)):
-            continue
-        path = Path(d) / f"sidecar-{os.getpid()}-{secrets.token_hex(6)}-{name}"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except OSError:
-            continue
-        os.close(fd)
-        _private.add(path)
-        return path
-    raise PreflightError(
-        "cannot render the Litestream config: it holds a secret (or needs variables expanded) "
-        "and no tmpfs is writable to keep it off the disk",
-        hint="mount a tmpfs at /run or /dev/shm, or let sidecar generate the config from "
-             "SIDECAR_REPLICA_URL (its credentials go through the environment only)")
-
-
 def member_doc(cfg: Config, members: list[Database]) -> dict[str, Any]:
     """A config naming each database of a directory entry as a `path` entry: `litestream
     restore -config` does not find the databases of a `dir` entry. A member of the project's
@@ -209,7 +145,7 @@ def write_member_config(cfg: Config, members: list[Database], name: str) -> Path
 
 def write_config(cfg: Config, metrics_port: int, path: Path | None = None) -> Path:
     """Write the rendered config, mode 0600: into `path` (default: the state dir) when it holds
-    no secret, else into a private file on a tmpfs (see private_file). Returns where."""
+    no secret, else into a private file on a tmpfs (see tmpfs.private_file). Returns where."""
     return write_doc(cfg, render_config(cfg, metrics_port),
                       path or cfg.state_dir / "litestream.generated.yml")
 

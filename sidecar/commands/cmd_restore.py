@@ -39,19 +39,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from sidecar import config, reachable, restore_points
-from sidecar.backups import pick_database, plan, restore_to_output, standalone_tools
+from sidecar import config
+from sidecar.api import RestoreRequest, RestoreStatusRequest, Target, UndoRequest, parse_target
+from sidecar.bucket import restore_points
 from sidecar.cli import add_settings, settings_from_args
-from sidecar.daemon.api import (
-    RestoreRequest,
-    RestoreStatusRequest,
-    Target,
-    UndoRequest,
-    parse_target,
-)
-from sidecar.daemon.control import NoDaemon, call, socket_path
+from sidecar.daemon.control_client import NoDaemon, call, socket_path
 from sidecar.errors import OperatorError, ReplicaUnreachable
-from sidecar.startup import restore
+from sidecar.recovery import reachable, restore
+from sidecar.recovery.backups import pick_database, plan, restore_to_output, standalone_tools
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sidecar import replica
+from sidecar.bucket import replica
 from sidecar.config import Config, Database
 from sidecar.errors import RestoreError
 
@@ -102,7 +102,7 @@ class Stall:
 
 
 def fetch_bytes(output: Path) -> int:
-    from sidecar import fetch
+    from sidecar.recovery import fetch
 
     got = fetch.progress_of(output)
     return int(got["bytes_fetched"]) if got else -1

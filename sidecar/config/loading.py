@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import names
-from sidecar.errors import ConfigError
-from sidecar.parsers import database_path_from_url, parse_addr, parse_duration, path_problem
-from sidecar.replica_config import (
+from sidecar.config.parsers import database_path_from_url, parse_addr, parse_duration, path_problem
+from sidecar.config.replica_config import (
     S3,
     Database,
     DbDir,
@@ -31,7 +30,7 @@ from sidecar.replica_config import (
     project_config,
     s3_settings,
 )
-from sidecar.settings import (
+from sidecar.config.settings import (
     BY_NAME,
     HIDDEN_FROM_CHILDREN,
     SECRET_ENV,
@@ -45,6 +44,7 @@ from sidecar.settings import (
     read,
     show,
 )
+from sidecar.errors import ConfigError
 
 # The names the rest of sidecar (and its tests) import from here.
 __all__ = ["HIDDEN_FROM_CHILDREN", "S3", "SECRET_ENV", "SETTINGS", "Config", "ConfigError",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.parsers import (
+from sidecar.config.parsers import (
     Invalid,
     absolute_path,
     ca_file,

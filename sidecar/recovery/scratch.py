@@ -18,7 +18,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar import dbfile, log, replica
+from sidecar import dbfile, log
+from sidecar.bucket import replica
 from sidecar.config import Config, Database
 from sidecar.errors import OperatorError
 
