@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sidecar import log, metrics
+from sidecar import log
 from sidecar.bucket.replica import ReplicaUnreachable, Store
 from sidecar.config import Database
-from sidecar.lag.model import POLL_MIN, ChangeLog, LagResult, ReplicaTracker
+from sidecar.lag.model import POLL_MIN, ChangeLog, LagResult, ReplicaTracker, record_check
 from sidecar.litestream.control import Control, ControlError
 
 
@@ -123,13 +123,7 @@ class DbLag:
         oldest = self.changes.oldest_pending(replica, now, litestream_answered=local is not None)
         res.lag_seconds = 0.0 if oldest is None else max(0.0, now - oldest)
         res.checked_at = self.wall()
-        self._export(res)
-        if res.reachable != self.result.reachable or (res.error and res.checks == 1):
-            if res.reachable:
-                self._log.info("replica reachable", db=self.label, replica_txid=res.replica_txid)
-            else:
-                self._log.warning("replica unreachable", db=self.label, error=res.error,
-                                  lag_seconds=round(res.lag_seconds, 1))
+        record_check(self._log, self.label, res, self.result, replica_txid=res.replica_txid)
         self.result = res
         return res
 
@@ -146,14 +140,6 @@ class DbLag:
             self._log.warning("restore window not refreshed", db=self.label, error=exc.message)
             return
         self.oldest_snapshot = min((o.last_modified for o in snaps), default=None)
-
-    def _export(self, res: LagResult) -> None:
-        # The check's events; its result (lag, positions) is read at scrape time
-        # (metrics.RuntimeCollector).
-        db = self.label
-        metrics.LAG_CHECKS.labels(db=db, outcome="ok" if res.reachable else "failed").inc()
-        if res.requests:
-            metrics.REPLICA_REQUESTS.labels(db=db, operation="list_objects_v2").inc(res.requests)
 
 
 def file_sizes(db: Database) -> tuple[int | None, int]:

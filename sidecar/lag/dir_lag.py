@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sidecar import log, metrics
+from sidecar import log
 from sidecar.bucket import tenants
 from sidecar.bucket.replica import ReplicaUnreachable
 from sidecar.config import DbDir
-from sidecar.lag.model import ChangeLog, LagResult
+from sidecar.lag.model import ChangeLog, LagResult, record_check
 from sidecar.litestream.control import Control, ControlError
 
 TOP = 10  # the databases furthest behind that /status names
@@ -224,23 +224,10 @@ class DirLag:
         res.local_txid = 0 if not unanswered else None
         res.checked_at = self.wall()
         res.check_seconds = self.clock() - t0
-        self._export(res)
-        if res.reachable != self.result.reachable or (res.error and res.checks == 1):
-            if res.reachable:
-                self._log.info("replica reachable", dir=self.label, databases=self.members)
-            else:
-                self._log.warning("replica unreachable", dir=self.label, error=res.error,
-                                  lag_seconds=round(res.lag_seconds, 1))
+        record_check(self._log, self.label, res, self.result, key="dir",
+                     databases=self.members)
         self.result = res
         return res
-
-    def _export(self, res: LagResult) -> None:
-        # The check's events; the entry's lags and counts (the first `per_db_limit` databases
-        # by path) are read at scrape time (metrics.RuntimeCollector).
-        d = self.label
-        metrics.LAG_CHECKS.labels(db=d, outcome="ok" if res.reachable else "failed").inc()
-        if res.requests:
-            metrics.REPLICA_REQUESTS.labels(db=d, operation="list_objects_v2").inc(res.requests)
 
     def summary(self) -> dict[str, Any]:
         """What /status shows for the entry: counts and the furthest behind, not every DB."""

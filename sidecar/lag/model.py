@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar import metrics
 from sidecar.bucket.replica import DirStore, LtxObject, Store, utc
 
 PAGE = 1000  # keys per listing request (the S3 maximum)
@@ -299,3 +300,21 @@ class LagResult:
 
 def _txid_hex(txid: int | None) -> str | None:
     return None if txid is None else f"{txid:016x}"
+
+
+def record_check(logger: Any, label: str, res: LagResult, before: LagResult, key: str = "db",
+                 **when_reachable: Any) -> None:
+    """A finished check's events, for one database (`key` "db") or a directory entry ("dir")
+    alike: its counters (the result itself, lag and positions, is read at scrape time by
+    metrics.RuntimeCollector) and a line when the bucket's reachability changes or the first
+    check failed."""
+    metrics.LAG_CHECKS.labels(db=label, outcome="ok" if res.reachable else "failed").inc()
+    if res.requests:
+        metrics.REPLICA_REQUESTS.labels(db=label, operation="list_objects_v2").inc(res.requests)
+    if res.reachable == before.reachable and not (res.error and res.checks == 1):
+        return
+    if res.reachable:
+        logger.info("replica reachable", **{key: label}, **when_reachable)
+    else:
+        logger.warning("replica unreachable", **{key: label}, error=res.error,
+                       lag_seconds=round(res.lag_seconds, 1))
