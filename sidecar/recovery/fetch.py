@@ -67,6 +67,7 @@ NEAR_SECONDS = 0.01
 STREAM_MIN = 2 * CHUNK  # a planned file this large is streamed to Litestream as it comes
 LINK_MIN = 128  # the length of the stream's link target (Litestream wants >= 100 bytes)
 OPEN_WAIT = 120.0  # seconds the stream waits for Litestream to open its pipe
+LTX_HEADER = 100  # bytes: an LTX header; no planned file can be smaller
 
 _active_lock = threading.Lock()
 _active: dict[str, dict[str, Any]] = {}  # output path -> progress of a running fetch
@@ -471,20 +472,22 @@ class Fetch:
         return self.root / "stream" / f"data-{f.name}"
 
     def _range(self, f: PlanFile, a: int, b: int, fd: int, left: dict[PlanFile, int]) -> None:
+        # Any failure, the file's finishing included (fsync, a body that is no LTX file), is
+        # the fetch's error: the feeder waiting for the files to be whole must hear of it.
         try:
             self._get(f, a, b, fd)
+            with self._cond:
+                left[f] -= 1
+                last = left[f] == 0
+                self._ranges_done.add((f, a))
+                self._cond.notify_all()
+            if last and f is not self.streamed:
+                self._finish_file(f, fd)
         except BaseException as exc:
             with self._cond:
                 self._range_error = exc
                 self._cond.notify_all()
             raise
-        with self._cond:
-            left[f] -= 1
-            last = left[f] == 0
-            self._ranges_done.add((f, a))
-            self._cond.notify_all()
-        if last and f is not self.streamed:
-            self._finish_file(f, fd)
 
     def _finish_file(self, f: PlanFile, fd: int) -> None:
         """The whole file is there: stamp it with its header's time (Litestream's file
@@ -624,7 +627,13 @@ class Fetch:
                     plan = self.plan()
                     if not plan:
                         raise Skip("no plan reaches the target", quiet=True)
+                    tiny = next((f for f in plan if f.size < LTX_HEADER), None)
+                    if tiny is not None:  # no range to fetch: it would never be whole
+                        raise Skip(f"{tiny.s3_key} holds {tiny.size} bytes, less than an LTX "
+                                   "header: Litestream reads the bucket itself")
                     self._space(plan)
+                    if self.stop.is_set():  # stopped while the space was checked
+                        raise Stopped()
                     if not made:
                         self.committed.set()
                         make_mirror(self.output)

@@ -196,6 +196,7 @@ class Restoring:
         self._fetched: Path | BaseException | None = None
         self._fetching: threading.Thread | None = None
         self._streaming = False  # Litestream was started on the mirror while it was fetched
+        self._mirrored = False  # Litestream was started on the mirror
         self._direct_note: str | None = None
         # Litestream starts now, straight from the bucket. Whether the bucket is far enough
         # for the mirror to pay is measured beside it (`_decide`, a few requests): a far
@@ -299,6 +300,7 @@ class Restoring:
             self._streaming = True
         if isinstance(got, Path):
             self._give_way()
+            self._mirrored = True
             txid, timestamp = self._target
             cfg = fetch.mirror_config(got, self.output)
             argv = [self.binary, "restore", "-config", str(cfg), "-no-expand-env",
@@ -391,11 +393,15 @@ class Restoring:
     def _wait(self, should_stop: Callable[[], bool] | None) -> tuple[int, str]:
         """Litestream's exit code and output. A streamed restore (Litestream reading the mirror
         while it is fetched) whose fetch fails is killed, and whatever it wrote is not trusted,
-        even a complete file: it is removed, and the restore runs again directly from the
-        bucket."""
+        even a complete file. That file is removed, and the restore runs again directly from
+        the bucket, as it does when Litestream fails on a mirror by itself: the mirror is
+        sidecar's shortcut, and the bucket, read as Litestream reads it, decides."""
         assert self._helper is not None
         if not self._streaming:
-            return self._helper.wait(should_stop)
+            code, out = self._helper.wait(should_stop)
+            if code == 0 or not self._mirrored or (should_stop is not None and should_stop()):
+                return code, out
+            return self._direct_after(code, out, None, should_stop)
         assert self._fetch is not None and self._fetching is not None
         fetching = self._fetch
         code = -1
@@ -409,19 +415,33 @@ class Restoring:
             while self._fetching.is_alive():
                 self._fetching.join(0.1)
         got = self._fetched
-        if isinstance(got, Path):
+        if code == 0 and isinstance(got, Path):
             return code, out
         if should_stop is not None and should_stop():
             return code or -1, out  # stopped meanwhile: a failed restore, whatever was written
-        if code != 0 and isinstance(got, fetch.Stopped | BrokenPipeError):
-            return code, out  # Litestream failed by itself, and the fetch stopped for it
+        return self._direct_after(code, out, got, should_stop)
+
+    def _direct_after(self, code: int, out: str, got: object,
+                      should_stop: Callable[[], bool] | None) -> tuple[int, str]:
+        """The restore from the mirror failed (`got`: the fetch's error, if that was it):
+        what it wrote is removed and Litestream restores straight from the bucket."""
         for p in self._files():
             p.unlink(missing_ok=True)
-        log.get("restore").warning("restore fetch failed", db=self.db.name,
-                                   error=str(got)[:300] or type(got).__name__,
-                                   detail="restoring directly from the bucket")
-        self._streaming = False
+        if got is None or isinstance(got, Path | fetch.Stopped | BrokenPipeError):
+            log.get("restore").warning("restore from the mirror failed", db=self.db.name,
+                                       code=code, output=out.strip()[-300:],
+                                       streamed=self._streaming,
+                                       detail="restoring directly from the bucket")
+        else:
+            log.get("restore").warning("restore fetch failed", db=self.db.name,
+                                       error=str(got)[:300] or type(got).__name__,
+                                       detail="restoring directly from the bucket")
+        self._streaming = self._mirrored = False
+        if self._early is not None:  # it watched the file this run wrote, not the next
+            self._early.stop.set()
+            self._early = None
         self._spawn(self._argv)
+        assert self._helper is not None
         return self._helper.wait(should_stop)
 
     def _finish(self, should_stop: Callable[[], bool] | None,
@@ -442,6 +462,7 @@ class Restoring:
         code = -1
         try:
             code, out = self._wait(should_stop)
+            early = early if self._early is early else None
         finally:
             self._stop.set()
             if early is not None and (early.seen is None or code != 0):

@@ -23,7 +23,7 @@ from testkit import S3Server, Sidecar, base_env, run_sidecar, s3_env
 from testkit.backup import seed_shaped
 from testkit.poll import wait_for
 from testkit.shaper import Shaper
-from testkit.sidecar import side_restore
+from testkit.sidecar import side_restore, tool
 
 pytestmark = pytest.mark.slow
 
@@ -372,6 +372,33 @@ def test_a_stream_cut_after_litestream_started_restores_directly(
     exits = [e for e in sc.events if e.get("message") == "litestream restore exited"]
     assert [e["code"] for e in exits] == [0], exits  # the killed one is not the restore's
     assert not list(data.glob(".app.db.sidecar-restore-*"))
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "fetched-whole"])
+def test_litestream_failing_on_the_mirror_restores_directly(
+        tmp_path: Path, s3: S3Server, shapers: Callable[..., Shaper], stream: bool) -> None:
+    """A Litestream that fails on the mirror by itself (here a wrapper that refuses any
+    restore from a file replica, as a future Litestream reading the mirror differently
+    might) is not the end of the start: what it wrote is removed, the restore runs straight
+    from the bucket, and the app reads exactly the rows written."""
+    wrapper = tmp_path / "litestream"
+    wrapper.write_text("#!/bin/sh\n"
+                       'for a in "$@"; do case "$a" in *.mirror/restore.yml)\n'
+                       '  echo "refusing the mirror" >&2; exit 7;; esac; done\n'
+                       f'exec {tool("litestream")} "$@"\n')
+    wrapper.chmod(0o755)
+    shaper = shapers(s3, delay=0.03, rate=20e6)
+    env, app, values, _ = _setup(tmp_path, s3, shaper, small=4,
+                                 **({} if stream else {"blob_mb": 2}))
+    env["SIDECAR_LITESTREAM_BIN"] = str(wrapper)
+    got, sc = _start(env, app, tmp_path)
+    assert got == values
+    failed = sc.event("restore from the mirror failed")
+    assert failed is not None and failed["code"] == 7, sc.output()
+    assert failed["streamed"] is stream and "refusing the mirror" in failed["output"]
+    exits = [e["code"] for e in sc.events if e.get("message") == "litestream restore exited"]
+    assert exits == [0], exits
+    assert not list((tmp_path / "data").glob(".app.db.sidecar-restore-*"))
 
 
 def test_litestream_reads_a_linked_pipe_once_and_refuses_an_early_end(tmp_path: Path) -> None:

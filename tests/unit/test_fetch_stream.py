@@ -164,3 +164,40 @@ def test_a_range_refused_after_ready_holds_the_pipe_open_until_the_reader_is_gon
     finally:
         os.close(fd)
     assert len(errors) == 1 and isinstance(errors[0], Refused), errors
+
+
+def test_a_planned_file_that_is_no_ltx_fails_the_fetch_instead_of_holding_the_stream(
+        tmp_path: Path) -> None:
+    """Its bytes all arrive, then finishing it fails: the feeder waiting for every other
+    file to be whole hears of it, and the fetch ends with that error (it waited for ever)."""
+    objs = objects()
+    objs["p/" + SMALL.s3_key] = b"X" * SMALL.size
+    f = make(tmp_path, Bucket(objs))
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            f._fetch([BIG, SMALL])
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the fetch hung"
+    assert not f.ready.is_set()
+    assert len(errors) == 1 and "is not an LTX file" in str(errors[0]), errors
+
+
+def test_a_plan_with_a_file_smaller_than_an_ltx_header_restores_directly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file with no byte range to fetch would never be whole: no mirror, no wait."""
+    tiny = PlanFile(0, 3, 3, 0)
+    f = make(tmp_path, Bucket(objects()))
+    fetch.remove_mirror(f.output)
+    monkeypatch.setattr(f, "_connect", lambda: None)
+    monkeypatch.setattr(f, "plan", lambda: [BIG, tiny])
+    with pytest.raises(fetch.Skip, match="less than an LTX header"):
+        f.run()
+    assert not f.committed.is_set()
+    assert not fetch.mirror_path(f.output).exists()
