@@ -209,6 +209,7 @@ def run(cfg: Config, env: dict[str, str], version: preflight.VersionQuery | None
     `litestream version`, when the caller started it already."""
     logger = log.get("run")
     logger.info("config loaded", version=__version__, **describe(cfg))
+    procs.setpriv()  # looked at once here, before a thread of ours could reap its probe
     rt = prepare(cfg, env, version)
     sup = Supervisor(cfg, env, rt.litestream_bin or "litestream", rt.litestream_config or Path(),
                      rt.control or Control(Path()), members=_tenants_on_volume)

@@ -19,10 +19,11 @@ process that runs threads can deadlock in the child): the child is util-linux's
 `setpriv --pdeathsig KILL -- /bin/sh -c PARENT_CHECK <our pid> argv...`: setpriv sets it, the
 shell ends the child if its parent died before that (it was re-parented), else executes the
 command in its place; two execs more, about a millisecond. (Debian's util-linux is essential,
-so every Debian-based image has setpriv.) Whether it works is checked once, at the first
-spawn. Since setpriv's exec failures would only show as an exit code, `spawn` first checks that
-the command can be executed as execve would (found, executable, an ELF program or a `#!`
-script whose interpreter exists) and raises the OSError execve would. Where setpriv is
+so every Debian-based image has setpriv.) Whether it works is checked once, by `sidecar run`
+before any other thread starts (else at the first spawn). Since setpriv's exec failures would
+only show as an exit code, `spawn` first checks that the command can be executed as execve
+would (found, executable, an ELF program of this machine whose loader exists, or a `#!` script
+whose interpreter exists) and raises the OSError execve would. Where setpriv is
 missing, the old way (prctl in a `preexec_fn`) is the fallback only while the process has a
 single thread, where it is safe; a child started later has no death signal, and a warning
 says so once. What the death signal does not cover, either way: a program that executes a
@@ -35,6 +36,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import select
 import shutil
 import signal
@@ -104,20 +106,32 @@ def _works(argv: list[str]) -> bool:
 
 
 @functools.cache
-def setpriv() -> tuple[str, ...] | None:
-    """What goes before a child's argv so that it dies with the calling thread: util-linux's
-    setpriv setting the death signal, then /bin/sh checking the parent is still the one that
-    started it (setpriv alone where there is no /bin/sh); None without a setpriv that sets
-    one. Looked at once, by running it."""
+def _setpriv() -> tuple[str, bool] | None:
+    """(setpriv's path, whether /bin/sh can check the parent after it), or None without a
+    setpriv that sets a death signal. Looked at once, by running it (as a child of this very
+    process, so the parent check is tried with this pid)."""
     path = shutil.which("setpriv")
     if path is None:
         return None
     arm = (path, "--pdeathsig", "KILL", "--")
-    checked = (*arm, SH, "-c", PARENT_CHECK, str(os.getpid()))
-    for prefix in (checked, arm):
+    for with_sh in (True, False):
+        prefix = (*arm, SH, "-c", PARENT_CHECK, str(os.getpid())) if with_sh else arm
         if _works([*prefix, path, "--version"]):
-            return prefix
+            return path, with_sh
     return None
+
+
+def setpriv() -> tuple[str, ...] | None:
+    """What goes before a child's argv so that it dies with the calling thread: util-linux's
+    setpriv setting the death signal, then /bin/sh checking the parent is still the one that
+    started it (setpriv alone where there is no /bin/sh); None without a setpriv that sets
+    one. The pid is this process's at the call, not at the first look."""
+    found = _setpriv()
+    if found is None:
+        return None
+    path, with_sh = found
+    arm = (path, "--pdeathsig", "KILL", "--")
+    return (*arm, SH, "-c", PARENT_CHECK, str(os.getpid())) if with_sh else arm
 
 
 _warned = False
@@ -136,8 +150,8 @@ def _death_signal(argv: list[str]) -> tuple[list[str], Callable[[], None] | None
         _warned = True
         log.get("run").warning(
             "children started from now on do not die with sidecar",
-            reason="setpriv (util-linux) is missing, and a preexec_fn is not safe in a "
-                   "process that runs threads",
+            reason="no setpriv (util-linux) that sets a death signal was found, and a "
+                   "preexec_fn is not safe in a process that runs threads",
             consequence="if sidecar is killed alone (SIGKILL outside a PID namespace), the "
                         "app and Litestream go on running (the database locks still keep a "
                         "second sidecar off the databases)",
@@ -159,14 +173,67 @@ def _exec_error(path: str, depth: int = 0) -> OSError | None:
     except OSError:
         return None  # executable but not readable: execve may still run it
     if head.startswith(b"\x7fELF"):
-        return None
+        return _elf_error(path, head)
     if head.startswith(b"#!") and depth < 4:
-        words = head[2:].split(b"\n", 1)[0].split()
+        # The kernel splits the line on spaces and tabs only: a CR stays in the name.
+        words = [w for w in re.split(b"[ \t]+", head[2:].split(b"\n", 1)[0]) if w]
         if not words:
             return OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC))
         inner = _exec_error(os.fsdecode(words[0]), depth + 1)
         return None if inner is None else OSError(inner.errno, inner.strerror)
     return OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC))
+
+
+def _elf_header(head: bytes) -> tuple[str, int] | None:
+    """(byte order, e_machine) of an ELF header, None when it is too short."""
+    if len(head) < 20 or head[5] not in (1, 2):
+        return None
+    order = "little" if head[5] == 1 else "big"
+    return order, int.from_bytes(head[18:20], order)
+
+
+@functools.cache
+def _own_machine() -> int | None:
+    try:
+        with open("/proc/self/exe", "rb") as f:
+            own = _elf_header(f.read(64))
+    except OSError:
+        return None
+    return None if own is None else own[1]
+
+
+def _elf_error(path: str, head: bytes) -> OSError | None:
+    """What execve would say of an ELF file: another machine's (ENOEXEC), or a program
+    whose loader (PT_INTERP, e.g. musl's on a glibc image) is missing (ENOENT)."""
+    info = _elf_header(head)
+    if info is None:
+        return OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC))
+    order, machine = info
+    own = _own_machine()
+    if own is not None and machine != own:
+        return OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC))
+    wide = head[4] == 2  # ELFCLASS64
+    try:
+        with open(path, "rb") as f:
+            f.seek(0x20 if wide else 0x1C)
+            phoff = int.from_bytes(f.read(8 if wide else 4), order)
+            f.seek(0x36 if wide else 0x2A)
+            phentsize = int.from_bytes(f.read(2), order)
+            phnum = int.from_bytes(f.read(2), order)
+            for i in range(min(phnum, 64)):
+                f.seek(phoff + i * phentsize)
+                ph = f.read(phentsize)
+                if len(ph) < (40 if wide else 24) or int.from_bytes(ph[0:4], order) != 3:
+                    continue  # not PT_INTERP
+                off = int.from_bytes(ph[8:16] if wide else ph[4:8], order)
+                size = int.from_bytes(ph[32:40] if wide else ph[16:20], order)
+                f.seek(off)
+                interp = f.read(min(size, 4096)).split(b"\0", 1)[0]
+                if interp and not os.path.exists(os.fsdecode(interp)):
+                    return OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    except (OSError, ValueError):
+        return None  # unreadable here: execve decides
+    return None
 
 
 def check_exec(argv0: str, env: Mapping[str, str] | None,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,8 @@ import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from sidecar import api
 from sidecar.daemon import health as health_mod
@@ -133,6 +137,28 @@ def test_a_child_that_cannot_be_executed_raises_what_execve_would(tmp_path: Path
             assert (exc.errno, exc.filename) == (want, argv0), (argv0, exc)
         else:
             raise AssertionError(f"{argv0} was started")
+
+
+def test_programs_execve_refuses_are_refused_before_the_spawn(tmp_path: Path) -> None:
+    """What the kernel refuses beyond a missing file: a program whose loader (PT_INTERP) is
+    missing, as a musl build on a glibc image; another machine's program; a #! line ending in
+    a CR (the kernel keeps the CR in the name). A copy of a real program still runs."""
+    real = Path(shutil.which("true") or "/bin/true").read_bytes()
+    found = re.search(rb"/lib[^\0]*ld[^\0]*\.so[^\0]*\0", real)
+    assert found is not None, "no loader path in the machine's `true`"
+    copies = {"loaderless": real.replace(found.group(0), b"/nox" + found.group(0)[4:], 1),
+              "foreign": real[:18] + (0xB7 if real[18:20] == b"\x3e\x00" else 0x3E
+                                      ).to_bytes(2, "little") + real[20:],
+              "crlf": b"#!/bin/sh\r\necho\n", "same": real}
+    for name, data in copies.items():
+        (tmp_path / name).write_bytes(data)
+        (tmp_path / name).chmod(0o755)
+    want = {"loaderless": errno.ENOENT, "foreign": errno.ENOEXEC, "crlf": errno.ENOENT}
+    for name, code in want.items():
+        with pytest.raises(OSError) as raised:
+            procs.spawn([str(tmp_path / name)], dict(os.environ)).wait()
+        assert raised.value.errno == code, (name, raised.value)
+    assert procs.spawn([str(tmp_path / "same")], dict(os.environ)).wait() == 0
 
 
 def test_children_inherit_the_database_locks(tmp_path: Path) -> None:
