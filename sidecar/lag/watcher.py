@@ -38,8 +38,26 @@ STAMP = 0.05  # seconds: coarser than any kernel's file-time tick
 State = tuple[Any, ...]
 
 
+def _wal_index(db: DbLag) -> bytes | None:
+    """The -shm file's wal-index header (48 bytes: its change counter, the last frame, the
+    salts), which every commit in WAL mode changes: on a file system whose timestamps are
+    coarser than a write (ext3, FAT, some network mounts), a WAL reset rewritten to the same
+    size in the same tick changes nothing that stat shows."""
+    try:
+        fd = os.open(f"{db.db.path}-shm", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.pread(fd, 48, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def file_state(db: DbLag) -> tuple[State, float]:
-    """(what a write changes in the DB and its -wal, the newest modification time)."""
+    """(what a write changes in the DB, its -wal and its wal-index, the newest modification
+    time)."""
     out: list[Any] = []
     newest = 0.0
     for path in (db.db.path, f"{db.db.path}-wal"):
@@ -50,6 +68,7 @@ def file_state(db: DbLag) -> tuple[State, float]:
             continue
         out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         newest = max(newest, st.st_mtime_ns / 1e9, st.st_ctime_ns / 1e9)
+    out.append(_wal_index(db))
     return tuple(out), newest
 
 
@@ -72,6 +91,7 @@ class Spot:
     pausing: bool = False  # a write asked for the watch to be dropped
     fixed: bool = False  # also a directory entry's watch: never dropped
     looks: dict[int, Look] = field(default_factory=dict)  # id(DbLag) -> the last look
+    failing: str | None = None  # the last step's error, logged once
 
 
 def _look(db: DbLag) -> Look:
@@ -200,8 +220,12 @@ class Watcher:
         try:
             step(spot)
         except Exception as exc:  # whatever it is, the other directories go on
-            self._log.warning("file watching step failed", dir=spot.path,
-                              error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            if error != spot.failing:  # once per failure, not four times a second
+                self._log.warning("file watching step failed", dir=spot.path, error=error)
+            spot.failing = error
+        else:
+            spot.failing = None
 
     def _pause(self, spot: Spot) -> None:
         # The last state known first, then the watch dropped: a write in between is both an
@@ -228,8 +252,12 @@ class Watcher:
         if not all(d.settled() for d in spot.dbs):
             self._compare(spot)
             return
-        watch = self._observer.schedule(self._handler, spot.path, recursive=False,
-                                        event_filter=self._writes)
+        try:
+            watch = self._observer.schedule(self._handler, spot.path, recursive=False,
+                                            event_filter=self._writes)
+        except Exception:
+            self._compare(spot)  # no watch yet: the files are still looked at meanwhile
+            raise
         with self._cond:
             spot.watch = watch
         self.rearms += 1

@@ -223,3 +223,52 @@ def test_a_failed_step_is_tried_again_and_the_watch_still_comes_back(
     _append(tmp_path / "app.db-wal")
     wait_for(lambda: watcher.rearms == 1, 10, what="the watch to come back after a failure")
     assert len(calls) == 2 and watcher.listening(str(tmp_path))
+
+
+def test_a_commit_that_stat_cannot_see_is_seen_in_the_wal_index(tmp_path: Path) -> None:
+    """On a file system with coarse timestamps a WAL reset rewritten to the same size in the
+    same tick shows nothing to stat: the -shm file's wal-index header, which every commit
+    changes, tells the two states apart."""
+    from sidecar.lag.watcher import file_state
+
+    for suffix, data in (("", b"d" * 4096), ("-wal", b"w" * 4096), ("-shm", bytes(32768))):
+        (tmp_path / f"app.db{suffix}").write_bytes(data)
+    probe = DbLag(_cfg(tmp_path).databases[0], None, None)
+    before, _ = file_state(probe)
+    with (tmp_path / "app.db-shm").open("r+b") as f:  # a commit: the header's counters move
+        f.seek(16)
+        f.write((7).to_bytes(4, "little"))
+    after, _ = file_state(probe)
+    assert before[:2] == after[:2] and before != after  # the DB and -wal alike, not the index
+
+
+def test_a_watch_that_cannot_come_back_still_looks_and_says_so_once(
+        tmp_path: Path, watched: tuple[lag.LagMonitor, Watcher],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scheduling the watch again keeps failing: the files are still looked at, so a write
+    meanwhile is dated, and the failure is logged once, not at every look."""
+    monitor, watcher = watched
+    db = monitor.dbs[0]
+    monkeypatch.setattr(db, "settled", lambda: True)
+    assert watcher._observer is not None
+    calls: list[int] = []
+
+    def failing(*a: object, **kw: object) -> object:
+        calls.append(1)
+        raise OSError("no space for another watch")
+
+    warned: list[str] = []
+    monkeypatch.setattr(watcher._observer, "schedule", failing)
+    monkeypatch.setattr(watcher, "_log", type("L", (), {
+        "warning": staticmethod(lambda msg, **kw: warned.append(msg))})())
+    changed: list[float] = []
+    original = db.file_changed
+    monkeypatch.setattr(db, "file_changed", lambda *a, **kw: (changed.append(1),
+                                                              original(*a, **kw)))
+    _append(tmp_path / "app.db-wal")
+    wait_for(lambda: len(calls) >= 3, 10, what="three tries to schedule the watch")
+    seen = len(changed)
+    _append(tmp_path / "app.db-wal")
+    wait_for(lambda: len(changed) > seen, 10, what="the write made while the watch is away")
+    assert warned == ["file watching step failed"], warned
+    assert not watcher.listening(str(tmp_path))
