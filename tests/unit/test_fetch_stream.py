@@ -88,22 +88,28 @@ def objects() -> dict[str, bytes]:
     return {"p/" + SMALL.s3_key: ltx(SMALL.size, 1_700_000_000_123, 1),
             "p/" + BIG.s3_key: ltx(BIG.size, 1_700_000_000_456, 7)}
 
+def _fetching(f: Fetch, plan: list[PlanFile]) -> tuple[threading.Thread, list[BaseException]]:
+    """`f._fetch(plan)` running in a thread of its own, and where its error lands."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            f._fetch(plan)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, errors
+
+
 
 def test_the_stream_comes_whole_and_in_order_once_the_rest_is_there(tmp_path: Path) -> None:
     assert BIG.size >= STREAM_MIN
     objs = objects()
     bucket = Bucket(objs)
     f = make(tmp_path, bucket)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            f._fetch([BIG, SMALL])
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, errors = _fetching(f, [BIG, SMALL])
     assert f.ready.wait(10), errors
     small = f.root / SMALL.local
     assert small.read_bytes() == objs["p/" + SMALL.s3_key]
@@ -128,16 +134,7 @@ def test_a_range_refused_after_ready_holds_the_pipe_open_until_the_reader_is_gon
     gate = bucket.hold[(key, 2 * CHUNK)] = threading.Event()
     bucket.refuse.add((key, 2 * CHUNK))
     f = make(tmp_path, bucket)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            f._fetch([BIG, SMALL])
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, errors = _fetching(f, [BIG, SMALL])
     assert f.ready.wait(10)
     fd = os.open(f.root / BIG.local, os.O_RDONLY | os.O_NONBLOCK)
     try:
@@ -173,16 +170,7 @@ def test_a_planned_file_that_is_no_ltx_fails_the_fetch_instead_of_holding_the_st
     objs = objects()
     objs["p/" + SMALL.s3_key] = b"X" * SMALL.size
     f = make(tmp_path, Bucket(objs))
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            f._fetch([BIG, SMALL])
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
+    t, errors = _fetching(f, [BIG, SMALL])
     t.join(10)
     assert not t.is_alive(), "the fetch hung"
     assert not f.ready.is_set()
