@@ -28,7 +28,6 @@ from sidecar.litestream.yaml_file import write_config
 from sidecar.recovery import directory_restore, restore, scratch
 from sidecar.startup import migrate, preflight
 from sidecar.supervise import procs
-from sidecar.supervise.events import ChildRestarted
 from sidecar.supervise.supervisor import Supervisor
 
 __all__ = ["Runtime", "run"]
@@ -213,7 +212,6 @@ def run(cfg: Config, env: dict[str, str], version: preflight.VersionQuery | None
     rt = prepare(cfg, env, version)
     sup = Supervisor(cfg, env, rt.litestream_bin or "litestream", rt.litestream_config or Path(),
                      rt.control or Control(Path()), members=_tenants_on_volume)
-    sup.on(ChildRestarted, lambda e: metrics.CHILD_RESTARTS.labels(child=e.name).inc())
     rt.supervisor = sup
     sup.install_signals()
     sup.adopt_orphans()

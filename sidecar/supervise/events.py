@@ -3,7 +3,7 @@
 Signal handlers, request threads, the final sync's thread and the loop itself `post()` these;
 the loop takes them one at a time and dispatches them with `match` (supervisor.py). The loop
 handles the first three itself; the others go to the handlers the composition of a run
-subscribed with `on()` (the operations: a live restore and its resume; the metrics: restarts).
+subscribed with `on()` (the operations: a live restore and its resume).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sidecar import log
+from sidecar import log, metrics
 from sidecar.config import Config
 from sidecar.errors import SidecarError
 from sidecar.litestream.control import Control
@@ -361,7 +361,8 @@ class Supervisor:
             if self.phase != "running":
                 child.restart_at = None
                 continue
-            child.restarts += 1
+            child.restarts += 1  # an attempt, as /status and the metric count it
+            metrics.CHILD_RESTARTS.labels(child=child.name).inc()
             try:
                 self.children.spawn(child)
             except OSError as exc:
