@@ -96,3 +96,15 @@ def sidecars() -> Iterator[Callable[..., Sidecar]]:
     yield make
     for sc in started:
         sc.kill()
+
+
+@pytest.fixture(autouse=True)
+def _umask_kept() -> Iterator[None]:
+    """A command's `main()` run in-process (`cli.main(["restore", ...])`) sets the umask of the
+    whole pytest process (restore and snapshot: 077), which every later test and the children
+    it starts would inherit (a `chmod -x` then leaves the group's and others' x bits): every
+    test ends with the umask it began with."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
