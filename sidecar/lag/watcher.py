@@ -167,8 +167,7 @@ class Watcher:
         self._observer = observer
         with self._cond:
             for spot in self.spots.values():
-                spot.watch = observer.schedule(self._handler, spot.path, recursive=False,
-                                               event_filter=self._writes)
+                spot.watch = self._schedule(spot)
         for e in dirs:
             e.entry.dir.mkdir(parents=True, exist_ok=True)
             observer.schedule(self._handler, str(e.entry.dir), recursive=e.entry.recursive,
@@ -185,6 +184,11 @@ class Watcher:
         if self._observer is not None:
             self._observer.stop()
             self._observer = None
+
+    def _schedule(self, spot: Spot) -> Any:
+        """The directory's own watch (writes only), as watchdog's ObservedWatch."""
+        return self._observer.schedule(self._handler, spot.path, recursive=False,
+                                       event_filter=self._writes)
 
     def _pause_soon(self, spot: Spot) -> None:
         """A write seen by an event (observer's thread): drop the watch, on the watcher's own
@@ -253,8 +257,7 @@ class Watcher:
             self._compare(spot)
             return
         try:
-            watch = self._observer.schedule(self._handler, spot.path, recursive=False,
-                                            event_filter=self._writes)
+            watch = self._schedule(spot)
         except Exception:
             self._compare(spot)  # no watch yet: the files are still looked at meanwhile
             raise

@@ -105,6 +105,11 @@ def _works(argv: list[str]) -> bool:
     return done.returncode == 0
 
 
+def _prefix(path: str, with_sh: bool) -> tuple[str, ...]:
+    arm = (path, "--pdeathsig", "KILL", "--")
+    return (*arm, SH, "-c", PARENT_CHECK, str(os.getpid())) if with_sh else arm
+
+
 @functools.cache
 def _setpriv() -> tuple[str, bool] | None:
     """(setpriv's path, whether /bin/sh can check the parent after it), or None without a
@@ -113,10 +118,8 @@ def _setpriv() -> tuple[str, bool] | None:
     path = shutil.which("setpriv")
     if path is None:
         return None
-    arm = (path, "--pdeathsig", "KILL", "--")
     for with_sh in (True, False):
-        prefix = (*arm, SH, "-c", PARENT_CHECK, str(os.getpid())) if with_sh else arm
-        if _works([*prefix, path, "--version"]):
+        if _works([*_prefix(path, with_sh), path, "--version"]):
             return path, with_sh
     return None
 
@@ -127,11 +130,7 @@ def setpriv() -> tuple[str, ...] | None:
     started it (setpriv alone where there is no /bin/sh); None without a setpriv that sets
     one. The pid is this process's at the call, not at the first look."""
     found = _setpriv()
-    if found is None:
-        return None
-    path, with_sh = found
-    arm = (path, "--pdeathsig", "KILL", "--")
-    return (*arm, SH, "-c", PARENT_CHECK, str(os.getpid())) if with_sh else arm
+    return None if found is None else _prefix(*found)
 
 
 _warned = False
