@@ -260,6 +260,13 @@ class Restoring:
             raise fetch.Skip(f"litestream restore -dry-run exited {code}")
         return fetch.dry_run_plan(out)
 
+    def _going_direct(self, event: str, **why: Any) -> None:
+        """The line that says this restore goes straight to the bucket, and why (a skip is
+        news, a failure a warning)."""
+        level = "info" if event == "restore fetch skipped" else "warning"
+        getattr(log.get("restore"), level)(event, db=self.db.name, **why,
+                                           detail="restoring directly from the bucket")
+
     def _give_way(self) -> None:
         """The Litestream started straight from the bucket is killed (the mirror restores
         instead), what it wrote removed, its lines dropped."""
@@ -281,8 +288,8 @@ class Restoring:
         assert self._fetching is not None and self._fetch is not None
         fetching = self._fetch
         while self._fetching.is_alive() and not fetching.ready.is_set():
-            if fetching.committed.is_set():
-                self._give_way()
+            if fetching.committed.is_set() and self._helper is not None:
+                self._give_way()  # once: the direct Litestream is gone after it
             self._fetching.join(0.1)
             if should_stop is not None and self._fetching.is_alive() \
                     and not fetching.ready.is_set() and should_stop():
@@ -293,7 +300,6 @@ class Restoring:
                 raise RestoreError(f"cannot restore {self.db.name} from "
                                    f"{self.db.replica.url if self.db.replica else '?'}: "
                                    "stopped while fetching its files")
-        logger = log.get("restore")
         got = self._fetched
         if self._fetching.is_alive() and fetching.ready.is_set():
             got = fetching.root  # streamed: Litestream reads while the fetch goes on
@@ -311,12 +317,9 @@ class Restoring:
             return
         if isinstance(got, fetch.Skip):
             if not got.quiet:
-                logger.info("restore fetch skipped", db=self.db.name, reason=got.reason,
-                            detail="restoring directly from the bucket")
+                self._going_direct("restore fetch skipped", reason=got.reason)
         elif got is not None:
-            logger.warning("restore fetch failed", db=self.db.name,
-                           error=str(got)[:300] or type(got).__name__,
-                           detail="restoring directly from the bucket")
+            self._going_direct("restore fetch failed", error=_said(got))
         if self._helper is None:
             self._spawn(self._argv)
 
@@ -378,9 +381,7 @@ class Restoring:
                             self._cancelled = True
                         break
             if self._direct_note is not None:
-                log.get("restore").info("restore fetch skipped", db=self.db.name,
-                                        reason=self._direct_note,
-                                        detail="restoring directly from the bucket")
+                self._going_direct("restore fetch skipped", reason=self._direct_note)
             if self._fetching is not None:
                 self._await_fetch(should_stop)
             return self._finish(should_stop, check_early)
@@ -428,14 +429,10 @@ class Restoring:
         for p in self._files():
             p.unlink(missing_ok=True)
         if got is None or isinstance(got, Path | fetch.Stopped | BrokenPipeError):
-            log.get("restore").warning("restore from the mirror failed", db=self.db.name,
-                                       code=code, output=out.strip()[-300:],
-                                       streamed=self._streaming,
-                                       detail="restoring directly from the bucket")
+            self._going_direct("restore from the mirror failed", code=code,
+                               output=out.strip()[-300:], streamed=self._streaming)
         else:
-            log.get("restore").warning("restore fetch failed", db=self.db.name,
-                                       error=str(got)[:300] or type(got).__name__,
-                                       detail="restoring directly from the bucket")
+            self._going_direct("restore fetch failed", error=_said(got))
         self._streaming = self._mirrored = False
         if self._early is not None:  # it watched the file this run wrote, not the next
             self._early.stop.set()
@@ -522,6 +519,10 @@ def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
     `concurrency` > 1: from S3, through a mirror fetched that many downloads at a time."""
     return Restoring(binary, config_path, db, output, txid=txid, timestamp=timestamp,
                      concurrency=concurrency, timeout=timeout).finish(should_stop)
+
+
+def _said(exc: BaseException) -> str:
+    return str(exc)[:300] or type(exc).__name__
 
 
 def _scrub(line: str) -> str:
