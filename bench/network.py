@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,62 @@ def file_replica(s3: h.S3, bucket: str, root: Path) -> int:
     return n
 
 
+def _ticks(paths: dict[int, str] | None = None) -> dict[int, tuple[str, int]]:
+    """(comm, utime + stime in clock ticks) of every process, or of `paths` (pid -> stat file)."""
+    out = {}
+    for pid, path in (paths or {int(p): f"/proc/{p}/stat" for p in os.listdir("/proc")
+                                if p.isdigit()}).items():
+        try:
+            with open(path) as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[pid] = (stat[stat.index("(") + 1:stat.rindex(")")], int(fields[11]) + int(fields[12]))
+    return out
+
+
+KINDS = {"litestream": "Litestream", "sidecar": "sidecar", "rclone": "S3 server"}
+
+
+class CpuMeter:
+    """CPU seconds the processes of one timed run used, by kind: Litestream, sidecar, the S3
+    server (rclone) and the shaper (a thread of this process), read from /proc every 0.1 s;
+    a process that exits between two looks loses at most its last 0.1 s."""
+
+    def __init__(self, shaper_tid: int | None):
+        self.shaper = {-1: f"/proc/self/task/{shaper_tid}/stat"} if shaper_tid else {}
+        self.seconds: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._base, self._seen = _ticks(), {}
+        self._shaper0 = _ticks(self.shaper)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            self._seen.update(_ticks())
+            if self._stop.wait(0.1):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        hz = os.sysconf("SC_CLK_TCK")
+        for pid, (comm, t) in self._seen.items():
+            base = self._base.get(pid)
+            used = t - base[1] if base is not None and base[0] == comm else t
+            kind = KINDS.get(comm)
+            if kind and used > 0:
+                self.seconds[kind] = self.seconds.get(kind, 0.0) + used / hz
+        end = _ticks(self.shaper)
+        if -1 in end and -1 in self._shaper0:
+            self.seconds["shaper"] = (end[-1][1] - self._shaper0[-1][1]) / hz
+
+
 def floor_restore(root: Path, work: Path, expect: int) -> float:
     out = work / "floor" / "app.db"
     h.clean_dir(out.parent)
@@ -136,14 +193,24 @@ def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[st
     shutil.rmtree(root, ignore_errors=True)
     file_replica(s3, bucket, root)
     out: list[dict[str, Any]] = []
-    floor = [t for t in (one(floor_restore, root, work, expect, failures=failures,
-                             who=f"{size} MB {shape} floor") for _ in range(reps)) if t]
+    floor: list[float] = []
+    cpu: dict[str, list[dict[str, float]]] = {"floor": []}
+    for _ in range(reps):
+        with CpuMeter(None) as meter:
+            t = one(floor_restore, root, work, expect, failures=failures,
+                    who=f"{size} MB {shape} floor")
+        if t:
+            floor.append(t)
+            cpu["floor"].append(meter.seconds)
     log(f"{size} MB {shape}: plan of {files} files; floor {floor}")
     for label, delay, rate in settings:
         shaper = Shaper(s3.port, delay=delay, rate=rate) if delay or rate else None
         via = Via(s3, shaper.endpoint) if shaper else s3
         eps: list[Any] = [h.Sidecar(via, work), h.Plain(via, work), "raw"]  # type: ignore
         times: dict[str, list[float]] = {"sidecar": [], "plain run.sh": [], "raw": []}
+        cpus: dict[str, list[dict[str, float]]] = {"sidecar": [], "raw": [],
+                                                   "floor": cpu["floor"]}
+        tid = shaper._thread.native_id if shaper else None
         orders = []
         try:
             one(raw_restore, via, work, bucket, expect, failures=failures, who="warm-up")
@@ -152,21 +219,25 @@ def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[st
                 orders.append(", ".join(e if isinstance(e, str) else e.name for e in order))
                 for ep in order:
                     who = f"{size} MB {shape} {label} {ep if isinstance(ep, str) else ep.name}"
-                    if isinstance(ep, str):
-                        t = one(raw_restore, via, work, bucket, expect, failures=failures,
-                                who=who)
-                    else:
-                        res = one(launch_to_app, ep, via, work, bucket, expect,
-                                  failures=failures, who=who)
-                        t = res[0] if res else None
+                    with CpuMeter(tid) as meter:
+                        if isinstance(ep, str):
+                            t = one(raw_restore, via, work, bucket, expect, failures=failures,
+                                    who=who)
+                        else:
+                            res = one(launch_to_app, ep, via, work, bucket, expect,
+                                      failures=failures, who=who)
+                            t = res[0] if res else None
                     if t is not None:
-                        times["raw" if isinstance(ep, str) else ep.name].append(t)
+                        name = "raw" if isinstance(ep, str) else ep.name
+                        times[name].append(t)
+                        if name in cpus:
+                            cpus[name].append(meter.seconds)
                         log(f"{who}: {t:.3f}s, verified")
         finally:
             if shaper is not None:
                 shaper.close()
         out.append({"size": size, "shape": shape, "files": files, "network": label,
-                    "times": times, "floor": floor, "orders": orders})
+                    "times": times, "floor": floor, "orders": orders, "cpu": cpus})
     s3.drop(bucket)
     shutil.rmtree(root, ignore_errors=True)
     return out
@@ -216,6 +287,24 @@ def render(results: list[dict[str, Any]], command: str, failures: list[str],
                      f"{[round(x, 2) for x in t['plain run.sh']]}, raw "
                      f"{[round(x, 2) for x in t['raw']]}, floor "
                      f"{[round(x, 2) for x in r['floor']]}; orders {r['orders']}")
+    lines += ["", f"CPU seconds by process (medians of the runs; the machine has {os.cpu_count()} "
+              "cores, so a run cannot take less than its total CPU divided by them):", ""]
+    for r in results:
+        parts = []
+        for name, label, wall in (("sidecar", "sidecar", r["times"]["sidecar"]),
+                                  ("raw", "raw", r["times"]["raw"]),
+                                  ("floor", "floor", r["floor"])):
+            runs = r.get("cpu", {}).get(name) or []
+            if not runs:
+                continue
+            kinds = [k for k in (*KINDS.values(), "shaper") if any(k in run for run in runs)]
+            meds = {k: statistics.median(run.get(k, 0.0) for run in runs) for k in kinds}
+            total = sum(meds.values())
+            took = f"; took {w:.1f} s" if (w := med(wall)) else ""
+            parts.append(f"{label}: " + ", ".join(f"{k} {v:.1f}" for k, v in meds.items())
+                         + f" (total {total:.1f}, {total / (os.cpu_count() or 1):.1f} s of "
+                         f"the machine{took})")
+        lines.append(f"- {r['size']} MB {r['shape']}, {r['network']}: " + "; ".join(parts))
     lines += ["", "Runs that failed: " + ("none" if not failures else ""), ""]
     lines += [f"- {m}" for m in failures]
     if failures:
