@@ -21,7 +21,7 @@ import pytest
 
 from sidecar.config.replica_config import Database
 from sidecar.recovery import fetch
-from sidecar.recovery.fetch import CHUNK, STREAM_MIN, Fetch, PlanFile
+from sidecar.recovery.fetch import CHUNK, PIPE_BYTES, STREAM_MIN, Fetch, PlanFile
 
 
 def ltx(size: int, ts_ms: int, seed: int) -> bytes:
@@ -189,3 +189,25 @@ def test_a_plan_with_a_file_smaller_than_an_ltx_header_restores_directly(
         f.run()
     assert not f.committed.is_set()
     assert not fetch.mirror_path(f.output).exists()
+
+
+def test_the_stream_pipe_is_enlarged_where_the_system_allows(tmp_path: Path) -> None:
+    """Litestream reads a page at a time: through a 64 KiB pipe each page costs a wake-up of
+    the feeder and of Litestream; the feeder asks for PIPE_BYTES once Litestream opened it."""
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    expect = PIPE_BYTES if os.geteuid() == 0 or limit >= PIPE_BYTES else 65536
+    objs = objects()
+    f = make(tmp_path, Bucket(objs))
+    t, errors = _fetching(f, [BIG, SMALL])
+    assert f.ready.wait(10), errors
+    with open(f.root / BIG.local, "rb") as r:
+        deadline = time.monotonic() + 10
+        while fcntl.fcntl(r.fileno(), fcntl.F_GETPIPE_SZ) != expect \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        size = fcntl.fcntl(r.fileno(), fcntl.F_GETPIPE_SZ)
+        got = r.read()
+    f.reader_done.set()
+    t.join(10)
+    assert size == expect
+    assert not errors and got == objs["p/" + BIG.s3_key]
