@@ -228,11 +228,3 @@ def paired(db_copy: Path) -> tuple[Path, Path, Path]:
     """A moved-aside database and where its -wal and -shm go: SQLite finds a WAL at
     `<file>-wal`, so `app.db.STAMP` pairs with `app.db.STAMP-wal`, never `app.db-wal.STAMP`."""
     return db_copy, wal_path(db_copy), shm_path(db_copy)
-
-
-def ticker(on_tick: Callable[[], object]) -> Callable[[], int]:
-    """A SQLite progress handler that calls `on_tick` (a liveness beat) and never aborts."""
-    def handler() -> int:
-        on_tick()
-        return 0
-    return handler

@@ -74,12 +74,6 @@ _active_lock = threading.Lock()
 _active: dict[str, dict[str, Any]] = {}  # output path -> progress of a running fetch
 
 
-def active() -> list[dict[str, Any]]:
-    """The fetches running now (for /status): bytes and files of the plan fetched, rate."""
-    with _active_lock:
-        return [dict(v) for v in _active.values()]
-
-
 def progress_of(output: Path | None) -> dict[str, Any] | None:
     """The progress of the fetch restoring into `output`, None when there is none."""
     with _active_lock:
