@@ -263,9 +263,17 @@ def comm(pid: int) -> str:
         return ""
 
 
+def proc_stat(path: str) -> tuple[str, int]:
+    """(comm, utime + stime in clock ticks) from a /proc `stat` file (a process's or a
+    thread's)."""
+    stat = Path(path).read_text()
+    head, _, rest = stat.rpartition(")")
+    fields = rest.split()
+    return head.partition("(")[2], int(fields[11]) + int(fields[12])
+
+
 def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    return proc_stat(f"/proc/{pid}/stat")[1]
 
 
 def cpu_percent(pid: int, seconds: float) -> float | None:

@@ -19,6 +19,7 @@ floor). Writes the section "Restore over a real bucket's network" of bench/resul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -95,13 +96,8 @@ def _ticks(paths: dict[int, str] | None = None) -> dict[int, tuple[str, int]]:
     out = {}
     for pid, path in (paths or {int(p): f"/proc/{p}/stat" for p in os.listdir("/proc")
                                 if p.isdigit()}).items():
-        try:
-            with open(path) as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[pid] = (stat[stat.index("(") + 1:stat.rindex(")")], int(fields[11]) + int(fields[12]))
+        with contextlib.suppress(OSError):
+            out[pid] = h.proc_stat(path)
     return out
 
 
@@ -194,14 +190,14 @@ def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[st
     file_replica(s3, bucket, root)
     out: list[dict[str, Any]] = []
     floor: list[float] = []
-    cpu: dict[str, list[dict[str, float]]] = {"floor": []}
+    floor_cpu: list[dict[str, float]] = []
     for _ in range(reps):
         with CpuMeter(None) as meter:
             t = one(floor_restore, root, work, expect, failures=failures,
                     who=f"{size} MB {shape} floor")
         if t:
             floor.append(t)
-            cpu["floor"].append(meter.seconds)
+            floor_cpu.append(meter.seconds)
     log(f"{size} MB {shape}: plan of {files} files; floor {floor}")
     for label, delay, rate in settings:
         shaper = Shaper(s3.port, delay=delay, rate=rate) if delay or rate else None
@@ -209,7 +205,7 @@ def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[st
         eps: list[Any] = [h.Sidecar(via, work), h.Plain(via, work), "raw"]  # type: ignore
         times: dict[str, list[float]] = {"sidecar": [], "plain run.sh": [], "raw": []}
         cpus: dict[str, list[dict[str, float]]] = {"sidecar": [], "raw": [],
-                                                   "floor": cpu["floor"]}
+                                                   "floor": floor_cpu}
         tid = shaper._thread.native_id if shaper else None
         orders = []
         try:
@@ -294,7 +290,7 @@ def render(results: list[dict[str, Any]], command: str, failures: list[str],
         for name, label, wall in (("sidecar", "sidecar", r["times"]["sidecar"]),
                                   ("raw", "raw", r["times"]["raw"]),
                                   ("floor", "floor", r["floor"])):
-            runs = r.get("cpu", {}).get(name) or []
+            runs = r["cpu"][name]
             if not runs:
                 continue
             kinds = [k for k in (*KINDS.values(), "shaper") if any(k in run for run in runs)]
