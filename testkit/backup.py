@@ -65,14 +65,15 @@ def _env(server: S3Server) -> dict[str, str]:
 
 def seed_shaped(server: S3Server, bucket: str, work: Path, *, prefix: str = "app.db",
                 blob_mb: int = 24, small: int = 12, gap: float = 0.35,
-                marks: tuple[int, ...] = (), l1: str = "1h"
+                marks: tuple[int, ...] = (), l1: str = "1h", then_mb: int = 0
                 ) -> tuple[list[str], dict[int, str]]:
     """Replicate a database into `bucket`/`prefix` with plain `litestream replicate`
     (sync every 100 ms): `blob_mb` MB of incompressible blobs in one transaction, then
     `small` transactions `gap` seconds apart, each adding one row `s<i>` to table rows.
     Returns (the values of rows, {i: the UTC time (RFC3339, ms) just after row i's upload,
     for each i in `marks`}); the source is removed. `l1`: how often L0 is compacted into L1
-    (an hour by default: the plan then holds every small transaction's own file)."""
+    (an hour by default: the plan then holds every small transaction's own file). `then_mb`:
+    MB of blobs in a second transaction before the small ones (a second large planned file)."""
     from testkit.sidecar import tool
 
     work.mkdir(parents=True, exist_ok=True)
@@ -97,6 +98,17 @@ def seed_shaped(server: S3Server, bucket: str, work: Path, *, prefix: str = "app
     try:
         wait_for(sock.exists, 30, interval=0.05, what=str(sock))
         replicated(sock, db)
+        if then_mb:  # a second large transaction: its own large L0 file, after the snapshot
+            # Litestream writes its first snapshot (L9) a moment after the first upload; a
+            # transaction before that would be inside it.
+            wait_for(lambda: server.keys(bucket, f"{prefix}/0009/"), 60, interval=0.1,
+                     what="Litestream's first snapshot")
+            con.execute("BEGIN")
+            con.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c "
+                        "WHERE x < ?) INSERT INTO blobs(b) SELECT randomblob(1900) FROM c",
+                        (then_mb * 1024 * 1024 // 2048,))
+            con.execute("COMMIT")
+            replicated(sock, db)
         for i in range(small):
             time.sleep(gap)
             con.execute("INSERT INTO rows(v, at) VALUES (?, ?)", (f"s{i}", time.time()))

@@ -12,11 +12,14 @@ the `file://` replica layout, each file's modification time set to the timestamp
 header (what Litestream's file replica reads for `-timestamp`). Litestream then restores from
 the mirror, so it still decodes, checks and writes the database.
 
-The plan's largest file (the snapshot, when it is at least STREAM_MIN) is streamed: its ranges
-are fetched into `stream/` in the mirror, and, in order, as each arrives, written into a named
-pipe that Litestream reads in that file's place, so Litestream decodes while the rest is still
-on its way. `ready` is set once the other files are whole and the pipe is in place: the caller
-then starts Litestream. The file replica lists a level with lstat and opens the file
+Every planned file of STREAM_MIN or more (the snapshot, and an L1 file that overlaps it, which
+Litestream's plan also takes) is streamed: its ranges are fetched into `stream/` in the mirror,
+and, in order, as each arrives, written into a named pipe that Litestream reads in that file's
+place, so Litestream decodes while the rest is still on its way. Litestream opens every planned
+file at once and merges them page by page (`ltx.Compactor`), so it reads the streamed files
+side by side: their ranges are fetched interleaved, each at about the same fraction of its file,
+and each has a feeder of its own. `ready` is set once the other files are whole and the pipes
+are in place: the caller then starts Litestream. The file replica lists a level with lstat and opens the file
 (following a link), and it refuses a file listed smaller than an LTX header, so the pipe is
 reached through a link whose own size (the length of its target) is over 100 bytes; its time
 is set to the header's, as any other file's. A pipe cannot be read twice or from an offset:
@@ -266,7 +269,7 @@ class Fetch:
         self.committed = threading.Event()  # planned, and the mirror fits: it is being made
         self.failed = threading.Event()
         self.reader_done = threading.Event()
-        self.streamed: PlanFile | None = None
+        self.streamed: tuple[PlanFile, ...] = ()
         self._cond = threading.Condition(self._lock)
         self._ranges_done: set[tuple[PlanFile, int]] = set()
         self._pending_whole = 0  # files of the plan not streamed and not yet whole
@@ -397,8 +400,8 @@ class Fetch:
 
     def _fetch(self, plan: list[PlanFile]) -> None:
         """Every file of `plan` into the mirror (files already there whole are kept, files
-        of an older plan removed), the largest streamed (see the module's text) when it is
-        big enough. Raises Gone, Stopped or the request's error."""
+        of an older plan removed), the large ones streamed (see the module's text). Raises
+        Gone, Stopped or the request's error."""
         # A file fetched whole by an earlier plan (its .ok beside it) is kept, not fetched again.
         keep = {f.local for f in plan} | {f.local + ".ok" for f in plan}
         for p in sorted(self.root.glob("ltx/*/*")):
@@ -406,23 +409,22 @@ class Fetch:
                 p.unlink(missing_ok=True)
         shutil.rmtree(self.root / "stream", ignore_errors=True)
         todo = [f for f in plan if not self._done(f)]
-        big = max(todo, key=lambda f: f.size, default=None)
-        streamed = big if self.stream and big is not None and big.size >= STREAM_MIN else None
+        streams = tuple(f for f in todo if f.size >= STREAM_MIN) if self.stream else ()
         with self._lock:
             self.planned_bytes = sum(f.size for f in plan)
             self.planned_files = len(plan)
             self.fetched_bytes = sum(f.size for f in plan if f not in todo)
             self.fetched_files = len(plan) - len(todo)
             self._ranges_done.clear()
-            self._pending_whole = len(todo) - (streamed is not None)
+            self._pending_whole = len(todo) - len(streams)
             self._range_error = None
-            self.streamed = streamed
+            self.streamed = streams
         fds: dict[PlanFile, int] = {}
         left: dict[PlanFile, int] = {}
         tasks: list[tuple[PlanFile, int, int]] = []
         try:
             for f in todo:
-                path = self._staged(f) if f is streamed else self.root / f.local
+                path = self._staged(f) if f in streams else self.root / f.local
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                 fds[f] = fd
@@ -430,20 +432,22 @@ class Fetch:
                 ranges = [(a, min(a + CHUNK, f.size) - 1) for a in range(0, f.size, CHUNK)]
                 left[f] = len(ranges)
                 tasks += [(f, a, b) for a, b in ranges]
-            if streamed is None:
+            if not streams:
                 # The biggest first: the snapshot's ranges start at once, the small files fill in.
                 tasks.sort(key=lambda t: -t[0].size)
             else:
                 # The other files first (Litestream starts once they are whole), then the
-                # streamed file's ranges in the order they are fed.
-                tasks.sort(key=lambda t: (t[0] is streamed, t[1]))
+                # streamed files' ranges in the order they are fed: each file's in order, the
+                # files interleaved by how far into each a range is (Litestream merges them).
+                tasks.sort(key=lambda t: (t[0] in streams,
+                                          t[1] / t[0].size if t[0] in streams else t[1]))
             with ThreadPoolExecutor(max_workers=self.concurrency,
                                     thread_name_prefix="restore-fetch") as pool:
                 futures = [pool.submit(self._range, f, a, b, fds[f], left) for f, a, b in tasks]
                 fed: BaseException | None = None
-                if streamed is not None:
+                if streams:
                     try:
-                        self._feed(streamed, fds[streamed])
+                        self._feed(streams, fds)
                     except BaseException as exc:
                         fed = exc
                         self._abort.set()  # the ranges still to come stop
@@ -463,7 +467,7 @@ class Fetch:
                 os.close(fd)
 
     def _staged(self, f: PlanFile) -> Path:
-        """Where the streamed file's ranges land before they are fed to the pipe."""
+        """Where a streamed file's ranges land before they are fed to its pipe."""
         return self.root / "stream" / f"data-{f.name}"
 
     def _range(self, f: PlanFile, a: int, b: int, fd: int, left: dict[PlanFile, int]) -> None:
@@ -476,7 +480,7 @@ class Fetch:
                 last = left[f] == 0
                 self._ranges_done.add((f, a))
                 self._cond.notify_all()
-            if last and f is not self.streamed:
+            if last and f not in self.streamed:
                 self._finish_file(f, fd)
         except BaseException as exc:
             with self._cond:
@@ -511,12 +515,36 @@ class Fetch:
                     raise Stopped()
                 self._cond.wait(0.1)
 
-    def _feed(self, f: PlanFile, fd: int) -> None:
-        """Put the pipe in `f`'s place once the other files are whole, set `ready`, and
-        write `f` into the pipe range by range as the ranges arrive."""
-        self._wait_for(lambda: self._pending_whole == 0 and (f, 0) in self._ranges_done)
-        pipe = self._make_pipe(f, fd)
+    def _feed(self, streams: tuple[PlanFile, ...], fds: dict[PlanFile, int]) -> None:
+        """Put a pipe in each streamed file's place once the other files are whole and each
+        streamed file's first range (its header) is there, set `ready`, and write each file
+        into its pipe range by range as the ranges arrive, a thread per file: Litestream
+        reads them side by side, so one waiting to be read must not hold back the others."""
+        self._wait_for(lambda: self._pending_whole == 0
+                       and all((f, 0) in self._ranges_done for f in streams))
+        pipes = [(f, self._make_pipe(f, fds[f])) for f in streams]
         self.ready.set()
+        errors: list[BaseException] = []
+
+        def pour(f: PlanFile, pipe: Path) -> None:
+            try:
+                self._pour(f, fds[f], pipe)
+            except BaseException as exc:
+                errors.append(exc)
+                self._abort.set()  # the other streams and ranges stop at their next step
+
+        others = [threading.Thread(target=pour, args=fp, daemon=True, name="restore-feed")
+                  for fp in pipes[1:]]
+        for t in others:
+            t.start()
+        pour(*pipes[0])
+        for t in others:
+            t.join()
+        if errors:
+            raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
+
+    def _pour(self, f: PlanFile, fd: int, pipe: Path) -> None:
+        """`f`'s ranges into its pipe, in order, each as it arrives."""
         out: int | None = None
         try:
             out = self._open_pipe(pipe)
@@ -655,7 +683,8 @@ class Fetch:
             for ok in self.root.glob("ltx/*/*.ok"):
                 ok.unlink()
             self.logger.info("restore fetched", replans=self.replans, retries=self.retries,
-                             concurrency=self.concurrency, streamed=self.streamed is not None,
+                             concurrency=self.concurrency, streamed=bool(self.streamed),
+                             streamed_files=len(self.streamed),
                              **self._fields())
             return self.root
         except BaseException:

@@ -96,6 +96,27 @@ def test_many_files_and_a_large_snapshot_are_fetched_in_parallel(
     assert not list((tmp_path / "data").glob(MIRRORS))
 
 
+def test_two_large_files_of_a_plan_are_both_streamed(
+        tmp_path: Path, s3: S3Server, shapers: Callable[..., Shaper]) -> None:
+    """A plan with two large files (a 24 MB snapshot, then a 20 MB transaction of its own):
+    Litestream merges them page by page, so both are streamed, side by side, and Litestream
+    starts before either is whole. The restored database holds every row of both."""
+    shaper = shapers(s3, delay=0.03, rate=20e6)
+    env, app, values, _ = _setup(tmp_path, s3, shaper, small=4, then_mb=20)
+    got, sc = _start(env, app, tmp_path)
+    assert got == values
+    fetched = sc.event("restore fetched")
+    assert fetched is not None, sc.output()
+    assert fetched["streamed"] is True and fetched.get("streamed_files") == 2, fetched
+    assert fetched["bytes_fetched"] == fetched["bytes_planned"] > 40_000_000
+    gets = [t for m, t in shaper.requests if m == "GET" and _objects(t)]
+    assert len([t for t in gets if "/0009/" in t]) == 3  # 24 MB: 3 ranges of 8 MiB
+    assert len([t for t in gets if "/0000/" in t]) >= 3 + 4  # 20 MB in 3 ranges; 4 small
+    with sqlite3.connect(tmp_path / "data" / "app.db") as c:
+        assert c.execute("SELECT count(*) FROM blobs").fetchone()[0] == (24 + 20) * 512
+    assert not list((tmp_path / "data").glob(MIRRORS))
+
+
 def test_a_bucket_next_door_is_restored_by_litestream_alone(tmp_path: Path, s3: S3Server
                                                           ) -> None:
     """On loopback (no shaper: a request costs well under 10 ms) the mirror would only add a

@@ -9,6 +9,7 @@ runs the same path with real Litestream and a real S3 server.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -125,7 +126,7 @@ def test_the_stream_comes_whole_and_in_order_once_the_rest_is_there(tmp_path: Pa
     t.join(10)
     assert not errors and not t.is_alive()
     assert got == objs["p/" + BIG.s3_key]
-    assert f.streamed == BIG and f.fetched_files == 2 and not f.failed.is_set()
+    assert f.streamed == (BIG,) and f.fetched_files == 2 and not f.failed.is_set()
 
 
 def test_a_range_refused_after_ready_holds_the_pipe_open_until_the_reader_is_gone(
@@ -208,3 +209,91 @@ def test_the_stream_pipe_is_enlarged_where_the_system_allows(tmp_path: Path) -> 
     f.reader_done.set()
     t.join(10)
     assert not errors and got == objs["p/" + BIG.s3_key]
+
+
+BIG2 = PlanFile(1, 1, 4, 3 * CHUNK + 777)  # an L1 file that overlaps the snapshot
+
+
+def test_every_large_file_is_streamed_and_fed_side_by_side(tmp_path: Path) -> None:
+    """Litestream merges the plan's files page by page, reading them all at once: with two
+    large files both are streamed (a pipe each), `ready` comes while the second's later ranges
+    are still on their way, and a reader that takes from the two pipes in turn, as Litestream
+    does, gets each file whole and in order."""
+    objs = objects()
+    key2 = "p/" + BIG2.s3_key
+    objs[key2] = ltx(BIG2.size, 1_700_000_000_789, 3)
+    bucket = Bucket(objs)
+    gate = bucket.hold[(key2, 2 * CHUNK)] = threading.Event()
+    f = make(tmp_path, bucket)
+    t, errors = _fetching(f, [BIG, BIG2, SMALL])
+    assert f.ready.wait(10), errors
+    assert not gate.is_set()  # ready before the second file is whole
+    for big in (BIG, BIG2):
+        link = f.root / big.local
+        assert link.is_symlink() and os.lstat(link).st_size >= 100
+    assert (f.root / SMALL.local).read_bytes() == objs["p/" + SMALL.s3_key]
+    got = {BIG: b"", BIG2: b""}
+    fds = {b: os.open(f.root / b.local, os.O_RDONLY) for b in (BIG, BIG2)}
+    try:
+        # In turn, a MiB at a time from each, as a merge reads: the first file's feeder is
+        # not held back by the second's range that has not come yet.
+        for _ in range(2):
+            for b in (BIG, BIG2):
+                got[b] += os.read(fds[b], 1 << 20)
+        while len(got[BIG]) < BIG.size:
+            got[BIG] += os.read(fds[BIG], 1 << 20)
+        gate.set()
+        while len(got[BIG2]) < BIG2.size:
+            got[BIG2] += os.read(fds[BIG2], 1 << 20)
+        assert os.read(fds[BIG], 1) == b"" and os.read(fds[BIG2], 1) == b""
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    f.reader_done.set()
+    t.join(10)
+    assert not errors and not t.is_alive()
+    assert got[BIG] == objs["p/" + BIG.s3_key] and got[BIG2] == objs[key2]
+    assert f.streamed == (BIG, BIG2) and f.fetched_files == 3
+
+
+def test_a_stream_that_fails_stops_the_other_and_holds_both_pipes_open(tmp_path: Path) -> None:
+    """A range of one streamed file refused after `ready`, while the other waits for a range
+    of its own: the other stream stops too, and neither pipe ends (Litestream would read an
+    early end as the file's) until the reader is gone."""
+    objs = objects()
+    key2 = "p/" + BIG2.s3_key
+    objs[key2] = ltx(BIG2.size, 1_700_000_000_789, 3)
+    bucket = Bucket(objs)
+    gate = bucket.hold[(key2, 2 * CHUNK)] = threading.Event()
+    bucket.refuse.add((key2, 2 * CHUNK))
+    later = bucket.hold[("p/" + BIG.s3_key, 2 * CHUNK)] = threading.Event()  # BIG's last
+    f = make(tmp_path, bucket)
+    t, errors = _fetching(f, [BIG, BIG2, SMALL])
+    assert f.ready.wait(10), errors
+    fds = [os.open(f.root / b.local, os.O_RDONLY | os.O_NONBLOCK) for b in (BIG, BIG2)]
+    try:
+        gate.set()
+
+        def drain() -> None:  # a reader taking from both pipes in turn, as a merge does
+            for fd in fds:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(fd, 1 << 20):
+                        pass
+
+        wait_for(lambda: drain() or f.failed.is_set(), timeout=10, interval=0.01,
+                 what="the fetch to fail")
+        time.sleep(0.2)
+        drain()
+        for fd in fds:  # empty, and no end of file
+            with pytest.raises(OSError) as e:
+                os.read(fd, 1)
+            assert e.value.errno == errno.EAGAIN
+        assert t.is_alive()
+        f.reader_done.set()  # the caller killed Litestream
+        later.set()
+        t.join(10)
+        assert not t.is_alive()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert len(errors) == 1 and isinstance(errors[0], Refused), errors
