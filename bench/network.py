@@ -155,7 +155,9 @@ def floor_restore(root: Path, work: Path, expect: int) -> float:
     return took
 
 
-def plan_files(s3: h.S3, bucket: str, work: Path) -> int:
+def plan_files(s3: h.S3, bucket: str, work: Path) -> tuple[int, int]:
+    """(files, bytes) of Litestream's own restore plan for the bucket; (-1, 0) when it gives
+    none."""
     out = work / "plan" / "app.db"
     h.clean_dir(out.parent)
     argv = h.raw_restore_argv(s3, bucket, out)
@@ -164,9 +166,10 @@ def plan_files(s3: h.S3, bucket: str, work: Path) -> int:
     import json
 
     try:
-        return len(json.loads(res.stdout[res.stdout.find("{"):])["files"])
-    except (ValueError, KeyError):
-        return -1
+        files = json.loads(res.stdout[res.stdout.find("{"):])["files"]
+        return len(files), sum(int(f["size"]) for f in files)
+    except (ValueError, KeyError, TypeError):
+        return -1, 0
 
 
 def one(fn: Any, *args: Any, failures: list[str], who: str) -> Any:
@@ -182,9 +185,12 @@ def one(fn: Any, *args: Any, failures: list[str], who: str) -> Any:
 def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[str, float,
             float | None]], reps: int, failures: list[str]) -> list[dict[str, Any]]:
     log(f"seeding {size} MB, shape {shape}")
+    # A fresh server for the seed too: rclone serve s3 was seen spinning at 100 % CPU and
+    # no longer answering Litestream's uploads after a large round (the seed then times out).
+    s3.restart()
     bucket, expect = seed(s3, work, size, shape)
     s3.restart()
-    files = plan_files(s3, bucket, work)
+    files, planned = plan_files(s3, bucket, work)
     root = work / "replica"
     shutil.rmtree(root, ignore_errors=True)
     file_replica(s3, bucket, root)
@@ -198,7 +204,7 @@ def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[st
         if t:
             floor.append(t)
             floor_cpu.append(meter.seconds)
-    log(f"{size} MB {shape}: plan of {files} files; floor {floor}")
+    log(f"{size} MB {shape}: plan of {files} files, {planned} bytes; floor {floor}")
     for label, delay, rate in settings:
         shaper = Shaper(s3.port, delay=delay, rate=rate) if delay or rate else None
         via = Via(s3, shaper.endpoint) if shaper else s3
@@ -232,7 +238,8 @@ def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[st
         finally:
             if shaper is not None:
                 shaper.close()
-        out.append({"size": size, "shape": shape, "files": files, "network": label,
+        out.append({"size": size, "shape": shape, "files": files, "planned": planned,
+                    "network": label,
                     "times": times, "floor": floor, "orders": orders, "cpu": cpus})
     s3.drop(bucket)
     shutil.rmtree(root, ignore_errors=True)
@@ -271,7 +278,8 @@ def render(results: list[dict[str, Any]], command: str, failures: list[str],
         def f(x: float | None) -> str:
             return f"{x:.2f}" if x is not None else "failed"
 
-        lines.append(f"| {r['size']} MB | {r['shape']} ({r['files']} files) | {r['network']} | "
+        plan = f"{r['shape']} ({r['files']} files, {r.get('planned', 0) / 1e6:.0f} MB)"
+        lines.append(f"| {r['size']} MB | {plan} | {r['network']} | "
                      f"{f(raw)} | {f(plain)} | {f(side)} | {f(floor)} | "
                      f"{f'{speed:.2f}x' if speed else '-'} | {target} "
                      f"{'met' if met else '**missed**'} | {fcell} | {ftarget} |")
