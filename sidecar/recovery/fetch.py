@@ -71,6 +71,7 @@ STREAM_MIN = 2 * CHUNK  # a planned file this large is streamed to Litestream as
 LINK_MIN = 128  # the length of the stream's link target (Litestream wants >= 100 bytes)
 OPEN_WAIT = 120.0  # seconds the stream waits for Litestream to open its pipe
 PIPE_BYTES = 1024 * 1024  # the stream's pipe buffer asked for (Linux's usual maximum)
+FILL_WAIT = 0.005  # seconds the feeder sleeps when the pipe is full (Litestream drains ~1 MB in 8 ms)
 LTX_HEADER = 100  # bytes: an LTX header; no planned file can be smaller
 
 _active_lock = threading.Lock()
@@ -548,11 +549,19 @@ class Fetch:
         out: int | None = None
         try:
             out = self._open_pipe(pipe)
+            # In a full-size pipe the feeder writes what fits and sleeps FILL_WAIT when it is
+            # full, instead of blocking in write(): a blocked writer is woken as soon as
+            # Litestream frees a page, so each side woke the other every few KB (Litestream
+            # reads ~1.3 KB at a time). In a small pipe a sleep could starve Litestream.
+            os.set_blocking(out, fcntl.fcntl(out, fcntl.F_GETPIPE_SZ) < PIPE_BYTES)
             for a in range(0, f.size, CHUNK):
                 self._wait_for(lambda a=a: (f, a) in self._ranges_done)  # type: ignore[misc]
                 view = memoryview(os.pread(fd, min(CHUNK, f.size - a), a))
                 while view:
-                    view = view[os.write(out, view):]
+                    try:
+                        view = view[os.write(out, view):]
+                    except BlockingIOError:
+                        time.sleep(FILL_WAIT)
             with self._cond:
                 self.fetched_files += 1
         except BaseException:
