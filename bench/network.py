@@ -210,6 +210,7 @@ def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[st
         via = Via(s3, shaper.endpoint) if shaper else s3
         eps: list[Any] = [h.Sidecar(via, work), h.Plain(via, work), "raw"]  # type: ignore
         times: dict[str, list[float]] = {"sidecar": [], "plain run.sh": [], "raw": []}
+        paths: list[str] = []  # how each sidecar run restored (run.restore_path)
         cpus: dict[str, list[dict[str, float]]] = {"sidecar": [], "raw": [],
                                                    "floor": floor_cpu}
         tid = shaper._thread.native_id if shaper else None
@@ -227,6 +228,7 @@ def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[st
                                     who=who)
                         else:
                             res = one(launch_to_app, ep, via, work, bucket, expect,
+                                      paths if ep.name == "sidecar" else None,
                                       failures=failures, who=who)
                             t = res[0] if res else None
                     if t is not None:
@@ -240,7 +242,8 @@ def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[st
                 shaper.close()
         out.append({"size": size, "shape": shape, "files": files, "planned": planned,
                     "network": label,
-                    "times": times, "floor": floor, "orders": orders, "cpu": cpus})
+                    "times": times, "floor": floor, "orders": orders, "cpu": cpus,
+                    "paths": paths})
     s3.drop(bucket)
     shutil.rmtree(root, ignore_errors=True)
     return out
@@ -290,7 +293,8 @@ def render(results: list[dict[str, Any]], command: str, failures: list[str],
                      f"{[round(x, 2) for x in t['sidecar']]}, plain "
                      f"{[round(x, 2) for x in t['plain run.sh']]}, raw "
                      f"{[round(x, 2) for x in t['raw']]}, floor "
-                     f"{[round(x, 2) for x in r['floor']]}; orders {r['orders']}")
+                     f"{[round(x, 2) for x in r['floor']]}; sidecar restored "
+                     f"{r.get('paths', [])}; orders {r['orders']}")
     lines += ["", f"CPU seconds by process (medians of the runs; the machine has {os.cpu_count()} "
               "cores, so a run cannot take less than its total CPU divided by them):", ""]
     for r in results:

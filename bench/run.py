@@ -24,6 +24,7 @@ Exits 1 when any run failed; a missed target is a result, not a failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -110,10 +111,12 @@ def rotate(items: list[Any], i: int) -> list[Any]:
 
 
 def launch_to_app(ep: h.Entrypoint, s3: h.S3, work: Path, seed_bucket: str | None,
-                  expect_rows: int | None) -> tuple[float, float | None]:
+                  expect_rows: int | None, paths: list[str] | None = None
+                  ) -> tuple[float, float | None]:
     """Seconds from launching the entrypoint to its app's first line, on a fresh copy of the
     seed bucket; then the tree is killed and the database it restored is verified. Also
-    returns the restore duration sidecar logged itself (its own clock; reported, not used)."""
+    returns the restore duration sidecar logged itself (its own clock; reported, not used).
+    `paths`: where to add the way sidecar restored, from its log (see restore_path)."""
     d = work / "run"
     h.clean_dir(d)
     db = d / "app.db"
@@ -129,6 +132,8 @@ def launch_to_app(ep: h.Entrypoint, s3: h.S3, work: Path, seed_bucket: str | Non
         s3.drop(bucket)
     if expect_rows is not None:
         h.verify(db, expect_rows)
+    if paths is not None:
+        paths.append(restore_path([line for _, line in p.err]))
     logged = None
     for _, line in p.err:
         if '"restore decided"' in line:
@@ -139,6 +144,27 @@ def launch_to_app(ep: h.Entrypoint, s3: h.S3, work: Path, seed_bucket: str | Non
             except (ValueError, KeyError):
                 pass
     return took, logged
+
+
+def restore_path(lines: list[str]) -> str:
+    """How sidecar's start restored, from its log lines: "direct" (Litestream from the
+    bucket), "mirror" or "mirror, N streamed" (fetched in parallel first), "direct after
+    <event>" (the mirror was given up), or "none"."""
+    events = {}
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict):
+                events.setdefault(rec.get("message"), rec)
+    for given_up in ("restore fetch failed", "restore from the mirror failed"):
+        if given_up in events:
+            return f"direct after {given_up}"
+    if "restore fetched" in events:
+        n = events["restore fetched"].get("streamed_files") or 0
+        return f"mirror, {n} streamed" if n else "mirror"
+    if "restore started" in events:
+        return "direct"
+    return "none"
 
 
 def raw_restore(s3: h.S3, work: Path, seed_bucket: str, expect_rows: int) -> float:

@@ -90,3 +90,8 @@ def test_bench_quick_writes_the_table(tmp_path: Path) -> None:
     assert "## Every run" in text and "order per run: (" in text, text
     assert "machine:" in text and "Litestream 0.5" in text, text
     assert "python bench/run.py --quick" in text, text
+    # The network table says how sidecar restored each time: through the mirror at 30 ms.
+    shaped = [ln for ln in text.splitlines() if ln.startswith("- ") and "30 ms / 50 MB/s:" in ln
+              and "plain [" in ln]
+    assert shaped and all(re.search(r"sidecar restored \['mirror[^']*'\]", ln) for ln in shaped
+                          ), text
