@@ -560,7 +560,10 @@ class Fetch:
                 while view:
                     try:
                         view = view[os.write(out, view):]
-                    except BlockingIOError:
+                    except BlockingIOError:  # full: Litestream has not read it yet
+                        if self.stop.is_set() or self._abort.is_set() or \
+                                self.reader_done.is_set():
+                            raise Stopped() from None
                         time.sleep(FILL_WAIT)
             with self._cond:
                 self.fetched_files += 1
