@@ -36,14 +36,17 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def healthz(port: int) -> tuple[int, float]:
+def healthz(port: int) -> tuple[int | str, float]:
+    """(status, seconds) of one GET /healthz; the error's name instead of a status when the
+    connection failed."""
     t0 = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+    status: int | str
     try:
         conn.request("GET", "/healthz")
         status = conn.getresponse().status
-    except OSError:
-        status = 0
+    except OSError as exc:
+        status = f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
     return status, time.monotonic() - t0
@@ -172,7 +175,8 @@ def test_hundreds_of_slow_clients_leave_memory_threads_and_healthz_alone(
     assert crowd.answers.get("401", 0) >= 50, crowd.answers  # token refused from the headers
     assert peak_rss - base["VmRSS"] < 60 * 1024, (base, peak_rss)
     assert peak_threads <= base["Threads"] + 8, (base, peak_threads)
-    assert all(code == 200 and took < 1.0 for code, took in probes), probes
+    failing = [p for p in probes if p[0] != 200 or p[1] >= 1.0]
+    assert not failing, failing
     assert sc.proc.poll() is None
 
     # Malformed requests: one clear answer each, no traceback; a hang-up is nothing.
