@@ -19,8 +19,8 @@ place, so Litestream decodes while the rest is still on its way. Litestream open
 file at once and merges them page by page (`ltx.Compactor`), so it reads the streamed files
 side by side: their ranges are fetched interleaved, each at about the same fraction of its file,
 and each has a feeder of its own. `ready` is set once the other files are whole and the pipes
-are in place: the caller then starts Litestream. The file replica lists a level with lstat and opens the file
-(following a link), and it refuses a file listed smaller than an LTX header, so the pipe is
+are in place: the caller then starts Litestream. The file replica lists a level with lstat and
+opens the file (following a link), and it refuses a file listed smaller than an LTX header, so the pipe is
 reached through a link whose own size (the length of its target) is over 100 bytes; its time
 is set to the header's, as any other file's. A pipe cannot be read twice or from an offset:
 Litestream reads each planned file once, from the start; a reopen at an offset fails. When
@@ -76,6 +76,11 @@ LTX_HEADER = 100  # bytes: an LTX header; no planned file can be smaller
 
 _active_lock = threading.Lock()
 _active: dict[str, dict[str, Any]] = {}  # output path -> progress of a running fetch
+
+
+def _cause(errors: list[BaseException]) -> BaseException:
+    """The error that made the others stop: the first that is not Stopped, else the first."""
+    return next((e for e in errors if not isinstance(e, Stopped)), errors[0])
 
 
 def progress_of(output: Path | None) -> dict[str, Any] | None:
@@ -459,9 +464,7 @@ class Fetch:
                     self._abort.set()  # the other ranges stop at their next chunk
                     for fu in pending:
                         fu.cancel()
-                    exc = next((e for e in errors if not isinstance(e, Stopped)), errors[0])
-                    assert exc is not None
-                    raise exc
+                    raise _cause(errors)
         finally:
             self._abort.clear()
             for fd in fds.values():
@@ -542,7 +545,7 @@ class Fetch:
         for t in others:
             t.join()
         if errors:
-            raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
+            raise _cause(errors)
 
     def _pour(self, f: PlanFile, fd: int, pipe: Path) -> None:
         """`f`'s ranges into its pipe, in order, each as it arrives."""
