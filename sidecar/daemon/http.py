@@ -7,11 +7,12 @@ Bounded by construction, so slow or hostile clients cannot grow memory or thread
 - one thread runs a selector loop over every socket; a slow client holds a socket, not a thread;
 - at most `max_connections` connections per listener; past the cap the oldest connection that
   is still sending its request is dropped (so a crowd of slow clients cannot lock /healthz out),
-  never one accepted in this turn of the loop, and only after the turn has read what every
-  connection sent (under a burst of new clients /healthz itself was dropped unread before);
-  when a turn's newcomers find nothing to drop, up to ACCEPT_SLICE of them are held over the
-  cap until the next turn has read them, then the cap is restored (a 503 for a /healthz in
-  such a burst made the slow-client test fail now and then);
+  but only one that has had GRACE seconds to send it, and only after the turn has read what
+  every connection sent. While every connection held is that young, newcomers are held over
+  the cap, by at most OVERFLOW, and the cap is restored as they age; past that, a newcomer is
+  answered 503 at once. (Protecting only the connections of the current turn, as before, let
+  a flood of ~600 connections a second drop a /healthz whose client took ~20 ms to send its
+  request after connecting: a probe sharing a busy process, or a descheduled one.);
 - a request must arrive whole (headers and body) within REQUEST_DEADLINE seconds;
 - headers are limited to MAX_HEAD bytes; the route, its bearer token and its body limit are
   decided from them before one byte of body is read (so a 1 MiB declared body without a token
@@ -53,9 +54,11 @@ from sidecar.errors import PreflightError, SidecarError
 
 MAX_HEAD = 16 * 1024  # request line and headers
 REQUEST_DEADLINE = 10.0  # seconds for a whole request, headers and body
-# Connections accepted per turn of the loop; also how far over the cap one turn's newcomers may
-# take a listener when nothing held can be dropped yet (trimmed back after the next turn).
-ACCEPT_SLICE = 64
+ACCEPT_SLICE = 64  # connections accepted per turn of the loop: a burst cannot stall it
+# A connection is not dropped to make room before it has had GRACE seconds to send its request;
+# meanwhile at most OVERFLOW are held over the cap (a socket and a few hundred bytes each).
+GRACE = 0.25
+OVERFLOW = 256
 WRITE_DEADLINE = 30.0  # seconds for a client to take its answer
 QUICK_WORKERS = 4  # /metrics, /healthz, /readyz, /status
 SLOW_WORKERS = 2  # restore, verify, snapshot: minutes at most, one at a time anyway
@@ -98,7 +101,6 @@ class _Conn:
     need: int = 0
     out: bytes = b""
     head_only: bool = False
-    turn: int = 0  # the loop's turn when it was accepted
 
 
 def _render(resp: Response, head_only: bool) -> bytes:
@@ -168,7 +170,6 @@ class Server:
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.dropped = 0  # connections dropped at the cap or the deadline (for tests)
-        self.turn = 0  # turns of the loop: one select and the events it returned
 
     # ------------------------------------------------------------ listeners
 
@@ -205,7 +206,6 @@ class Server:
                 ready = self.sel.select(timeout=0.25)
             except OSError:  # a socket closed under us; the next round is clean
                 continue
-            self.turn += 1
             # Connections first, listeners last: a request already waiting is read before any
             # accept of this turn can decide to drop a connection to make room.
             ready.sort(key=lambda kv: isinstance(kv[0].data, _Listener))
@@ -245,9 +245,9 @@ class Server:
                 return
             sock.setblocking(False)
             if (lst.open >= lst.max_connections and not self._evict(lst)
-                    and lst.open >= lst.max_connections + ACCEPT_SLICE):
-                # Every slot is busy, none can be dropped, and this turn's overflow is full:
-                # say so at once rather than queue.
+                    and lst.open >= lst.max_connections + OVERFLOW):
+                # Every slot is busy, none can be dropped yet, and the overflow is full: say
+                # so at once rather than queue.
                 with contextlib.suppress(OSError):
                     sock.send(_render(_plain_error(503, "too many connections"), False))
                 sock.close()
@@ -255,26 +255,25 @@ class Server:
                 continue
             now = time.monotonic()
             client = addr[0] if isinstance(addr, tuple) else "local"
-            conn = _Conn(sock, lst, client, now + self.request_deadline, now, turn=self.turn)
+            conn = _Conn(sock, lst, client, now + self.request_deadline, now)
             lst.open += 1
             self.conns[sock] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
     def _trim(self) -> None:
-        """Back under the cap after a turn: a burst of newcomers in one turn, when every
-        connection held was new too, is taken in (at most one accept slice over the cap)
-        rather than answered 503, so a /healthz among a flood of slow clients is read on the
-        next turn; the oldest still sending their requests are dropped once that turn has
-        read them."""
+        """Back under the cap after a turn, as far as connections past their GRACE allow:
+        newcomers held over the cap while every connection was young are trimmed as they
+        age, the oldest still sending their requests first."""
         for lst in self.listeners:
             while lst.open > lst.max_connections and self._evict(lst):
                 pass
 
     def _evict(self, lst: _Listener) -> bool:
-        """Drop the oldest connection of `lst` still sending its request; False if none.
-        Only one accepted in an earlier turn: this turn has already read what it sent."""
+        """Drop the oldest connection of `lst` still sending its request and held for GRACE
+        seconds at least; False if none. (This turn has already read what it sent.)"""
+        aged = time.monotonic() - GRACE
         waiting = [c for c in self.conns.values()
-                   if c.listener is lst and c.state in ("head", "body") and c.turn < self.turn]
+                   if c.listener is lst and c.state in ("head", "body") and c.opened <= aged]
         if not waiting:
             return False
         self._close(min(waiting, key=lambda c: c.opened))

@@ -122,6 +122,43 @@ def test_server_answers_401_before_the_body_and_drops_the_oldest_slow_client() -
         server.stop()
 
 
+def test_a_client_slow_to_send_survives_a_flood_of_newer_connections(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that connects and takes 80 ms to send its /healthz, while 60 silent
+    connections arrive at once (a cap of 4), is still answered 200: nothing is dropped for room
+    before it has had GRACE to send its request. The newcomers are held over the cap meanwhile,
+    trimmed back to it once they have aged; past the overflow a newcomer gets 503."""
+    monkeypatch.setattr(http, "OVERFLOW", 100)
+    server, port = _serve(_table([]), None, cap=4)
+    crowd: list[socket.socket] = []
+    try:
+        probe = socket.create_connection(("127.0.0.1", port), timeout=5)
+        time.sleep(0.03)  # accepted in a turn of its own, before the flood
+        crowd += [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+        time.sleep(0.05)  # the flood is accepted meanwhile
+        probe.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        out = b""
+        while chunk := probe.recv(65536):
+            out += chunk
+        probe.close()
+        assert out.startswith(b"HTTP/1.1 200"), out
+        lst = server.listeners[0]
+        deadline = time.monotonic() + 5
+        while lst.open > 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lst.open == 4  # the oldest half-sent ones dropped once past their grace
+
+        monkeypatch.setattr(http, "OVERFLOW", 8)
+        crowd += [socket.create_connection(("127.0.0.1", port)) for _ in range(12)]
+        late = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert late.recv(1024).startswith(b"HTTP/1.1 503")  # 4 + 8 young ones: no room
+        late.close()
+    finally:
+        for s in crowd:
+            s.close()
+        server.stop()
+
+
 @pytest.mark.parametrize("raw,words", [
     (b'{"dry_run": true, "dry_run": false}', "'dry_run' twice"),
     (b'{"a": {"b": 1, "b": 2}}', "'b' twice"),
