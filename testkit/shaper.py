@@ -5,8 +5,9 @@ network does to a client, on loopback.
   costs every request), and a new connection before its first byte (its handshake);
 - `rate`: bytes per second each connection receives at most (one S3 stream's bandwidth), a
   token bucket per connection, so parallel connections add up as they do on a real link;
-- `fail(method, target)`: a status to answer instead of forwarding (a 503 SlowDown, say),
-  with an S3 error body, on the same keep-alive connection;
+- `fail(method, target, headers)`: a status to answer instead of forwarding (a 503
+  SlowDown, say), with an S3 error body, on the same keep-alive connection; `headers` are the
+  request's, names in lower case (Litestream's `user-agent` starts with `litestream`);
 - `on_request(method, target)`: called (in a worker thread) before a request is forwarded,
   for a test to change the bucket at an exact moment.
 
@@ -40,7 +41,7 @@ def error_response(status: int) -> bytes:
 
 class Shaper:
     def __init__(self, upstream_port: int, delay: float = 0.0, rate: float | None = None,
-                 fail: Callable[[str, str], int | None] | None = None,
+                 fail: Callable[[str, str, dict[str, str]], int | None] | None = None,
                  on_request: Callable[[str, str], None] | None = None):
         self.upstream = ("127.0.0.1", upstream_port)
         self.delay, self.rate = delay, rate
@@ -155,11 +156,11 @@ class Shaper:
                 if end < 0:
                     break
                 head, data, buf = buf[:end + 4], buf[end + 4:], b""
-                method, target, length, chunked = _parse(head)
-                body = length
-                if chunked:
+                method, target, fields = _parse(head)
+                body = int(fields.get("content-length") or 0)
+                if "chunked" in fields.get("transfer-encoding", "").lower():
                     raw = True
-                status = self.fail(method, target) if self.fail else None
+                status = self.fail(method, target, fields) if self.fail else None
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 if status:
@@ -180,16 +181,14 @@ class Shaper:
             await up_w.drain()
 
 
-def _parse(head: bytes) -> tuple[str, str, int, bool]:
-    line, _, fields = head.partition(b"\r\n")
+def _parse(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """(method, target, header fields by lower-case name) of a request head."""
+    line, _, rest = head.partition(b"\r\n")
     parts = line.decode("latin-1").split(" ")
     method, target = (parts[0], parts[1]) if len(parts) == 3 else ("?", "?")
-    length, chunked = 0, False
-    for f in fields.split(b"\r\n"):
-        name, _, value = f.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value.strip() or 0)
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
-    return method, target, length, chunked
+    fields: dict[str, str] = {}
+    for f in rest.split(b"\r\n"):
+        name, sep, value = f.partition(b":")
+        if sep:
+            fields[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return method, target, fields

@@ -164,7 +164,7 @@ def test_a_live_restore_that_fails_counts_manual_failed_and_changes_nothing(
     database is untouched and the app runs again."""
     failing = threading.Event()
 
-    def fail(method: str, target: str) -> int | None:
+    def fail(method: str, target: str, _headers: dict[str, str]) -> int | None:
         ltx = method == "GET" and target.split("?")[0].endswith(".ltx")
         return 404 if failing.is_set() and ltx else None
 

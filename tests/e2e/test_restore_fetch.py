@@ -162,13 +162,16 @@ def test_a_file_deleted_during_the_fetch_replans(
 
 def test_503_answers_are_retried(tmp_path: Path, s3: S3Server,
                                  shapers: Callable[..., Shaper]) -> None:
-    """The first six GETs of LTX objects are answered 503 SlowDown: more than the S3
-    client's own retries cover, so sidecar retries with backoff too (and says so), and the
-    restore completes through the mirror with every row."""
+    """The first six of sidecar's GETs of LTX objects are answered 503 SlowDown: more than
+    the S3 client's own retries cover, so sidecar retries with backoff too (and says so), and
+    the restore completes through the mirror with every row. (Not Litestream's GETs: the
+    direct restore started beside the fetch reaches them now and then before the fetch
+    commits, and took most of the six once in 14 runs.)"""
     failed: list[str] = []
 
-    def slow_down(method: str, target: str) -> int | None:
-        if method == "GET" and _objects(target) and len(failed) < 6:
+    def slow_down(method: str, target: str, headers: dict[str, str]) -> int | None:
+        ours = not headers.get("user-agent", "").startswith("litestream")
+        if method == "GET" and _objects(target) and ours and len(failed) < 6:
             failed.append(target)
             return 503
         return None
@@ -374,7 +377,7 @@ def test_a_stream_cut_after_litestream_started_restores_directly(
     data = tmp_path / "data"
     refused: list[str] = []
 
-    def cut(method: str, target: str) -> int | None:
+    def cut(method: str, target: str, _headers: dict[str, str]) -> int | None:
         writing = list(data.glob(".app.db.sidecar-restore-*.tmp"))
         if method == "GET" and "/0009/" in target and writing and not refused:
             refused.append(target)
