@@ -273,6 +273,9 @@ class Fetch:
         # failed after that (the caller kills Litestream), `reader_done` once it has.
         self.ready = threading.Event()
         self.committed = threading.Event()  # planned, and the mirror fits: it is being made
+        # Set with `committed` and `ready`, and by the caller when `run` has returned: what
+        # the caller waits on, so it acts on each at once rather than at its next poll.
+        self.news = threading.Event()
         self.failed = threading.Event()
         self.reader_done = threading.Event()
         self.streamed: tuple[PlanFile, ...] = ()
@@ -528,6 +531,7 @@ class Fetch:
                        and all((f, 0) in self._ranges_done for f in streams))
         pipes = [(f, self._make_pipe(f, fds[f])) for f in streams]
         self.ready.set()
+        self.news.set()
         errors: list[BaseException] = []
 
         def pour(f: PlanFile, pipe: Path) -> None:
@@ -680,6 +684,7 @@ class Fetch:
                         raise Stopped()
                     if not made:
                         self.committed.set()
+                        self.news.set()
                         make_mirror(self.output)
                         made = True
                     self._fetch(plan)

@@ -245,6 +245,8 @@ class Restoring:
             self._fetched = self._fetch.run()
         except BaseException as exc:  # handed to `finish`, which decides
             self._fetched = exc
+        finally:
+            self._fetch.news.set()
 
     def _dry_run(self, config_path: Path) -> list[dict[str, Any]]:
         """Litestream's own plan (`restore -dry-run -json`), for a -timestamp target: the
@@ -287,12 +289,15 @@ class Restoring:
         (started again if it was killed), and the log says why."""
         assert self._fetching is not None and self._fetch is not None
         fetching = self._fetch
-        while self._fetching.is_alive() and not fetching.ready.is_set():
+        # `news` wakes this loop when the fetch commits, is ready or ends (a poll of 0.1 s
+        # cost a streamed restore 50 ms on average before Litestream started on the mirror).
+        while True:
+            fetching.news.clear()
+            if self._fetched is not None or fetching.ready.is_set():
+                break
             if fetching.committed.is_set() and self._helper is not None:
                 self._give_way()  # once: the direct Litestream is gone after it
-            self._fetching.join(0.1)
-            if should_stop is not None and self._fetching.is_alive() \
-                    and not fetching.ready.is_set() and should_stop():
+            if should_stop is not None and should_stop():
                 fetching.stop.set()
                 self._give_way()
                 self._fetching.join(2.0)  # as in cancel()
@@ -300,6 +305,9 @@ class Restoring:
                 raise RestoreError(f"cannot restore {self.db.name} from "
                                    f"{self.db.replica.url if self.db.replica else '?'}: "
                                    "stopped while fetching its files")
+            fetching.news.wait(0.1)
+        if self._fetched is not None:
+            self._fetching.join()  # it has returned: the thread ends now
         got = self._fetched
         if self._fetching.is_alive() and fetching.ready.is_set():
             got = fetching.root  # streamed: Litestream reads while the fetch goes on
