@@ -58,7 +58,11 @@ from sidecar.bucket import replica
 from sidecar.config import Database
 
 MIRROR_SUFFIX = ".mirror"
-CHUNK = 8 * 1024 * 1024  # bytes per ranged GET of a large file
+# Bytes per ranged GET of a large file. Litestream starts on a streamed file once its first
+# range is whole, and the first ranges of all connections arrive together: 4 MiB starts it
+# sooner than 8 (100 MB at 30 ms / 50 MB/s: 1.91 s median against 1.99 s, 4 runs each; 300 MB
+# and 1 GB the same within noise).
+CHUNK = 4 * 1024 * 1024
 SNAPSHOT_LEVEL = 9
 MAX_REPLANS = 5
 MARGIN = 4 * 1024 * 1024  # free space kept beyond the mirror and the database
@@ -67,7 +71,7 @@ PROGRESS_EVERY = 5.0  # seconds between progress lines
 # one-request-at-a-time restore loses nothing there, and the mirror's extra pass over the data
 # would only add to it, so such a restore goes direct.
 NEAR_SECONDS = 0.01
-STREAM_MIN = 2 * CHUNK  # a planned file this large is streamed to Litestream as it comes
+STREAM_MIN = 4 * CHUNK  # a planned file this large is streamed to Litestream as it comes
 LINK_MIN = 128  # the length of the stream's link target (Litestream wants >= 100 bytes)
 OPEN_WAIT = 120.0  # seconds the stream waits for Litestream to open its pipe
 PIPE_BYTES = 1024 * 1024  # the stream's pipe buffer asked for (Linux's usual maximum)

@@ -75,7 +75,7 @@ class Store:
 
 
 SMALL = PlanFile(0, 2, 2, 300)
-BIG = PlanFile(9, 1, 1, 2 * CHUNK + 12345)
+BIG = PlanFile(9, 1, 1, STREAM_MIN + 12345)
 
 
 def make(tmp_path: Path, bucket: Bucket) -> Fetch:
@@ -211,7 +211,7 @@ def test_the_stream_pipe_is_enlarged_where_the_system_allows(tmp_path: Path) -> 
     assert not errors and got == objs["p/" + BIG.s3_key]
 
 
-BIG2 = PlanFile(1, 1, 4, 3 * CHUNK + 777)  # an L1 file that overlaps the snapshot
+BIG2 = PlanFile(1, 1, 4, STREAM_MIN + 777)  # an L1 file that overlaps the snapshot
 
 
 def test_every_large_file_is_streamed_and_fed_side_by_side(tmp_path: Path) -> None:
