@@ -74,17 +74,29 @@ class Shaper:
         return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
+        """Stop listening, cancel every connection still open (their tasks end here, not
+        as "destroyed but pending" when the loop is collected), and end the loop."""
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(RuntimeError):
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        with contextlib.suppress(asyncio.CancelledError):  # the shaper is closing
+            await self._relay(reader, writer)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_r, up_w = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -101,11 +113,13 @@ class Shaper:
         finally:
             with contextlib.suppress(OSError):
                 up_w.write_eof()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(down, 60)
-            for w in (up_w, writer):
+            try:
                 with contextlib.suppress(Exception):
-                    w.close()
+                    await asyncio.wait_for(down, 60)
+            finally:  # closed when the shaper closes (cancelled) too
+                for w in (up_w, writer):
+                    with contextlib.suppress(Exception):
+                        w.close()
 
     async def _down(self, up_r: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     lock: asyncio.Lock) -> None:
