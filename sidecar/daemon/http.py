@@ -7,12 +7,15 @@ Bounded by construction, so slow or hostile clients cannot grow memory or thread
 - one thread runs a selector loop over every socket; a slow client holds a socket, not a thread;
 - at most `max_connections` connections per listener; past the cap the oldest connection that
   is still sending its request is dropped (so a crowd of slow clients cannot lock /healthz out),
-  but only one that has had GRACE seconds to send it, and only after the turn has read what
-  every connection sent. While every connection held is that young, newcomers are held over
-  the cap, by at most OVERFLOW, and the cap is restored as they age; past that, a newcomer is
-  answered 503 at once. (Protecting only the connections of the current turn, as before, let
-  a flood of ~600 connections a second drop a /healthz whose client took ~20 ms to send its
-  request after connecting: a probe sharing a busy process, or a descheduled one.);
+  one that has had GRACE seconds to send it, and only after the turn has read what every
+  connection sent. While every connection held is that young, newcomers are held over the
+  cap, by at most OVERFLOW, and the cap is restored as they age. Past the overflow (a flood of
+  over OVERFLOW / GRACE connections a second) the oldest is dropped however young, as long as
+  it was accepted in an earlier turn; only when every one was accepted in this turn is a
+  newcomer answered 503 at once. (Protecting only the connections of the current turn let a
+  flood of ~600 connections a second drop a /healthz whose client took ~20 ms to send its
+  request after connecting: a probe sharing a busy process, or a descheduled one. The grace
+  alone would have answered 503 to everything past ~1,150 connections a second.);
 - a request must arrive whole (headers and body) within REQUEST_DEADLINE seconds;
 - headers are limited to MAX_HEAD bytes; the route, its bearer token and its body limit are
   decided from them before one byte of body is read (so a 1 MiB declared body without a token
@@ -101,6 +104,7 @@ class _Conn:
     need: int = 0
     out: bytes = b""
     head_only: bool = False
+    turn: int = 0  # the loop's turn when it was accepted
 
 
 def _render(resp: Response, head_only: bool) -> bytes:
@@ -170,6 +174,7 @@ class Server:
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.dropped = 0  # connections dropped at the cap or the deadline (for tests)
+        self.turn = 0  # turns of the loop: one select and the events it returned
 
     # ------------------------------------------------------------ listeners
 
@@ -206,6 +211,7 @@ class Server:
                 ready = self.sel.select(timeout=0.25)
             except OSError:  # a socket closed under us; the next round is clean
                 continue
+            self.turn += 1
             # Connections first, listeners last: a request already waiting is read before any
             # accept of this turn can decide to drop a connection to make room.
             ready.sort(key=lambda kv: isinstance(kv[0].data, _Listener))
@@ -245,9 +251,10 @@ class Server:
                 return
             sock.setblocking(False)
             if (lst.open >= lst.max_connections and not self._evict(lst)
-                    and lst.open >= lst.max_connections + OVERFLOW):
-                # Every slot is busy, none can be dropped yet, and the overflow is full: say
-                # so at once rather than queue.
+                    and lst.open >= lst.max_connections + OVERFLOW
+                    and not self._evict(lst, young=True)):
+                # Every slot and the overflow are taken, all by this turn's newcomers: say so
+                # at once rather than queue.
                 with contextlib.suppress(OSError):
                     sock.send(_render(_plain_error(503, "too many connections"), False))
                 sock.close()
@@ -255,7 +262,7 @@ class Server:
                 continue
             now = time.monotonic()
             client = addr[0] if isinstance(addr, tuple) else "local"
-            conn = _Conn(sock, lst, client, now + self.request_deadline, now)
+            conn = _Conn(sock, lst, client, now + self.request_deadline, now, turn=self.turn)
             lst.open += 1
             self.conns[sock] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
@@ -268,12 +275,14 @@ class Server:
             while lst.open > lst.max_connections and self._evict(lst):
                 pass
 
-    def _evict(self, lst: _Listener) -> bool:
+    def _evict(self, lst: _Listener, young: bool = False) -> bool:
         """Drop the oldest connection of `lst` still sending its request and held for GRACE
-        seconds at least; False if none. (This turn has already read what it sent.)"""
+        seconds at least (`young`: accepted in an earlier turn, however recently); False if
+        none. (This turn has already read what each of them sent.)"""
         aged = time.monotonic() - GRACE
         waiting = [c for c in self.conns.values()
-                   if c.listener is lst and c.state in ("head", "body") and c.opened <= aged]
+                   if c.listener is lst and c.state in ("head", "body")
+                   and (c.turn < self.turn if young else c.opened <= aged)]
         if not waiting:
             return False
         self._close(min(waiting, key=lambda c: c.opened))
