@@ -293,7 +293,9 @@ class Restoring:
         # cost a streamed restore 50 ms on average before Litestream started on the mirror).
         while True:
             fetching.news.clear()
-            if self._fetched is not None or fetching.ready.is_set():
+            # (A thread that could not be started has no news to give: direct, as before.)
+            if self._fetched is not None or fetching.ready.is_set() \
+                    or not self._fetching.is_alive():
                 break
             if fetching.committed.is_set() and self._helper is not None:
                 self._give_way()  # once: the direct Litestream is gone after it
