@@ -10,12 +10,13 @@ Bounded by construction, so slow or hostile clients cannot grow memory or thread
   one that has had GRACE seconds to send it, and only after the turn has read what every
   connection sent. While every connection held is that young, newcomers are held over the
   cap, by at most OVERFLOW, and the cap is restored as they age. Past the overflow (a flood of
-  over OVERFLOW / GRACE connections a second) the oldest is dropped however young, as long as
-  it was accepted in an earlier turn; only when every one was accepted in this turn is a
-  newcomer answered 503 at once. (Protecting only the connections of the current turn let a
-  flood of ~600 connections a second drop a /healthz whose client took ~20 ms to send its
-  request after connecting: a probe sharing a busy process, or a descheduled one. The grace
-  alone would have answered 503 to everything past ~1,150 connections a second.);
+  over OVERFLOW / GRACE connections a second) the oldest still sending is dropped however
+  young, as long as it was accepted in an earlier turn; only when none can be (every one is
+  being answered, or arrived in this turn) is a newcomer answered 503 at once. (Protecting
+  only the connections of the current turn let a flood of ~600 connections a second drop a
+  /healthz whose client took ~20 ms to send its request after connecting: a probe sharing a
+  busy process, or a descheduled one. The grace alone would have answered 503 to everything
+  past ~1,150 connections a second.)
 - a request must arrive whole (headers and body) within REQUEST_DEADLINE seconds;
 - headers are limited to MAX_HEAD bytes; the route, its bearer token and its body limit are
   decided from them before one byte of body is read (so a 1 MiB declared body without a token
@@ -59,7 +60,8 @@ MAX_HEAD = 16 * 1024  # request line and headers
 REQUEST_DEADLINE = 10.0  # seconds for a whole request, headers and body
 ACCEPT_SLICE = 64  # connections accepted per turn of the loop: a burst cannot stall it
 # A connection is not dropped to make room before it has had GRACE seconds to send its request;
-# meanwhile at most OVERFLOW are held over the cap (a socket and a few hundred bytes each).
+# meanwhile at most OVERFLOW are held over the cap (a socket and at most MAX_HEAD of headers
+# each: 4 MiB for the whole overflow).
 GRACE = 0.25
 OVERFLOW = 256
 WRITE_DEADLINE = 30.0  # seconds for a client to take its answer
@@ -253,8 +255,8 @@ class Server:
             if (lst.open >= lst.max_connections and not self._evict(lst)
                     and lst.open >= lst.max_connections + OVERFLOW
                     and not self._evict(lst, young=True)):
-                # Every slot and the overflow are taken, all by this turn's newcomers: say so
-                # at once rather than queue.
+                # Every slot and the overflow are taken, and nothing held can be dropped (each
+                # is being answered, or arrived in this turn): say so at once, not queue.
                 with contextlib.suppress(OSError):
                     sock.send(_render(_plain_error(503, "too many connections"), False))
                 sock.close()
@@ -280,12 +282,15 @@ class Server:
         seconds at least (`young`: accepted in an earlier turn, however recently); False if
         none. (This turn has already read what each of them sent.)"""
         aged = time.monotonic() - GRACE
-        waiting = [c for c in self.conns.values()
-                   if c.listener is lst and c.state in ("head", "body")
-                   and (c.turn < self.turn if young else c.opened <= aged)]
-        if not waiting:
+        # `conns` is in the order of acceptance: the first that qualifies is the oldest (one
+        # pass that stops there; a list and its min on every accept over the cap was
+        # quadratic under a flood).
+        victim = next((c for c in self.conns.values()
+                       if c.listener is lst and c.state in ("head", "body")
+                       and (c.turn < self.turn if young else c.opened <= aged)), None)
+        if victim is None:
             return False
-        self._close(min(waiting, key=lambda c: c.opened))
+        self._close(victim)
         self.dropped += 1
         return True
 
