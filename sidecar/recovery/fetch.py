@@ -572,8 +572,7 @@ class Fetch:
                     try:
                         view = view[os.write(out, view):]
                     except BlockingIOError:  # full: Litestream has not read it yet
-                        if self.stop.is_set() or self._abort.is_set() or \
-                                self.reader_done.is_set():
+                        if self._feed_over():
                             raise Stopped() from None
                         time.sleep(FILL_WAIT)
             with self._cond:
@@ -605,13 +604,18 @@ class Fetch:
         os.utime(link, ns=(ns, ns), follow_symlinks=False)
         return pipe
 
+    def _feed_over(self) -> bool:
+        """A feeder waiting on its pipe stops: the fetch is stopped or failed, or Litestream
+        is gone."""
+        return self.stop.is_set() or self._abort.is_set() or self.reader_done.is_set()
+
     def _open_pipe(self, pipe: Path) -> int:
         """The pipe opened for writing once Litestream has opened it for reading (an open
         that would wait for a reader is retried, so a Litestream that never opens it does
         not hold the fetch)."""
         end = time.monotonic() + OPEN_WAIT
         while True:
-            if self.stop.is_set() or self._abort.is_set() or self.reader_done.is_set():
+            if self._feed_over():
                 raise Stopped()
             try:
                 fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
