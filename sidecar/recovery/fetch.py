@@ -19,14 +19,15 @@ place, so Litestream decodes while the rest is still on its way. Litestream open
 file at once and merges them page by page (`ltx.Compactor`), so it reads the streamed files
 side by side: their ranges are fetched interleaved, each at about the same fraction of its file,
 and each has a feeder of its own. `ready` is set once the other files are whole and the pipes
-are in place: the caller then starts Litestream. The file replica lists a level with lstat and
-opens the file (following a link), and it refuses a file listed smaller than an LTX header, so the pipe is
-reached through a link whose own size (the length of its target) is over 100 bytes; its time
-is set to the header's, as any other file's. A pipe cannot be read twice or from an offset:
-Litestream reads each planned file once, from the start; a reopen at an offset fails. When
-the fetch fails after Litestream started, `failed` is set and the pipe is held open until the
-caller says Litestream is gone (`reader_done`): Litestream is killed, never shown an early end
-(which it would also refuse: an LTX file ends with its trailer and checksum).
+are in place: the caller then starts Litestream. The file replica lists a level with lstat
+and opens the file (following a link), and it refuses a file listed smaller than an LTX
+header, so the pipe is reached through a link whose own size (the length of its target) is
+over 100 bytes; its time is set to the header's, as any other file's. A pipe cannot be read
+twice or from an offset: Litestream reads each planned file once, from the start; a reopen at
+an offset fails. When the fetch fails after Litestream started, `failed` is set and the pipe
+is held open until the caller says Litestream is gone (`reader_done`): Litestream is killed,
+never shown an early end (which it would also refuse: an LTX file ends with its trailer and
+checksum).
 
 A file gone between the plan and its GET (retention) means a new plan; 408, 429 and 5xx
 answers and dropped connections are retried with backoff. Where the mirror and the database
