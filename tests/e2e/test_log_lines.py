@@ -23,12 +23,14 @@ pytestmark = pytest.mark.slow
 RAILWAY_LEVELS = {"debug", "info", "warn", "error"}
 
 # The app speaks on both streams, in lines that are not JSON: they must come out as written.
+# Each line is one write(2). The app shares sidecar's stderr, so a line written in two (Python's
+# `print` under PYTHONUNBUFFERED=1 writes the text, then "\n") can take one of sidecar's lines
+# between its halves; that tear is the app's, and the README says so.
 APP = textwrap.dedent("""
     import os, signal, sys, time
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-    print(f"app up {os.getpid()}", flush=True)
-    print(f"app stderr: plain text {os.getpid()} [warning] not json", file=sys.stderr,
-          flush=True)
+    os.write(1, f"app up {os.getpid()}\\n".encode())
+    os.write(2, f"app stderr: plain text {os.getpid()} [warning] not json\\n".encode())
     while True:
         time.sleep(0.2)
 """)
