@@ -17,6 +17,9 @@ Bounded by construction, so slow or hostile clients cannot grow memory or thread
   /healthz whose client took ~20 ms to send its request after connecting: a probe sharing a
   busy process, or a descheduled one. The grace alone would have answered 503 to everything
   past ~1,150 connections a second.)
+- the overflow is bounded by the descriptor limit too (a quarter of it for a listener), and a
+  failing accept (EMFILE) rests the listener, 5 ms doubling to 1 s, instead of spinning on a
+  socket that stays readable; it is logged once every SAY_EVERY seconds at most;
 - a request must arrive whole (headers and body) within REQUEST_DEADLINE seconds;
 - headers are limited to MAX_HEAD bytes; the route, its bearer token and its body limit are
   decided from them before one byte of body is read (so a 1 MiB declared body without a token
@@ -44,6 +47,7 @@ import errno
 import ipaddress
 import os
 import queue
+import resource
 import selectors
 import socket
 import threading
@@ -64,6 +68,11 @@ ACCEPT_SLICE = 64  # connections accepted per turn of the loop: a burst cannot s
 # each: 4 MiB for the whole overflow).
 GRACE = 0.25
 OVERFLOW = 256
+# Accept failing (EMFILE: the process is out of file descriptors): the listener rests instead
+# of spinning on a socket that stays readable, from 5 ms doubling to 1 s, and the failure is
+# logged at most once every SAY_EVERY seconds (with how many there were).
+ACCEPT_REST = (0.005, 1.0)
+SAY_EVERY = 10.0
 WRITE_DEADLINE = 30.0  # seconds for a client to take its answer
 QUICK_WORKERS = 4  # /metrics, /healthz, /readyz, /status
 SLOW_WORKERS = 2  # restore, verify, snapshot: minutes at most, one at a time anyway
@@ -91,6 +100,11 @@ class _Listener:
     max_connections: int
     name: str
     open: int = 0
+    overflow: int = OVERFLOW  # at most this many held over the cap (bounded by the fd limit)
+    rest: float = 0.0  # the current rest after a failed accept (0: accepting)
+    resume_at: float = 0.0  # when a resting listener accepts again (0: not resting)
+    failed: int = 0  # failed accepts not yet logged
+    said_at: float = float("-inf")  # when a failed accept was last logged
 
 
 @dataclass(eq=False)
@@ -183,6 +197,12 @@ class Server:
     def add(self, sock: socket.socket, face: str, max_connections: int, name: str) -> None:
         sock.setblocking(False)
         lst = _Listener(sock, face, max_connections, name)
+        # The overflow holds a descriptor each: a listener never holds more than a quarter of
+        # the process's soft limit with it, so a flood cannot starve the files, sockets and
+        # databases sidecar itself must open (a cap set past that is the operator's choice).
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY:
+            lst.overflow = max(0, min(OVERFLOW, soft // 4 - max_connections))
         self.listeners.append(lst)
         self.sel.register(sock, selectors.EVENT_READ, lst)
 
@@ -210,7 +230,7 @@ class Server:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                ready = self.sel.select(timeout=0.25)
+                ready = self.sel.select(timeout=self._resume())
             except OSError:  # a socket closed under us; the next round is clean
                 continue
             self.turn += 1
@@ -248,12 +268,15 @@ class Server:
                 sock, addr = lst.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: drop the burst, keep serving
-                self.log.warning("cannot accept", listener=lst.name, error=str(exc))
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # that client gave up before it was accepted
+                self._rest(lst, exc)  # EMFILE and friends: keep serving the others
                 return
+            lst.rest = 0.0
             sock.setblocking(False)
             if (lst.open >= lst.max_connections and not self._evict(lst)
-                    and lst.open >= lst.max_connections + OVERFLOW
+                    and lst.open >= lst.max_connections + min(OVERFLOW, lst.overflow)
                     and not self._evict(lst, young=True)):
                 # Every slot and the overflow are taken, and nothing held can be dropped (each
                 # is being answered, or arrived in this turn): say so at once, not queue.
@@ -268,6 +291,36 @@ class Server:
             lst.open += 1
             self.conns[sock] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _rest(self, lst: _Listener, exc: OSError) -> None:
+        """Accept failed: the listener is left out of the selector for a rest that doubles
+        with each failure in a row; it is logged once per SAY_EVERY seconds."""
+        now = time.monotonic()
+        lst.rest = min(max(lst.rest * 2, ACCEPT_REST[0]), ACCEPT_REST[1])
+        lst.resume_at = now + lst.rest
+        lst.failed += 1
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(lst.sock)
+        if now - lst.said_at >= SAY_EVERY:
+            self.log.warning("cannot accept", listener=lst.name, error=str(exc),
+                             failures=lst.failed, retry_in_seconds=round(lst.rest, 3),
+                             open_connections=len(self.conns))
+            lst.said_at, lst.failed = now, 0
+
+    def _resume(self) -> float:
+        """Put back the listeners whose rest is over; the select's timeout: until the next
+        one is, at most 0.25 s."""
+        now, wait = time.monotonic(), 0.25
+        for lst in self.listeners:
+            if not lst.resume_at:
+                continue
+            if now >= lst.resume_at:
+                lst.resume_at = 0.0
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self.sel.register(lst.sock, selectors.EVENT_READ, lst)
+            else:
+                wait = min(wait, lst.resume_at - now)
+        return wait
 
     def _trim(self) -> None:
         """Back under the cap after a turn, as far as connections past their GRACE allow:
