@@ -25,7 +25,7 @@ from sidecar.lag import monitor as lag_monitor
 from sidecar.litestream.control import Control, short_socket_path
 from sidecar.litestream.process import free_loopback_port
 from sidecar.litestream.yaml_file import write_config
-from sidecar.recovery import directory_restore, restore, scratch
+from sidecar.recovery import directory_restore, fetch, restore, scratch
 from sidecar.startup import migrate, preflight
 from sidecar.supervise import procs
 from sidecar.supervise.supervisor import Supervisor
@@ -235,6 +235,7 @@ def run(cfg: Config, env: dict[str, str], version: preflight.VersionQuery | None
     finally:
         for stop in services:
             stop()
+        fetch.wait_removals()  # a restore's mirror, removed off the path to the app's start
 
 
 def _tenants_on_volume(entry: DbDir) -> list[Database]:

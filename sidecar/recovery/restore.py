@@ -172,8 +172,11 @@ class Restoring:
 
     def __init__(self, binary: str, config_path: Path, db: Database, output: Path, *,
                  txid: str | None = None, timestamp: str | None = None,
-                 concurrency: int = 1, timeout: float = 30.0):
+                 concurrency: int = 1, timeout: float = 30.0, remove_later: bool = False):
         self.db, self.output = db, output
+        # `remove_later`: the mirror is removed off the path once the restore is done (a
+        # process that lives on: `sidecar run`, which waits for it before it exits).
+        self._remove_later = remove_later
         self.binary = binary
         self.started = time.monotonic()
         # Litestream opens its output through a SQLite URI it builds without escaping, so a
@@ -399,7 +402,7 @@ class Restoring:
             if self._fetch is not None:  # nothing of the fetch outlives the restore
                 self._fetch.stop.set()
                 self._fetch.reader_done.set()
-            fetch.remove_mirror(self.output)
+            fetch.remove_mirror(self.output, later=self._remove_later)
 
     def _wait(self, should_stop: Callable[[], bool] | None) -> tuple[int, str]:
         """Litestream's exit code and output. A streamed restore (Litestream reading the mirror
@@ -624,7 +627,8 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
         # a backup, the restore is killed and its files are removed before anything else
         # happens, so every other outcome is the one the probe alone gives.
         with contextlib.suppress(ExecError):  # raised again below if a restore is needed
-            running = Restoring(binary, config_path, db, tmp, **_fetching(cfg))
+            running = Restoring(binary, config_path, db, tmp, remove_later=True,
+                                **_fetching(cfg))
     try:
         if contents is None:
             contents = replica.probe(db.replica, cfg.replica_timeout)
@@ -654,7 +658,8 @@ def on_start(cfg: Config, db: Database, binary: str, config_path: Path,
                  "database over data it does not understand")
     overlapped = running is not None
     if running is None:
-        running = Restoring(binary, config_path, db, tmp, **_fetching(cfg))
+        running = Restoring(binary, config_path, db, tmp, remove_later=True,
+                            **_fetching(cfg))
     # With the overlap, Litestream has been restoring for `running_seconds` already (the
     # time the probe took).
     logger.info("restore started", db=db.name, replica=db.replica.url, reason=state.detail,

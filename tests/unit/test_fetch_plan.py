@@ -4,6 +4,7 @@ CalcRestorePlan), and the LTX header and dry-run answers fetch.py reads."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sidecar.recovery.fetch import PlanFile, calc_plan, dry_run_plan, header_info
 
@@ -138,6 +139,53 @@ def test_a_mirror_is_made_new_and_private_whatever_was_planted_at_its_path(tmp_p
     os.symlink(victim, fetch.mirror_path(out))
     fetch.remove_mirror(out)  # a link alone: unlinked, its target kept
     assert not os.path.lexists(fetch.mirror_path(out)) and victim.is_dir()
+
+
+def test_a_mirror_removed_later_is_out_of_the_way_at_once_and_gone_after_the_wait(
+        tmp_path) -> None:
+    """`remove_mirror(later=True)`: the mirror's path is free when it returns (its files are
+    removed by a thread), and nothing is left after `wait_removals()`. A `.gone` that is
+    still there (an earlier removal) or a link planted at that name makes it remove the
+    mirror there and then, the link's target untouched. A leftover `.gone` (a run killed
+    while removing it) is one of the next start's leftovers."""
+    import os
+
+    from sidecar.recovery import fetch, restore
+
+    db = tmp_path / "app.db"
+    out = restore.temp_path(db)
+
+    def mirror() -> Path:
+        root = fetch.make_mirror(out)
+        (root / "ltx" / "0").mkdir(parents=True)
+        for i in range(50):
+            (root / "ltx" / "0" / f"{i:04}.ltx").write_bytes(os.urandom(64 * 1024))
+        return root
+
+    gone = fetch.mirror_path(out).with_name(fetch.mirror_path(out).name + fetch.GONE_SUFFIX)
+    mirror()
+    fetch.remove_mirror(out, later=True)
+    assert not os.path.lexists(fetch.mirror_path(out))
+    fetch.wait_removals()
+    assert list(tmp_path.iterdir()) == []
+
+    gone.mkdir()
+    (gone / "still.ltx").write_bytes(b"x")  # an earlier removal, not over
+    mirror()
+    fetch.remove_mirror(out, later=True)
+    assert not os.path.lexists(fetch.mirror_path(out)) and (gone / "still.ltx").exists()
+    assert restore.clean_leftovers(db) == [gone]
+    assert list(tmp_path.iterdir()) == []
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_bytes(b"theirs")
+    os.symlink(victim, gone)
+    mirror()
+    fetch.remove_mirror(out, later=True)
+    fetch.wait_removals()
+    assert not os.path.lexists(fetch.mirror_path(out))
+    assert (victim / "keep").read_bytes() == b"theirs" and os.path.islink(gone)
 
 
 def test_a_certificate_failure_is_never_retried_by_the_fetch() -> None:
