@@ -318,6 +318,7 @@ class Fetch:
         self._cond = threading.Condition(self._lock)
         self._ranges_done: set[tuple[PlanFile, int]] = set()
         self._pending_whole = 0  # files of the plan not streamed and not yet whole
+        self._splice = hasattr(os, "splice")  # the streams are spliced (_pour_range)
         self._range_error: BaseException | None = None
 
     # ---------------------------------------------------------------- planning
@@ -599,14 +600,7 @@ class Fetch:
             os.set_blocking(out, fcntl.fcntl(out, fcntl.F_GETPIPE_SZ) < PIPE_BYTES)
             for a in range(0, f.size, CHUNK):
                 self._wait_for(lambda a=a: (f, a) in self._ranges_done)  # type: ignore[misc]
-                view = memoryview(os.pread(fd, min(CHUNK, f.size - a), a))
-                while view:
-                    try:
-                        view = view[os.write(out, view):]
-                    except BlockingIOError:  # full: Litestream has not read it yet
-                        if self._feed_over():
-                            raise Stopped() from None
-                        time.sleep(FILL_WAIT)
+                self._pour_range(fd, out, a, min(CHUNK, f.size - a))
             with self._cond:
                 self.fetched_files += 1
         except BaseException:
@@ -618,6 +612,35 @@ class Fetch:
         finally:
             if out is not None:
                 os.close(out)
+
+    def _pour_range(self, fd: int, out: int, at: int, n: int) -> None:
+        """Bytes at..at+n of a mirror's file (a whole range, never written again) into its
+        pipe. Spliced: the kernel hands the file's cached pages to the pipe (0.15-0.24 CPU-s a
+        GB here, against 0.69-0.94 for a read and a write through Python); read and written
+        where the volume's filesystem cannot splice."""
+        view: memoryview | None = None
+        while n:
+            try:
+                if not view and self._splice:
+                    try:
+                        k = os.splice(fd, out, n, offset_src=at)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                            raise
+                        self._splice = False
+                        continue
+                else:
+                    if not view:
+                        view = memoryview(os.pread(fd, n, at))
+                    k = os.write(out, view) if view else 0
+                    view = view[k:]
+                if k == 0:
+                    raise OSError(f"the mirror's file ends before byte {at}")
+                at, n = at + k, n - k
+            except BlockingIOError:  # full: Litestream has not read it yet
+                if self._feed_over():
+                    raise Stopped() from None
+                time.sleep(FILL_WAIT)
 
     def _make_pipe(self, f: PlanFile, fd: int) -> Path:
         """The named pipe, and the link to it at `f`'s place in the mirror, stamped with the

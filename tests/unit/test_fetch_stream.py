@@ -106,8 +106,23 @@ def _fetching(f: Fetch, plan: list[PlanFile]) -> tuple[threading.Thread, list[Ba
 
 
 
-def test_the_stream_comes_whole_and_in_order_once_the_rest_is_there(tmp_path: Path) -> None:
+@pytest.mark.parametrize("splice", ["spliced", "unsupported", "gone-midway"])
+def test_the_stream_comes_whole_and_in_order_once_the_rest_is_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, splice: str) -> None:
+    """The streamed file's bytes through its pipe are the object's, whether the mirror's
+    file is spliced into the pipe, or read and written where the filesystem cannot splice
+    (from the start, or from the second call on)."""
     assert BIG.size >= STREAM_MIN
+    calls: list[int] = []
+    real = os.splice
+
+    def splicing(*args: Any, **kwargs: Any) -> int:
+        calls.append(1)
+        if splice == "unsupported" or (splice == "gone-midway" and len(calls) > 1):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fetch.os, "splice", splicing)
     objs = objects()
     bucket = Bucket(objs)
     f = make(tmp_path, bucket)
@@ -127,6 +142,11 @@ def test_the_stream_comes_whole_and_in_order_once_the_rest_is_there(tmp_path: Pa
     assert not errors and not t.is_alive()
     assert got == objs["p/" + BIG.s3_key]
     assert f.streamed == (BIG,) and f.fetched_files == 2 and not f.failed.is_set()
+    assert f._splice is (splice == "spliced")
+    if splice == "spliced":
+        assert len(calls) > 1  # a call per range at least
+    else:
+        assert len(calls) == {"unsupported": 1, "gone-midway": 2}[splice]  # then no more
 
 
 def test_a_range_refused_after_ready_holds_the_pipe_open_until_the_reader_is_gone(
