@@ -73,6 +73,11 @@ OVERFLOW = 256
 # logged at most once every SAY_EVERY seconds (with how many there were).
 ACCEPT_REST = (0.005, 1.0)
 SAY_EVERY = 10.0
+# accept(2) errors that are the waiting client's, not the listener's (Linux's man page says to
+# treat the network ones as EAGAIN): the next connection is taken at once.
+CLIENT_GONE = {getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
+    "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name)}
 WRITE_DEADLINE = 30.0  # seconds for a client to take its answer
 QUICK_WORKERS = 4  # /metrics, /healthz, /readyz, /status
 SLOW_WORKERS = 2  # restore, verify, snapshot: minutes at most, one at a time anyway
@@ -103,7 +108,8 @@ class _Listener:
     overflow: int = OVERFLOW  # at most this many held over the cap (bounded by the fd limit)
     rest: float = 0.0  # the current rest after a failed accept (0: accepting)
     resume_at: float = 0.0  # when a resting listener accepts again (0: not resting)
-    failed: int = 0  # failed accepts not yet logged
+    failed: int = 0  # failed accepts not yet logged (of the last SAY_EVERY seconds)
+    failed_at: float = float("-inf")  # the last failed accept
     said_at: float = float("-inf")  # when a failed accept was last logged
 
 
@@ -269,8 +275,8 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue  # that client gave up before it was accepted
+                if exc.errno in CLIENT_GONE:
+                    continue  # that client gave up (or its network did) before the accept
                 self._rest(lst, exc)  # EMFILE and friends: keep serving the others
                 return
             lst.rest = 0.0
@@ -298,7 +304,10 @@ class Server:
         now = time.monotonic()
         lst.rest = min(max(lst.rest * 2, ACCEPT_REST[0]), ACCEPT_REST[1])
         lst.resume_at = now + lst.rest
+        if now - lst.failed_at >= SAY_EVERY:
+            lst.failed = 0  # an earlier episode's, long over: not this one's
         lst.failed += 1
+        lst.failed_at = now
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(lst.sock)
         if now - lst.said_at >= SAY_EVERY:
@@ -315,9 +324,19 @@ class Server:
             if not lst.resume_at:
                 continue
             if now >= lst.resume_at:
-                lst.resume_at = 0.0
-                with contextlib.suppress(KeyError, ValueError, OSError):
+                try:
                     self.sel.register(lst.sock, selectors.EVENT_READ, lst)
+                except KeyError:  # registered already
+                    lst.resume_at = 0.0
+                except (ValueError, OSError) as exc:
+                    if self._stop.is_set():  # closed by stop(): nothing to put back
+                        lst.resume_at = 0.0
+                        continue
+                    # (epoll out of memory, say): tried again after another rest, not dropped
+                    self._rest(lst, exc if isinstance(exc, OSError) else OSError(str(exc)))
+                    wait = min(wait, lst.rest)
+                else:
+                    lst.resume_at = 0.0
             else:
                 wait = min(wait, lst.resume_at - now)
         return wait
