@@ -28,7 +28,7 @@ from testkit.sidecar import side_restore, tool
 
 pytestmark = pytest.mark.slow
 
-MIRRORS = ".app.db.sidecar-restore-*.mirror"
+MIRRORS = ".app.db.sidecar-restore-*.mirror*"  # and a .gone being removed
 # The app prints the values of table rows, as JSON, and exits.
 APP = ("import json, os, sqlite3\n"
        "c = sqlite3.connect(os.environ['SIDECAR_DB_PATH'])\n"
@@ -366,7 +366,7 @@ def test_each_database_of_a_directory_restores_through_the_mirror(
     assert sorted(e["db"] for e in fetched) == ["t1.db", "t2.db"], sc.output()
     for name, values in want.items():
         assert _values(tmp_path / "data" / "tenants" / name) == values
-    assert not list((tmp_path / "data" / "tenants").glob(".*.mirror"))
+    assert not list((tmp_path / "data" / "tenants").glob(".*.mirror*"))
 
 
 def test_a_stream_cut_after_litestream_started_restores_directly(

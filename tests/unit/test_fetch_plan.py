@@ -142,13 +142,14 @@ def test_a_mirror_is_made_new_and_private_whatever_was_planted_at_its_path(tmp_p
 
 
 def test_a_mirror_removed_later_is_out_of_the_way_at_once_and_gone_after_the_wait(
-        tmp_path) -> None:
+        tmp_path, monkeypatch) -> None:
     """`remove_mirror(later=True)`: the mirror's path is free when it returns (its files are
     removed by a thread), and nothing is left after `wait_removals()`. A `.gone` that is
     still there (an earlier removal) or a link planted at that name makes it remove the
     mirror there and then, the link's target untouched. A leftover `.gone` (a run killed
     while removing it) is one of the next start's leftovers."""
     import os
+    import threading
 
     from sidecar.recovery import fetch, restore
 
@@ -164,9 +165,20 @@ def test_a_mirror_removed_later_is_out_of_the_way_at_once_and_gone_after_the_wai
 
     gone = fetch.mirror_path(out).with_name(fetch.mirror_path(out).name + fetch.GONE_SUFFIX)
     mirror()
-    fetch.remove_mirror(out, later=True)
+    gate = threading.Event()
+    real = fetch.shutil.rmtree
+
+    def held(*args, **kwargs):  # the removal waits until the test lets it go
+        gate.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fetch.shutil, "rmtree", held)
+    fetch.remove_mirror(out, later=True)  # returns while the removal is held
     assert not os.path.lexists(fetch.mirror_path(out))
+    assert len(list((gone / "ltx" / "0").iterdir())) == 50  # renamed aside, not yet removed
+    gate.set()
     fetch.wait_removals()
+    monkeypatch.setattr(fetch.shutil, "rmtree", real)
     assert list(tmp_path.iterdir()) == []
 
     gone.mkdir()
