@@ -282,7 +282,7 @@ class Server:
             lst.rest = 0.0
             sock.setblocking(False)
             if (lst.open >= lst.max_connections and not self._evict(lst)
-                    and lst.open >= lst.max_connections + min(OVERFLOW, lst.overflow)
+                    and lst.open >= lst.max_connections + lst.overflow
                     and not self._evict(lst, young=True)):
                 # Every slot and the overflow are taken, and nothing held can be dropped (each
                 # is being answered, or arrived in this turn): say so at once, not queue.
@@ -298,7 +298,7 @@ class Server:
             self.conns[sock] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _rest(self, lst: _Listener, exc: OSError) -> None:
+    def _rest(self, lst: _Listener, exc: Exception) -> None:
         """Accept failed: the listener is left out of the selector for a rest that doubles
         with each failure in a row; it is logged once per SAY_EVERY seconds."""
         now = time.monotonic()
@@ -333,7 +333,7 @@ class Server:
                         lst.resume_at = 0.0
                         continue
                     # (epoll out of memory, say): tried again after another rest, not dropped
-                    self._rest(lst, exc if isinstance(exc, OSError) else OSError(str(exc)))
+                    self._rest(lst, exc)
                     wait = min(wait, lst.rest)
                 else:
                     lst.resume_at = 0.0

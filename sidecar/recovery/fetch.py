@@ -635,7 +635,7 @@ class Fetch:
                 else:
                     if not view:
                         view = memoryview(os.pread(fd, n, at))
-                    k = os.write(out, view) if view else 0
+                    k = os.write(out, view)  # 0 when the read came back empty
                     view = view[k:]
                 if k == 0:
                     raise OSError(f"the mirror's file ends before byte {at}")

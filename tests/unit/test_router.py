@@ -149,7 +149,7 @@ def test_a_client_slow_to_send_survives_a_flood_of_newer_connections(
             time.sleep(0.05)
         assert lst.open == 4  # the oldest half-sent ones dropped once past their grace
 
-        monkeypatch.setattr(http, "OVERFLOW", 8)
+        lst.overflow = 8
         young = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(12)]
         crowd += young
         time.sleep(0.05)  # accepted, in turns before the next one's: 4 + 8 over the cap
