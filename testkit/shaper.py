@@ -103,55 +103,31 @@ class Shaper:
             await self._relay(reader, writer)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            up_r, up_w = await asyncio.open_connection(*self.upstream, limit=READ)
+            _, answers = await loop.create_connection(
+                lambda: _Answers(self, writer.transport), *self.upstream)
         except OSError:
             writer.close()
             return
         if self.delay:
             await asyncio.sleep(self.delay)  # the connection's handshake
-        lock = asyncio.Lock()  # one writer to the client at a time (answers vs. forwarded)
-        down = asyncio.ensure_future(self._down(up_r, writer, lock))
         try:
-            await self._up(reader, up_w, writer, lock)
+            await self._up(reader, answers, writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
-            with contextlib.suppress(OSError):
-                up_w.write_eof()
+            answers.write_eof()
             try:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(down, 60)
+                    await asyncio.wait_for(asyncio.shield(answers.done), 60)
             finally:  # closed when the shaper closes (cancelled) too
-                for w in (up_w, writer):
-                    with contextlib.suppress(Exception):
-                        w.close()
+                answers.close()
+                with contextlib.suppress(Exception):
+                    writer.close()
 
-    async def _down(self, up_r: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    lock: asyncio.Lock) -> None:
-        """Server to client, paced to `rate` bytes/s for this connection."""
-        free_at = time.monotonic()
-        try:
-            while True:
-                rate = self.rate
-                data = await up_r.read(min(READ, int(rate / SLICES)) if rate else READ)
-                if not data:
-                    break
-                if rate:
-                    free_at = max(free_at, time.monotonic()) + len(data) / rate
-                    wait = free_at - time.monotonic()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                async with lock:
-                    writer.write(data)
-                    await writer.drain()
-        except (OSError, ConnectionError):
-            pass
-        with contextlib.suppress(Exception):
-            writer.close()
-
-    async def _up(self, reader: asyncio.StreamReader, up_w: asyncio.StreamWriter,
-                  writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+    async def _up(self, reader: asyncio.StreamReader, up_w: _Answers,
+                  writer: asyncio.StreamWriter) -> None:
         """Client to server: each request head waits `delay`, may be answered here instead."""
         buf, body, raw, dropping = b"", 0, False, False
         loop = asyncio.get_running_loop()
@@ -186,9 +162,8 @@ class Shaper:
                 if status:
                     dropping = True
                     self.answered.append((status, target))
-                    async with lock:
-                        writer.write(error_response(status))
-                        await writer.drain()
+                    writer.write(error_response(status))
+                    await writer.drain()
                     continue
                 dropping = False
                 if self.on_request is not None:
@@ -199,6 +174,92 @@ class Shaper:
                     up_w.write(data)
                     data = b""
             await up_w.drain()
+
+
+class _Answers(asyncio.Protocol):
+    """The connection to the server: its answers go straight to the client's transport as
+    they arrive (no stream buffer between), paced to the shaper's `rate` for this connection
+    by pausing the reading; requests are written to it by `_up`."""
+
+    def __init__(self, shaper: Shaper, client: asyncio.BaseTransport):
+        self.shaper, self.client = shaper, client
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._free_at = time.monotonic()
+        self._resume: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=READ)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client.is_closing():
+            return
+        client.write(data)  # type: ignore[attr-defined]
+        rate = self.shaper.rate
+        now = time.monotonic()
+        wait = 0.0
+        if rate:
+            self._free_at = max(self._free_at, now) + len(data) / rate
+            wait = self._free_at - now
+        # The client reads slower than the server sends: wait for its buffer to drain.
+        if client.get_write_buffer_size() > READ:  # type: ignore[attr-defined]
+            wait = max(wait, 0.005)
+        if wait > 0 and self.transport is not None and self._resume is None:
+            self.transport.pause_reading()
+            self._resume = asyncio.get_running_loop().call_later(wait, self._go_on)
+
+    def _go_on(self) -> None:
+        self._resume = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.client.get_write_buffer_size() > READ:  # type: ignore[attr-defined]
+            self._resume = asyncio.get_running_loop().call_later(0.005, self._go_on)
+            return
+        self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the server's connection is closed")
+        await self._writable.wait()
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write_eof()
+
+    def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 def _parse(head: bytes) -> tuple[str, str, dict[str, str]]:

@@ -1,0 +1,115 @@
+"""The lab's network (testkit/shaper.py) does what the restore tests and the bench rely on: each
+request waits the round trip, each connection is held to its bandwidth while parallel
+connections add up, answers arrive byte for byte, and a slow client gets every byte.
+
+Real rclone S3 server behind the shaper, boto3 and raw sockets as clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from testkit import S3Server
+from testkit.shaper import Shaper
+
+pytestmark = pytest.mark.slow
+
+MB = 1_000_000
+
+
+@pytest.fixture
+def obj(s3: S3Server) -> tuple[str, bytes]:
+    bucket = s3.make_bucket()
+    data = os.urandom(8 * 1024 * 1024)
+    s3.client().put_object(Bucket=bucket, Key="obj", Body=data)
+    return bucket, data
+
+
+def _get(endpoint: str, s3: S3Server, bucket: str, rng: str | None = None) -> tuple[bytes, float]:
+    import boto3
+    from botocore.config import Config
+
+    # The bytes are compared with what was put by the test itself; rclone's answer carries a
+    # checksum header that does not match a put made with boto3's default trailing checksum.
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=s3.key,
+                          aws_secret_access_key=s3.secret, region_name="us-east-1",
+                          config=Config(s3={"addressing_style": "path"},
+                                        response_checksum_validation="when_required"))
+    kw = {"Range": rng} if rng else {}
+    t0 = time.monotonic()
+    body = client.get_object(Bucket=bucket, Key="obj", **kw)["Body"].read()
+    return body, time.monotonic() - t0
+
+
+def test_a_connection_is_held_to_its_rate_and_parallel_ones_add_up(
+        s3: S3Server, obj: tuple[str, bytes]) -> None:
+    bucket, data = obj
+    sh = Shaper(s3.port, rate=4 * MB)
+    try:
+        got, took = _get(sh.endpoint, s3, bucket)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        assert took >= len(data) / (4 * MB) * 0.9, took  # 8.4 MB at 4 MB/s: ~2.1 s
+        half = len(data) // 2
+        with ThreadPoolExecutor(2) as pool:
+            t0 = time.monotonic()
+            parts = list(pool.map(lambda r: _get(sh.endpoint, s3, bucket, r)[0],
+                                  [f"bytes=0-{half - 1}", f"bytes={half}-{len(data) - 1}"]))
+            both = time.monotonic() - t0
+        assert b"".join(parts) == data
+        # Two connections at 4 MB/s each: about half the time of one, well under all of it.
+        assert both < took * 0.8, (both, took)
+        assert both >= half / (4 * MB) * 0.9, both
+    finally:
+        sh.close()
+
+
+def test_every_request_waits_the_round_trip(s3: S3Server, obj: tuple[str, bytes]) -> None:
+    bucket, data = obj
+    sh = Shaper(s3.port, delay=0.15)
+    try:
+        got, took = _get(sh.endpoint, s3, bucket, "bytes=0-99")
+        assert got == data[:100]
+        # A new connection's handshake and the request: two round trips at least.
+        assert took >= 0.3, took
+        assert sh.requests and sh.requests[-1][0] == "GET"
+    finally:
+        sh.close()
+
+
+def test_a_client_that_reads_slowly_gets_every_byte(s3: S3Server, obj: tuple[str, bytes]) -> None:
+    """A raw socket with a small receive buffer that reads 64 KiB every 10 ms: the shaper
+    holds back (pauses reading the server) and loses nothing."""
+    bucket, data = obj
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.key,
+                          aws_secret_access_key=s3.secret, region_name="us-east-1",
+                          config=Config(signature_version="s3v4",
+                                        s3={"addressing_style": "path"}))
+    url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "obj"})
+    path = url.split(str(s3.port), 1)[1]
+    sh = Shaper(s3.port)
+    try:
+        with socket.create_connection(("127.0.0.1", sh.port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            got = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+                time.sleep(0.01)
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        assert body == data
+    finally:
+        sh.close()
