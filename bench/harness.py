@@ -99,14 +99,24 @@ def tool(name: str) -> str:
         raise SystemExit(str(exc)) from None
 
 
+# How long the bench's S3 server trusts a directory listing: next to nothing, since buckets
+# are copied in behind its back. Not 0: with `--dir-cache-time 0s`, a directory that holds a
+# file written through the server (an upload) makes rclone's VFS re-arm its cache-cleanup
+# timer at 0 forever (vfs/dir.go ForgetAll: Reset(DirCacheTime * 2)), and the server spins at
+# up to 200 % CPU from the first upload on, with no client (scratch check: 198 % after five
+# PUTs with 0s, 0 % with 1ms). That spin ran beside the bench's timed runs, and was the "hang"
+# that slowed seeds to a crawl.
+DIR_CACHE = "1ms"
+
+
 class S3(S3Server):
-    """The tests' rclone S3 server with the bench's credentials; it trusts no directory
-    listing (buckets are copied in behind its back) and its output is discarded. Its
-    restart() is used between rounds: rclone serve s3 was seen spinning at 150% CPU and
-    answering nothing after the 1 GB rounds."""
+    """The tests' rclone S3 server with the bench's credentials; it trusts a directory
+    listing for DIR_CACHE only and its output is discarded. Its restart() is used between
+    rounds (it was seen spinning at 150% CPU and answering nothing after the 1 GB rounds,
+    with a directory cache of 0s: see DIR_CACHE)."""
 
     def __init__(self, root: Path):
-        super().__init__(root, key=KEY, secret=SECRET, dir_cache="0s", log=None)
+        super().__init__(root, key=KEY, secret=SECRET, dir_cache=DIR_CACHE, log=None)
 
     def stop(self, timeout: float = 30) -> None:
         super().stop(timeout)
