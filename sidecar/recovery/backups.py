@@ -27,7 +27,7 @@ from sidecar.config import Config, Database
 from sidecar.errors import ExecError, OperatorError, RestoreError
 from sidecar.litestream.process import child_env, free_loopback_port, restore_argv
 from sidecar.litestream.yaml_file import member_doc, write_config, write_doc
-from sidecar.recovery import directory_restore, reachable, restore
+from sidecar.recovery import directory_restore, fetch, reachable, restore
 from sidecar.startup import preflight
 from sidecar.supervise import procs
 from sidecar.tmpfs import remove_private
@@ -242,20 +242,25 @@ def restore_file(tools: Tools, db: Database, target: Target, output: Path,
     (RestoreError, exit 4: the bucket stopped answering)."""
     watch = reachable.Stall(output, stall, should_stop) if stall is not None else None
     try:
-        with naming(tools, db) as tools:
-            summary = restore.restore_to(tools.binary, tools.config_path, db, output,
-                                         txid=target.txid, timestamp=target.timestamp,
-                                         should_stop=watch or should_stop,
-                                         **_fetching(tools.cfg))
-    except RestoreError as exc:
-        if watch is not None and watch.stalled:
-            raise reachable.unreachable(db, "restore", "litestream restore wrote nothing for "
-                                        f"{stall:g}s", stall or 0.0) from None
-        text = " ".join(exc.problems).lower()
-        if any(s in text for s in _NO_MATCH):
-            raise _unreachable(db, target, " ".join(exc.problems)) from None
-        raise OperatorError(exc.message, problems=exc.problems) from None
-    result = dbfile.quick_check(output, full=True, on_tick=should_stop)
+        try:
+            with naming(tools, db) as tools:
+                # The mirror is removed beside the integrity_check (a live restore's app is
+                # stopped meanwhile), and waited for before this returns.
+                summary = restore.restore_to(tools.binary, tools.config_path, db, output,
+                                             txid=target.txid, timestamp=target.timestamp,
+                                             should_stop=watch or should_stop,
+                                             remove_later=True, **_fetching(tools.cfg))
+        except RestoreError as exc:
+            if watch is not None and watch.stalled:
+                raise reachable.unreachable(db, "restore", "litestream restore wrote nothing "
+                                            f"for {stall:g}s", stall or 0.0) from None
+            text = " ".join(exc.problems).lower()
+            if any(s in text for s in _NO_MATCH):
+                raise _unreachable(db, target, " ".join(exc.problems)) from None
+            raise OperatorError(exc.message, problems=exc.problems) from None
+        result = dbfile.quick_check(output, full=True, on_tick=should_stop)
+    finally:
+        fetch.wait_removals(output)
     if result != "ok":
         output.unlink(missing_ok=True)
         raise OperatorError(f"cannot restore {db.name}: the restored file fails integrity_check "

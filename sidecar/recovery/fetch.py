@@ -186,9 +186,10 @@ def remove_mirror(output: Path, later: bool = False) -> None:
     refuses a link and would leave it).
 
     `later`: the directory is renamed aside (`.gone`) at once and removed by a thread of its
-    own, off the path to the app's start (unlinking a 1 GB file took 0.3-1.0 s here);
-    `wait_removals()` waits for it before the process exits. A run killed meanwhile leaves it
-    to the next start (the name still matches restore.clean_leftovers). If the rename fails
+    own, off the path to what comes next (the app's start, a restored file's integrity_check:
+    unlinking a 1 GB file took 0.3-1.0 s here); `wait_removals(output)` waits for it, and
+    `wait_removals()` for all of them before the process exits. A run killed meanwhile leaves
+    it to the next start (the name still matches restore.clean_leftovers). If the rename fails
     (an earlier one still being removed), it is removed now."""
     path = mirror_path(output)
     try:
@@ -210,20 +211,26 @@ def remove_mirror(output: Path, later: bool = False) -> None:
                                        kwargs={"ignore_errors": True}, daemon=True,
                                        name="mirror-removal")
             removal.start()
-            _removals.append(removal)
+            with _removals_lock:
+                _removals.append((str(output), removal))
             return
     shutil.rmtree(path, ignore_errors=True)
 
 
-_removals: list[threading.Thread] = []  # mirrors being removed later (remove_mirror)
+_removals_lock = threading.Lock()
+_removals: list[tuple[str, threading.Thread]] = []  # (output, its mirror's removal)
 
 
-def wait_removals(timeout: float = 60.0) -> None:
-    """Return once every mirror given to `remove_mirror(later=True)` is removed, or after
-    `timeout` seconds."""
+def wait_removals(output: Path | None = None, timeout: float = 60.0) -> None:
+    """Return once the mirror of `output` (every mirror, without one) given to
+    `remove_mirror(later=True)` is removed, or after `timeout` seconds."""
     end = time.monotonic() + timeout
-    while _removals:
-        _removals.pop().join(max(0.0, end - time.monotonic()))
+    with _removals_lock:
+        mine = [r for r in _removals if output is None or r[0] == str(output)]
+        for r in mine:
+            _removals.remove(r)
+    for _, removal in mine:
+        removal.join(max(0.0, end - time.monotonic()))
 
 
 def make_mirror(output: Path) -> Path:

@@ -174,8 +174,8 @@ class Restoring:
                  txid: str | None = None, timestamp: str | None = None,
                  concurrency: int = 1, timeout: float = 30.0, remove_later: bool = False):
         self.db, self.output = db, output
-        # `remove_later`: the mirror is removed off the path once the restore is done (a
-        # process that lives on: `sidecar run`, which waits for it before it exits).
+        # `remove_later`: the mirror is removed off the path once the restore is done; the
+        # caller waits for it (fetch.wait_removals) before the process exits.
         self._remove_later = remove_later
         self.binary = binary
         self.started = time.monotonic()
@@ -526,12 +526,15 @@ class Restoring:
 def restore_to(binary: str, config_path: Path, db: Database, output: Path, *,
                txid: str | None = None, timestamp: str | None = None,
                should_stop: Callable[[], bool] | None = None,
-               concurrency: int = 1, timeout: float = 30.0) -> dict[str, Any]:
+               concurrency: int = 1, timeout: float = 30.0,
+               remove_later: bool = False) -> dict[str, Any]:
     """Run `litestream restore` into `output` (which must not exist), then check it.
     Returns Litestream's JSON summary. Raises RestoreError; leaves no partial file behind.
-    `concurrency` > 1: from S3, through a mirror fetched that many downloads at a time."""
+    `concurrency` > 1: from S3, through a mirror fetched that many downloads at a time;
+    `remove_later`: the caller waits for the mirror's removal (fetch.wait_removals)."""
     return Restoring(binary, config_path, db, output, txid=txid, timestamp=timestamp,
-                     concurrency=concurrency, timeout=timeout).finish(should_stop)
+                     concurrency=concurrency, timeout=timeout,
+                     remove_later=remove_later).finish(should_stop)
 
 
 def _said(exc: BaseException) -> str:

@@ -328,6 +328,9 @@ def test_a_live_restore_shows_the_fetch_progress(
     lines = [e for e in sc.events if e.get("message") == "restore fetch progress"]
     assert lines and all(0 <= e["bytes_fetched"] <= e["bytes_planned"] for e in lines)
     assert _values(tmp_path / "data" / "app.db") == values
+    # The mirror was removed beside the integrity_check, and waited for before the job ended.
+    left = [p.name for p in (tmp_path / "data").iterdir() if ".mirror" in p.name]
+    assert left == [], left
 
 
 def test_verify_restores_through_the_mirror(

@@ -144,12 +144,14 @@ def test_a_mirror_is_made_new_and_private_whatever_was_planted_at_its_path(tmp_p
 def test_a_mirror_removed_later_is_out_of_the_way_at_once_and_gone_after_the_wait(
         tmp_path, monkeypatch) -> None:
     """`remove_mirror(later=True)`: the mirror's path is free when it returns (its files are
-    removed by a thread), and nothing is left after `wait_removals()`. A `.gone` that is
+    removed by a thread), and nothing is left after `wait_removals(out)`, which does not wait
+    for another output's. A `.gone` that is
     still there (an earlier removal) or a link planted at that name makes it remove the
     mirror there and then, the link's target untouched. A leftover `.gone` (a run killed
     while removing it) is one of the next start's leftovers."""
     import os
     import threading
+    import time
 
     from sidecar.recovery import fetch, restore
 
@@ -176,8 +178,12 @@ def test_a_mirror_removed_later_is_out_of_the_way_at_once_and_gone_after_the_wai
     fetch.remove_mirror(out, later=True)  # returns while the removal is held
     assert not os.path.lexists(fetch.mirror_path(out))
     assert len(list((gone / "ltx" / "0").iterdir())) == 50  # renamed aside, not yet removed
+    t0 = time.monotonic()
+    fetch.wait_removals(tmp_path / "other.db", timeout=5)  # another output's: none to wait for
+    assert time.monotonic() - t0 < 1 and gone.is_dir()
     gate.set()
-    fetch.wait_removals()
+    fetch.wait_removals(out)  # this output's own
+    assert not os.path.lexists(gone)
     monkeypatch.setattr(fetch.shutil, "rmtree", real)
     assert list(tmp_path.iterdir()) == []
 
