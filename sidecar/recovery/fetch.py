@@ -290,8 +290,10 @@ class Fetch:
                  txid: str | None = None, timestamp: str | None = None,
                  dry_run: Callable[[], list[dict[str, Any]]] | None = None,
                  stop: threading.Event | None = None, stream: bool = True,
-                 free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free):
+                 free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
+                 round_trip: float | None = None):
         self.db, self.output = db, output
+        self.round_trip = round_trip  # seconds, as measured to choose the mirror (logged)
         self.root = mirror_path(output)
         self.concurrency, self.timeout = concurrency, timeout
         self.txid = int(txid, 16) if txid else None
@@ -775,10 +777,11 @@ class Fetch:
                                      "again", replans=self.replans)
             for ok in self.root.glob("ltx/*/*.ok"):
                 ok.unlink()
+            rtt = ({"round_trip_ms": round(self.round_trip * 1000, 1)}
+                   if self.round_trip is not None else {})
             self.logger.info("restore fetched", replans=self.replans, retries=self.retries,
                              concurrency=self.concurrency, streamed=bool(self.streamed),
-                             streamed_files=len(self.streamed),
-                             **self._fields())
+                             streamed_files=len(self.streamed), **rtt, **self._fields())
             return self.root
         except BaseException:
             if self.ready.is_set():
@@ -793,15 +796,16 @@ class Fetch:
                 _active.pop(str(self.output), None)
 
 
-def near(db: Database) -> str | None:
-    """Why this restore should go straight from the bucket, when it is next door: Litestream
-    alone is as fast there. Measured while that direct restore already runs (the caller
-    starts it first), so a near restore does not wait for the measure."""
+def near(db: Database) -> tuple[str | None, float | None]:
+    """(Why this restore should go straight from the bucket, when it is next door: Litestream
+    alone is as fast there; the round trip measured, None without one). Measured while that
+    direct restore already runs (the caller starts it first), so a near restore does not
+    wait for the measure."""
     rtt = round_trip(db)
     if rtt is not None and rtt < NEAR_SECONDS:
         return (f"the bucket answers in {rtt * 1000:.1f} ms: Litestream alone restores as "
-                "fast from so near")
-    return None
+                "fast from so near"), rtt
+    return None, rtt
 
 
 def round_trip(db: Database, timeout: float = 1.0) -> float | None:

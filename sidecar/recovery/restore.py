@@ -217,8 +217,9 @@ class Restoring:
             self._deciding.start()
 
     def _decide(self, config_path: Path, concurrency: int, timeout: float) -> None:
+        rtt: float | None = None
         try:
-            note = fetch.near(self.db)
+            note, rtt = fetch.near(self.db)
         except Exception as exc:  # no measure: the direct restore goes on, as it would
             note = f"the bucket's round trip could not be measured ({type(exc).__name__})"
         with self._decide_lock:
@@ -227,7 +228,7 @@ class Restoring:
                 return
             txid, timestamp = self._target
             self._fetch = fetch.Fetch(self.db, self.output, concurrency, timeout, txid=txid,
-                                      timestamp=timestamp,
+                                      timestamp=timestamp, round_trip=rtt,
                                       dry_run=lambda: self._dry_run(config_path))
             self._fetching = threading.Thread(target=self._run_fetch, daemon=True,
                                               name="restore-fetch")
