@@ -185,8 +185,9 @@ def one(fn: Any, *args: Any, failures: list[str], who: str) -> Any:
 def measure(s3: h.S3, work: Path, size: int, shape: str, settings: list[tuple[str, float,
             float | None]], reps: int, failures: list[str]) -> list[dict[str, Any]]:
     log(f"seeding {size} MB, shape {shape}")
-    # A fresh server for the seed too: rclone serve s3 was seen spinning at 100 % CPU and
-    # no longer answering Litestream's uploads after a large round (the seed then times out).
+    # A fresh server for the seed too (rclone serve s3 was seen spinning at 100 % CPU and no
+    # longer answering Litestream's uploads after a large round, with a directory cache of
+    # 0s: harness.DIR_CACHE).
     s3.restart()
     bucket, expect = seed(s3, work, size, shape)
     s3.restart()

@@ -17,7 +17,8 @@ S3_SECRET = "s3-secret-$ecret-Do-Not-Leak-42"  # a `$` on purpose: must survive 
 
 class S3Server:
     """One rclone S3 server. `log` None discards its output; `dir_cache` is how long it trusts
-    its directory listings (the benchmarks create buckets behind its back, so they use 0s)."""
+    its directory listings (the benchmarks create buckets behind its back, so they use 1ms;
+    never 0s, with which rclone spins once a file has been uploaded: bench/harness.py)."""
 
     # Extra `rclone serve s3` flags of a variant server (e.g. virtual-hosted only).
     extra_args: tuple[str, ...] = ()

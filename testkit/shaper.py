@@ -3,8 +3,9 @@ network does to a client, on loopback.
 
 - `delay`: seconds each request waits before it is forwarded (the round trip a real bucket
   costs every request), and a new connection before its first byte (its handshake);
-- `rate`: bytes per second each connection receives at most (one S3 stream's bandwidth), a
-  token bucket per connection, so parallel connections add up as they do on a real link;
+- `rate`: bytes per second each connection receives (one S3 stream's bandwidth), paced
+  every 20 ms per connection (TICK), so parallel connections add up as they do on a real
+  link; an answer's bytes cost their time even after a pause (no credit is saved up);
 - `fail(method, target, headers)`: a status to answer instead of forwarding (a 503
   SlowDown, say), with an S3 error body, on the same keep-alive connection; `headers` are the
   request's, names in lower case (Litestream's `user-agent` starts with `litestream`);
@@ -20,21 +21,23 @@ directly, not through the shaper).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
 from collections.abc import Callable
 
-# Bytes read from the server at most at once, and the stream buffer's limit. Reads of 64 KiB
-# cost the shaper (a thread of the bench's process) 1.3 CPU-s per 512 MB at 30 ms / 50 MB/s
-# over 8 connections, 1 MiB reads 0.85 CPU-s, on a 2-core machine that the restore it shapes
-# shares: the real network's relays are not on the client's CPU.
+# A client this many bytes behind (the shaper's write buffer to it) stops the server's
+# answers being read until it catches up; the server's own write buffer is held to it too.
 READ = 1024 * 1024
-# A connection's rate is a token bucket this many seconds deep: a pause that oversleeps (a
-# timer fires a millisecond or so late, every 256 KiB read) is made up for by the next reads,
-# so a connection gets its rate, not 60-80 % of it (32 MB at 50 MB/s: 27-30 MB/s with pauses
-# alone before, in 64 KiB slices; 39 MB/s with 256 KiB reads and no credit).
-BURST = 0.02
+# A connection's rate is paced every TICK seconds: what the link could have carried since it
+# was last paced is sent, from bytes held as they came from the server. The link's clock only
+# moves with the bytes sent, so a tick that fires late loses nothing (paced by late sleeps, a
+# connection once got 27-30 MB/s of 50), and it restarts at the first byte of an answer after
+# the link was idle (a request's round trip is not saved up as credit). Credit is never more
+# than TICK (a client that was behind does not get a burst).
+TICK = 0.02
+HOLD = 2 * READ  # bytes held for pacing before the server's answers stop being read
 _REASONS = {408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
             503: "Service Unavailable", 404: "Not Found"}
 _CODES = {408: "RequestTimeout", 429: "SlowDown", 500: "InternalError", 503: "SlowDown",
@@ -59,6 +62,7 @@ class Shaper:
         self.requests: list[tuple[str, str]] = []  # (method, target) forwarded
         self.answered: list[tuple[int, str]] = []  # (status, target) answered by the shaper
         self.connections = 0
+        self._closed = False
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._server: asyncio.base_events.Server | None = None
@@ -86,6 +90,10 @@ class Shaper:
     def close(self) -> None:
         """Stop listening, cancel every connection still open (their tasks end here, not
         as "destroyed but pending" when the loop is collected), and end the loop."""
+        if self._closed:
+            return
+        self._closed = True
+
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
@@ -94,7 +102,7 @@ class Shaper:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError, TimeoutError):
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
@@ -120,15 +128,21 @@ class Shaper:
             await self._up(reader, answers, writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
-        finally:
-            answers.write_eof()
-            try:
+        except asyncio.CancelledError:  # the shaper is closing: nothing is waited for
+            answers.close()
+            writer.close()
+            raise
+        # The client is done sending: the server's answer (if the client still reads) goes
+        # on to its end, then both close.
+        answers.write_eof()
+        try:
+            if not writer.transport.is_closing():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(answers.done), 60)
-            finally:  # closed when the shaper closes (cancelled) too
-                answers.close()
-                with contextlib.suppress(Exception):
-                    writer.close()
+        finally:  # closed when the shaper closes (cancelled) meanwhile too
+            answers.close()
+            with contextlib.suppress(Exception):
+                writer.close()
 
     async def _up(self, reader: asyncio.StreamReader, up_w: _Answers,
                   writer: asyncio.StreamWriter) -> None:
@@ -181,16 +195,21 @@ class Shaper:
 
 
 class _Answers(asyncio.Protocol):
-    """The connection to the server: its answers go straight to the client's transport as
-    they arrive (no stream buffer between), paced to the shaper's `rate` for this connection
-    by pausing the reading; requests are written to it by `_up`."""
+    """The connection to the server: its answers go to the client's transport, paced to the
+    shaper's `rate` for this connection (read at every tick, so a test may change it) from
+    bytes held here (see TICK), or at once without a rate; requests are written to it by
+    `_up`. The server's answers stop being read while HOLD bytes are held or the client is
+    READ bytes behind; a client that is gone closes the server's connection at once."""
 
     def __init__(self, shaper: Shaper, client: asyncio.BaseTransport):
         self.shaper, self.client = shaper, client
         self.transport: asyncio.Transport | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._free_at = time.monotonic()
-        self._resume: asyncio.TimerHandle | None = None
+        self._held = _Held()
+        self._link = 0.0  # the link's clock: when the bytes sent so far were all through
+        self._tick: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._ended = False  # the server closed: the client's end follows the held bytes
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -199,32 +218,58 @@ class _Answers(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=READ)
 
-    def data_received(self, data: bytes) -> None:
-        client = self.client
-        if client.is_closing():
-            return
-        client.write(data)  # type: ignore[attr-defined]
-        rate = self.shaper.rate
-        now = time.monotonic()
-        wait = 0.0
-        if rate:
-            self._free_at = max(self._free_at, now - BURST) + len(data) / rate
-            wait = self._free_at - now
-        # The client reads slower than the server sends: wait for its buffer to drain.
-        if client.get_write_buffer_size() > READ:  # type: ignore[attr-defined]
-            wait = max(wait, 0.005)
-        if wait > 0 and self.transport is not None and self._resume is None:
-            self.transport.pause_reading()
-            self._resume = asyncio.get_running_loop().call_later(wait, self._go_on)
+    def _client_gone(self) -> bool:
+        if self.client.is_closing():
+            self._held.clear()
+            if self.transport is not None:
+                self.transport.close()  # stop pulling what nobody will read
+            return True
+        return False
 
-    def _go_on(self) -> None:
-        self._resume = None
-        if self.transport is None or self.transport.is_closing():
+    def data_received(self, data: bytes) -> None:
+        if self._client_gone():
             return
-        if self.client.get_write_buffer_size() > READ:  # type: ignore[attr-defined]
-            self._resume = asyncio.get_running_loop().call_later(0.005, self._go_on)
+        if not self._held and self._tick is None:
+            self._link = max(self._link, time.monotonic())  # an idle link saves no credit
+        self._held += data
+        if self._tick is None:
+            self._pace()
+        elif len(self._held) >= HOLD and not self._paused and self.transport is not None:
+            self._paused = True  # the tick to come sends, and reads again
+            self.transport.pause_reading()
+
+    def _pace(self) -> None:
+        """Send what the link has carried by now, then wait for the next tick, or for more
+        of the answer."""
+        self._tick = None
+        if self._client_gone():
             return
-        self.transport.resume_reading()
+        client = self.client
+        now = time.monotonic()
+        rate = self.shaper.rate
+        behind = client.get_write_buffer_size() > READ  # type: ignore[attr-defined]
+        if not behind and self._held:
+            if not rate:
+                n = len(self._held)
+            else:
+                self._link = max(self._link, now - TICK)
+                n = min(len(self._held), int((now - self._link) * rate))
+                if not n and len(self._held) / rate <= 0.001:
+                    n = len(self._held)  # a small answer goes now; the link's clock runs ahead
+                self._link += n / rate
+            if n:
+                for piece in self._held.take(n):
+                    client.write(piece)  # type: ignore[attr-defined]
+        if self._held or behind:
+            wait = TICK if behind or not rate else min(TICK, max(0.001, len(self._held) / rate))
+            self._tick = asyncio.get_running_loop().call_later(wait, self._pace)
+        elif self._ended:
+            self._finish()
+            return
+        hold = len(self._held) >= HOLD or behind
+        if self.transport is not None and hold != self._paused and not self._ended:
+            self._paused = hold
+            (self.transport.pause_reading if hold else self.transport.resume_reading)()
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -247,23 +292,64 @@ class _Answers(asyncio.Protocol):
                 self.transport.write_eof()
 
     def close(self) -> None:
-        if self._resume is not None:
-            self._resume.cancel()
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        self._held.clear()
         if self.transport is not None:
             self.transport.close()
+        self._finish()
 
     def eof_received(self) -> bool | None:
         return False  # the transport closes; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._writable.set()
-        if self._resume is not None:
-            self._resume.cancel()
-            self._resume = None
+        self._ended = True
+        if not self._held and self._tick is None:
+            self._finish()
+
+    def _finish(self) -> None:
         with contextlib.suppress(Exception):
-            self.client.close()
+            self.client.close()  # after what it was sent (a transport flushes on close)
         if not self.done.done():
             self.done.set_result(None)
+
+
+class _Held:
+    """Bytes from the server waiting for their time: the chunks as they came, handed on as
+    views of them (no copy here; the transport copies only what it cannot send at once)."""
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._at = 0  # bytes of the first chunk already handed on
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iadd__(self, data: bytes) -> _Held:
+        self._chunks.append(data)
+        self._len += len(data)
+        return self
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._at = self._len = 0
+
+    def take(self, n: int) -> list[memoryview]:
+        out = []
+        self._len -= n
+        while n:
+            first = self._chunks[0]
+            k = min(n, len(first) - self._at)
+            out.append(memoryview(first)[self._at:self._at + k])
+            n -= k
+            self._at += k
+            if self._at == len(first):
+                self._chunks.popleft()
+                self._at = 0
+        return out
 
 
 def _parse(head: bytes) -> tuple[str, str, dict[str, str]]:
