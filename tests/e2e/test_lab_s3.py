@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import DIR_CACHE
+from bench.harness import DIR_CACHE, cpu_ticks
 from testkit import S3Server
 
 pytestmark = pytest.mark.slow
 
 
 def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("dir_cache", [DIR_CACHE, None], ids=["bench", "tests"])
